@@ -1,0 +1,95 @@
+#pragma once
+
+#include "torchtp/detail/communicator.h"
+#include "torchtp/work.h"
+
+#include <ATen/core/Tensor.h>
+
+#include <string>
+
+namespace torchtp {
+
+/// A set of ranks and the collectives between them: the only thing above the
+/// communicators that knows about ranks. A small value type; copies share the
+/// same communicator.
+///
+/// Every collective is called by every rank of the group, in the same order,
+/// with tensors of the same shape and dtype. A group of one rank does no
+/// communication. Every collective fails with a `c10::Error` naming the rank
+/// after the group's timeout (`TORCHTP_TIMEOUT_S`) or when a peer dies: never
+/// a hang. Set `TORCHTP_DEBUG=1` to check before each collective that every
+/// rank passed the same shape and dtype (one extra small all-gather).
+///
+/// Example:
+/// ```
+///   torchtp::Group g = torchtp::init_from_env();
+///   auto x = torch::full({2}, g.rank());
+///   g.all_reduce(x);                        // every rank: sum of the ranks
+///   auto y = g.all_gather(x, /*dim=*/0);    // [2 * size]
+/// ```
+class Group {
+ public:
+  explicit Group(c10::intrusive_ptr<detail::Communicator> comm);
+
+  /// A group of this process alone (rank 0 of 1).
+  static Group self();
+
+  int rank() const;
+  int size() const;
+
+  /// Reduces `tensor` in place over the group.
+  void all_reduce(at::Tensor& tensor, ReduceOp op = ReduceOp::sum) const;
+  Work all_reduce_async(at::Tensor& tensor, ReduceOp op = ReduceOp::sum) const;
+
+  /// Concatenates every rank's `tensor` along `dim`, in rank order.
+  at::Tensor all_gather(const at::Tensor& tensor, int64_t dim) const;
+  Work all_gather_async(const at::Tensor& tensor, int64_t dim) const;
+
+  /// Sums every rank's `tensor` and returns this rank's part of the sum along
+  /// `dim` (split as `Partition` splits it).
+  at::Tensor reduce_scatter(
+      const at::Tensor& tensor,
+      int64_t dim,
+      ReduceOp op = ReduceOp::sum) const;
+  Work reduce_scatter_async(
+      const at::Tensor& tensor,
+      int64_t dim,
+      ReduceOp op = ReduceOp::sum) const;
+
+  /// Copies `tensor` from `root` into `tensor` on every rank.
+  void broadcast(at::Tensor& tensor, int root = 0) const;
+  Work broadcast_async(at::Tensor& tensor, int root = 0) const;
+
+  /// Returns once every rank of the group has called it.
+  void barrier() const;
+
+  /// Collective: splits the group into sub-groups of the ranks that pass the
+  /// same `color`, ordered by `key` (ties by rank; default: the rank).
+  Group split(int color, int key = -1) const;
+
+  /// "[rank r/ws]", for error messages.
+  std::string tag() const;
+  /// The communicator, for autograd functions that keep it for backward.
+  const c10::intrusive_ptr<detail::Communicator>& communicator() const {
+    return comm_;
+  }
+
+ private:
+  void check_same_everywhere(const char* op, const at::Tensor& t) const;
+
+  c10::intrusive_ptr<detail::Communicator> comm_;
+};
+
+/// The group used by layers whose options name none: the one set by
+/// `init_from_env()`. Raises a `c10::Error` when none was set.
+Group default_group();
+/// Turns the cross-rank shape and dtype check before each collective on or
+/// off for this process (default: the TORCHTP_DEBUG environment variable).
+void set_debug_checks(bool enabled);
+
+/// Replaces the default group.
+void set_default_group(const Group& group);
+/// True once a default group was set.
+bool has_default_group();
+
+} // namespace torchtp

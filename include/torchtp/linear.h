@@ -1,0 +1,192 @@
+#pragma once
+
+#include "torchtp/group.h"
+#include "torchtp/partition.h"
+
+#include <torch/nn/cloneable.h>
+#include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
+#include <torch/types.h>
+
+#include <cstdint>
+#include <ostream>
+
+namespace torchtp {
+
+/// Options of `ColumnParallelLinear`.
+///
+/// Example:
+/// ```
+///   torchtp::ColumnParallelLinear fc1(
+///       torchtp::ColumnParallelLinearOptions(1024, 4096).gather_output(false));
+/// ```
+struct ColumnParallelLinearOptions {
+  ColumnParallelLinearOptions(int64_t in_features, int64_t out_features)
+      : in_features_(in_features), out_features_(out_features) {}
+
+  /// Size of each input sample (not split).
+  TORCH_ARG(int64_t, in_features);
+  /// Size of each output sample; split over the ranks of the group.
+  TORCH_ARG(int64_t, out_features);
+  /// Learn an additive bias (sharded like the output).
+  TORCH_ARG(bool, bias) = true;
+  /// All-gather the output so every rank holds `[*, out_features]`; false
+  /// (Megatron's default) leaves `[*, out_features / world_size]`, ready for a
+  /// `RowParallelLinear` with `input_is_parallel(true)`.
+  TORCH_ARG(bool, gather_output) = false;
+  /// Leave the bias out of `forward()` so the caller can fuse it into the next
+  /// op; the bias stays a parameter (`->bias`, this rank's shard).
+  TORCH_ARG(bool, skip_bias_add) = false;
+  /// Ranks to split over; default: the group of `init_from_env()`.
+  TORCH_ARG(c10::optional<Group>, group) = c10::nullopt;
+  /// Parameter dtype; default: torch's default dtype.
+  TORCH_ARG(c10::optional<torch::Dtype>, dtype) = c10::nullopt;
+};
+
+/// Options of `RowParallelLinear`.
+///
+/// Example:
+/// ```
+///   torchtp::RowParallelLinear fc2(
+///       torchtp::RowParallelLinearOptions(4096, 1024).input_is_parallel(true));
+/// ```
+struct RowParallelLinearOptions {
+  RowParallelLinearOptions(int64_t in_features, int64_t out_features)
+      : in_features_(in_features), out_features_(out_features) {}
+
+  /// Size of each input sample; split over the ranks of the group.
+  TORCH_ARG(int64_t, in_features);
+  /// Size of each output sample (not split).
+  TORCH_ARG(int64_t, out_features);
+  /// Learn an additive bias: full on every rank, added once after the
+  /// all-reduce, so its gradient is the full one on every rank.
+  TORCH_ARG(bool, bias) = true;
+  /// The input is already split: `[*, in_features / world_size]`, as a
+  /// `ColumnParallelLinear` without `gather_output` produces. False: the input
+  /// is `[*, in_features]` and this layer keeps its own chunk.
+  TORCH_ARG(bool, input_is_parallel) = false;
+  /// Leave the bias out of `forward()` (see ColumnParallelLinearOptions).
+  TORCH_ARG(bool, skip_bias_add) = false;
+  /// Ranks to split over; default: the group of `init_from_env()`.
+  TORCH_ARG(c10::optional<Group>, group) = c10::nullopt;
+  /// Parameter dtype; default: torch's default dtype.
+  TORCH_ARG(c10::optional<torch::Dtype>, dtype) = c10::nullopt;
+};
+
+/// `y = x W^T + b` with W's rows (the output features) split over the ranks:
+/// rank r holds `weight [out/ws, in]` and `bias [out/ws]`.
+///
+/// Input `[*, in]`, the same on every rank. Output `[*, out/ws]`, or
+/// `[*, out]` with `gather_output`. Forward: no communication (all-gather with
+/// `gather_output`); backward: the input gradient is all-reduced.
+///
+/// Initialisation draws the full weight exactly as `torch::nn::Linear` does
+/// and keeps this rank's rows, so the same seed gives the same full weight at
+/// every world size.
+class ColumnParallelLinearImpl
+    : public torch::nn::Cloneable<ColumnParallelLinearImpl> {
+ public:
+  ColumnParallelLinearImpl(int64_t in_features, int64_t out_features)
+      : ColumnParallelLinearImpl(
+            ColumnParallelLinearOptions(in_features, out_features)) {}
+  explicit ColumnParallelLinearImpl(ColumnParallelLinearOptions options);
+
+  void reset() override;
+  /// Draws the full weight and bias as `torch::nn::Linear` does and keeps
+  /// this rank's shard.
+  void reset_parameters();
+  void pretty_print(std::ostream& stream) const override;
+
+  /// `[*, in]` -> `[*, out/ws]` (or `[*, out]` with gather_output).
+  torch::Tensor forward(const torch::Tensor& input);
+
+  /// Copies this rank's shard of a full `weight [out, in]` and `bias [out]`
+  /// (pass an undefined bias when the layer has none).
+  void load_full_weights(
+      const torch::Tensor& weight,
+      const torch::Tensor& bias = {});
+
+  /// The split of out_features.
+  const Partition& output_partition() const {
+    return *partition_;
+  }
+  const Group& group() const {
+    return *group_;
+  }
+
+  ColumnParallelLinearOptions options;
+  /// `[out/ws, in]`
+  torch::Tensor weight;
+  /// `[out/ws]`, undefined without bias.
+  torch::Tensor bias;
+
+ private:
+  c10::optional<Group> group_;
+  c10::optional<Partition> partition_;
+};
+TORCH_MODULE(ColumnParallelLinear);
+
+/// `y = x W^T + b` with W's columns (the input features) split over the
+/// ranks: rank r holds `weight [out, in/ws]` and the full `bias [out]`.
+///
+/// Input `[*, in/ws]` with `input_is_parallel`, else `[*, in]`, which is
+/// split here. Output `[*, out]`, the same on every rank. Forward: the
+/// partial products are all-reduced, then the bias is added once; backward:
+/// no communication (the scatter of a full input all-gathers its gradient).
+class RowParallelLinearImpl
+    : public torch::nn::Cloneable<RowParallelLinearImpl> {
+ public:
+  RowParallelLinearImpl(int64_t in_features, int64_t out_features)
+      : RowParallelLinearImpl(
+            RowParallelLinearOptions(in_features, out_features)) {}
+  explicit RowParallelLinearImpl(RowParallelLinearOptions options);
+
+  void reset() override;
+  /// Draws the full weight and bias as `torch::nn::Linear` does and keeps
+  /// this rank's shard.
+  void reset_parameters();
+  void pretty_print(std::ostream& stream) const override;
+
+  /// `[*, in/ws]` (or `[*, in]` without input_is_parallel) -> `[*, out]`.
+  torch::Tensor forward(const torch::Tensor& input);
+
+  /// Copies this rank's shard of a full `weight [out, in]` and the full
+  /// `bias [out]` (undefined when the layer has none).
+  void load_full_weights(
+      const torch::Tensor& weight,
+      const torch::Tensor& bias = {});
+
+  /// The split of in_features.
+  const Partition& input_partition() const {
+    return *partition_;
+  }
+  const Group& group() const {
+    return *group_;
+  }
+
+  RowParallelLinearOptions options;
+  /// `[out, in/ws]`
+  torch::Tensor weight;
+  /// `[out]`, undefined without bias.
+  torch::Tensor bias;
+
+ private:
+  c10::optional<Group> group_;
+  c10::optional<Partition> partition_;
+};
+TORCH_MODULE(RowParallelLinear);
+
+namespace detail {
+
+/// The full weight `[out, in]` and bias `[out]` (undefined without bias) that
+/// `torch::nn::Linear(in, out)` would draw from the global generator now.
+/// Reduced-precision dtypes are drawn in float32 and rounded, as
+/// `torch::nn::Linear(...)->to(dtype)` would give.
+std::pair<torch::Tensor, torch::Tensor> linear_init(
+    int64_t in_features,
+    int64_t out_features,
+    bool bias,
+    torch::Dtype dtype);
+
+} // namespace detail
+} // namespace torchtp

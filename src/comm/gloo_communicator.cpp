@@ -1,0 +1,261 @@
+#include "gloo_communicator.h"
+
+#include "torchtp/error.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+
+#include <algorithm>
+#include <exception>
+#include <memory>
+#include <utility>
+
+namespace torchtp::detail {
+namespace {
+
+using GlooDevice = std::shared_ptr<::gloo::transport::Device>;
+
+c10d::ReduceOp to_c10d(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::sum:
+      return c10d::ReduceOp::SUM;
+    case ReduceOp::max:
+      return c10d::ReduceOp::MAX;
+    case ReduceOp::min:
+      return c10d::ReduceOp::MIN;
+  }
+  TORCH_INTERNAL_ASSERT(false, "unknown ReduceOp");
+}
+
+// Gloo in libtorch 1.13 rejects bfloat16 ("Invalid scalar type"). float32
+// holds every bfloat16 exactly, so it travels as float32 and sums there: the
+// result is the bfloat16 rounding of the exact float32 sum.
+bool needs_widening(const at::Tensor& t) {
+  return t.scalar_type() == at::kBFloat16;
+}
+
+at::Tensor on_wire(const at::Tensor& t) {
+  return needs_widening(t) ? t.to(at::kFloat) : t;
+}
+
+class GlooCommunicator final : public Communicator {
+ public:
+  GlooCommunicator(
+      c10::intrusive_ptr<c10d::Store> store,
+      int rank,
+      int size,
+      std::chrono::milliseconds timeout,
+      GlooDevice device,
+      std::string name)
+      : Communicator(std::move(name)),
+        store_(std::move(store)),
+        rank_(rank),
+        size_(size),
+        timeout_(timeout),
+        device_(std::move(device)) {
+    auto options = c10d::ProcessGroupGloo::Options::create(timeout_);
+    options->devices = {device_};
+    options->threads = 1;
+    guarded("connect", [&] {
+      pg_ = c10::make_intrusive<c10d::ProcessGroupGloo>(
+          store_, rank_, size_, options);
+    });
+  }
+
+  int rank() const override {
+    return rank_;
+  }
+  int size() const override {
+    return size_;
+  }
+  std::string backend() const override {
+    return "gloo";
+  }
+  std::chrono::milliseconds timeout() const override {
+    return timeout_;
+  }
+
+  Work all_reduce(at::Tensor& tensor, ReduceOp op) override {
+    auto wire = on_wire(tensor);
+    std::vector<at::Tensor> tensors{wire};
+    c10d::AllreduceOptions opts;
+    opts.reduceOp = to_c10d(op);
+    opts.timeout = timeout_;
+    c10::intrusive_ptr<c10d::Work> work;
+    guarded("all_reduce", [&] { work = pg_->allreduce(tensors, opts); });
+    return pending("all_reduce", work, [wire, tensor]() mutable {
+      if (!wire.is_same(tensor)) {
+        tensor.copy_(wire);
+      }
+      return tensor;
+    });
+  }
+
+  Work all_gather(const at::Tensor& input, at::Tensor& output) override {
+    auto wire_in = on_wire(input);
+    auto wire_out = needs_widening(output)
+        ? at::empty(output.sizes(), output.options().dtype(at::kFloat))
+        : output;
+    // Gloo gathers into one tensor per rank; chunks of `wire_out` along dim 0
+    // are contiguous views, so the blocks land in place.
+    std::vector<std::vector<at::Tensor>> outputs{wire_out.chunk(size_, 0)};
+    std::vector<at::Tensor> inputs{wire_in};
+    c10d::AllgatherOptions opts;
+    opts.timeout = timeout_;
+    c10::intrusive_ptr<c10d::Work> work;
+    guarded("all_gather", [&] { work = pg_->allgather(outputs, inputs, opts); });
+    return pending("all_gather", work, [wire_out, output]() mutable {
+      if (!wire_out.is_same(output)) {
+        output.copy_(wire_out);
+      }
+      return output;
+    });
+  }
+
+  // Gloo in libtorch 1.13 has no reduce_scatter. An all-to-all sends block r
+  // of every rank to rank r, which then reduces the blocks it received: each
+  // rank sends and receives (size-1)/size of the tensor once, half what an
+  // all-reduce followed by a slice would move.
+  Work reduce_scatter(const at::Tensor& input, at::Tensor& output, ReduceOp op)
+      override {
+    auto wire_in = on_wire(input);
+    auto sizes = output.sizes().vec();
+    sizes.insert(sizes.begin(), size_);
+    auto received = at::empty(sizes, wire_in.options());
+    std::vector<int64_t> counts; // empty: equal blocks
+    c10d::AllToAllOptions opts;
+    opts.timeout = timeout_;
+    c10::intrusive_ptr<c10d::Work> work;
+    guarded("reduce_scatter", [&] {
+      work = pg_->alltoall_base(received, wire_in, counts, counts, opts);
+    });
+    return pending("reduce_scatter", work, [received, output, op]() mutable {
+      switch (op) {
+        case ReduceOp::sum:
+          at::sum_out(output, received, {0});
+          break;
+        case ReduceOp::max:
+          at::amax_out(output, received, {0});
+          break;
+        case ReduceOp::min:
+          at::amin_out(output, received, {0});
+          break;
+      }
+      return output;
+    });
+  }
+
+  Work broadcast(at::Tensor& tensor, int root) override {
+    auto wire = on_wire(tensor);
+    std::vector<at::Tensor> tensors{wire};
+    c10d::BroadcastOptions opts;
+    opts.rootRank = root;
+    opts.rootTensor = 0;
+    opts.timeout = timeout_;
+    c10::intrusive_ptr<c10d::Work> work;
+    guarded("broadcast", [&] { work = pg_->broadcast(tensors, opts); });
+    return pending("broadcast", work, [wire, tensor]() mutable {
+      if (!wire.is_same(tensor)) {
+        tensor.copy_(wire);
+      }
+      return tensor;
+    });
+  }
+
+  Work barrier() override {
+    c10d::BarrierOptions opts;
+    opts.timeout = timeout_;
+    c10::intrusive_ptr<c10d::Work> work;
+    guarded("barrier", [&] { work = pg_->barrier(opts); });
+    return pending("barrier", work, [] { return at::Tensor(); });
+  }
+
+  c10::intrusive_ptr<Communicator> split(
+      const std::vector<int>& ranks,
+      const std::string& name) override {
+    auto it = std::find(ranks.begin(), ranks.end(), rank_);
+    TORCH_INTERNAL_ASSERT(it != ranks.end(), "split by a non-member");
+    auto store = c10::make_intrusive<c10d::PrefixStore>(name, store_);
+    return c10::make_intrusive<GlooCommunicator>(
+        store, static_cast<int>(it - ranks.begin()),
+        static_cast<int>(ranks.size()), timeout_, device_, name);
+  }
+
+ private:
+  std::string failure(const char* op) const {
+    return std::string("torchtp::Group::") + op + " failed " +
+        rank_tag(rank_, size_) + " (backend gloo, group " + name() +
+        ", timeout " + std::to_string(timeout_.count() / 1000) +
+        " s; a peer rank may have exited or stopped responding): ";
+  }
+
+  // Gloo reports a dead peer as gloo::IoException, which is no c10::Error and
+  // would terminate the process if it escaped; every call goes through here.
+  template <typename F>
+  void guarded(const char* op, F&& f) const {
+    try {
+      f();
+    } catch (const c10::Error& e) {
+      TORCH_CHECK(false, failure(op), e.what_without_backtrace());
+    } catch (const std::exception& e) {
+      TORCH_CHECK(false, failure(op), e.what());
+    }
+  }
+
+  template <typename F>
+  Work pending(
+      const char* op,
+      c10::intrusive_ptr<c10d::Work> work,
+      F&& then) const {
+    // Captures values only: the handle may outlive this communicator.
+    auto timeout = timeout_;
+    auto prefix = failure(op);
+    return Work([work, timeout, prefix, then]() mutable {
+      try {
+        work->wait(timeout);
+      } catch (const c10::Error& e) {
+        TORCH_CHECK(false, prefix, e.what_without_backtrace());
+      } catch (const std::exception& e) {
+        TORCH_CHECK(false, prefix, e.what());
+      }
+      return then();
+    });
+  }
+
+  c10::intrusive_ptr<c10d::Store> store_;
+  int rank_;
+  int size_;
+  std::chrono::milliseconds timeout_;
+  GlooDevice device_;
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> pg_;
+};
+
+} // namespace
+
+c10::intrusive_ptr<Communicator> make_gloo_communicator(
+    const c10::intrusive_ptr<c10d::Store>& store,
+    int rank,
+    int size,
+    std::chrono::milliseconds timeout,
+    const std::string& interface,
+    bool loopback) {
+  GlooDevice device;
+  try {
+    if (!interface.empty()) {
+      device = c10d::ProcessGroupGloo::createDeviceForInterface(interface);
+    } else if (loopback) {
+      device = c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1");
+    } else {
+      device = c10d::ProcessGroupGloo::createDefaultDevice();
+    }
+  } catch (const std::exception& e) {
+    TORCH_CHECK(false, "torchtp: cannot open a Gloo device (interface '",
+                interface, "') ", rank_tag(rank, size), ": ", e.what());
+  }
+  return c10::make_intrusive<GlooCommunicator>(
+      store, rank, size, timeout, device, "world");
+}
+
+} // namespace torchtp::detail

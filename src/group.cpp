@@ -1,0 +1,263 @@
+#include "torchtp/group.h"
+
+#include "torchtp/error.h"
+#include "torchtp/partition.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Optional.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <mutex>
+#include <sstream>
+#include <tuple>
+
+namespace torchtp {
+namespace {
+
+std::atomic<bool>& debug_checks() {
+  static std::atomic<bool> enabled{[] {
+    const char* v = std::getenv("TORCHTP_DEBUG");
+    return v != nullptr && std::string(v) != "0" && std::string(v) != "";
+  }()};
+  return enabled;
+}
+
+bool debug_checks_enabled() {
+  return debug_checks().load(std::memory_order_relaxed);
+}
+
+// The signature compared across ranks by TORCHTP_DEBUG: dtype, rank of the
+// tensor, then its sizes, padded so that every rank sends the same length.
+constexpr int64_t kMaxSignatureDims = 16;
+
+std::string describe_signature(const int64_t* s) {
+  std::ostringstream out;
+  out << "[";
+  for (int64_t d = 0; d < s[1]; ++d) {
+    out << (d ? ", " : "") << s[2 + d];
+  }
+  out << "] " << c10::toString(static_cast<c10::ScalarType>(s[0]));
+  return out.str();
+}
+
+} // namespace
+
+Group::Group(c10::intrusive_ptr<detail::Communicator> comm)
+    : comm_(std::move(comm)) {
+  TORCH_CHECK(comm_, "torchtp::Group: no communicator");
+}
+
+Group Group::self() {
+  return Group(detail::make_self_communicator());
+}
+
+int Group::rank() const {
+  return comm_->rank();
+}
+
+int Group::size() const {
+  return comm_->size();
+}
+
+std::string Group::tag() const {
+  return detail::rank_tag(rank(), size());
+}
+
+void Group::check_same_everywhere(const char* op, const at::Tensor& t) const {
+  TORCH_CHECK(t.defined(), "torchtp::Group::", op, ": undefined tensor ",
+              tag());
+  TORCH_CHECK(t.device().is_cpu(), "torchtp::Group::", op,
+              ": expected a CPU tensor, got one on ", t.device(), " ", tag());
+  if (size() == 1 || !debug_checks_enabled()) {
+    return;
+  }
+  TORCH_CHECK(t.dim() <= kMaxSignatureDims, "torchtp::Group::", op,
+              ": TORCHTP_DEBUG checks at most ", kMaxSignatureDims,
+              " dims ", tag());
+  auto sig = at::full({kMaxSignatureDims + 2}, -1, at::kLong);
+  auto* s = sig.data_ptr<int64_t>();
+  s[0] = static_cast<int64_t>(t.scalar_type());
+  s[1] = t.dim();
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    s[2 + d] = t.size(d);
+  }
+  auto all = at::empty({size() * sig.numel()}, at::kLong);
+  comm_->all_gather(sig, all).wait();
+  const auto* a = all.data_ptr<int64_t>();
+  for (int r = 0; r < size(); ++r) {
+    const int64_t* other = a + r * sig.numel();
+    TORCH_CHECK(
+        std::equal(s, s + sig.numel(), other), "torchtp::Group::", op,
+        ": ranks disagree on the tensor: this rank passed ",
+        describe_signature(s), ", rank ", r, " passed ",
+        describe_signature(other), " ", tag());
+  }
+}
+
+Work Group::all_reduce_async(at::Tensor& tensor, ReduceOp op) const {
+  check_same_everywhere("all_reduce", tensor);
+  if (size() == 1) {
+    return Work(tensor);
+  }
+  if (tensor.is_contiguous()) {
+    return comm_->all_reduce(tensor, op);
+  }
+  auto staged = tensor.contiguous();
+  auto work = comm_->all_reduce(staged, op);
+  return Work([work, staged, tensor]() mutable {
+    work.wait();
+    tensor.copy_(staged);
+    return tensor;
+  });
+}
+
+void Group::all_reduce(at::Tensor& tensor, ReduceOp op) const {
+  all_reduce_async(tensor, op).wait();
+}
+
+Work Group::all_gather_async(const at::Tensor& tensor, int64_t dim) const {
+  check_same_everywhere("all_gather", tensor);
+  TORCH_CHECK(tensor.dim() >= 1, "torchtp::Group::all_gather: expected a "
+              "tensor with at least one dim, got a scalar ", tag());
+  const int64_t d = c10::maybe_wrap_dim(dim, tensor.dim());
+  if (size() == 1) {
+    return Work(tensor.clone());
+  }
+  // Gather along dim 0 where every rank's block is contiguous, then move the
+  // gathered dim back: the rank order is kept along `d`.
+  auto input = tensor.movedim(d, 0).contiguous();
+  auto sizes = input.sizes().vec();
+  sizes[0] *= size();
+  auto output = at::empty(sizes, input.options());
+  auto work = comm_->all_gather(input, output);
+  return Work([work, output, d]() mutable {
+    work.wait();
+    return d == 0 ? output : output.movedim(0, d).contiguous();
+  });
+}
+
+at::Tensor Group::all_gather(const at::Tensor& tensor, int64_t dim) const {
+  return all_gather_async(tensor, dim).wait();
+}
+
+Work Group::reduce_scatter_async(
+    const at::Tensor& tensor,
+    int64_t dim,
+    ReduceOp op) const {
+  check_same_everywhere("reduce_scatter", tensor);
+  TORCH_CHECK(tensor.dim() >= 1, "torchtp::Group::reduce_scatter: expected a "
+              "tensor with at least one dim, got a scalar ", tag());
+  const int64_t d = c10::maybe_wrap_dim(dim, tensor.dim());
+  Partition part(
+      tensor.size(d), size(), rank(),
+      "torchtp::Group::reduce_scatter: size of dim " + std::to_string(d));
+  TORCH_INTERNAL_ASSERT(part.is_even(), "uneven reduce_scatter not built yet");
+  if (size() == 1) {
+    return Work(tensor.clone());
+  }
+  auto input = tensor.movedim(d, 0).contiguous();
+  auto sizes = input.sizes().vec();
+  sizes[0] = part.local_size();
+  auto output = at::empty(sizes, input.options());
+  auto work = comm_->reduce_scatter(input, output, op);
+  return Work([work, output, d]() mutable {
+    work.wait();
+    return d == 0 ? output : output.movedim(0, d).contiguous();
+  });
+}
+
+at::Tensor Group::reduce_scatter(
+    const at::Tensor& tensor,
+    int64_t dim,
+    ReduceOp op) const {
+  return reduce_scatter_async(tensor, dim, op).wait();
+}
+
+Work Group::broadcast_async(at::Tensor& tensor, int root) const {
+  check_same_everywhere("broadcast", tensor);
+  TORCH_CHECK(root >= 0 && root < size(), "torchtp::Group::broadcast: root ",
+              root, " is not a rank of the group ", tag());
+  if (size() == 1) {
+    return Work(tensor);
+  }
+  if (tensor.is_contiguous()) {
+    return comm_->broadcast(tensor, root);
+  }
+  auto staged = tensor.contiguous();
+  auto work = comm_->broadcast(staged, root);
+  return Work([work, staged, tensor]() mutable {
+    work.wait();
+    tensor.copy_(staged);
+    return tensor;
+  });
+}
+
+void Group::broadcast(at::Tensor& tensor, int root) const {
+  broadcast_async(tensor, root).wait();
+}
+
+void Group::barrier() const {
+  if (size() > 1) {
+    comm_->barrier().wait();
+  }
+}
+
+Group Group::split(int color, int key) const {
+  const std::string name =
+      comm_->name() + "/s" + std::to_string(comm_->next_split_index());
+  auto mine = at::tensor(
+      std::vector<int64_t>{color, key < 0 ? rank() : key}, at::kLong);
+  auto all = at::empty({2 * size()}, at::kLong);
+  comm_->all_gather(mine, all).wait();
+  const auto* a = all.data_ptr<int64_t>();
+  std::vector<std::tuple<int64_t, int>> members; // (key, rank)
+  for (int r = 0; r < size(); ++r) {
+    if (a[2 * r] == color) {
+      members.emplace_back(a[2 * r + 1], r);
+    }
+  }
+  std::sort(members.begin(), members.end());
+  if (members.size() == 1) {
+    return Group::self();
+  }
+  std::vector<int> ranks;
+  for (const auto& m : members) {
+    ranks.push_back(std::get<1>(m));
+  }
+  return Group(comm_->split(ranks, name + "c" + std::to_string(color)));
+}
+
+namespace {
+
+std::mutex default_mutex;
+c10::optional<Group> default_group_;
+
+} // namespace
+
+Group default_group() {
+  std::lock_guard<std::mutex> lock(default_mutex);
+  TORCH_CHECK(
+      default_group_.has_value(),
+      "torchtp: no default group. Call torchtp::init_from_env() first (it "
+      "works for a single process too) or pass a group in the options");
+  return *default_group_;
+}
+
+void set_debug_checks(bool enabled) {
+  debug_checks().store(enabled);
+}
+
+void set_default_group(const Group& group) {
+  std::lock_guard<std::mutex> lock(default_mutex);
+  default_group_ = group;
+}
+
+bool has_default_group() {
+  std::lock_guard<std::mutex> lock(default_mutex);
+  return default_group_.has_value();
+}
+
+} // namespace torchtp

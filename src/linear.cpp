@@ -1,0 +1,254 @@
+#include "torchtp/linear.h"
+
+#include "torchtp/init.h"
+#include "torchtp/mappings.h"
+
+#include <torch/nn/functional/linear.h>
+#include <torch/nn/init.h>
+
+#include <cmath>
+
+namespace torchtp {
+namespace detail {
+
+std::pair<torch::Tensor, torch::Tensor> linear_init(
+    int64_t in_features,
+    int64_t out_features,
+    bool bias,
+    torch::Dtype dtype) {
+  torch::NoGradGuard no_grad;
+  const bool exact = dtype == torch::kFloat || dtype == torch::kDouble;
+  const auto draw = exact ? dtype : torch::kFloat;
+  // The same draws, in the same order, as torch::nn::LinearImpl: the weight
+  // first, then the bias from the weight's fan-in.
+  auto w = torch::empty({out_features, in_features}, draw);
+  torch::nn::init::kaiming_uniform_(w, std::sqrt(5));
+  torch::Tensor b;
+  if (bias) {
+    b = torch::empty({out_features}, draw);
+    const auto fan_in = std::get<0>(
+        torch::nn::init::_calculate_fan_in_and_fan_out(w));
+    const auto bound = 1 / std::sqrt(fan_in);
+    torch::nn::init::uniform_(b, -bound, bound);
+  }
+  if (!exact) {
+    w = w.to(dtype);
+    b = b.defined() ? b.to(dtype) : b;
+  }
+  return {w, b};
+}
+
+} // namespace detail
+
+namespace {
+
+Group resolve_group(const c10::optional<Group>& g) {
+  return g.has_value() ? *g : default_group();
+}
+
+torch::Dtype resolve_dtype(const c10::optional<torch::Dtype>& d) {
+  return d.has_value() ? *d
+                       : c10::typeMetaToScalarType(torch::get_default_dtype());
+}
+
+// Shape and dtype check at the entry of forward: names both shapes and the
+// rank, so a user knows which rank disagreed and with what.
+void check_input(
+    const char* layer,
+    const torch::Tensor& input,
+    int64_t width,
+    const char* width_name,
+    const torch::Tensor& weight,
+    const Group& g) {
+  TORCH_CHECK(input.defined(), layer, ": undefined input ", g.tag());
+  TORCH_CHECK(
+      input.dim() >= 1 && input.size(-1) == width, layer,
+      ": expected input of shape [*, ", width, "] (", width_name,
+      ") but got ", input.sizes(), "; weight shard is ", weight.sizes(), " ",
+      g.tag());
+  TORCH_CHECK(
+      input.scalar_type() == weight.scalar_type(), layer,
+      ": expected input dtype ", weight.scalar_type(), " (the weight's) but got ",
+      input.scalar_type(), " for input of shape ", input.sizes(), " ", g.tag());
+}
+
+void check_full(
+    const char* layer,
+    const char* what,
+    const torch::Tensor& given,
+    torch::IntArrayRef expected,
+    const Group& g) {
+  TORCH_CHECK(given.defined() && given.sizes() == expected, layer,
+              "::load_full_weights: expected full ", what, " of shape ",
+              expected, " but got ",
+              given.defined() ? c10::str(given.sizes()) : "undefined", " ",
+              g.tag());
+}
+
+void check_positive(const char* layer, int64_t in, int64_t out) {
+  TORCH_CHECK(in > 0 && out > 0, layer,
+              ": in_features and out_features must be positive, got ", in,
+              " and ", out);
+}
+
+} // namespace
+
+// ---------------------------------------------------------------------------
+// ColumnParallelLinear
+
+ColumnParallelLinearImpl::ColumnParallelLinearImpl(
+    ColumnParallelLinearOptions options_)
+    : options(std::move(options_)) {
+  reset();
+}
+
+void ColumnParallelLinearImpl::reset() {
+  constexpr const char* kName = "torchtp::ColumnParallelLinear";
+  check_positive(kName, options.in_features(), options.out_features());
+  group_ = resolve_group(options.group());
+  partition_ = Partition(
+      options.out_features(), group_->size(), group_->rank(),
+      std::string(kName) + ": out_features");
+  const auto dtype = resolve_dtype(options.dtype());
+  weight = register_parameter(
+      "weight",
+      torch::empty({partition_->local_size(), options.in_features()}, dtype));
+  if (options.bias()) {
+    bias = register_parameter(
+        "bias", torch::empty({partition_->local_size()}, dtype));
+  } else {
+    bias = register_parameter("bias", torch::Tensor(), /*requires_grad=*/false);
+  }
+  reset_parameters();
+}
+
+void ColumnParallelLinearImpl::reset_parameters() {
+  auto [w, b] = detail::linear_init(
+      options.in_features(), options.out_features(), options.bias(),
+      weight.scalar_type());
+  load_full_weights(w, b);
+}
+
+void ColumnParallelLinearImpl::load_full_weights(
+    const torch::Tensor& w,
+    const torch::Tensor& b) {
+  constexpr const char* kName = "torchtp::ColumnParallelLinear";
+  check_full(kName, "weight", w,
+             {options.out_features(), options.in_features()}, *group_);
+  torch::NoGradGuard no_grad;
+  weight.copy_(partition_->narrow(w, 0));
+  if (bias.defined()) {
+    check_full(kName, "bias", b, {options.out_features()}, *group_);
+    bias.copy_(partition_->narrow(b, 0));
+  } else {
+    TORCH_CHECK(!b.defined(), kName, "::load_full_weights: got a bias for a "
+                "layer built with bias(false) ", group_->tag());
+  }
+}
+
+torch::Tensor ColumnParallelLinearImpl::forward(const torch::Tensor& input) {
+  check_input("torchtp::ColumnParallelLinear", input, options.in_features(),
+              "in_features", weight, *group_);
+  auto x = copy_to_tp_region(input, *group_);
+  auto y = torch::nn::functional::linear(
+      x, weight, options.skip_bias_add() ? torch::Tensor() : bias);
+  return options.gather_output() ? gather_from_tp_region(y, *group_) : y;
+}
+
+void ColumnParallelLinearImpl::pretty_print(std::ostream& stream) const {
+  stream << "torchtp::ColumnParallelLinear(in_features="
+         << options.in_features() << ", out_features=" << options.out_features()
+         << " (" << partition_->local_size() << " on this rank)"
+         << ", bias=" << std::boolalpha << options.bias()
+         << ", gather_output=" << options.gather_output()
+         << ", skip_bias_add=" << options.skip_bias_add()
+         << ", rank=" << group_->rank() << ", world_size=" << group_->size()
+         << ")";
+}
+
+// ---------------------------------------------------------------------------
+// RowParallelLinear
+
+RowParallelLinearImpl::RowParallelLinearImpl(RowParallelLinearOptions options_)
+    : options(std::move(options_)) {
+  reset();
+}
+
+void RowParallelLinearImpl::reset() {
+  constexpr const char* kName = "torchtp::RowParallelLinear";
+  check_positive(kName, options.in_features(), options.out_features());
+  group_ = resolve_group(options.group());
+  partition_ = Partition(
+      options.in_features(), group_->size(), group_->rank(),
+      std::string(kName) + ": in_features");
+  const auto dtype = resolve_dtype(options.dtype());
+  weight = register_parameter(
+      "weight",
+      torch::empty({options.out_features(), partition_->local_size()}, dtype));
+  if (options.bias()) {
+    bias = register_parameter(
+        "bias", torch::empty({options.out_features()}, dtype));
+  } else {
+    bias = register_parameter("bias", torch::Tensor(), /*requires_grad=*/false);
+  }
+  reset_parameters();
+}
+
+void RowParallelLinearImpl::reset_parameters() {
+  auto [w, b] = detail::linear_init(
+      options.in_features(), options.out_features(), options.bias(),
+      weight.scalar_type());
+  load_full_weights(w, b);
+}
+
+void RowParallelLinearImpl::load_full_weights(
+    const torch::Tensor& w,
+    const torch::Tensor& b) {
+  constexpr const char* kName = "torchtp::RowParallelLinear";
+  check_full(kName, "weight", w,
+             {options.out_features(), options.in_features()}, *group_);
+  torch::NoGradGuard no_grad;
+  weight.copy_(partition_->narrow(w, 1));
+  if (bias.defined()) {
+    check_full(kName, "bias", b, {options.out_features()}, *group_);
+    bias.copy_(b);
+  } else {
+    TORCH_CHECK(!b.defined(), kName, "::load_full_weights: got a bias for a "
+                "layer built with bias(false) ", group_->tag());
+  }
+}
+
+torch::Tensor RowParallelLinearImpl::forward(const torch::Tensor& input) {
+  constexpr const char* kName = "torchtp::RowParallelLinear";
+  if (options.input_is_parallel()) {
+    check_input(kName, input, partition_->local_size(),
+                "in_features / world_size, input_is_parallel", weight,
+                *group_);
+  } else {
+    check_input(kName, input, options.in_features(), "in_features", weight,
+                *group_);
+  }
+  auto x = options.input_is_parallel() ? input
+                                       : scatter_to_tp_region(input, *group_);
+  auto partial = torch::nn::functional::linear(x, weight);
+  auto y = reduce_from_tp_region(partial, *group_);
+  // Added after the reduction, once: adding it before would count it
+  // world_size times.
+  if (bias.defined() && !options.skip_bias_add()) {
+    y = y + bias;
+  }
+  return y;
+}
+
+void RowParallelLinearImpl::pretty_print(std::ostream& stream) const {
+  stream << "torchtp::RowParallelLinear(in_features=" << options.in_features()
+         << " (" << partition_->local_size() << " on this rank)"
+         << ", out_features=" << options.out_features()
+         << ", bias=" << std::boolalpha << options.bias()
+         << ", input_is_parallel=" << options.input_is_parallel()
+         << ", skip_bias_add=" << options.skip_bias_add()
+         << ", rank=" << group_->rank() << ", world_size=" << group_->size()
+         << ")";
+}
+
+} // namespace torchtp

@@ -1,0 +1,144 @@
+#include "torchtp/mappings.h"
+
+#include "torchtp/partition.h"
+
+#include <torch/autograd.h>
+
+namespace torchtp {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+using Comm = detail::Communicator;
+
+// The group travels into backward as a capsule in saved_data: IValues cannot
+// hold a Group, but they hold any CustomClassHolder, which the communicator is.
+void save_group(AutogradContext* ctx, const Group& group) {
+  ctx->saved_data["group"] = c10::IValue::make_capsule(group.communicator());
+}
+
+Group saved_group(AutogradContext* ctx) {
+  return Group(c10::static_intrusive_pointer_cast<Comm>(
+      ctx->saved_data["group"].toCapsule()));
+}
+
+at::Tensor all_reduce_copy(const at::Tensor& t, const Group& group) {
+  // The caller's tensor (or gradient) may be used elsewhere: reduce a copy.
+  auto out = t.contiguous().clone();
+  group.all_reduce(out);
+  return out;
+}
+
+at::Tensor own_last_dim_chunk(const at::Tensor& t, const Group& group) {
+  Partition part(
+      t.size(-1), group.size(), group.rank(),
+      "torchtp::scatter_to_tp_region: last dim of " +
+          c10::str(t.sizes()));
+  return part.narrow(t, -1).contiguous();
+}
+
+struct CopyToTp : torch::autograd::Function<CopyToTp> {
+  static at::Tensor forward(AutogradContext* ctx, at::Tensor x, Group g) {
+    save_group(ctx, g);
+    return x.view_as(x);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return {all_reduce_copy(grads[0], saved_group(ctx)), at::Tensor()};
+  }
+};
+
+struct ReduceFromTp : torch::autograd::Function<ReduceFromTp> {
+  static at::Tensor forward(AutogradContext*, at::Tensor x, Group g) {
+    return all_reduce_copy(x, g);
+  }
+  static variable_list backward(AutogradContext*, variable_list grads) {
+    return {grads[0], at::Tensor()};
+  }
+};
+
+struct ScatterToTp : torch::autograd::Function<ScatterToTp> {
+  static at::Tensor forward(AutogradContext* ctx, at::Tensor x, Group g) {
+    save_group(ctx, g);
+    return own_last_dim_chunk(x, g);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return {saved_group(ctx).all_gather(grads[0], -1), at::Tensor()};
+  }
+};
+
+struct GatherFromTp : torch::autograd::Function<GatherFromTp> {
+  static at::Tensor forward(AutogradContext* ctx, at::Tensor x, Group g) {
+    save_group(ctx, g);
+    return g.all_gather(x, -1);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return {own_last_dim_chunk(grads[0], saved_group(ctx)), at::Tensor()};
+  }
+};
+
+struct GatherFromSequence : torch::autograd::Function<GatherFromSequence> {
+  static at::Tensor forward(AutogradContext* ctx, at::Tensor x, Group g) {
+    save_group(ctx, g);
+    return g.all_gather(x, 0);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return {saved_group(ctx).reduce_scatter(grads[0], 0), at::Tensor()};
+  }
+};
+
+struct ReduceScatterToSequence
+    : torch::autograd::Function<ReduceScatterToSequence> {
+  static at::Tensor forward(AutogradContext* ctx, at::Tensor x, Group g) {
+    save_group(ctx, g);
+    return g.reduce_scatter(x, 0);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return {saved_group(ctx).all_gather(grads[0], 0), at::Tensor()};
+  }
+};
+
+void check_input(const char* who, const at::Tensor& x, const Group& g) {
+  TORCH_CHECK(x.defined(), "torchtp::", who, ": undefined input ", g.tag());
+  TORCH_CHECK(x.dim() >= 1, "torchtp::", who,
+              ": expected a tensor with at least one dim, got shape ",
+              x.sizes(), " ", g.tag());
+}
+
+} // namespace
+
+at::Tensor copy_to_tp_region(const at::Tensor& input, const Group& group) {
+  check_input("copy_to_tp_region", input, group);
+  return group.size() == 1 ? input : CopyToTp::apply(input, group);
+}
+
+at::Tensor reduce_from_tp_region(const at::Tensor& input, const Group& group) {
+  check_input("reduce_from_tp_region", input, group);
+  return group.size() == 1 ? input : ReduceFromTp::apply(input, group);
+}
+
+at::Tensor scatter_to_tp_region(const at::Tensor& input, const Group& group) {
+  check_input("scatter_to_tp_region", input, group);
+  return group.size() == 1 ? input : ScatterToTp::apply(input, group);
+}
+
+at::Tensor gather_from_tp_region(const at::Tensor& input, const Group& group) {
+  check_input("gather_from_tp_region", input, group);
+  return group.size() == 1 ? input : GatherFromTp::apply(input, group);
+}
+
+at::Tensor gather_from_sequence_region(
+    const at::Tensor& input,
+    const Group& group) {
+  check_input("gather_from_sequence_region", input, group);
+  return group.size() == 1 ? input : GatherFromSequence::apply(input, group);
+}
+
+at::Tensor reduce_scatter_to_sequence_region(
+    const at::Tensor& input,
+    const Group& group) {
+  check_input("reduce_scatter_to_sequence_region", input, group);
+  return group.size() == 1 ? input
+                           : ReduceScatterToSequence::apply(input, group);
+}
+
+} // namespace torchtp

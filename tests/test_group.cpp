@@ -1,0 +1,239 @@
+// Collectives of torchtp::Group against closed-form results, at whatever
+// world size the launcher gives (CTest runs 1, 2, 3 and 4).
+
+#include "test_util.h"
+
+using torchtp::testing::all_close;
+using torchtp::testing::raises_with;
+using torchtp::testing::world;
+
+namespace {
+
+// What rank r contributes in the tests below: distinct per rank and element.
+torch::Tensor contribution(int r, torch::IntArrayRef shape, torch::Dtype dt) {
+  auto n = c10::multiply_integers(shape);
+  return (torch::arange(n, torch::kDouble).reshape(shape) + 100.0 * r)
+      .to(dt);
+}
+
+const std::vector<torch::Dtype> kDtypes = {
+    torch::kFloat, torch::kDouble, torch::kBFloat16, torch::kLong};
+
+} // namespace
+
+TEST(Group, RankAndSizeMatchTheLauncher) {
+  auto g = world();
+  const char* size = std::getenv("WORLD_SIZE");
+  EXPECT_EQ(g.size(), size ? std::atoi(size) : 1);
+  EXPECT_GE(g.rank(), 0);
+  EXPECT_LT(g.rank(), g.size());
+}
+
+TEST(Group, AllReduceSumIsTheSumOfRanks) {
+  auto g = world();
+  for (auto dt : kDtypes) {
+    auto t = torch::full({3, 5}, g.rank() + 1, dt);
+    g.all_reduce(t);
+    const double expected = g.size() * (g.size() + 1) / 2.0;
+    EXPECT_TRUE(all_close(t, torch::full({3, 5}, expected, dt)))
+        << c10::toString(dt);
+    EXPECT_EQ(t.scalar_type(), dt);
+  }
+}
+
+TEST(Group, AllReduceMaxAndMin) {
+  auto g = world();
+  for (auto dt : kDtypes) {
+    auto hi = torch::full({4}, g.rank(), dt);
+    g.all_reduce(hi, torchtp::ReduceOp::max);
+    EXPECT_TRUE(all_close(hi, torch::full({4}, g.size() - 1, dt)));
+    auto lo = torch::full({4}, g.rank() + 7, dt);
+    g.all_reduce(lo, torchtp::ReduceOp::min);
+    EXPECT_TRUE(all_close(lo, torch::full({4}, 7, dt)));
+  }
+}
+
+TEST(Group, AllReduceWritesBackIntoANonContiguousTensor) {
+  auto g = world();
+  auto base = torch::zeros({4, 6}, torch::kDouble);
+  auto view = base.t(); // [6, 4], not contiguous
+  view.copy_(contribution(g.rank(), {6, 4}, torch::kDouble));
+  g.all_reduce(view);
+  auto expected = torch::zeros({6, 4}, torch::kDouble);
+  for (int r = 0; r < g.size(); ++r) {
+    expected += contribution(r, {6, 4}, torch::kDouble);
+  }
+  EXPECT_TRUE(all_close(base.t(), expected));
+}
+
+TEST(Group, AllGatherConcatenatesInRankOrderAlongAnyDim) {
+  auto g = world();
+  const std::vector<int64_t> shape = {2, 3, 4};
+  for (auto dt : kDtypes) {
+    for (int64_t dim : {0, 1, 2, -1, -2}) {
+      auto mine = contribution(g.rank(), shape, dt);
+      std::vector<torch::Tensor> all;
+      for (int r = 0; r < g.size(); ++r) {
+        all.push_back(contribution(r, shape, dt));
+      }
+      auto got = g.all_gather(mine, dim);
+      EXPECT_TRUE(all_close(got, torch::cat(all, dim)))
+          << "dim " << dim << " " << c10::toString(dt);
+      EXPECT_EQ(got.scalar_type(), dt);
+    }
+  }
+}
+
+TEST(Group, ReduceScatterKeepsThisRanksPartOfTheSum) {
+  auto g = world();
+  for (auto dt : kDtypes) {
+    for (int64_t dim : {0, 1, -1}) {
+      std::vector<int64_t> shape = {2, 3, 5};
+      shape[dim < 0 ? 2 : dim] *= g.size();
+      auto sum = torch::zeros(shape, torch::kDouble);
+      for (int r = 0; r < g.size(); ++r) {
+        sum += contribution(r, shape, torch::kDouble);
+      }
+      auto got = g.reduce_scatter(contribution(g.rank(), shape, dt), dim);
+      auto expected = sum.chunk(g.size(), dim)[g.rank()].to(dt);
+      EXPECT_TRUE(all_close(got, expected))
+          << "dim " << dim << " " << c10::toString(dt);
+    }
+  }
+}
+
+TEST(Group, ReduceScatterMax) {
+  auto g = world();
+  auto t = contribution(g.rank(), {2 * g.size(), 3}, torch::kFloat);
+  auto got = g.reduce_scatter(t, 0, torchtp::ReduceOp::max);
+  auto expected = contribution(g.size() - 1, {2 * g.size(), 3}, torch::kFloat)
+                      .chunk(g.size(), 0)[g.rank()];
+  EXPECT_TRUE(all_close(got, expected));
+}
+
+TEST(Group, ReduceScatterOfASizeThatDoesNotDivideRaises) {
+  auto g = world();
+  if (g.size() == 1) {
+    // Everything divides by one: the call must succeed.
+    EXPECT_NO_THROW(g.reduce_scatter(torch::ones({5}), 0));
+    return;
+  }
+  auto t = torch::ones({g.size() + 1, 2});
+  EXPECT_TRUE(raises_with(
+      [&] { g.reduce_scatter(t, 0); },
+      {"not divisible", std::to_string(g.size() + 1), g.tag()}));
+}
+
+TEST(Group, BroadcastCopiesTheRootsTensor) {
+  auto g = world();
+  for (auto dt : kDtypes) {
+    for (int root = 0; root < g.size(); ++root) {
+      auto t = contribution(g.rank(), {3, 2}, dt);
+      g.broadcast(t, root);
+      EXPECT_TRUE(all_close(t, contribution(root, {3, 2}, dt)));
+    }
+  }
+  auto t = torch::zeros({1});
+  EXPECT_TRUE(raises_with([&] { g.broadcast(t, g.size()); },
+                          {"root", g.tag()}));
+}
+
+TEST(Group, AsyncVariantsReturnTheResultOnWait) {
+  auto g = world();
+  auto a = torch::full({8}, 1.0);
+  auto wa = g.all_reduce_async(a);
+  auto wg = g.all_gather_async(torch::full({2}, double(g.rank())), 0);
+  auto ws = g.reduce_scatter_async(torch::ones({2 * g.size()}), 0);
+  auto b = torch::full({3}, double(g.rank()));
+  auto wb = g.broadcast_async(b, 0);
+  EXPECT_TRUE(all_close(wa.wait(), torch::full({8}, double(g.size()))));
+  EXPECT_TRUE(wa.is_completed());
+  EXPECT_TRUE(all_close(a, torch::full({8}, double(g.size()))));
+  std::vector<torch::Tensor> parts;
+  for (int r = 0; r < g.size(); ++r) {
+    parts.push_back(torch::full({2}, double(r)));
+  }
+  EXPECT_TRUE(all_close(wg.wait(), torch::cat(parts)));
+  EXPECT_TRUE(all_close(ws.wait(), torch::full({2}, double(g.size()))));
+  EXPECT_TRUE(all_close(wb.wait(), torch::zeros({3})));
+  // Waiting twice gives the same result.
+  EXPECT_TRUE(all_close(wg.wait(), torch::cat(parts)));
+}
+
+TEST(Group, BarrierReturnsOnEveryRank) {
+  auto g = world();
+  for (int i = 0; i < 3; ++i) {
+    g.barrier();
+  }
+  SUCCEED();
+}
+
+TEST(Group, SplitByParityReducesWithinEachHalf) {
+  auto g = world();
+  auto half = g.split(/*color=*/g.rank() % 2);
+  int expected_size = 0;
+  double expected_sum = 0;
+  for (int r = 0; r < g.size(); ++r) {
+    if (r % 2 == g.rank() % 2) {
+      ++expected_size;
+      expected_sum += r;
+    }
+  }
+  EXPECT_EQ(half.size(), expected_size);
+  EXPECT_EQ(half.rank(), g.rank() / 2);
+  auto t = torch::full({2}, double(g.rank()));
+  half.all_reduce(t);
+  EXPECT_TRUE(all_close(t, torch::full({2}, expected_sum)));
+}
+
+TEST(Group, SplitKeyOrdersTheNewRanks) {
+  auto g = world();
+  auto reversed = g.split(/*color=*/0, /*key=*/g.size() - 1 - g.rank());
+  EXPECT_EQ(reversed.rank(), g.size() - 1 - g.rank());
+  auto got = reversed.all_gather(torch::full({1}, double(g.rank())), 0);
+  auto expected = torch::arange(g.size() - 1, -1, -1, torch::kDouble);
+  EXPECT_TRUE(all_close(got, expected));
+}
+
+TEST(ParallelGroups, TensorGroupsAreConsecutiveRanks) {
+  auto g = world();
+  for (int tp = 1; tp <= g.size(); ++tp) {
+    if (g.size() % tp != 0) {
+      continue;
+    }
+    auto pg = torchtp::make_parallel_groups(g, tp);
+    EXPECT_EQ(pg.tensor.size(), tp);
+    EXPECT_EQ(pg.tensor.rank(), g.rank() % tp);
+    EXPECT_EQ(pg.data.size(), g.size() / tp);
+    EXPECT_EQ(pg.data.rank(), g.rank() / tp);
+    // The tensor group of rank r holds ranks tp*(r/tp) .. tp*(r/tp)+tp-1.
+    auto members = pg.tensor.all_gather(torch::full({1}, double(g.rank())), 0);
+    auto first = double(g.rank() / tp * tp);
+    EXPECT_TRUE(all_close(members, torch::arange(first, first + tp, 1.0,
+                                                 torch::kDouble)));
+    auto dp = pg.data.all_gather(torch::full({1}, double(g.rank())), 0);
+    EXPECT_TRUE(all_close(dp, torch::arange(double(g.rank() % tp), g.size(),
+                                            double(tp), torch::kDouble)));
+  }
+}
+
+TEST(ParallelGroups, SizeThatDoesNotDivideTheWorldRaises) {
+  auto g = world();
+  EXPECT_TRUE(raises_with([&] { torchtp::make_parallel_groups(g, g.size() + 1); },
+                          {"does not divide", g.tag()}));
+}
+
+TEST(Group, DebugChecksNameTheRankThatDisagrees) {
+  auto g = world();
+  torchtp::set_debug_checks(true);
+  auto same = torch::ones({2, 3});
+  EXPECT_NO_THROW(g.all_reduce(same));
+  if (g.size() > 1) {
+    // Rank 0 passes one element more than the others.
+    auto t = torch::ones({g.rank() == 0 ? 4 : 3});
+    EXPECT_TRUE(raises_with([&] { g.all_reduce(t); },
+                            {"ranks disagree", "[4] Float", "[3] Float",
+                             g.tag()}));
+  }
+  torchtp::set_debug_checks(false);
+}

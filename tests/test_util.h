@@ -1,0 +1,95 @@
+#pragma once
+
+// Helpers shared by the distributed tests: every rank builds the same full
+// (unsharded) reference from the same seed and compares its own slice.
+
+#include <torchtp/torchtp.h>
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <string>
+
+namespace torchtp::testing {
+
+/// The world group set up by the tests' main().
+inline Group world() {
+  return default_group();
+}
+
+/// Tolerances for comparing a sharded result with the unsharded one: the
+/// reduction order differs, so results agree to rounding, not bit for bit.
+struct Tolerance {
+  double rtol;
+  double atol;
+};
+
+inline Tolerance tolerance_for(torch::Dtype dtype) {
+  switch (dtype) {
+    case torch::kDouble:
+      return {1e-10, 1e-12};
+    case torch::kBFloat16:
+      return {3e-2, 3e-2};
+    default:
+      return {1e-4, 1e-5};
+  }
+}
+
+/// gtest assertion: `actual` equals `expected` in shape and, within the
+/// dtype's tolerance, in value. Reports the largest difference and the rank.
+inline ::testing::AssertionResult all_close(
+    const torch::Tensor& actual,
+    const torch::Tensor& expected,
+    Tolerance tol) {
+  const std::string tag = world().tag();
+  if (!actual.defined() || !expected.defined()) {
+    return ::testing::AssertionFailure()
+        << "undefined tensor (actual " << actual.defined() << ", expected "
+        << expected.defined() << ") " << tag;
+  }
+  if (actual.sizes() != expected.sizes()) {
+    return ::testing::AssertionFailure() << "shape " << actual.sizes()
+                                         << " != expected " << expected.sizes()
+                                         << " " << tag;
+  }
+  auto a = actual.to(torch::kDouble);
+  auto e = expected.to(torch::kDouble);
+  if (!torch::allclose(a, e, tol.rtol, tol.atol)) {
+    return ::testing::AssertionFailure()
+        << "max |diff| " << (a - e).abs().max().item<double>()
+        << " (rtol " << tol.rtol << ", atol " << tol.atol << ") " << tag;
+  }
+  return ::testing::AssertionSuccess();
+}
+
+inline ::testing::AssertionResult all_close(
+    const torch::Tensor& actual,
+    const torch::Tensor& expected) {
+  return all_close(actual, expected, tolerance_for(expected.scalar_type()));
+}
+
+/// Runs `f`, expects a c10::Error whose message contains every string in
+/// `needles`.
+template <typename F>
+::testing::AssertionResult raises_with(
+    F&& f,
+    std::initializer_list<std::string> needles) {
+  try {
+    f();
+  } catch (const c10::Error& e) {
+    const std::string msg = e.what_without_backtrace();
+    for (const auto& n : needles) {
+      if (msg.find(n) == std::string::npos) {
+        return ::testing::AssertionFailure()
+            << "message lacks '" << n << "': " << msg;
+      }
+    }
+    return ::testing::AssertionSuccess();
+  } catch (const std::exception& e) {
+    return ::testing::AssertionFailure()
+        << "raised a non-c10::Error: " << e.what();
+  }
+  return ::testing::AssertionFailure() << "did not raise";
+}
+
+} // namespace torchtp::testing

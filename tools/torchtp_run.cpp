@@ -1,0 +1,484 @@
+// torchtp-run: starts one process per rank, like torchrun, for torchtp
+// programs. Plain POSIX + CLI11 so it builds without libtorch.
+
+#include <CLI/CLI.hpp>
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <climits>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+/// Parsed and validated command line.
+struct Options {
+  int nproc_per_node = 1;
+  int nnodes = 1;
+  int node_rank = 0;
+  std::string master_addr;
+  int master_port = 0;
+  double grace_seconds = 5.0;
+  bool no_tag = false;
+  int omp_threads = 0;
+  std::vector<std::string> command;
+};
+
+/// One output stream (stdout or stderr) of one rank.
+struct Stream {
+  int fd = -1;       ///< Read end of the pipe; -1 once closed.
+  int out_fd = 1;    ///< Where the launcher re-emits the lines.
+  std::string tag;   ///< Line prefix, e.g. "[rank 3] ".
+  std::string buf;   ///< Bytes received after the last newline.
+};
+
+/// One launched rank.
+struct Child {
+  pid_t pid = -1;
+  int rank = 0;
+  bool reaped = false;
+};
+
+/// Write end of the self-pipe; the signal handler only writes to it.
+int g_signal_pipe = -1;
+
+constexpr int kExitUsage = 2;
+constexpr int kExitExecFailed = 127;
+/// Lines longer than this are cut so one rank cannot exhaust memory.
+constexpr size_t kMaxLine = 1 << 16;
+
+/// Usage line that shows the wrapped command, which CLI11 cannot infer.
+class UsageFormatter : public CLI::Formatter {
+ public:
+  std::string make_usage(const CLI::App*, std::string name) const override {
+    return "\nUsage: " + name + " [OPTIONS] PROGRAM [ARGS...]\n";
+  }
+};
+
+/// Writes all of `data`; errors are ignored because there is nobody left
+/// to tell (e.g. the launcher's own stdout was closed).
+void write_all(int fd, const std::string& data) {
+  size_t done = 0;
+  while (done < data.size()) {
+    ssize_t n = write(fd, data.data() + done, data.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;
+    done += static_cast<size_t>(n);
+  }
+}
+
+/// Prints a launcher message to stderr as one write, so it never lands
+/// in the middle of a rank's line.
+void log_line(const std::string& msg) {
+  write_all(2, "torchtp-run: " + msg + "\n");
+}
+
+/// Async-signal-safe: forwards the signal number to the main loop.
+void on_signal(int signo) {
+  int saved = errno;
+  unsigned char byte = static_cast<unsigned char>(signo);
+  (void)!write(g_signal_pipe, &byte, 1);
+  errno = saved;
+}
+
+/// CPUs this process may run on; the affinity mask is what a container or
+/// taskset actually grants, unlike the machine-wide count.
+int usable_cpus() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    int n = CPU_COUNT(&set);
+    if (n > 0) return n;
+  }
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  return n > 0 ? static_cast<int>(n) : 1;
+}
+
+/// Asks the kernel for an unused port on 127.0.0.1. The port is released
+/// before rank 0 binds it, a small race that torchrun accepts too.
+int pick_free_port() {
+  int sock = socket(AF_INET, SOCK_STREAM, 0);
+  if (sock < 0) return -1;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  socklen_t len = sizeof(addr);
+  int port = -1;
+  if (bind(sock, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+      getsockname(sock, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+    port = ntohs(addr.sin_port);
+  }
+  close(sock);
+  return port;
+}
+
+/// Parses argv into `opts`. Returns -1 to continue, else an exit code.
+int parse_args(int argc, char** argv, Options& opts) {
+  CLI::App app{
+      "Runs PROGRAM once per rank on this host, as torchrun does, and wires\n"
+      "the ranks together through environment variables. Each output line\n"
+      "of a rank is prefixed with \"[rank R] \". Everything after PROGRAM\n"
+      "is passed to it untouched, even arguments starting with '-'."};
+  app.name("torchtp-run");
+  app.prefix_command();
+  app.formatter(std::make_shared<UsageFormatter>());
+  app.get_formatter()->column_width(28);
+  // Named like CLI11's own checks; the bare Range prints INT_MAX in help.
+  CLI::Validator positive = CLI::Range(1, INT_MAX);
+  positive.description("POSITIVE");
+  CLI::Validator non_negative = CLI::Range(0, INT_MAX);
+  non_negative.description("NONNEGATIVE");
+  app.add_option("--nproc-per-node", opts.nproc_per_node,
+                 "Ranks to start on this host (default 1)")
+      ->check(positive);
+  app.add_option("--nnodes", opts.nnodes, "Number of hosts (default 1)")
+      ->check(positive);
+  app.add_option("--node-rank", opts.node_rank,
+                 "Index of this host, 0..nnodes-1 (default 0)")
+      ->check(non_negative);
+  app.add_option("--master-addr", opts.master_addr,
+                 "Host of rank 0 (default 127.0.0.1 with one node)");
+  app.add_option("--master-port", opts.master_port,
+                 "Rendezvous port; one node: a free port if omitted")
+      ->check(CLI::Range(1, 65535));
+  app.add_option("--grace-seconds", opts.grace_seconds,
+                 "Wait after SIGTERM before SIGKILL (default 5)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_flag("--no-tag", opts.no_tag, "Do not prefix lines with the rank");
+  app.add_option("--omp-threads", opts.omp_threads,
+                 "OMP_NUM_THREADS for each rank (overrides all else)")
+      ->check(positive);
+  app.footer(
+      "Environment of each rank:\n"
+      "  RANK              node_rank * nproc_per_node + LOCAL_RANK\n"
+      "  WORLD_SIZE        nnodes * nproc_per_node\n"
+      "  LOCAL_RANK        0..nproc_per_node-1 on this host\n"
+      "  LOCAL_WORLD_SIZE  nproc_per_node\n"
+      "  GROUP_RANK        node_rank\n"
+      "  MASTER_ADDR       --master-addr\n"
+      "  MASTER_PORT       --master-port\n"
+      "  OMP_NUM_THREADS   --omp-threads, else the launcher's own value,\n"
+      "                    else max(1, usable CPUs / nproc_per_node)\n"
+      "  TORCHTP_RUN       1\n"
+      "Ranks get /dev/null as stdin and run in their own process groups.\n"
+      "\n"
+      "Failure: when a rank exits non-zero or dies from a signal, the\n"
+      "others get SIGTERM, then SIGKILL after --grace-seconds, and\n"
+      "torchtp-run exits with that rank's code (128+N for signal N).\n"
+      "SIGINT/SIGTERM sent to torchtp-run are forwarded to all ranks.\n"
+      "Bad usage exits 2; a PROGRAM that cannot be run exits 127.\n"
+      "\n"
+      "Examples:\n"
+      "  # one host, 4 ranks\n"
+      "  torchtp-run --nproc-per-node 4 ./train --epochs 3\n"
+      "  # two hosts, 2 ranks each; run on both with --node-rank 0 / 1\n"
+      "  torchtp-run --nproc-per-node 2 --nnodes 2 --node-rank 0 \\\n"
+      "      --master-addr 10.0.0.1 --master-port 29500 ./train\n");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int code = app.exit(e);
+    return code == 0 ? 0 : kExitUsage;
+  }
+  opts.command = app.remaining();
+  // prefix_command() keeps a "--" separator; it is not part of PROGRAM.
+  if (!opts.command.empty() && opts.command.front() == "--") {
+    opts.command.erase(opts.command.begin());
+  }
+  auto usage_error = [](const std::string& msg) {
+    log_line(msg + "\nRun with --help for more information.");
+    return kExitUsage;
+  };
+  if (opts.command.empty()) return usage_error("missing PROGRAM to run");
+  // CLI11 stops at the first unknown option; treating a typo such as
+  // "--nproc 2" as the program would give a confusing exec error.
+  if (opts.command.front().size() > 1 && opts.command.front()[0] == '-') {
+    return usage_error("unknown option " + opts.command.front());
+  }
+  if (opts.node_rank >= opts.nnodes) {
+    return usage_error("--node-rank must be below --nnodes");
+  }
+  if (opts.nnodes > 1 && (opts.master_addr.empty() || !opts.master_port)) {
+    return usage_error(
+        "--master-addr and --master-port are required when --nnodes > 1");
+  }
+  if (opts.nproc_per_node > INT_MAX / opts.nnodes) {
+    return usage_error("--nnodes * --nproc-per-node is too large");
+  }
+  if (opts.master_addr.empty()) opts.master_addr = "127.0.0.1";
+  if (!opts.master_port) {
+    opts.master_port = pick_free_port();
+    if (opts.master_port < 0) {
+      log_line(std::string("cannot find a free port: ") + strerror(errno));
+      return 1;
+    }
+  }
+  return -1;
+}
+
+/// In the forked child: joins a fresh process group, wires the pipes,
+/// sets the rank's environment and execs. Never returns.
+[[noreturn]] void exec_rank(const Options& opts, int local_rank, int out_fd,
+                            int err_fd, const std::string& omp,
+                            const sigset_t& orig_mask) {
+  // Own group, so one killpg() reaches the rank's descendants too.
+  setpgid(0, 0);
+#ifdef __linux__
+  // If the launcher is SIGKILLed it cannot clean up; let the kernel do it.
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+#endif
+  for (int sig : {SIGINT, SIGTERM, SIGCHLD, SIGPIPE}) signal(sig, SIG_DFL);
+  sigprocmask(SIG_SETMASK, &orig_mask, nullptr);
+  // A background process group reading the terminal would be stopped by
+  // SIGTTIN and hang the job, so ranks never see the launcher's stdin.
+  int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (null_fd >= 0) dup2(null_fd, 0);
+  dup2(out_fd, 1);
+  dup2(err_fd, 2);
+  int rank = opts.node_rank * opts.nproc_per_node + local_rank;
+  auto set = [](const char* key, long value) {
+    setenv(key, std::to_string(value).c_str(), 1);
+  };
+  set("RANK", rank);
+  set("WORLD_SIZE", static_cast<long>(opts.nnodes) * opts.nproc_per_node);
+  set("LOCAL_RANK", local_rank);
+  set("LOCAL_WORLD_SIZE", opts.nproc_per_node);
+  set("GROUP_RANK", opts.node_rank);
+  set("MASTER_PORT", opts.master_port);
+  set("TORCHTP_RUN", 1);
+  setenv("MASTER_ADDR", opts.master_addr.c_str(), 1);
+  setenv("OMP_NUM_THREADS", omp.c_str(), 1);
+  std::vector<char*> argv;
+  for (const auto& arg : opts.command) {
+    argv.push_back(const_cast<char*>(arg.c_str()));
+  }
+  argv.push_back(nullptr);
+  execvp(argv[0], argv.data());
+  std::string msg = "torchtp-run: cannot execute '" + opts.command[0] +
+                    "': " + strerror(errno) + "\n";
+  write_all(2, msg);
+  _exit(kExitExecFailed);
+}
+
+/// Re-emits every complete line in `s.buf`; with `at_eof` also the final
+/// unterminated line. One write per line keeps ranks from interleaving.
+void emit_lines(Stream& s, bool at_eof) {
+  size_t start = 0;
+  for (;;) {
+    size_t nl = s.buf.find('\n', start);
+    if (nl == std::string::npos) break;
+    write_all(s.out_fd, s.tag + s.buf.substr(start, nl - start + 1));
+    start = nl + 1;
+  }
+  s.buf.erase(0, start);
+  if (!s.buf.empty() && (at_eof || s.buf.size() > kMaxLine)) {
+    write_all(s.out_fd, s.tag + s.buf + "\n");
+    s.buf.clear();
+  }
+}
+
+/// Reads what is available on `s`; closes it at EOF or on error.
+void pump(Stream& s) {
+  char chunk[65536];
+  ssize_t n = read(s.fd, chunk, sizeof(chunk));
+  if (n < 0 && (errno == EINTR || errno == EAGAIN)) return;
+  if (n > 0) {
+    s.buf.append(chunk, static_cast<size_t>(n));
+    emit_lines(s, false);
+    return;
+  }
+  emit_lines(s, true);
+  close(s.fd);
+  s.fd = -1;
+}
+
+/// Polls the signal pipe and open streams; returns poll()'s result.
+int poll_streams(std::vector<Stream>& streams, int sig_fd, int timeout_ms) {
+  std::vector<pollfd> fds;
+  if (sig_fd >= 0) fds.push_back({sig_fd, POLLIN, 0});
+  for (const auto& s : streams) {
+    if (s.fd >= 0) fds.push_back({s.fd, POLLIN, 0});
+  }
+  int ready = poll(fds.data(), fds.size(), timeout_ms);
+  if (ready <= 0) return ready;
+  // Map results back by fd; closed streams were skipped above.
+  size_t i = sig_fd >= 0 ? 1 : 0;
+  for (auto& s : streams) {
+    if (s.fd < 0) continue;
+    if (fds[i++].revents) pump(s);
+  }
+  return ready;
+}
+
+/// Signals every rank's process group. Groups outlive their leader, so
+/// reaped ranks are included to catch leftover descendants.
+void signal_all(const std::vector<Child>& children, int sig) {
+  for (const auto& c : children) killpg(c.pid, sig);
+}
+
+/// Starts all ranks, relays their output and enforces the failure
+/// policy. Returns the launcher's exit code.
+int run(const Options& opts) {
+  std::string omp;
+  const char* env_omp = getenv("OMP_NUM_THREADS");
+  if (opts.omp_threads > 0) {
+    omp = std::to_string(opts.omp_threads);
+  } else if (env_omp && *env_omp) {
+    omp = env_omp;
+  } else {
+    omp = std::to_string(std::max(1, usable_cpus() / opts.nproc_per_node));
+  }
+
+  int sig_pipe[2];
+  if (pipe2(sig_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
+    log_line(std::string("pipe: ") + strerror(errno));
+    return 1;
+  }
+  g_signal_pipe = sig_pipe[1];
+  // Blocked while forking so a child never runs our handler; the pending
+  // signals are delivered once all ranks exist.
+  sigset_t handled, orig_mask;
+  sigemptyset(&handled);
+  for (int sig : {SIGINT, SIGTERM, SIGCHLD}) sigaddset(&handled, sig);
+  sigprocmask(SIG_BLOCK, &handled, &orig_mask);
+  struct sigaction sa{};
+  sa.sa_handler = on_signal;
+  sa.sa_flags = SA_RESTART;
+  for (int sig : {SIGINT, SIGTERM, SIGCHLD}) sigaction(sig, &sa, nullptr);
+  // A closed stdout must not kill the launcher before it reaps the ranks.
+  signal(SIGPIPE, SIG_IGN);
+
+  std::vector<Child> children;
+  std::vector<Stream> streams;
+  for (int local = 0; local < opts.nproc_per_node; ++local) {
+    int rank = opts.node_rank * opts.nproc_per_node + local;
+    int out[2], err[2];
+    if (pipe2(out, O_CLOEXEC) != 0 || pipe2(err, O_CLOEXEC) != 0) {
+      log_line(std::string("pipe: ") + strerror(errno));
+      signal_all(children, SIGKILL);
+      _exit(1);  // The kernel reaps; the children die with their group.
+    }
+    pid_t pid = fork();
+    if (pid == 0) exec_rank(opts, local, out[1], err[1], omp, orig_mask);
+    // Also set here: a kill before the child runs setpgid must not miss.
+    if (pid > 0) setpgid(pid, pid);
+    close(out[1]);
+    close(err[1]);
+    if (pid < 0) {
+      log_line(std::string("fork: ") + strerror(errno));
+      signal_all(children, SIGKILL);
+      _exit(1);
+    }
+    std::string tag = opts.no_tag ? "" : "[rank " + std::to_string(rank) + "] ";
+    children.push_back({pid, rank, false});
+    for (auto [fd, out_fd] : {std::pair{out[0], 1}, std::pair{err[0], 2}}) {
+      fcntl(fd, F_SETFL, O_NONBLOCK);
+      streams.push_back({fd, out_fd, tag, ""});
+    }
+  }
+  sigprocmask(SIG_SETMASK, &orig_mask, nullptr);
+
+  int exit_code = 0;
+  bool stopping = false, killed = false;
+  Clock::time_point deadline;
+  auto begin_stop = [&] {
+    stopping = true;
+    deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                  std::chrono::duration<double>(
+                                      opts.grace_seconds));
+  };
+  size_t alive = children.size();
+  while (alive > 0) {
+    int timeout = -1;
+    if (stopping && !killed) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - Clock::now());
+      timeout = static_cast<int>(std::max<long long>(0, left.count()) + 1);
+    }
+    poll_streams(streams, sig_pipe[0], timeout);
+
+    unsigned char sig;
+    while (read(sig_pipe[0], &sig, 1) == 1) {
+      if (sig == SIGCHLD) continue;  // Reaping below covers it.
+      if (stopping) {  // A second Ctrl-C means "now".
+        signal_all(children, SIGKILL);
+        killed = true;
+        continue;
+      }
+      log_line(std::string("received ") + strsignal(sig) +
+               "; stopping all ranks");
+      signal_all(children, sig);
+      exit_code = 128 + sig;
+      begin_stop();
+    }
+
+    int status;
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+      auto it = std::find_if(children.begin(), children.end(),
+                             [pid](const Child& c) { return c.pid == pid; });
+      if (it == children.end()) continue;
+      it->reaped = true;
+      --alive;
+      bool signaled = WIFSIGNALED(status);
+      int code = signaled ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
+      if (code == 0 || stopping) continue;  // Only the first cause counts.
+      std::string how = signaled
+          ? "was killed by signal " + std::to_string(WTERMSIG(status)) +
+                " (" + strsignal(WTERMSIG(status)) + ")"
+          : "exited with code " + std::to_string(code);
+      log_line("rank " + std::to_string(it->rank) + " (pid " +
+               std::to_string(pid) + ") " + how +
+               "; stopping the other ranks");
+      exit_code = code;
+      for (const auto& c : children) {
+        if (!c.reaped) killpg(c.pid, SIGTERM);
+      }
+      begin_stop();
+    }
+    if (stopping && !killed && Clock::now() >= deadline && alive > 0) {
+      signal_all(children, SIGKILL);
+      killed = true;
+    }
+  }
+
+  // Descendants that ignored SIGTERM would keep the pipes open forever.
+  if (stopping) signal_all(children, SIGKILL);
+  // Ranks are gone; drain what they wrote, but a stray grandchild holding
+  // a pipe open must not keep the launcher alive, so bound the wait.
+  auto drain_end = Clock::now() + std::chrono::seconds(1);
+  while (Clock::now() < drain_end && poll_streams(streams, -1, 50) > 0) {
+  }
+  for (auto& s : streams) {
+    if (s.fd < 0) continue;
+    emit_lines(s, true);
+    close(s.fd);
+  }
+  return exit_code;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options opts;
+  int code = parse_args(argc, argv, opts);
+  if (code >= 0) return code;
+  return run(opts);
+}
