@@ -1,0 +1,38 @@
+# Thin wrapper over CMake. `make demo` and `make test` set up everything they
+# need on a fresh Debian machine (scripts/setup.sh installs the packages).
+
+BUILD ?= build
+JOBS ?= 2
+NPROC ?= 2
+GENERATOR := $(shell command -v ninja >/dev/null 2>&1 && echo "-G Ninja")
+
+.PHONY: all setup configure build demo test bench install clean
+
+all: build
+
+setup:
+	@bash scripts/setup.sh
+
+configure: setup
+	@if [ ! -f $(BUILD)/CMakeCache.txt ]; then \
+	  cmake -S . -B $(BUILD) $(GENERATOR) -DCMAKE_BUILD_TYPE=Release; \
+	fi
+
+build: configure
+	cmake --build $(BUILD) -j $(JOBS)
+
+# The main job on local ranks over loopback: no cluster needed.
+demo: build
+	./$(BUILD)/torchtp-run --nproc-per-node $(NPROC) ./$(BUILD)/examples/linear_demo
+
+test: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+bench: build
+	./$(BUILD)/torchtp-run --nproc-per-node $(NPROC) ./$(BUILD)/bench/bench_collectives
+
+install: build
+	cmake --install $(BUILD)
+
+clean:
+	rm -rf $(BUILD)
