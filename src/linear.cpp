@@ -106,16 +106,21 @@ void ColumnParallelLinearImpl::reset() {
   constexpr const char* kName = "torchtp::ColumnParallelLinear";
   check_positive(kName, options.in_features(), options.out_features());
   group_ = resolve_group(options.group());
+  const int64_t segments = options.segments();
+  TORCH_CHECK(
+      segments >= 1 && options.out_features() % segments == 0, kName,
+      ": out_features (", options.out_features(),
+      ") is not divisible by segments (", segments, ") ", group_->tag());
   partition_ = Partition(
-      options.out_features(), group_->size(), group_->rank(),
-      std::string(kName) + ": out_features");
+      options.out_features() / segments, group_->size(), group_->rank(),
+      std::string(kName) + ": out_features" +
+          (segments > 1 ? " / segments" : ""));
+  const int64_t local_out = segments * partition_->local_size();
   const auto dtype = resolve_dtype(options.dtype());
   weight = register_parameter(
-      "weight",
-      torch::empty({partition_->local_size(), options.in_features()}, dtype));
+      "weight", torch::empty({local_out, options.in_features()}, dtype));
   if (options.bias()) {
-    bias = register_parameter(
-        "bias", torch::empty({partition_->local_size()}, dtype));
+    bias = register_parameter("bias", torch::empty({local_out}, dtype));
   } else {
     bias = register_parameter("bias", torch::Tensor(), /*requires_grad=*/false);
   }
@@ -136,14 +141,27 @@ void ColumnParallelLinearImpl::load_full_weights(
   check_full(kName, "weight", w,
              {options.out_features(), options.in_features()}, *group_);
   torch::NoGradGuard no_grad;
-  weight.copy_(partition_->narrow(w, 0));
+  weight.copy_(own_rows(w));
   if (bias.defined()) {
     check_full(kName, "bias", b, {options.out_features()}, *group_);
-    bias.copy_(partition_->narrow(b, 0));
+    bias.copy_(own_rows(b));
   } else {
     TORCH_CHECK(!b.defined(), kName, "::load_full_weights: got a bias for a "
                 "layer built with bias(false) ", group_->tag());
   }
+}
+
+torch::Tensor ColumnParallelLinearImpl::own_rows(const torch::Tensor& full) {
+  // [out, ...] -> [segments, out / segments, ...]: this rank's part of every
+  // block, blocks kept in order.
+  auto sizes = full.sizes().vec();
+  sizes[0] /= options.segments();
+  sizes.insert(sizes.begin(), options.segments());
+  auto mine = partition_->narrow(full.reshape(sizes), 1);
+  auto out = mine.sizes().vec();
+  out.erase(out.begin());
+  out[0] *= options.segments();
+  return mine.reshape(out);
 }
 
 torch::Tensor ColumnParallelLinearImpl::forward(const torch::Tensor& input) {
@@ -152,17 +170,37 @@ torch::Tensor ColumnParallelLinearImpl::forward(const torch::Tensor& input) {
   auto x = copy_to_tp_region(input, *group_);
   auto y = torch::nn::functional::linear(
       x, weight, options.skip_bias_add() ? torch::Tensor() : bias);
-  return options.gather_output() ? gather_from_tp_region(y, *group_) : y;
+  if (!options.gather_output()) {
+    return y;
+  }
+  y = gather_from_tp_region(y, *group_);
+  const int64_t segments = options.segments();
+  if (segments == 1) {
+    return y;
+  }
+  // The gather is rank-major [r0: s0 s1 .., r1: s0 s1 ..]; the full output is
+  // block-major [s0: r0 r1 .., s1: ..].
+  TORCH_INTERNAL_ASSERT(partition_->is_even(), "uneven segments not built");
+  auto lead = y.sizes().vec();
+  lead.pop_back();
+  auto shape = lead;
+  shape.insert(
+      shape.end(), {group_->size(), segments, partition_->local_size()});
+  lead.push_back(options.out_features());
+  return y.reshape(shape).transpose(-3, -2).reshape(lead);
 }
 
 void ColumnParallelLinearImpl::pretty_print(std::ostream& stream) const {
   stream << "torchtp::ColumnParallelLinear(in_features="
          << options.in_features() << ", out_features=" << options.out_features()
-         << " (" << partition_->local_size() << " on this rank)"
+         << " (" << weight.size(0) << " on this rank)"
          << ", bias=" << std::boolalpha << options.bias()
          << ", gather_output=" << options.gather_output()
-         << ", skip_bias_add=" << options.skip_bias_add()
-         << ", rank=" << group_->rank() << ", world_size=" << group_->size()
+         << ", skip_bias_add=" << options.skip_bias_add();
+  if (options.segments() > 1) {
+    stream << ", segments=" << options.segments();
+  }
+  stream << ", rank=" << group_->rank() << ", world_size=" << group_->size()
          << ")";
 }
 

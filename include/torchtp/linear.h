@@ -37,6 +37,11 @@ struct ColumnParallelLinearOptions {
   /// Leave the bias out of `forward()` so the caller can fuse it into the next
   /// op; the bias stays a parameter (`->bias`, this rank's shard).
   TORCH_ARG(bool, skip_bias_add) = false;
+  /// The output is this many equal blocks (3 for a fused Q, K, V projection,
+  /// 2 for a fused gate and up projection), each split over the ranks: rank r
+  /// holds its part of every block, so it holds whole heads of Q, K and V.
+  /// The full weight is the usual `[Q; K; V]` stack at every world size.
+  TORCH_ARG(int64_t, segments) = 1;
   /// Ranks to split over; default: the group of `init_from_env()`.
   TORCH_ARG(c10::optional<Group>, group) = c10::nullopt;
   /// Parameter dtype; default: torch's default dtype.
@@ -82,7 +87,8 @@ struct RowParallelLinearOptions {
 ///
 /// Initialisation draws the full weight exactly as `torch::nn::Linear` does
 /// and keeps this rank's rows, so the same seed gives the same full weight at
-/// every world size.
+/// every world size. With `segments(k)` the rank's rows are its part of each
+/// of the k blocks, in block order.
 class ColumnParallelLinearImpl
     : public torch::nn::Cloneable<ColumnParallelLinearImpl> {
  public:
@@ -106,7 +112,8 @@ class ColumnParallelLinearImpl
       const torch::Tensor& weight,
       const torch::Tensor& bias = {});
 
-  /// The split of out_features.
+  /// The split of each of the `segments` blocks of out_features (of all of
+  /// out_features when segments is 1).
   const Partition& output_partition() const {
     return *partition_;
   }
@@ -121,6 +128,9 @@ class ColumnParallelLinearImpl
   torch::Tensor bias;
 
  private:
+  /// This rank's rows of a full `[out, ...]` tensor.
+  torch::Tensor own_rows(const torch::Tensor& full);
+
   c10::optional<Group> group_;
   c10::optional<Partition> partition_;
 };

@@ -3,9 +3,15 @@
 /// torchtp: Megatron-style tensor parallelism for LibTorch.
 /// One include for the whole public API.
 
+#include "torchtp/cross_entropy.h"
+#include "torchtp/data_parallel.h"
+#include "torchtp/embedding.h"
+#include "torchtp/gpt.h"
 #include "torchtp/group.h"
 #include "torchtp/init.h"
 #include "torchtp/linear.h"
 #include "torchtp/mappings.h"
 #include "torchtp/partition.h"
+#include "torchtp/random.h"
+#include "torchtp/transformer.h"
 #include "torchtp/work.h"

@@ -1,0 +1,84 @@
+#pragma once
+
+#include "torchtp/group.h"
+#include "torchtp/partition.h"
+
+#include <torch/nn/cloneable.h>
+#include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
+#include <torch/types.h>
+
+#include <cstdint>
+#include <ostream>
+
+namespace torchtp {
+
+/// Options of `VocabParallelEmbedding`.
+struct VocabParallelEmbeddingOptions {
+  VocabParallelEmbeddingOptions(int64_t num_embeddings, int64_t embedding_dim)
+      : num_embeddings_(num_embeddings), embedding_dim_(embedding_dim) {}
+
+  /// Vocabulary size; split over the ranks of the group.
+  TORCH_ARG(int64_t, num_embeddings);
+  /// Size of each embedding vector (not split).
+  TORCH_ARG(int64_t, embedding_dim);
+  /// Ranks to split over; default: the group of `init_from_env()`.
+  TORCH_ARG(c10::optional<Group>, group) = c10::nullopt;
+  /// Parameter dtype; default: torch's default dtype.
+  TORCH_ARG(c10::optional<torch::Dtype>, dtype) = c10::nullopt;
+};
+
+/// An embedding table with its rows (the vocabulary) split over the ranks:
+/// rank r holds `weight [V/ws, dim]`, the ids
+/// `[vocab_start_index, vocab_end_index)`.
+///
+/// Input: integer ids of any shape, the same on every rank. Output
+/// `[*ids, dim]`, the same on every rank. Forward: each rank looks up the ids
+/// it owns, gives zero rows for the others, and all-reduces (sum); backward:
+/// no communication, each rank's gradient lands in its own rows.
+///
+/// Initialisation draws the full table as `torch::nn::Embedding` does
+/// (N(0, 1)) and keeps this rank's rows.
+class VocabParallelEmbeddingImpl
+    : public torch::nn::Cloneable<VocabParallelEmbeddingImpl> {
+ public:
+  VocabParallelEmbeddingImpl(int64_t num_embeddings, int64_t embedding_dim)
+      : VocabParallelEmbeddingImpl(
+            VocabParallelEmbeddingOptions(num_embeddings, embedding_dim)) {}
+  explicit VocabParallelEmbeddingImpl(VocabParallelEmbeddingOptions options);
+
+  void reset() override;
+  void reset_parameters();
+  void pretty_print(std::ostream& stream) const override;
+
+  /// ids (kLong or kInt, values in [0, num_embeddings)) -> `[*ids, dim]`.
+  torch::Tensor forward(const torch::Tensor& ids);
+
+  /// Copies this rank's rows of a full `[V, dim]` table.
+  void load_full_weights(const torch::Tensor& weight);
+
+  /// First id this rank owns and one past the last.
+  int64_t vocab_start_index() const {
+    return partition_->local_offset();
+  }
+  int64_t vocab_end_index() const {
+    return partition_->local_offset() + partition_->local_size();
+  }
+  const Partition& vocab_partition() const {
+    return *partition_;
+  }
+  const Group& group() const {
+    return *group_;
+  }
+
+  VocabParallelEmbeddingOptions options;
+  /// `[V/ws, dim]`
+  torch::Tensor weight;
+
+ private:
+  c10::optional<Group> group_;
+  c10::optional<Partition> partition_;
+};
+TORCH_MODULE(VocabParallelEmbedding);
+
+} // namespace torchtp

@@ -1,0 +1,105 @@
+#pragma once
+
+#include "torchtp/cross_entropy.h"
+#include "torchtp/embedding.h"
+#include "torchtp/linear.h"
+#include "torchtp/random.h"
+#include "torchtp/transformer.h"
+
+#include <torch/nn/cloneable.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/embedding.h>
+#include <torch/nn/modules/normalization.h>
+#include <torch/types.h>
+
+#include <cstdint>
+#include <memory>
+
+namespace torchtp {
+
+/// Options of `GPT`.
+struct GPTOptions {
+  GPTOptions(int64_t vocab_size, int64_t max_seq_len)
+      : vocab_size_(vocab_size), max_seq_len_(max_seq_len) {}
+
+  /// Number of token ids. The embedding and the output layer are padded to
+  /// a multiple of `vocab_pad_multiple`, the same at every world size, so
+  /// the full weights do not depend on the split; padded ids never win.
+  TORCH_ARG(int64_t, vocab_size);
+  TORCH_ARG(int64_t, max_seq_len);
+  TORCH_ARG(int64_t, d_model) = 128;
+  TORCH_ARG(int64_t, num_heads) = 4;
+  TORCH_ARG(int64_t, num_layers) = 4;
+  /// 0: 4 x d_model.
+  TORCH_ARG(int64_t, ffn_hidden) = 0;
+  TORCH_ARG(double, hidden_dropout) = 0.0;
+  TORCH_ARG(double, attention_dropout) = 0.0;
+  TORCH_ARG(int64_t, vocab_pad_multiple) = 64;
+  /// Seed of the dropout streams (the weights come from the global
+  /// generator, like any torch module's).
+  TORCH_ARG(uint64_t, dropout_seed) = 1234;
+  /// Tensor-parallel group; default: the group of `init_from_env()`.
+  TORCH_ARG(c10::optional<Group>, group) = c10::nullopt;
+  TORCH_ARG(c10::optional<torch::Dtype>, dtype) = c10::nullopt;
+};
+
+/// A GPT-style decoder built from torchtp blocks: a `VocabParallelEmbedding`
+/// plus a replicated position embedding, `num_layers` pre-norm
+/// `TransformerLayer`s, a final LayerNorm, and a `ColumnParallelLinear`
+/// output layer that leaves the logits split over the vocabulary, for
+/// `vocab_parallel_cross_entropy`.
+///
+/// Built after the same `torch::manual_seed`, its full weights are the same
+/// at every tensor-parallel size, and so are its logits and gradients.
+///
+/// Example:
+/// ```
+///   torch::manual_seed(0);
+///   torchtp::GPT gpt(torchtp::GPTOptions(vocab, 128).d_model(256));
+///   auto loss = gpt->loss(ids, targets);  // ids, targets: [batch, seq]
+///   loss.backward();
+/// ```
+class GPTImpl : public torch::nn::Cloneable<GPTImpl> {
+ public:
+  explicit GPTImpl(GPTOptions options);
+  void reset() override;
+  void pretty_print(std::ostream& stream) const override;
+
+  /// ids `[batch, seq]` -> this rank's logits `[batch, seq, V_padded / ws]`.
+  torch::Tensor forward(const torch::Tensor& ids);
+  /// Mean next-token cross-entropy of `forward(ids)` against `targets`
+  /// (`[batch, seq]`, `ignore_index` -100), never gathering the logits.
+  torch::Tensor loss(
+      const torch::Tensor& ids,
+      const torch::Tensor& targets,
+      double label_smoothing = 0.0);
+  /// Full logits over the real vocabulary, `[batch, seq, vocab_size]`, the
+  /// same on every rank (all-gathers; for sampling and tests).
+  torch::Tensor full_logits(const torch::Tensor& ids);
+
+  int64_t padded_vocab_size() const {
+    return padded_vocab_;
+  }
+  /// The dropout streams; reseed them to make a step reproducible.
+  RngTracker& rng() {
+    return *rng_;
+  }
+  const Group& group() const {
+    return *group_;
+  }
+
+  GPTOptions options;
+  VocabParallelEmbedding token_embedding{nullptr};
+  torch::nn::Embedding position_embedding{nullptr};
+  torch::nn::ModuleList layers{nullptr};
+  torch::nn::LayerNorm final_norm{nullptr};
+  ColumnParallelLinear lm_head{nullptr};
+
+ private:
+  c10::optional<Group> group_;
+  int64_t padded_vocab_ = 0;
+  std::shared_ptr<RngTracker> rng_;
+};
+TORCH_MODULE(GPT);
+
+} // namespace torchtp

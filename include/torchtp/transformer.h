@@ -1,0 +1,142 @@
+#pragma once
+
+#include "torchtp/group.h"
+#include "torchtp/linear.h"
+#include "torchtp/random.h"
+
+#include <torch/nn/cloneable.h>
+#include <torch/nn/modules/normalization.h>
+#include <torch/nn/pimpl.h>
+#include <torch/types.h>
+
+#include <cstdint>
+#include <memory>
+
+namespace torchtp {
+
+/// Options of `ParallelMLP`.
+struct ParallelMLPOptions {
+  ParallelMLPOptions(int64_t d_model, int64_t ffn_hidden)
+      : d_model_(d_model), ffn_hidden_(ffn_hidden) {}
+
+  /// Width of the input and output (not split).
+  TORCH_ARG(int64_t, d_model);
+  /// Width of the hidden layer; split over the ranks.
+  TORCH_ARG(int64_t, ffn_hidden);
+  TORCH_ARG(bool, bias) = true;
+  /// Ranks to split over; default: the group of `init_from_env()`.
+  TORCH_ARG(c10::optional<Group>, group) = c10::nullopt;
+  TORCH_ARG(c10::optional<torch::Dtype>, dtype) = c10::nullopt;
+};
+
+/// The transformer feed-forward block: `fc2(gelu(fc1(x)))` with `fc1` a
+/// `ColumnParallelLinear` (d_model -> ffn_hidden/ws, no gather) and `fc2` a
+/// `RowParallelLinear` (ffn_hidden/ws -> d_model). Input and output
+/// `[*, d_model]`, the same on every rank; one all-reduce forward, one
+/// backward.
+class ParallelMLPImpl : public torch::nn::Cloneable<ParallelMLPImpl> {
+ public:
+  explicit ParallelMLPImpl(ParallelMLPOptions options);
+  void reset() override;
+  void pretty_print(std::ostream& stream) const override;
+  torch::Tensor forward(const torch::Tensor& x);
+
+  ParallelMLPOptions options;
+  ColumnParallelLinear fc1{nullptr};
+  RowParallelLinear fc2{nullptr};
+};
+TORCH_MODULE(ParallelMLP);
+
+/// Options of `ParallelSelfAttention`.
+struct ParallelSelfAttentionOptions {
+  ParallelSelfAttentionOptions(int64_t d_model, int64_t num_heads)
+      : d_model_(d_model), num_heads_(num_heads) {}
+
+  TORCH_ARG(int64_t, d_model);
+  /// Number of heads; split over the ranks (each rank holds whole heads).
+  TORCH_ARG(int64_t, num_heads);
+  /// Mask future positions (a decoder).
+  TORCH_ARG(bool, causal) = true;
+  TORCH_ARG(bool, bias) = true;
+  /// Dropout on the attention probabilities (a sharded region: each rank
+  /// draws from its own stream).
+  TORCH_ARG(double, attention_dropout) = 0.0;
+  /// Streams for dropout; default: a tracker seeded with 0.
+  TORCH_ARG(std::shared_ptr<RngTracker>, rng) = nullptr;
+  TORCH_ARG(c10::optional<Group>, group) = c10::nullopt;
+  TORCH_ARG(c10::optional<torch::Dtype>, dtype) = c10::nullopt;
+};
+
+/// Multi-head self-attention with the heads split over the ranks. The fused
+/// Q, K, V projection is a `ColumnParallelLinear` with `segments(3)`: its
+/// full weight is the `[Wq; Wk; Wv]` stack (`[3 d_model, d_model]`) at every
+/// world size, and rank r holds whole heads of each. The output projection
+/// is a `RowParallelLinear`. Input and output `[batch, seq, d_model]`, the
+/// same on every rank; one all-reduce forward, one backward.
+class ParallelSelfAttentionImpl
+    : public torch::nn::Cloneable<ParallelSelfAttentionImpl> {
+ public:
+  explicit ParallelSelfAttentionImpl(ParallelSelfAttentionOptions options);
+  void reset() override;
+  void pretty_print(std::ostream& stream) const override;
+  torch::Tensor forward(const torch::Tensor& x);
+
+  /// Heads on this rank.
+  int64_t local_heads() const {
+    return local_heads_;
+  }
+
+  ParallelSelfAttentionOptions options;
+  ColumnParallelLinear qkv{nullptr};
+  RowParallelLinear proj{nullptr};
+
+ private:
+  int64_t local_heads_ = 0;
+  std::shared_ptr<RngTracker> rng_;
+};
+TORCH_MODULE(ParallelSelfAttention);
+
+/// Options of `TransformerLayer`.
+struct TransformerLayerOptions {
+  TransformerLayerOptions(int64_t d_model, int64_t num_heads)
+      : d_model_(d_model), num_heads_(num_heads) {}
+
+  TORCH_ARG(int64_t, d_model);
+  TORCH_ARG(int64_t, num_heads);
+  /// Hidden width of the MLP; 0: 4 x d_model.
+  TORCH_ARG(int64_t, ffn_hidden) = 0;
+  TORCH_ARG(bool, causal) = true;
+  TORCH_ARG(bool, bias) = true;
+  /// Dropout on each residual branch (a replicated region: every rank draws
+  /// the same mask).
+  TORCH_ARG(double, hidden_dropout) = 0.0;
+  TORCH_ARG(double, attention_dropout) = 0.0;
+  TORCH_ARG(double, layer_norm_eps) = 1e-5;
+  TORCH_ARG(std::shared_ptr<RngTracker>, rng) = nullptr;
+  TORCH_ARG(c10::optional<Group>, group) = c10::nullopt;
+  TORCH_ARG(c10::optional<torch::Dtype>, dtype) = c10::nullopt;
+};
+
+/// A pre-norm transformer block:
+/// `x = x + drop(attn(ln1(x))); x = x + drop(mlp(ln2(x)))`. The LayerNorms
+/// are replicated (every rank holds and updates the same copy; their
+/// gradients agree across ranks without communication). Input and output
+/// `[batch, seq, d_model]`, the same on every rank: two all-reduces forward,
+/// two backward.
+class TransformerLayerImpl : public torch::nn::Cloneable<TransformerLayerImpl> {
+ public:
+  explicit TransformerLayerImpl(TransformerLayerOptions options);
+  void reset() override;
+  torch::Tensor forward(const torch::Tensor& x);
+
+  TransformerLayerOptions options;
+  torch::nn::LayerNorm ln1{nullptr}, ln2{nullptr};
+  ParallelSelfAttention attention{nullptr};
+  ParallelMLP mlp{nullptr};
+
+ private:
+  std::shared_ptr<RngTracker> rng_;
+};
+TORCH_MODULE(TransformerLayer);
+
+} // namespace torchtp

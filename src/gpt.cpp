@@ -1,0 +1,103 @@
+#include "torchtp/gpt.h"
+
+#include "torchtp/init.h"
+#include "torchtp/mappings.h"
+
+namespace torchtp {
+
+GPTImpl::GPTImpl(GPTOptions options_) : options(std::move(options_)) {
+  reset();
+}
+
+void GPTImpl::reset() {
+  constexpr const char* kName = "torchtp::GPT";
+  group_ = options.group().has_value() ? *options.group() : default_group();
+  TORCH_CHECK(options.vocab_size() > 0 && options.max_seq_len() > 0 &&
+                  options.num_layers() >= 0 && options.vocab_pad_multiple() > 0,
+              kName, ": vocab_size, max_seq_len and vocab_pad_multiple must be "
+              "positive ", group_->tag());
+  const int64_t m = options.vocab_pad_multiple();
+  padded_vocab_ = (options.vocab_size() + m - 1) / m * m;
+  rng_ = std::make_shared<RngTracker>(options.dropout_seed(), *group_);
+  const int64_t d = options.d_model();
+
+  // Construction order is the draw order from the global generator: keep it
+  // fixed so every world size draws the same full weights.
+  token_embedding = register_module(
+      "token_embedding",
+      VocabParallelEmbedding(VocabParallelEmbeddingOptions(padded_vocab_, d)
+                                 .group(*group_)
+                                 .dtype(options.dtype())));
+  position_embedding = register_module(
+      "position_embedding",
+      torch::nn::Embedding(options.max_seq_len(), d));
+  layers = register_module("layers", torch::nn::ModuleList());
+  for (int64_t i = 0; i < options.num_layers(); ++i) {
+    layers->push_back(TransformerLayer(
+        TransformerLayerOptions(d, options.num_heads())
+            .ffn_hidden(options.ffn_hidden())
+            .hidden_dropout(options.hidden_dropout())
+            .attention_dropout(options.attention_dropout())
+            .rng(rng_)
+            .group(*group_)
+            .dtype(options.dtype())));
+  }
+  final_norm = register_module(
+      "final_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));
+  lm_head = register_module(
+      "lm_head",
+      ColumnParallelLinear(ColumnParallelLinearOptions(d, padded_vocab_)
+                               .bias(false)
+                               .gather_output(false)
+                               .group(*group_)
+                               .dtype(options.dtype())));
+  if (options.dtype().has_value()) {
+    position_embedding->to(*options.dtype());
+    final_norm->to(*options.dtype());
+  }
+}
+
+torch::Tensor GPTImpl::forward(const torch::Tensor& ids) {
+  constexpr const char* kName = "torchtp::GPT";
+  TORCH_CHECK(ids.dim() == 2 && ids.size(1) <= options.max_seq_len(), kName,
+              ": expected ids [batch, seq <= ", options.max_seq_len(),
+              "] but got ", ids.sizes(), " ", group_->tag());
+  TORCH_CHECK(ids.numel() == 0 || ids.max().item<int64_t>() < options.vocab_size(),
+              kName, ": ids must be below vocab_size (", options.vocab_size(),
+              "), got ", ids.max().item<int64_t>(), " ", group_->tag());
+  auto positions = torch::arange(ids.size(1), torch::kLong);
+  auto h = token_embedding(ids) + position_embedding(positions);
+  h = dropout(h, options.hidden_dropout(), is_training(), rng_->replicated());
+  for (const auto& layer : *layers) {
+    h = layer->as<TransformerLayerImpl>()->forward(h);
+  }
+  return lm_head(final_norm(h));
+}
+
+torch::Tensor GPTImpl::loss(
+    const torch::Tensor& ids,
+    const torch::Tensor& targets,
+    double label_smoothing) {
+  return vocab_parallel_cross_entropy(
+      forward(ids), targets,
+      VocabParallelCrossEntropyOptions()
+          .vocab_size(options.vocab_size())
+          .label_smoothing(label_smoothing)
+          .group(*group_));
+}
+
+torch::Tensor GPTImpl::full_logits(const torch::Tensor& ids) {
+  auto full = gather_from_tp_region(forward(ids), *group_);
+  return full.narrow(-1, 0, options.vocab_size());
+}
+
+void GPTImpl::pretty_print(std::ostream& stream) const {
+  stream << "torchtp::GPT(vocab_size=" << options.vocab_size() << " (padded to "
+         << padded_vocab_ << "), max_seq_len=" << options.max_seq_len()
+         << ", d_model=" << options.d_model()
+         << ", num_heads=" << options.num_heads()
+         << ", num_layers=" << options.num_layers()
+         << ", world_size=" << group_->size() << ")";
+}
+
+} // namespace torchtp

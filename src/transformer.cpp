@@ -1,0 +1,177 @@
+#include "torchtp/transformer.h"
+
+#include "torchtp/init.h"
+
+#include <cmath>
+#include <limits>
+
+namespace torchtp {
+namespace {
+
+Group resolve_group(const c10::optional<Group>& g) {
+  return g.has_value() ? *g : default_group();
+}
+
+std::shared_ptr<RngTracker> resolve_rng(
+    const std::shared_ptr<RngTracker>& rng,
+    const Group& group) {
+  return rng ? rng : std::make_shared<RngTracker>(0, group);
+}
+
+} // namespace
+
+// ---------------------------------------------------------------------------
+// ParallelMLP
+
+ParallelMLPImpl::ParallelMLPImpl(ParallelMLPOptions options_)
+    : options(std::move(options_)) {
+  reset();
+}
+
+void ParallelMLPImpl::reset() {
+  fc1 = register_module(
+      "fc1",
+      ColumnParallelLinear(
+          ColumnParallelLinearOptions(options.d_model(), options.ffn_hidden())
+              .bias(options.bias())
+              .gather_output(false)
+              .group(options.group())
+              .dtype(options.dtype())));
+  fc2 = register_module(
+      "fc2",
+      RowParallelLinear(
+          RowParallelLinearOptions(options.ffn_hidden(), options.d_model())
+              .bias(options.bias())
+              .input_is_parallel(true)
+              .group(options.group())
+              .dtype(options.dtype())));
+}
+
+torch::Tensor ParallelMLPImpl::forward(const torch::Tensor& x) {
+  return fc2(torch::gelu(fc1(x)));
+}
+
+void ParallelMLPImpl::pretty_print(std::ostream& stream) const {
+  stream << "torchtp::ParallelMLP(d_model=" << options.d_model()
+         << ", ffn_hidden=" << options.ffn_hidden() << ")";
+}
+
+// ---------------------------------------------------------------------------
+// ParallelSelfAttention
+
+ParallelSelfAttentionImpl::ParallelSelfAttentionImpl(
+    ParallelSelfAttentionOptions options_)
+    : options(std::move(options_)) {
+  reset();
+}
+
+void ParallelSelfAttentionImpl::reset() {
+  constexpr const char* kName = "torchtp::ParallelSelfAttention";
+  Group group = resolve_group(options.group());
+  const int64_t d = options.d_model(), heads = options.num_heads();
+  TORCH_CHECK(heads > 0 && d > 0 && d % heads == 0, kName, ": d_model (", d,
+              ") is not divisible by num_heads (", heads, ") ", group.tag());
+  // Checked here, before the projections, so the message speaks of heads.
+  local_heads_ =
+      Partition(heads, group.size(), group.rank(),
+                std::string(kName) + ": num_heads")
+          .local_size();
+  rng_ = resolve_rng(options.rng(), group);
+  qkv = register_module(
+      "qkv",
+      ColumnParallelLinear(ColumnParallelLinearOptions(d, 3 * d)
+                               .bias(options.bias())
+                               .segments(3)
+                               .group(group)
+                               .dtype(options.dtype())));
+  proj = register_module(
+      "proj",
+      RowParallelLinear(RowParallelLinearOptions(d, d)
+                            .bias(options.bias())
+                            .input_is_parallel(true)
+                            .group(group)
+                            .dtype(options.dtype())));
+}
+
+torch::Tensor ParallelSelfAttentionImpl::forward(const torch::Tensor& x) {
+  constexpr const char* kName = "torchtp::ParallelSelfAttention";
+  TORCH_CHECK(x.dim() == 3 && x.size(2) == options.d_model(), kName,
+              ": expected input [batch, seq, ", options.d_model(),
+              "] but got ", x.sizes(), " ", qkv->group().tag());
+  const int64_t b = x.size(0), s = x.size(1);
+  const int64_t hd = options.d_model() / options.num_heads();
+  // [b, s, 3 * local_heads * hd] -> 3 x [b, local_heads, s, hd]
+  auto parts = qkv(x).view({b, s, 3, local_heads_, hd}).permute({2, 0, 3, 1, 4});
+  auto q = parts[0], k = parts[1], v = parts[2];
+  auto scores = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(double(hd));
+  if (options.causal()) {
+    auto future = torch::ones({s, s}, torch::kBool).triu(1);
+    scores = scores.masked_fill(future, -std::numeric_limits<float>::infinity());
+  }
+  // Reduced-precision scores are normalised in float32.
+  const bool widen = scores.scalar_type() == torch::kBFloat16 ||
+      scores.scalar_type() == torch::kHalf;
+  auto probs = torch::softmax(widen ? scores.to(torch::kFloat) : scores, -1)
+                   .to(x.scalar_type());
+  probs = dropout(probs, options.attention_dropout(), is_training(),
+                  rng_->sharded());
+  auto context = torch::matmul(probs, v)            // [b, lh, s, hd]
+                     .permute({0, 2, 1, 3})         // [b, s, lh, hd]
+                     .reshape({b, s, local_heads_ * hd});
+  return proj(context);
+}
+
+void ParallelSelfAttentionImpl::pretty_print(std::ostream& stream) const {
+  stream << "torchtp::ParallelSelfAttention(d_model=" << options.d_model()
+         << ", num_heads=" << options.num_heads() << " (" << local_heads_
+         << " on this rank), causal=" << std::boolalpha << options.causal()
+         << ")";
+}
+
+// ---------------------------------------------------------------------------
+// TransformerLayer
+
+TransformerLayerImpl::TransformerLayerImpl(TransformerLayerOptions options_)
+    : options(std::move(options_)) {
+  reset();
+}
+
+void TransformerLayerImpl::reset() {
+  Group group = resolve_group(options.group());
+  rng_ = resolve_rng(options.rng(), group);
+  const int64_t d = options.d_model();
+  const int64_t ffn = options.ffn_hidden() > 0 ? options.ffn_hidden() : 4 * d;
+  auto ln = [&] {
+    torch::nn::LayerNorm norm(torch::nn::LayerNormOptions({d}).eps(
+        options.layer_norm_eps()));
+    if (options.dtype().has_value()) {
+      norm->to(*options.dtype());
+    }
+    return norm;
+  };
+  ln1 = register_module("ln1", ln());
+  attention = register_module(
+      "attention",
+      ParallelSelfAttention(ParallelSelfAttentionOptions(d, options.num_heads())
+                                .causal(options.causal())
+                                .bias(options.bias())
+                                .attention_dropout(options.attention_dropout())
+                                .rng(rng_)
+                                .group(group)
+                                .dtype(options.dtype())));
+  ln2 = register_module("ln2", ln());
+  mlp = register_module(
+      "mlp",
+      ParallelMLP(ParallelMLPOptions(d, ffn)
+                      .bias(options.bias())
+                      .group(group)
+                      .dtype(options.dtype())));
+}
+
+torch::Tensor TransformerLayerImpl::forward(const torch::Tensor& x) {
+  const double p = options.hidden_dropout();
+  auto h = x + dropout(attention(ln1(x)), p, is_training(), rng_->replicated());
+  return h + dropout(mlp(ln2(h)), p, is_training(), rng_->replicated());
+}
+
+} // namespace torchtp
