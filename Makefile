@@ -6,7 +6,7 @@ JOBS ?= 2
 NPROC ?= 2
 GENERATOR := $(shell command -v ninja >/dev/null 2>&1 && echo "-G Ninja")
 
-.PHONY: all setup configure build demo test bench install clean
+.PHONY: all setup configure build demo linear-demo test bench install clean
 
 all: build
 
@@ -21,8 +21,14 @@ configure: setup
 build: configure
 	cmake --build $(BUILD) -j $(JOBS)
 
-# The main job on local ranks over loopback: no cluster needed.
+# The main job on local ranks over loopback: no cluster needed. Trains the
+# GPT at TP=1 and TP=2 and draws both loss curves into out/demo/loss.png.
+STEPS ?= 300
 demo: build
+	bash scripts/demo.sh $(BUILD) $(STEPS)
+
+# The two layers next to the unsharded layer, on NPROC local ranks.
+linear-demo: build
 	./$(BUILD)/torchtp-run --nproc-per-node $(NPROC) ./$(BUILD)/examples/linear_demo
 
 test: build
@@ -35,4 +41,4 @@ install: build
 	cmake --install $(BUILD)
 
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) out

@@ -11,6 +11,7 @@ packages=(
   libgtest-dev libgmock-dev
   libbenchmark-dev
   nlohmann-json3-dev    # checkpoint metadata
+  zlib1g-dev            # CRC-32 checksums of checkpoint shards
   libcli11-dev          # command lines of the launcher, examples, benchmarks
   gnuplot-nox           # the demo's loss-curve picture
 )

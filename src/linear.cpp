@@ -190,6 +190,10 @@ torch::Tensor ColumnParallelLinearImpl::forward(const torch::Tensor& input) {
   return y.reshape(shape).transpose(-3, -2).reshape(lead);
 }
 
+ShardSpec ColumnParallelLinearImpl::shard_spec(const std::string&) const {
+  return {0, options.segments()};
+}
+
 void ColumnParallelLinearImpl::pretty_print(std::ostream& stream) const {
   stream << "torchtp::ColumnParallelLinear(in_features="
          << options.in_features() << ", out_features=" << options.out_features()
@@ -276,6 +280,10 @@ torch::Tensor RowParallelLinearImpl::forward(const torch::Tensor& input) {
     y = y + bias;
   }
   return y;
+}
+
+ShardSpec RowParallelLinearImpl::shard_spec(const std::string& name) const {
+  return name == "weight" ? ShardSpec{1, 1} : ShardSpec{-1, 1};
 }
 
 void RowParallelLinearImpl::pretty_print(std::ostream& stream) const {

@@ -2,6 +2,7 @@
 
 #include "torchtp/group.h"
 #include "torchtp/partition.h"
+#include "torchtp/sharding.h"
 
 #include <torch/nn/cloneable.h>
 #include <torch/nn/module.h>
@@ -40,7 +41,8 @@ struct VocabParallelEmbeddingOptions {
 /// Initialisation draws the full table as `torch::nn::Embedding` does
 /// (N(0, 1)) and keeps this rank's rows.
 class VocabParallelEmbeddingImpl
-    : public torch::nn::Cloneable<VocabParallelEmbeddingImpl> {
+    : public torch::nn::Cloneable<VocabParallelEmbeddingImpl>,
+      public Sharded {
  public:
   VocabParallelEmbeddingImpl(int64_t num_embeddings, int64_t embedding_dim)
       : VocabParallelEmbeddingImpl(
@@ -56,6 +58,14 @@ class VocabParallelEmbeddingImpl
 
   /// Copies this rank's rows of a full `[V, dim]` table.
   void load_full_weights(const torch::Tensor& weight);
+
+  /// weight: dim 0.
+  ShardSpec shard_spec(const std::string&) const override {
+    return {0, 1};
+  }
+  const Group& shard_group() const override {
+    return *group_;
+  }
 
   /// First id this rank owns and one past the last.
   int64_t vocab_start_index() const {

@@ -2,6 +2,7 @@
 
 #include "torchtp/group.h"
 #include "torchtp/partition.h"
+#include "torchtp/sharding.h"
 
 #include <torch/nn/cloneable.h>
 #include <torch/nn/module.h>
@@ -90,7 +91,8 @@ struct RowParallelLinearOptions {
 /// every world size. With `segments(k)` the rank's rows are its part of each
 /// of the k blocks, in block order.
 class ColumnParallelLinearImpl
-    : public torch::nn::Cloneable<ColumnParallelLinearImpl> {
+    : public torch::nn::Cloneable<ColumnParallelLinearImpl>,
+      public Sharded {
  public:
   ColumnParallelLinearImpl(int64_t in_features, int64_t out_features)
       : ColumnParallelLinearImpl(
@@ -111,6 +113,12 @@ class ColumnParallelLinearImpl
   void load_full_weights(
       const torch::Tensor& weight,
       const torch::Tensor& bias = {});
+
+  /// weight and bias: dim 0, `segments` blocks.
+  ShardSpec shard_spec(const std::string& name) const override;
+  const Group& shard_group() const override {
+    return *group_;
+  }
 
   /// The split of each of the `segments` blocks of out_features (of all of
   /// out_features when segments is 1).
@@ -144,7 +152,8 @@ TORCH_MODULE(ColumnParallelLinear);
 /// partial products are all-reduced, then the bias is added once; backward:
 /// no communication (the scatter of a full input all-gathers its gradient).
 class RowParallelLinearImpl
-    : public torch::nn::Cloneable<RowParallelLinearImpl> {
+    : public torch::nn::Cloneable<RowParallelLinearImpl>,
+      public Sharded {
  public:
   RowParallelLinearImpl(int64_t in_features, int64_t out_features)
       : RowParallelLinearImpl(
@@ -165,6 +174,12 @@ class RowParallelLinearImpl
   void load_full_weights(
       const torch::Tensor& weight,
       const torch::Tensor& bias = {});
+
+  /// weight: dim 1; bias: replicated.
+  ShardSpec shard_spec(const std::string& name) const override;
+  const Group& shard_group() const override {
+    return *group_;
+  }
 
   /// The split of in_features.
   const Partition& input_partition() const {

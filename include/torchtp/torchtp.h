@@ -3,6 +3,7 @@
 /// torchtp: Megatron-style tensor parallelism for LibTorch.
 /// One include for the whole public API.
 
+#include "torchtp/checkpoint.h"
 #include "torchtp/cross_entropy.h"
 #include "torchtp/data_parallel.h"
 #include "torchtp/embedding.h"
@@ -13,5 +14,7 @@
 #include "torchtp/mappings.h"
 #include "torchtp/partition.h"
 #include "torchtp/random.h"
+#include "torchtp/safetensors.h"
+#include "torchtp/sharding.h"
 #include "torchtp/transformer.h"
 #include "torchtp/work.h"

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The main job: trains the character-level GPT at TP=1 and at TP=2 with the
+# same seed and steps, prints the largest difference between the two loss
+# curves, and draws both into one PNG.
+# Usage: demo.sh BUILD_DIR [STEPS]
+set -euo pipefail
+build=${1:-build}
+steps=${2:-300}
+out=out/demo
+run="$build/torchtp-run"
+train="$build/examples/train_gpt"
+mkdir -p "$out"
+
+for tp in 1 2; do
+  echo "== training at TP=$tp ($steps steps) =="
+  "$run" --nproc-per-node "$tp" "$train" --steps "$steps" \
+    --data examples/data/shakespeare.txt --out "$out/tp$tp"
+done
+
+max_diff=$(paste -d, "$out/tp1/loss.csv" "$out/tp2/loss.csv" | awk -F, '
+  NR > 1 { d = $2 - $4; if (d < 0) d = -d; if (d > m) m = d }
+  END { printf "%.3g", m + 0 }')
+first=$(sed -n 2p "$out/tp1/loss.csv" | cut -d, -f2)
+last=$(tail -n 1 "$out/tp1/loss.csv" | cut -d, -f2)
+
+gnuplot <<GNUPLOT
+set terminal pngcairo size 900,540 font ",11"
+set output "$out/loss.png"
+set title "torchtp char-level GPT: loss at TP=1 and TP=2 (largest difference $max_diff)"
+set xlabel "step"
+set ylabel "cross-entropy loss"
+set datafile separator ","
+set key top right
+set grid
+plot "$out/tp1/loss.csv" using 1:2 skip 1 with lines lw 3 lc rgb "#1f77b4" title "TP=1", \
+     "$out/tp2/loss.csv" using 1:2 skip 1 with lines lw 1.5 dt 2 lc rgb "#d62728" title "TP=2"
+GNUPLOT
+
+echo
+echo "loss went from $first to $last in $steps steps"
+echo "largest loss difference between TP=1 and TP=2: $max_diff"
+echo "both curves: $out/loss.png   (CSV: $out/tp1/loss.csv, $out/tp2/loss.csv)"
+echo "sharded checkpoint: $out/tp2/checkpoint   sample: $out/tp2/sample.txt"
