@@ -37,10 +37,12 @@ at::Tensor dropout(
     // The mask needs no gradient; drawing it in float keeps the stream the
     // same whatever the activation dtype.
     at::NoGradGuard no_grad;
+    // Scale in the input's dtype: 1 / (1 - p) rounded to float32 would be
+    // off by ~1e-8 for float64 activations.
     keep = at::empty(input.sizes(), input.options().dtype(at::kFloat))
                .bernoulli_(1 - p, generator)
-               .div_(1 - p)
-               .to(input.scalar_type());
+               .to(input.scalar_type())
+               .div_(1 - p);
   }
   return input * keep;
 }

@@ -118,6 +118,7 @@ void expect_grads_match(torch::nn::Module& model, torch::nn::Module& full,
                         const torchtp::Group& tp) {
   auto params = model.named_parameters();
   auto full_params = full.named_parameters();
+  EXPECT_FALSE(params.is_empty());
   EXPECT_EQ(params.size(), full_params.size());
   for (const auto& item : params) {
     SCOPED_TRACE(item.key());
@@ -347,12 +348,10 @@ TEST(VocabParallelCrossEntropy, PaddedVocabularyIsLeftOut) {
 }
 
 TEST(VocabParallelCrossEntropy, RankHoldingOnlyPaddingIsLeftOut) {
-  // The last rank's whole shard is padding: its local maximum is -inf.
+  // The last 4 ids are padding: at more than one rank they are the last
+  // rank's whole shard (its local maximum is -inf); alone, half the table.
   auto g = world();
-  if (g.size() == 1) {
-    GTEST_SKIP() << "needs a rank made only of padding";
-  }
-  const int64_t v = 4 * g.size();
+  const int64_t v = 4 * std::max(g.size(), 2);
   for (double s : {0.0, 0.3}) {
     auto c = cross_entropy_problem(v, v - 4, 43);
     c.smoothing = s;
@@ -658,6 +657,8 @@ TEST(Dropout, KeptElementsAreScaledByOneOverOneMinusP) {
     const double frac = kept.to(torch::kDouble).mean().item<double>();
     // Binomial(4000, 0.7): standard deviation 0.0072.
     EXPECT_NEAR(frac, 1 - p, 0.04);
+    // Exactly 1 / (1 - p) in the input's dtype, as torch::dropout scales:
+    // a scale rounded to float32 is off by 2.4e-8 relative for p = 0.3.
     EXPECT_TRUE(all_close(y.masked_select(kept),
                           x.masked_select(kept) / (1 - p)));
   }
