@@ -18,7 +18,7 @@
 #include <cstdio>
 #include <fstream>
 
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
   CLI::App app{"Latency and bus bandwidth of torchtp collectives (float32)."};
   std::string json_path = "bench_collectives.json";
   int iters = 20;
@@ -79,4 +79,17 @@ int main(int argc, char** argv) {
     std::printf("wrote %s\n", json_path.c_str());
   }
   return 0;
+}
+
+// Errors end the program with a message and exit code 1, not an abort: the
+// launcher then stops the other ranks.
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const c10::Error& e) {
+    std::fprintf(stderr, "bench_collectives: %s\n", e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_collectives: %s\n", e.what());
+  }
+  return 1;
 }

@@ -14,7 +14,7 @@
 
 namespace F = torch::nn::functional;
 
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
   CLI::App app{
       "A tensor-parallel MLP block checked against the unsharded block.\n"
       "Run it under torchtp-run, e.g.\n"
@@ -104,4 +104,17 @@ int main(int argc, char** argv) {
     std::printf("%s\n", ok ? "AGREE" : "DISAGREE");
   }
   return ok ? 0 : 1;
+}
+
+// Errors end the program with a message and exit code 1, not an abort: the
+// launcher then stops the other ranks.
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const c10::Error& e) {
+    std::fprintf(stderr, "linear_demo: %s\n", e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "linear_demo: %s\n", e.what());
+  }
+  return 1;
 }

@@ -76,7 +76,7 @@ std::string format_eta(double seconds) {
 
 } // namespace
 
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
   Args a;
   CLI::App app{
       "Train a character-level GPT with torchtp tensor parallelism.\n"
@@ -264,4 +264,17 @@ int main(int argc, char** argv) {
     std::printf("sample:\n%s\n", sample.c_str());
   }
   return 0;
+}
+
+// Errors end the program with a message and exit code 1, not an abort: the
+// launcher then stops the other ranks.
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const c10::Error& e) {
+    std::fprintf(stderr, "train_gpt: %s\n", e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "train_gpt: %s\n", e.what());
+  }
+  return 1;
 }
