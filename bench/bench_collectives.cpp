@@ -10,9 +10,9 @@
 
 #include <torchtp/torchtp.h>
 
+#include <torch/torch.h>
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
-#include <torch/torch.h>
 
 #include <chrono>
 #include <cstdio>
@@ -32,8 +32,9 @@ int run(int argc, char** argv) {
   const int n = g.size();
   nlohmann::json rows = nlohmann::json::array();
   if (g.rank() == 0) {
-    std::printf("%-15s %12s %12s %12s\n", "collective", "bytes", "time (us)",
-                "busbw (GB/s)");
+    std::printf(
+        "%-15s %12s %12s %12s\n", "collective", "bytes", "time (us)",
+        "busbw (GB/s)");
   }
   for (const std::string op : {"all_reduce", "all_gather", "reduce_scatter"}) {
     for (int64_t bytes = 4096; bytes <= max_bytes; bytes *= 4) {
@@ -57,20 +58,24 @@ int run(int argc, char** argv) {
       double us = std::chrono::duration<double, std::micro>(
                       std::chrono::steady_clock::now() - t0)
                       .count() /
-          iters;
+                  iters;
       // The slowest rank's time is the collective's time.
       auto worst = torch::tensor({us}, torch::kDouble);
       g.all_reduce(worst, torchtp::ReduceOp::max);
       us = worst.item<double>();
-      const double factor = op == "all_reduce" ? 2.0 * (n - 1) / n
-                                               : double(n - 1) / n;
+      const double factor =
+          op == "all_reduce" ? 2.0 * (n - 1) / n : double(n - 1) / n;
       const double busbw = n == 1 ? 0 : factor * elems * 4 / (us * 1e3);
       if (g.rank() == 0) {
-        std::printf("%-15s %12lld %12.1f %12.3f\n", op.c_str(),
-                    (long long)(elems * 4), us, busbw);
-        rows.push_back({{"collective", op}, {"bytes", elems * 4},
-                        {"world_size", n}, {"time_us", us},
-                        {"busbw_gbps", busbw}});
+        std::printf(
+            "%-15s %12lld %12.1f %12.3f\n", op.c_str(), (long long)(elems * 4),
+            us, busbw);
+        rows.push_back(
+            {{"collective", op},
+             {"bytes", elems * 4},
+             {"world_size", n},
+             {"time_us", us},
+             {"busbw_gbps", busbw}});
       }
     }
   }

@@ -6,8 +6,8 @@
 
 #include <torchtp/torchtp.h>
 
-#include <CLI/CLI.hpp>
 #include <torch/torch.h>
+#include <CLI/CLI.hpp>
 
 #include <chrono>
 #include <cstdio>
@@ -32,7 +32,8 @@ int run(int argc, char** argv) {
   torchtp::ColumnParallelLinear fc1(
       torchtp::ColumnParallelLinearOptions(d_model, hidden));
   torchtp::RowParallelLinear fc2(
-      torchtp::RowParallelLinearOptions(hidden, d_model).input_is_parallel(true));
+      torchtp::RowParallelLinearOptions(hidden, d_model)
+          .input_is_parallel(true));
   torch::manual_seed(0); // the same draws again, unsharded
   torch::nn::Linear ref1(d_model, hidden), ref2(hidden, d_model);
   auto x = torch::randn({tokens, d_model});
@@ -73,10 +74,12 @@ int run(int argc, char** argv) {
   };
   double d_out = diff(y, yr);
   double d_gx = diff(xs.grad(), xr.grad());
-  double d_w1 = diff(fc1->weight.grad(),
-                     ref1->weight.grad().narrow(0, h.local_offset(), h.local_size()));
-  double d_w2 = diff(fc2->weight.grad(),
-                     ref2->weight.grad().narrow(1, h.local_offset(), h.local_size()));
+  double d_w1 = diff(
+      fc1->weight.grad(),
+      ref1->weight.grad().narrow(0, h.local_offset(), h.local_size()));
+  double d_w2 = diff(
+      fc2->weight.grad(),
+      ref2->weight.grad().narrow(1, h.local_offset(), h.local_size()));
   double d_b2 = diff(fc2->bias.grad(), ref2->bias.grad());
   // Every rank's worst difference, reduced to one number.
   auto worst = torch::tensor({d_out, d_gx, d_w1, d_w2, d_b2}, torch::kDouble);
@@ -84,9 +87,11 @@ int run(int argc, char** argv) {
   auto w = worst.accessor<double, 1>();
 
   if (world.rank() == 0) {
-    std::printf("torchtp linear demo: %d ranks, MLP %lld -> %lld -> %lld, %lld tokens\n",
-                world.size(), (long long)d_model, (long long)hidden,
-                (long long)d_model, (long long)tokens);
+    std::printf(
+        "torchtp linear demo: %d ranks, MLP %lld -> %lld -> %lld, %lld "
+        "tokens\n",
+        world.size(), (long long)d_model, (long long)hidden, (long long)d_model,
+        (long long)tokens);
     std::printf("  %s\n", c10::str(*fc1).c_str());
     std::printf("  %s\n", c10::str(*fc2).c_str());
     std::printf("largest difference from the unsharded block (all ranks):\n");
@@ -95,11 +100,13 @@ int run(int argc, char** argv) {
     std::printf("  fc1 weight grad %.3g\n", w[2]);
     std::printf("  fc2 weight grad %.3g\n", w[3]);
     std::printf("  fc2 bias grad   %.3g  (full on every rank)\n", w[4]);
-    std::printf("step time (forward+backward): tensor-parallel %.2f ms, "
-                "unsharded %.2f ms on each rank\n", tp_ms, ref_ms);
+    std::printf(
+        "step time (forward+backward): tensor-parallel %.2f ms, "
+        "unsharded %.2f ms on each rank\n",
+        tp_ms, ref_ms);
   }
-  const bool ok = w[0] < 1e-3 && w[1] < 1e-3 && w[2] < 1e-3 && w[3] < 1e-3 &&
-      w[4] < 1e-3;
+  const bool ok =
+      w[0] < 1e-3 && w[1] < 1e-3 && w[2] < 1e-3 && w[3] < 1e-3 && w[4] < 1e-3;
   if (world.rank() == 0) {
     std::printf("%s\n", ok ? "AGREE" : "DISAGREE");
   }

@@ -1,7 +1,8 @@
 // train_gpt: the main job. A character-level GPT built from torchtp blocks,
 // trained on a text with tensor (and optionally data) parallelism.
 //
-//   torchtp-run --nproc-per-node 2 ./train_gpt --data examples/data/shakespeare.txt
+//   torchtp-run --nproc-per-node 2 ./train_gpt --data
+//   examples/data/shakespeare.txt
 //
 // Rank 0 prints progress, writes the loss curve as CSV, saves a sharded
 // checkpoint and prints a text sample. The same seed gives the same loss
@@ -9,8 +10,8 @@
 
 #include <torchtp/torchtp.h>
 
-#include <CLI/CLI.hpp>
 #include <torch/torch.h>
+#include <CLI/CLI.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -57,8 +58,8 @@ std::string read_text(const std::string& path) {
 std::pair<torch::Tensor, torch::Tensor> batch_for_step(
     const torch::Tensor& corpus, const Args& a, int step) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(a.seed * 1000003 + step);
-  auto starts = torch::randint(corpus.size(0) - a.seq - 1, {a.batch}, gen,
-                               torch::kLong);
+  auto starts =
+      torch::randint(corpus.size(0) - a.seq - 1, {a.batch}, gen, torch::kLong);
   std::vector<torch::Tensor> rows;
   for (int i = 0; i < a.batch; ++i) {
     rows.push_back(corpus.narrow(0, starts[i].item<int64_t>(), a.seq + 1));
@@ -85,17 +86,19 @@ int run(int argc, char** argv) {
       "Example:\n"
       "  torchtp-run --nproc-per-node 2 ./train_gpt --steps 300 --out out/tp2"};
   app.add_option("--data", a.data, "text to train on")->capture_default_str();
-  app.add_option("--out", a.out,
-                 "directory for loss.csv, sample.txt and checkpoint/")
+  app.add_option(
+         "--out", a.out, "directory for loss.csv, sample.txt and checkpoint/")
       ->capture_default_str();
-  app.add_option("--resume", a.resume,
-                 "continue from this checkpoint directory (any TP size)");
+  app.add_option(
+      "--resume", a.resume,
+      "continue from this checkpoint directory (any TP size)");
   app.add_option("--tp", a.tp, "tensor-parallel size (0: the world size)");
   app.add_option("--steps", a.steps, "optimizer steps in all")
       ->capture_default_str();
   app.add_option("--batch", a.batch, "sequences per step (all replicas)")
       ->capture_default_str();
-  app.add_option("--seq", a.seq, "characters per sequence")->capture_default_str();
+  app.add_option("--seq", a.seq, "characters per sequence")
+      ->capture_default_str();
   app.add_option("--d-model", a.d_model, "model width")->capture_default_str();
   app.add_option("--heads", a.heads, "attention heads")->capture_default_str();
   app.add_option("--layers", a.layers, "transformer layers")
@@ -107,10 +110,12 @@ int run(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--log-every", a.log_every, "progress line every N steps")
       ->capture_default_str();
-  app.add_option("--save-every", a.save_every,
-                 "checkpoint every N steps (0: at the end only)");
-  app.add_option("--sample-chars", a.sample_chars,
-                 "characters of text to sample at the end")
+  app.add_option(
+      "--save-every", a.save_every,
+      "checkpoint every N steps (0: at the end only)");
+  app.add_option(
+         "--sample-chars", a.sample_chars,
+         "characters of text to sample at the end")
       ->capture_default_str();
   app.add_option("--dtype", a.dtype, "float32, float64 or bfloat16")
       ->check(CLI::IsMember({"float32", "float64", "bfloat16"}))
@@ -121,12 +126,13 @@ int run(int argc, char** argv) {
   const int tp = a.tp > 0 ? a.tp : world.size();
   auto pg = torchtp::make_parallel_groups(world, tp);
   const int dp = pg.data.size();
-  TORCH_CHECK(a.batch % dp == 0, "train_gpt: --batch (", a.batch,
-              ") must divide by the data-parallel size (", dp, ")");
+  TORCH_CHECK(
+      a.batch % dp == 0, "train_gpt: --batch (", a.batch,
+      ") must divide by the data-parallel size (", dp, ")");
   const bool lead = world.rank() == 0;
-  const auto dtype = a.dtype == "float64" ? torch::kDouble
-      : a.dtype == "bfloat16"             ? torch::kBFloat16
-                                          : torch::kFloat;
+  const auto dtype = a.dtype == "float64"    ? torch::kDouble
+                     : a.dtype == "bfloat16" ? torch::kBFloat16
+                                             : torch::kFloat;
 
   // Character vocabulary, sorted: the same ids on every rank.
   const std::string text = read_text(a.data);
@@ -152,8 +158,8 @@ int run(int argc, char** argv) {
                        .dropout_seed(a.seed)
                        .group(pg.tensor)
                        .dtype(dtype));
-  torch::optim::AdamW opt(gpt->parameters(),
-                          torch::optim::AdamWOptions(a.lr).weight_decay(0.0));
+  torch::optim::AdamW opt(
+      gpt->parameters(), torch::optim::AdamWOptions(a.lr).weight_decay(0.0));
   int64_t params = 0;
   for (const auto& p : gpt->parameters()) {
     params += p.numel();
@@ -169,10 +175,11 @@ int run(int argc, char** argv) {
   }
   std::filesystem::create_directories(a.out);
   if (lead) {
-    std::printf("train_gpt: %d ranks = tensor %d x data %d, %zu-char text, "
-                "vocab %zu, %lld parameters on rank 0, %s\n",
-                world.size(), tp, dp, text.size(), itos.size(),
-                (long long)params, a.dtype.c_str());
+    std::printf(
+        "train_gpt: %d ranks = tensor %d x data %d, %zu-char text, "
+        "vocab %zu, %lld parameters on rank 0, %s\n",
+        world.size(), tp, dp, text.size(), itos.size(), (long long)params,
+        a.dtype.c_str());
     std::ostringstream summary;
     gpt->pretty_print(summary); // the one-line summary, not the module tree
     std::printf("  %s\n", summary.str().c_str());
@@ -180,8 +187,9 @@ int run(int argc, char** argv) {
   }
   std::ofstream csv;
   if (lead) {
-    csv.open(std::filesystem::path(a.out) / "loss.csv",
-             start > 0 ? std::ios::app : std::ios::trunc);
+    csv.open(
+        std::filesystem::path(a.out) / "loss.csv",
+        start > 0 ? std::ios::app : std::ios::trunc);
     csv.precision(9);
     if (start == 0) {
       csv << "step,loss\n";
@@ -192,7 +200,9 @@ int run(int argc, char** argv) {
     if (pg.data.rank() == 0) { // one replica writes; the TP group joins in
       torchtp::save_checkpoint(
           (std::filesystem::path(a.out) / "checkpoint").string(), *gpt, &opt,
-          {{"step", step}, {"seed", a.seed}, {"vocab", std::string(itos.begin(), itos.end())}});
+          {{"step", step},
+           {"seed", a.seed},
+           {"vocab", std::string(itos.begin(), itos.end())}});
     }
     world.barrier();
   };
@@ -219,14 +229,14 @@ int run(int argc, char** argv) {
       csv << step + 1 << "," << mean_loss << "\n";
       if ((step + 1) % a.log_every == 0 || step + 1 == a.steps ||
           step == start) {
-        const double secs = std::chrono::duration<double>(
-                                std::chrono::steady_clock::now() - t0)
-                                .count();
+        const double secs =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+                .count();
         const int done = step + 1 - start;
-        std::printf("step %4d/%d  loss %.4f  %7.0f tokens/s  ETA %s\n",
-                    step + 1, a.steps, mean_loss,
-                    done * tokens_per_step / secs,
-                    format_eta(secs / done * (a.steps - step - 1)).c_str());
+        std::printf(
+            "step %4d/%d  loss %.4f  %7.0f tokens/s  ETA %s\n", step + 1,
+            a.steps, mean_loss, done * tokens_per_step / secs,
+            format_eta(secs / done * (a.steps - step - 1)).c_str());
         std::fflush(stdout);
       }
     }
@@ -249,8 +259,8 @@ int run(int argc, char** argv) {
   auto context = torch::tensor({stoi['\n']}, torch::kLong).unsqueeze(0);
   for (int i = 0; i < a.sample_chars; ++i) {
     auto window = context.size(1) > a.seq
-        ? context.narrow(1, context.size(1) - a.seq, a.seq)
-        : context;
+                      ? context.narrow(1, context.size(1) - a.seq, a.seq)
+                      : context;
     auto logits = gpt->full_logits(window).select(1, -1).to(torch::kFloat);
     auto probs = torch::softmax(logits / 0.8, -1);
     auto next = torch::multinomial(probs, 1, false, gen);
@@ -259,8 +269,9 @@ int run(int argc, char** argv) {
   }
   if (lead) {
     std::ofstream(std::filesystem::path(a.out) / "sample.txt") << sample;
-    std::printf("checkpoint: %s/checkpoint   loss curve: %s/loss.csv\n",
-                a.out.c_str(), a.out.c_str());
+    std::printf(
+        "checkpoint: %s/checkpoint   loss curve: %s/loss.csv\n", a.out.c_str(),
+        a.out.c_str());
     std::printf("sample:\n%s\n", sample.c_str());
   }
   return 0;

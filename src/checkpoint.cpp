@@ -23,8 +23,8 @@ constexpr const char* kLoad = "torchtp::load_checkpoint";
 
 std::string shard_file(int rank, int size) {
   char name[64];
-  std::snprintf(name, sizeof(name), "rank-%05d-of-%05d.safetensors", rank,
-                size);
+  std::snprintf(
+      name, sizeof(name), "rank-%05d-of-%05d.safetensors", rank, size);
   return name;
 }
 
@@ -65,8 +65,10 @@ std::string optimizer_kind(torch::optim::Optimizer* opt) {
   if (dynamic_cast<torch::optim::Adam*>(opt)) {
     return "adam";
   }
-  TORCH_CHECK(false, "torchtp checkpoints save the state of Adam and AdamW "
-              "optimizers; got another kind");
+  TORCH_CHECK(
+      false,
+      "torchtp checkpoints save the state of Adam and AdamW "
+      "optimizers; got another kind");
 }
 
 // Collects the model's parameters and the optimizer's per-parameter tensors.
@@ -147,8 +149,9 @@ void save_checkpoint(
       error = e.what();
     }
   }
-  agree(g, error.empty(),
-        std::string(kSave) + ": cannot create " + tmp.string() + " " + error);
+  agree(
+      g, error.empty(),
+      std::string(kSave) + ": cannot create " + tmp.string() + " " + error);
 
   nlohmann::json steps = nlohmann::json::object();
   const auto kind = optimizer_kind(optimizer);
@@ -165,8 +168,9 @@ void save_checkpoint(
   } catch (const std::exception& e) {
     error = e.what();
   }
-  agree(g, error.empty(),
-        std::string(kSave) + ": a rank could not write its shard " + error);
+  agree(
+      g, error.empty(),
+      std::string(kSave) + ": a rank could not write its shard " + error);
 
   // Rank 0 learns every shard's checksums and writes the metadata.
   auto mine = at::empty({static_cast<int64_t>(items.size())}, at::kLong);
@@ -213,15 +217,17 @@ void save_checkpoint(
         fs::rename(final_dir, old);
       }
       fs::rename(tmp, final_dir);
-      fsync_path(final_dir.parent_path().empty() ? fs::path(".")
-                                                 : final_dir.parent_path());
+      fsync_path(
+          final_dir.parent_path().empty() ? fs::path(".")
+                                          : final_dir.parent_path());
       fs::remove_all(old);
     } catch (const std::exception& e) {
       error = e.what();
     }
   }
-  agree(g, error.empty(),
-        std::string(kSave) + ": writing " + dir + " failed on rank 0: " + error);
+  agree(
+      g, error.empty(),
+      std::string(kSave) + ": writing " + dir + " failed on rank 0: " + error);
 }
 
 namespace {
@@ -260,17 +266,19 @@ void load_tensor(
   const int64_t saved_dim = entry.at("split_dim").get<int64_t>();
   const int64_t saved_segments = entry.value("segments", int64_t{1});
   const auto& shards = entry.at("shards");
-  TORCH_CHECK(saved_dim == spec.dim && saved_segments == spec.segments, kLoad,
-              ": '", name, "' in ", dir, " is split along dim ", saved_dim,
-              " in ", saved_segments, " segments, the model splits it along dim ",
-              spec.dim, " in ", spec.segments, " ", g.tag());
+  TORCH_CHECK(
+      saved_dim == spec.dim && saved_segments == spec.segments, kLoad, ": '",
+      name, "' in ", dir, " is split along dim ", saved_dim, " in ",
+      saved_segments, " segments, the model splits it along dim ", spec.dim,
+      " in ", spec.segments, " ", g.tag());
   auto expected = dest.sizes().vec();
   if (spec.dim >= 0) {
     expected[spec.dim] *= g.size();
   }
-  TORCH_CHECK(expected == shape, kLoad, ": '", name, "' in ", dir,
-              " has full shape ", at::IntArrayRef(shape),
-              ", the model's is ", at::IntArrayRef(expected), " ", g.tag());
+  TORCH_CHECK(
+      expected == shape, kLoad, ": '", name, "' in ", dir, " has full shape ",
+      at::IntArrayRef(shape), ", the model's is ", at::IntArrayRef(expected),
+      " ", g.tag());
 
   auto read = [&](int64_t k) {
     const auto& shard = shards.at(k);
@@ -280,9 +288,10 @@ void load_tensor(
   torch::NoGradGuard no_grad;
   if (spec.dim < 0) {
     auto t = read(0);
-    TORCH_CHECK(t.sizes() == dest.sizes(), kLoad, ": '", name, "' in ",
-                files.get(shards.at(0).at("file")).path(), " has shape ",
-                t.sizes(), ", expected ", dest.sizes(), " ", g.tag());
+    TORCH_CHECK(
+        t.sizes() == dest.sizes(), kLoad, ": '", name, "' in ",
+        files.get(shards.at(0).at("file")).path(), " has shape ", t.sizes(),
+        ", expected ", dest.sizes(), " ", g.tag());
     dest.copy_(t);
     return;
   }
@@ -292,21 +301,23 @@ void load_tensor(
   for (int64_t k = 0; k < saved_size; ++k) {
     Partition then(seg_len, saved_size, k, name);
     const int64_t lo = std::max(now.local_offset(), then.local_offset());
-    const int64_t hi = std::min(now.local_offset() + now.local_size(),
-                                then.local_offset() + then.local_size());
+    const int64_t hi = std::min(
+        now.local_offset() + now.local_size(),
+        then.local_offset() + then.local_size());
     if (lo >= hi) {
       continue; // shard k holds nothing of this rank's slice
     }
     auto src = read(k);
     auto src_expected = shape;
     src_expected[spec.dim] = spec.segments * then.local_size();
-    TORCH_CHECK(src.sizes() == at::IntArrayRef(src_expected), kLoad, ": '",
-                name, "' in ", files.get(shards.at(k).at("file")).path(),
-                " has shape ", src.sizes(), ", expected ",
-                at::IntArrayRef(src_expected), " ", g.tag());
+    TORCH_CHECK(
+        src.sizes() == at::IntArrayRef(src_expected), kLoad, ": '", name,
+        "' in ", files.get(shards.at(k).at("file")).path(), " has shape ",
+        src.sizes(), ", expected ", at::IntArrayRef(src_expected), " ",
+        g.tag());
     for (int64_t s = 0; s < spec.segments; ++s) {
-      dest.narrow(spec.dim, s * now.local_size() + lo - now.local_offset(),
-                  hi - lo)
+      dest.narrow(
+              spec.dim, s * now.local_size() + lo - now.local_offset(), hi - lo)
           .copy_(src.narrow(
               spec.dim, s * then.local_size() + lo - then.local_offset(),
               hi - lo));
@@ -316,32 +327,34 @@ void load_tensor(
 
 nlohmann::json read_meta(const fs::path& dir) {
   const auto path = dir / "meta.json";
-  TORCH_CHECK(fs::exists(path), kLoad, ": ", path.string(),
-              " not found: not a torchtp checkpoint, or an interrupted save");
+  TORCH_CHECK(
+      fs::exists(path), kLoad, ": ", path.string(),
+      " not found: not a torchtp checkpoint, or an interrupted save");
   std::ifstream in(path);
   nlohmann::json meta;
   try {
     in >> meta;
   } catch (const nlohmann::json::exception& e) {
-    TORCH_CHECK(false, kLoad, ": ", path.string(), " is not valid JSON: ",
-                e.what());
+    TORCH_CHECK(
+        false, kLoad, ": ", path.string(), " is not valid JSON: ", e.what());
   }
-  TORCH_CHECK(meta.is_object() && meta.value("format", "") == "torchtp-checkpoint",
-              kLoad, ": ", path.string(), " is not a torchtp checkpoint");
+  TORCH_CHECK(
+      meta.is_object() && meta.value("format", "") == "torchtp-checkpoint",
+      kLoad, ": ", path.string(), " is not a torchtp checkpoint");
   const int version = meta.value("format_version", -1);
-  TORCH_CHECK(version == kCheckpointFormatVersion, kLoad, ": ", path.string(),
-              " has format version ", version, "; this torchtp reads version ",
-              kCheckpointFormatVersion);
-  TORCH_CHECK(meta.contains("tensors") && meta["tensors"].is_object(), kLoad,
-              ": ", path.string(), " lists no tensors");
+  TORCH_CHECK(
+      version == kCheckpointFormatVersion, kLoad, ": ", path.string(),
+      " has format version ", version, "; this torchtp reads version ",
+      kCheckpointFormatVersion);
+  TORCH_CHECK(
+      meta.contains("tensors") && meta["tensors"].is_object(), kLoad, ": ",
+      path.string(), " lists no tensors");
   return meta;
 }
 
 template <typename S>
 void write_adam_state(
-    torch::optim::Optimizer& opt,
-    const at::Tensor& p,
-    AdamState st) {
+    torch::optim::Optimizer& opt, const at::Tensor& p, AdamState st) {
   auto state = std::make_unique<S>();
   state->step(st.step);
   state->exp_avg(st.exp_avg);
@@ -369,44 +382,46 @@ nlohmann::json load_checkpoint(
     ShardFiles files(dir);
     const auto& tensors = meta["tensors"];
     auto find = [&](const std::string& name) -> const nlohmann::json& {
-      TORCH_CHECK(tensors.contains(name), kLoad, ": ", dir,
-                  "/meta.json has no tensor '", name, "' ", g.tag());
+      TORCH_CHECK(
+          tensors.contains(name), kLoad, ": ", dir,
+          "/meta.json has no tensor '", name, "' ", g.tag());
       return tensors.at(name);
     };
     const auto kind = optimizer_kind(optimizer);
     const auto& saved_opt = meta.value("optimizer", nlohmann::json::object());
     if (optimizer != nullptr) {
-      TORCH_CHECK(saved_opt.value("kind", "") == kind, kLoad, ": ", dir,
-                  " holds ", saved_opt.value("kind", std::string("no")),
-                  " optimizer state, the optimizer is ", kind, " ", g.tag());
+      TORCH_CHECK(
+          saved_opt.value("kind", "") == kind, kLoad, ": ", dir, " holds ",
+          saved_opt.value("kind", std::string("no")),
+          " optimizer state, the optimizer is ", kind, " ", g.tag());
     }
     for (auto& p : model.named_parameters()) {
       const auto& spec = specs.at(p.key());
       load_tensor(p.key(), find(p.key()), p.value(), spec, g, files, dir);
-      if (optimizer == nullptr ||
-          !saved_opt.at("step").contains(p.key())) {
+      if (optimizer == nullptr || !saved_opt.at("step").contains(p.key())) {
         continue;
       }
       AdamState st;
       st.step = saved_opt.at("step").at(p.key()).get<int64_t>();
       const auto base = "optimizer." + p.key() + ".";
       for (auto* slot : {&st.exp_avg, &st.exp_avg_sq, &st.max_exp_avg_sq}) {
-        const std::string suffix = slot == &st.exp_avg ? "exp_avg"
-            : slot == &st.exp_avg_sq                   ? "exp_avg_sq"
-                                                       : "max_exp_avg_sq";
+        const std::string suffix = slot == &st.exp_avg      ? "exp_avg"
+                                   : slot == &st.exp_avg_sq ? "exp_avg_sq"
+                                                            : "max_exp_avg_sq";
         if (!tensors.contains(base + suffix)) {
           continue;
         }
         *slot = at::empty_like(p.value().detach());
-        load_tensor(base + suffix, tensors.at(base + suffix), *slot, spec, g,
-                    files, dir);
+        load_tensor(
+            base + suffix, tensors.at(base + suffix), *slot, spec, g, files,
+            dir);
       }
       if (kind == "adamw") {
-        write_adam_state<torch::optim::AdamWParamState>(*optimizer, p.value(),
-                                                         st);
+        write_adam_state<torch::optim::AdamWParamState>(
+            *optimizer, p.value(), st);
       } else {
-        write_adam_state<torch::optim::AdamParamState>(*optimizer, p.value(),
-                                                        st);
+        write_adam_state<torch::optim::AdamParamState>(
+            *optimizer, p.value(), st);
       }
     }
   } catch (const c10::Error& e) {
@@ -440,15 +455,16 @@ at::Tensor read_from_archive(
   for (auto dot = rest.find('.'); dot != std::string::npos;
        dot = rest.find('.')) {
     nested.push_back(std::make_unique<torch::serialize::InputArchive>());
-    TORCH_CHECK(archive->try_read(rest.substr(0, dot), *nested.back()),
-                "torchtp::load_full_state: ", path, " has no module for '",
-                name, "'");
+    TORCH_CHECK(
+        archive->try_read(rest.substr(0, dot), *nested.back()),
+        "torchtp::load_full_state: ", path, " has no module for '", name, "'");
     archive = nested.back().get();
     rest = rest.substr(dot + 1);
   }
   at::Tensor t;
-  TORCH_CHECK(archive->try_read(rest, t), "torchtp::load_full_state: ", path,
-              " has no tensor '", name, "'");
+  TORCH_CHECK(
+      archive->try_read(rest, t), "torchtp::load_full_state: ", path,
+      " has no tensor '", name, "'");
   return t;
 }
 
@@ -457,8 +473,9 @@ at::Tensor read_from_archive(
 void load_full_state(const std::string& path, torch::nn::Module& model) {
   Group g = shard_group(model);
   auto specs = shard_specs(model);
-  TORCH_CHECK(fs::exists(path), "torchtp::load_full_state: ", path,
-              " not found ", g.tag());
+  TORCH_CHECK(
+      fs::exists(path), "torchtp::load_full_state: ", path, " not found ",
+      g.tag());
   const bool safetensors =
       path.size() > 12 && path.substr(path.size() - 12) == ".safetensors";
   std::unique_ptr<SafetensorsReader> reader;
@@ -469,8 +486,9 @@ void load_full_state(const std::string& path, torch::nn::Module& model) {
     try {
       archive.load_from(path);
     } catch (const c10::Error& e) {
-      TORCH_CHECK(false, "torchtp::load_full_state: cannot read ", path,
-                  " as a torch::save archive: ", e.what_without_backtrace());
+      TORCH_CHECK(
+          false, "torchtp::load_full_state: cannot read ", path,
+          " as a torch::save archive: ", e.what_without_backtrace());
     }
   }
   torch::NoGradGuard no_grad;
@@ -482,10 +500,11 @@ void load_full_state(const std::string& path, torch::nn::Module& model) {
     if (spec.dim >= 0) {
       expected[spec.dim] *= g.size();
     }
-    TORCH_CHECK(full.sizes() == at::IntArrayRef(expected),
-                "torchtp::load_full_state: '", p.key(), "' in ", path,
-                " has shape ", full.sizes(), ", the model's full shape is ",
-                at::IntArrayRef(expected), " ", g.tag());
+    TORCH_CHECK(
+        full.sizes() == at::IntArrayRef(expected),
+        "torchtp::load_full_state: '", p.key(), "' in ", path, " has shape ",
+        full.sizes(), ", the model's full shape is ", at::IntArrayRef(expected),
+        " ", g.tag());
     if (spec.dim < 0) {
       p.value().copy_(full);
       continue;
@@ -495,8 +514,8 @@ void load_full_state(const std::string& path, torch::nn::Module& model) {
     for (int64_t s = 0; s < spec.segments; ++s) {
       p.value()
           .narrow(spec.dim, s * part.local_size(), part.local_size())
-          .copy_(full.narrow(spec.dim, s * seg_len + part.local_offset(),
-                             part.local_size()));
+          .copy_(full.narrow(
+              spec.dim, s * seg_len + part.local_offset(), part.local_size()));
     }
   }
 }

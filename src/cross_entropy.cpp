@@ -27,8 +27,8 @@ struct VocabParallelCrossEntropy
       double smoothing,
       int64_t vocab_size) {
     const auto in_dtype = logits.scalar_type();
-    auto x = logits.scalar_type() == at::kDouble ? logits
-                                                 : logits.to(at::kFloat);
+    auto x =
+        logits.scalar_type() == at::kDouble ? logits : logits.to(at::kFloat);
     Partition part(
         x.size(-1) * group.size(), group.size(), group.rank(),
         std::string(kName) + ": vocabulary");
@@ -97,14 +97,15 @@ struct VocabParallelCrossEntropy
     auto hit = outside.logical_not().to(grad.scalar_type()) * (1 - smoothing);
     grad.scatter_add_(-1, local_target.unsqueeze(-1), -hit.unsqueeze(-1));
     if (smoothing > 0) {
-      grad.sub_(is_padding.logical_not().to(grad.scalar_type()) *
-                (smoothing / double(real_vocab)));
+      grad.sub_(
+          is_padding.logical_not().to(grad.scalar_type()) *
+          (smoothing / double(real_vocab)));
     }
     grad.mul_((grads[0] * valid.to(grads[0].scalar_type()))
                   .unsqueeze(-1)
                   .to(grad.scalar_type()));
-    return {grad.to(in_dtype), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor()};
+    return {grad.to(in_dtype), at::Tensor(), at::Tensor(),
+            at::Tensor(),      at::Tensor(), at::Tensor()};
   }
 };
 
@@ -116,29 +117,34 @@ at::Tensor vocab_parallel_cross_entropy(
     const VocabParallelCrossEntropyOptions& options) {
   Group group =
       options.group().has_value() ? *options.group() : default_group();
-  TORCH_CHECK(logits_shard.defined() && logits_shard.dim() >= 1 &&
-                  logits_shard.is_floating_point(),
-              kName, ": expected floating-point logits [*, V/ws], got ",
-              logits_shard.defined() ? c10::str(logits_shard.sizes()) : "none",
-              " ", group.tag());
+  TORCH_CHECK(
+      logits_shard.defined() && logits_shard.dim() >= 1 &&
+          logits_shard.is_floating_point(),
+      kName, ": expected floating-point logits [*, V/ws], got ",
+      logits_shard.defined() ? c10::str(logits_shard.sizes()) : "none", " ",
+      group.tag());
   auto lead = logits_shard.sizes().vec();
   lead.pop_back();
-  TORCH_CHECK(target.defined() && target.sizes() == at::IntArrayRef(lead) &&
-                  (target.scalar_type() == at::kLong ||
-                   target.scalar_type() == at::kInt),
-              kName, ": expected integer targets of shape ", at::IntArrayRef(lead),
-              " (the logits' leading dims) but got ",
-              target.defined() ? c10::str(target.sizes()) : "none", " ",
-              target.defined() ? c10::toString(target.scalar_type()) : "", " ",
-              group.tag());
+  TORCH_CHECK(
+      target.defined() && target.sizes() == at::IntArrayRef(lead) &&
+          (target.scalar_type() == at::kLong ||
+           target.scalar_type() == at::kInt),
+      kName, ": expected integer targets of shape ", at::IntArrayRef(lead),
+      " (the logits' leading dims) but got ",
+      target.defined() ? c10::str(target.sizes()) : "none", " ",
+      target.defined() ? c10::toString(target.scalar_type()) : "", " ",
+      group.tag());
   const double s = options.label_smoothing();
-  TORCH_CHECK(s >= 0 && s <= 1, kName, ": label_smoothing must be in [0, 1], "
-              "got ", s, " ", group.tag());
+  TORCH_CHECK(
+      s >= 0 && s <= 1, kName,
+      ": label_smoothing must be in [0, 1], "
+      "got ",
+      s, " ", group.tag());
   const int64_t full_vocab = logits_shard.size(-1) * group.size();
-  TORCH_CHECK(options.vocab_size() >= 0 && options.vocab_size() <= full_vocab,
-              kName, ": vocab_size (", options.vocab_size(),
-              ") exceeds the logits' full vocabulary (", full_vocab, ") ",
-              group.tag());
+  TORCH_CHECK(
+      options.vocab_size() >= 0 && options.vocab_size() <= full_vocab, kName,
+      ": vocab_size (", options.vocab_size(),
+      ") exceeds the logits' full vocabulary (", full_vocab, ") ", group.tag());
   const int64_t real_vocab =
       options.vocab_size() > 0 ? options.vocab_size() : full_vocab;
   auto t = target.to(at::kLong);
@@ -147,9 +153,10 @@ at::Tensor vocab_parallel_cross_entropy(
     if (real.numel() > 0) {
       const auto lo = real.min().item<int64_t>();
       const auto hi = real.max().item<int64_t>();
-      TORCH_CHECK(lo >= 0 && hi < real_vocab, kName, ": targets must be in [0, ",
-                  real_vocab, ") or ignore_index (", options.ignore_index(),
-                  "), got values in [", lo, ", ", hi, "] ", group.tag());
+      TORCH_CHECK(
+          lo >= 0 && hi < real_vocab, kName, ": targets must be in [0, ",
+          real_vocab, ") or ignore_index (", options.ignore_index(),
+          "), got values in [", lo, ", ", hi, "] ", group.tag());
     }
   }
 

@@ -19,16 +19,18 @@ VocabParallelEmbeddingImpl::VocabParallelEmbeddingImpl(
 
 void VocabParallelEmbeddingImpl::reset() {
   group_ = options.group().has_value() ? *options.group() : default_group();
-  TORCH_CHECK(options.num_embeddings() > 0 && options.embedding_dim() > 0,
-              kName, ": num_embeddings and embedding_dim must be positive, got ",
-              options.num_embeddings(), " and ", options.embedding_dim(), " ",
-              group_->tag());
+  TORCH_CHECK(
+      options.num_embeddings() > 0 && options.embedding_dim() > 0, kName,
+      ": num_embeddings and embedding_dim must be positive, got ",
+      options.num_embeddings(), " and ", options.embedding_dim(), " ",
+      group_->tag());
   partition_ = Partition(
       options.num_embeddings(), group_->size(), group_->rank(),
       std::string(kName) + ": num_embeddings");
-  const auto dtype = options.dtype().has_value()
-      ? *options.dtype()
-      : c10::typeMetaToScalarType(torch::get_default_dtype());
+  const auto dtype =
+      options.dtype().has_value()
+          ? *options.dtype()
+          : c10::typeMetaToScalarType(torch::get_default_dtype());
   weight = register_parameter(
       "weight",
       torch::empty({partition_->local_size(), options.embedding_dim()}, dtype));
@@ -38,8 +40,8 @@ void VocabParallelEmbeddingImpl::reset() {
 void VocabParallelEmbeddingImpl::reset_parameters() {
   torch::NoGradGuard no_grad;
   // torch::nn::Embedding's draw, in float32 for reduced-precision tables.
-  const bool exact =
-      weight.scalar_type() == torch::kFloat || weight.scalar_type() == torch::kDouble;
+  const bool exact = weight.scalar_type() == torch::kFloat ||
+                     weight.scalar_type() == torch::kDouble;
   auto full = torch::empty(
       {options.num_embeddings(), options.embedding_dim()},
       exact ? weight.scalar_type() : torch::kFloat);
@@ -49,10 +51,9 @@ void VocabParallelEmbeddingImpl::reset_parameters() {
 
 void VocabParallelEmbeddingImpl::load_full_weights(const torch::Tensor& full) {
   TORCH_CHECK(
-      full.defined() &&
-          full.sizes() ==
-              torch::IntArrayRef({options.num_embeddings(),
-                                  options.embedding_dim()}),
+      full.defined() && full.sizes() == torch::IntArrayRef(
+                                            {options.num_embeddings(),
+                                             options.embedding_dim()}),
       kName, "::load_full_weights: expected a full table of shape [",
       options.num_embeddings(), ", ", options.embedding_dim(), "] but got ",
       full.defined() ? c10::str(full.sizes()) : "undefined", " ",
@@ -62,19 +63,20 @@ void VocabParallelEmbeddingImpl::load_full_weights(const torch::Tensor& full) {
 }
 
 torch::Tensor VocabParallelEmbeddingImpl::forward(const torch::Tensor& ids) {
-  TORCH_CHECK(ids.defined() &&
-                  (ids.scalar_type() == torch::kLong ||
-                   ids.scalar_type() == torch::kInt),
-              kName, ": expected integer ids (Long or Int), got ",
-              ids.defined() ? c10::toString(ids.scalar_type()) : "undefined",
-              " of shape ", ids.defined() ? c10::str(ids.sizes()) : "[]", " ",
-              group_->tag());
+  TORCH_CHECK(
+      ids.defined() && (ids.scalar_type() == torch::kLong ||
+                        ids.scalar_type() == torch::kInt),
+      kName, ": expected integer ids (Long or Int), got ",
+      ids.defined() ? c10::toString(ids.scalar_type()) : "undefined",
+      " of shape ", ids.defined() ? c10::str(ids.sizes()) : "[]", " ",
+      group_->tag());
   if (ids.numel() > 0) {
     const auto lo = ids.min().item<int64_t>();
     const auto hi = ids.max().item<int64_t>();
-    TORCH_CHECK(lo >= 0 && hi < options.num_embeddings(), kName,
-                ": ids must be in [0, ", options.num_embeddings(),
-                "), got values in [", lo, ", ", hi, "] ", group_->tag());
+    TORCH_CHECK(
+        lo >= 0 && hi < options.num_embeddings(), kName,
+        ": ids must be in [0, ", options.num_embeddings(), "), got values in [",
+        lo, ", ", hi, "] ", group_->tag());
   }
   if (group_->size() == 1) {
     return torch::nn::functional::embedding(ids, weight);
@@ -91,9 +93,10 @@ torch::Tensor VocabParallelEmbeddingImpl::forward(const torch::Tensor& ids) {
 void VocabParallelEmbeddingImpl::pretty_print(std::ostream& stream) const {
   stream << "torchtp::VocabParallelEmbedding(num_embeddings="
          << options.num_embeddings() << " (ids [" << vocab_start_index() << ", "
-         << vocab_end_index() << ") on this rank), embedding_dim="
-         << options.embedding_dim() << ", rank=" << group_->rank()
-         << ", world_size=" << group_->size() << ")";
+         << vocab_end_index()
+         << ") on this rank), embedding_dim=" << options.embedding_dim()
+         << ", rank=" << group_->rank() << ", world_size=" << group_->size()
+         << ")";
 }
 
 } // namespace torchtp

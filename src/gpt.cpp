@@ -12,10 +12,13 @@ GPTImpl::GPTImpl(GPTOptions options_) : options(std::move(options_)) {
 void GPTImpl::reset() {
   constexpr const char* kName = "torchtp::GPT";
   group_ = options.group().has_value() ? *options.group() : default_group();
-  TORCH_CHECK(options.vocab_size() > 0 && options.max_seq_len() > 0 &&
-                  options.num_layers() >= 0 && options.vocab_pad_multiple() > 0,
-              kName, ": vocab_size, max_seq_len and vocab_pad_multiple must be "
-              "positive ", group_->tag());
+  TORCH_CHECK(
+      options.vocab_size() > 0 && options.max_seq_len() > 0 &&
+          options.num_layers() >= 0 && options.vocab_pad_multiple() > 0,
+      kName,
+      ": vocab_size, max_seq_len and vocab_pad_multiple must be "
+      "positive ",
+      group_->tag());
   const int64_t m = options.vocab_pad_multiple();
   padded_vocab_ = (options.vocab_size() + m - 1) / m * m;
   rng_ = std::make_shared<RngTracker>(options.dropout_seed(), *group_);
@@ -29,18 +32,17 @@ void GPTImpl::reset() {
                                  .group(*group_)
                                  .dtype(options.dtype())));
   position_embedding = register_module(
-      "position_embedding",
-      torch::nn::Embedding(options.max_seq_len(), d));
+      "position_embedding", torch::nn::Embedding(options.max_seq_len(), d));
   layers = register_module("layers", torch::nn::ModuleList());
   for (int64_t i = 0; i < options.num_layers(); ++i) {
-    layers->push_back(TransformerLayer(
-        TransformerLayerOptions(d, options.num_heads())
-            .ffn_hidden(options.ffn_hidden())
-            .hidden_dropout(options.hidden_dropout())
-            .attention_dropout(options.attention_dropout())
-            .rng(rng_)
-            .group(*group_)
-            .dtype(options.dtype())));
+    layers->push_back(
+        TransformerLayer(TransformerLayerOptions(d, options.num_heads())
+                             .ffn_hidden(options.ffn_hidden())
+                             .hidden_dropout(options.hidden_dropout())
+                             .attention_dropout(options.attention_dropout())
+                             .rng(rng_)
+                             .group(*group_)
+                             .dtype(options.dtype())));
   }
   final_norm = register_module(
       "final_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));
@@ -59,12 +61,14 @@ void GPTImpl::reset() {
 
 torch::Tensor GPTImpl::forward(const torch::Tensor& ids) {
   constexpr const char* kName = "torchtp::GPT";
-  TORCH_CHECK(ids.dim() == 2 && ids.size(1) <= options.max_seq_len(), kName,
-              ": expected ids [batch, seq <= ", options.max_seq_len(),
-              "] but got ", ids.sizes(), " ", group_->tag());
-  TORCH_CHECK(ids.numel() == 0 || ids.max().item<int64_t>() < options.vocab_size(),
-              kName, ": ids must be below vocab_size (", options.vocab_size(),
-              "), got ", ids.max().item<int64_t>(), " ", group_->tag());
+  TORCH_CHECK(
+      ids.dim() == 2 && ids.size(1) <= options.max_seq_len(), kName,
+      ": expected ids [batch, seq <= ", options.max_seq_len(), "] but got ",
+      ids.sizes(), " ", group_->tag());
+  TORCH_CHECK(
+      ids.numel() == 0 || ids.max().item<int64_t>() < options.vocab_size(),
+      kName, ": ids must be below vocab_size (", options.vocab_size(),
+      "), got ", ids.max().item<int64_t>(), " ", group_->tag());
   auto positions = torch::arange(ids.size(1), torch::kLong);
   auto h = token_embedding(ids) + position_embedding(positions);
   h = dropout(h, options.hidden_dropout(), is_training(), rng_->replicated());

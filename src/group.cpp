@@ -67,16 +67,17 @@ std::string Group::tag() const {
 }
 
 void Group::check_same_everywhere(const char* op, const at::Tensor& t) const {
-  TORCH_CHECK(t.defined(), "torchtp::Group::", op, ": undefined tensor ",
-              tag());
-  TORCH_CHECK(t.device().is_cpu(), "torchtp::Group::", op,
-              ": expected a CPU tensor, got one on ", t.device(), " ", tag());
+  TORCH_CHECK(
+      t.defined(), "torchtp::Group::", op, ": undefined tensor ", tag());
+  TORCH_CHECK(
+      t.device().is_cpu(), "torchtp::Group::", op,
+      ": expected a CPU tensor, got one on ", t.device(), " ", tag());
   if (size() == 1 || !debug_checks_enabled()) {
     return;
   }
-  TORCH_CHECK(t.dim() <= kMaxSignatureDims, "torchtp::Group::", op,
-              ": TORCHTP_DEBUG checks at most ", kMaxSignatureDims,
-              " dims ", tag());
+  TORCH_CHECK(
+      t.dim() <= kMaxSignatureDims, "torchtp::Group::", op,
+      ": TORCHTP_DEBUG checks at most ", kMaxSignatureDims, " dims ", tag());
   auto sig = at::full({kMaxSignatureDims + 2}, -1, at::kLong);
   auto* s = sig.data_ptr<int64_t>();
   s[0] = static_cast<int64_t>(t.scalar_type());
@@ -120,8 +121,11 @@ void Group::all_reduce(at::Tensor& tensor, ReduceOp op) const {
 
 Work Group::all_gather_async(const at::Tensor& tensor, int64_t dim) const {
   check_same_everywhere("all_gather", tensor);
-  TORCH_CHECK(tensor.dim() >= 1, "torchtp::Group::all_gather: expected a "
-              "tensor with at least one dim, got a scalar ", tag());
+  TORCH_CHECK(
+      tensor.dim() >= 1,
+      "torchtp::Group::all_gather: expected a "
+      "tensor with at least one dim, got a scalar ",
+      tag());
   const int64_t d = c10::maybe_wrap_dim(dim, tensor.dim());
   if (size() == 1) {
     return Work(tensor.clone());
@@ -144,12 +148,13 @@ at::Tensor Group::all_gather(const at::Tensor& tensor, int64_t dim) const {
 }
 
 Work Group::reduce_scatter_async(
-    const at::Tensor& tensor,
-    int64_t dim,
-    ReduceOp op) const {
+    const at::Tensor& tensor, int64_t dim, ReduceOp op) const {
   check_same_everywhere("reduce_scatter", tensor);
-  TORCH_CHECK(tensor.dim() >= 1, "torchtp::Group::reduce_scatter: expected a "
-              "tensor with at least one dim, got a scalar ", tag());
+  TORCH_CHECK(
+      tensor.dim() >= 1,
+      "torchtp::Group::reduce_scatter: expected a "
+      "tensor with at least one dim, got a scalar ",
+      tag());
   const int64_t d = c10::maybe_wrap_dim(dim, tensor.dim());
   Partition part(
       tensor.size(d), size(), rank(),
@@ -170,16 +175,15 @@ Work Group::reduce_scatter_async(
 }
 
 at::Tensor Group::reduce_scatter(
-    const at::Tensor& tensor,
-    int64_t dim,
-    ReduceOp op) const {
+    const at::Tensor& tensor, int64_t dim, ReduceOp op) const {
   return reduce_scatter_async(tensor, dim, op).wait();
 }
 
 Work Group::broadcast_async(at::Tensor& tensor, int root) const {
   check_same_everywhere("broadcast", tensor);
-  TORCH_CHECK(root >= 0 && root < size(), "torchtp::Group::broadcast: root ",
-              root, " is not a rank of the group ", tag());
+  TORCH_CHECK(
+      root >= 0 && root < size(), "torchtp::Group::broadcast: root ", root,
+      " is not a rank of the group ", tag());
   if (size() == 1) {
     return Work(tensor);
   }

@@ -35,8 +35,9 @@ int env_int(const char* name, int fallback) {
     TORCH_CHECK(used == v->size(), "trailing characters");
     return value;
   } catch (const std::exception&) {
-    TORCH_CHECK(false, "torchtp::init_from_env: ", name, "='", *v,
-                "' is not an integer");
+    TORCH_CHECK(
+        false, "torchtp::init_from_env: ", name, "='", *v,
+        "' is not an integer");
   }
 }
 
@@ -85,21 +86,28 @@ InitOptions options_from_env() {
 
 Group init(const InitOptions& o) {
   const std::string tag = detail::rank_tag(o.rank(), o.world_size());
-  TORCH_CHECK(o.world_size() >= 1, "torchtp::init: world size ",
-              o.world_size(), " must be at least 1 ", tag);
-  TORCH_CHECK(o.rank() >= 0 && o.rank() < o.world_size(), "torchtp::init: rank ",
-              o.rank(), " is outside the world of ", o.world_size(), " ", tag);
-  TORCH_CHECK(o.master_port() > 0 && o.master_port() < 65536,
-              "torchtp::init: master port ", o.master_port(),
-              " is not a TCP port ", tag);
-  TORCH_CHECK(o.timeout().count() > 0, "torchtp::init: the timeout must be "
-              "positive ", tag);
+  TORCH_CHECK(
+      o.world_size() >= 1, "torchtp::init: world size ", o.world_size(),
+      " must be at least 1 ", tag);
+  TORCH_CHECK(
+      o.rank() >= 0 && o.rank() < o.world_size(), "torchtp::init: rank ",
+      o.rank(), " is outside the world of ", o.world_size(), " ", tag);
+  TORCH_CHECK(
+      o.master_port() > 0 && o.master_port() < 65536,
+      "torchtp::init: master port ", o.master_port(), " is not a TCP port ",
+      tag);
+  TORCH_CHECK(
+      o.timeout().count() > 0,
+      "torchtp::init: the timeout must be "
+      "positive ",
+      tag);
 
   // libtorch starts with one intra-op thread; ranks on one host share its
   // cores.
   int threads = o.num_threads();
   if (threads <= 0) {
-    threads = std::max(1, available_cores() / std::max(1, o.local_world_size()));
+    threads =
+        std::max(1, available_cores() / std::max(1, o.local_world_size()));
   }
   at::set_num_threads(threads);
 
@@ -119,10 +127,10 @@ Group init(const InitOptions& o) {
   try {
     store = c10::make_intrusive<c10d::TCPStore>(o.master_addr(), store_options);
   } catch (const std::exception& e) {
-    TORCH_CHECK(false, "torchtp::init: rendezvous at ", o.master_addr(), ":",
-                o.master_port(), " failed ", tag, " (world size ",
-                o.world_size(), ", timeout ", o.timeout().count() / 1000,
-                " s): ", e.what());
+    TORCH_CHECK(
+        false, "torchtp::init: rendezvous at ", o.master_addr(), ":",
+        o.master_port(), " failed ", tag, " (world size ", o.world_size(),
+        ", timeout ", o.timeout().count() / 1000, " s): ", e.what());
   }
   Group world(detail::make_gloo_communicator(
       store, o.rank(), o.world_size(), o.timeout(), o.socket_ifname(),
@@ -136,10 +144,10 @@ Group init_from_env() {
 }
 
 ParallelGroups make_parallel_groups(const Group& world, int tp) {
-  TORCH_CHECK(tp >= 1 && world.size() % tp == 0,
-              "torchtp::make_parallel_groups: tensor-parallel size (", tp,
-              ") does not divide the world size (", world.size(), ") ",
-              world.tag());
+  TORCH_CHECK(
+      tp >= 1 && world.size() % tp == 0,
+      "torchtp::make_parallel_groups: tensor-parallel size (", tp,
+      ") does not divide the world size (", world.size(), ") ", world.tag());
   const int tp_rank = world.rank() % tp;
   const int dp_rank = world.rank() / tp;
   Group tensor = world.split(/*color=*/dp_rank, /*key=*/tp_rank);

@@ -12,10 +12,7 @@ namespace torchtp {
 namespace detail {
 
 std::pair<torch::Tensor, torch::Tensor> linear_init(
-    int64_t in_features,
-    int64_t out_features,
-    bool bias,
-    torch::Dtype dtype) {
+    int64_t in_features, int64_t out_features, bool bias, torch::Dtype dtype) {
   torch::NoGradGuard no_grad;
   const bool exact = dtype == torch::kFloat || dtype == torch::kDouble;
   const auto draw = exact ? dtype : torch::kFloat;
@@ -26,8 +23,8 @@ std::pair<torch::Tensor, torch::Tensor> linear_init(
   torch::Tensor b;
   if (bias) {
     b = torch::empty({out_features}, draw);
-    const auto fan_in = std::get<0>(
-        torch::nn::init::_calculate_fan_in_and_fan_out(w));
+    const auto fan_in =
+        std::get<0>(torch::nn::init::_calculate_fan_in_and_fan_out(w));
     const auto bound = 1 / std::sqrt(fan_in);
     torch::nn::init::uniform_(b, -bound, bound);
   }
@@ -63,13 +60,13 @@ void check_input(
   TORCH_CHECK(input.defined(), layer, ": undefined input ", g.tag());
   TORCH_CHECK(
       input.dim() >= 1 && input.size(-1) == width, layer,
-      ": expected input of shape [*, ", width, "] (", width_name,
-      ") but got ", input.sizes(), "; weight shard is ", weight.sizes(), " ",
-      g.tag());
+      ": expected input of shape [*, ", width, "] (", width_name, ") but got ",
+      input.sizes(), "; weight shard is ", weight.sizes(), " ", g.tag());
   TORCH_CHECK(
       input.scalar_type() == weight.scalar_type(), layer,
-      ": expected input dtype ", weight.scalar_type(), " (the weight's) but got ",
-      input.scalar_type(), " for input of shape ", input.sizes(), " ", g.tag());
+      ": expected input dtype ", weight.scalar_type(),
+      " (the weight's) but got ", input.scalar_type(), " for input of shape ",
+      input.sizes(), " ", g.tag());
 }
 
 void check_full(
@@ -78,17 +75,18 @@ void check_full(
     const torch::Tensor& given,
     torch::IntArrayRef expected,
     const Group& g) {
-  TORCH_CHECK(given.defined() && given.sizes() == expected, layer,
-              "::load_full_weights: expected full ", what, " of shape ",
-              expected, " but got ",
-              given.defined() ? c10::str(given.sizes()) : "undefined", " ",
-              g.tag());
+  TORCH_CHECK(
+      given.defined() && given.sizes() == expected, layer,
+      "::load_full_weights: expected full ", what, " of shape ", expected,
+      " but got ", given.defined() ? c10::str(given.sizes()) : "undefined", " ",
+      g.tag());
 }
 
 void check_positive(const char* layer, int64_t in, int64_t out) {
-  TORCH_CHECK(in > 0 && out > 0, layer,
-              ": in_features and out_features must be positive, got ", in,
-              " and ", out);
+  TORCH_CHECK(
+      in > 0 && out > 0, layer,
+      ": in_features and out_features must be positive, got ", in, " and ",
+      out);
 }
 
 } // namespace
@@ -135,19 +133,22 @@ void ColumnParallelLinearImpl::reset_parameters() {
 }
 
 void ColumnParallelLinearImpl::load_full_weights(
-    const torch::Tensor& w,
-    const torch::Tensor& b) {
+    const torch::Tensor& w, const torch::Tensor& b) {
   constexpr const char* kName = "torchtp::ColumnParallelLinear";
-  check_full(kName, "weight", w,
-             {options.out_features(), options.in_features()}, *group_);
+  check_full(
+      kName, "weight", w, {options.out_features(), options.in_features()},
+      *group_);
   torch::NoGradGuard no_grad;
   weight.copy_(own_rows(w));
   if (bias.defined()) {
     check_full(kName, "bias", b, {options.out_features()}, *group_);
     bias.copy_(own_rows(b));
   } else {
-    TORCH_CHECK(!b.defined(), kName, "::load_full_weights: got a bias for a "
-                "layer built with bias(false) ", group_->tag());
+    TORCH_CHECK(
+        !b.defined(), kName,
+        "::load_full_weights: got a bias for a "
+        "layer built with bias(false) ",
+        group_->tag());
   }
 }
 
@@ -165,8 +166,9 @@ torch::Tensor ColumnParallelLinearImpl::own_rows(const torch::Tensor& full) {
 }
 
 torch::Tensor ColumnParallelLinearImpl::forward(const torch::Tensor& input) {
-  check_input("torchtp::ColumnParallelLinear", input, options.in_features(),
-              "in_features", weight, *group_);
+  check_input(
+      "torchtp::ColumnParallelLinear", input, options.in_features(),
+      "in_features", weight, *group_);
   auto x = copy_to_tp_region(input, *group_);
   auto y = torch::nn::functional::linear(
       x, weight, options.skip_bias_add() ? torch::Tensor() : bias);
@@ -244,31 +246,34 @@ void RowParallelLinearImpl::reset_parameters() {
 }
 
 void RowParallelLinearImpl::load_full_weights(
-    const torch::Tensor& w,
-    const torch::Tensor& b) {
+    const torch::Tensor& w, const torch::Tensor& b) {
   constexpr const char* kName = "torchtp::RowParallelLinear";
-  check_full(kName, "weight", w,
-             {options.out_features(), options.in_features()}, *group_);
+  check_full(
+      kName, "weight", w, {options.out_features(), options.in_features()},
+      *group_);
   torch::NoGradGuard no_grad;
   weight.copy_(partition_->narrow(w, 1));
   if (bias.defined()) {
     check_full(kName, "bias", b, {options.out_features()}, *group_);
     bias.copy_(b);
   } else {
-    TORCH_CHECK(!b.defined(), kName, "::load_full_weights: got a bias for a "
-                "layer built with bias(false) ", group_->tag());
+    TORCH_CHECK(
+        !b.defined(), kName,
+        "::load_full_weights: got a bias for a "
+        "layer built with bias(false) ",
+        group_->tag());
   }
 }
 
 torch::Tensor RowParallelLinearImpl::forward(const torch::Tensor& input) {
   constexpr const char* kName = "torchtp::RowParallelLinear";
   if (options.input_is_parallel()) {
-    check_input(kName, input, partition_->local_size(),
-                "in_features / world_size, input_is_parallel", weight,
-                *group_);
+    check_input(
+        kName, input, partition_->local_size(),
+        "in_features / world_size, input_is_parallel", weight, *group_);
   } else {
-    check_input(kName, input, options.in_features(), "in_features", weight,
-                *group_);
+    check_input(
+        kName, input, options.in_features(), "in_features", weight, *group_);
   }
   auto x = options.input_is_parallel() ? input
                                        : scatter_to_tp_region(input, *group_);

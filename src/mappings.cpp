@@ -32,8 +32,7 @@ at::Tensor all_reduce_copy(const at::Tensor& t, const Group& group) {
 at::Tensor own_last_dim_chunk(const at::Tensor& t, const Group& group) {
   Partition part(
       t.size(-1), group.size(), group.rank(),
-      "torchtp::scatter_to_tp_region: last dim of " +
-          c10::str(t.sizes()));
+      "torchtp::scatter_to_tp_region: last dim of " + c10::str(t.sizes()));
   return part.narrow(t, -1).contiguous();
 }
 
@@ -99,9 +98,10 @@ struct ReduceScatterToSequence
 
 void check_input(const char* who, const at::Tensor& x, const Group& g) {
   TORCH_CHECK(x.defined(), "torchtp::", who, ": undefined input ", g.tag());
-  TORCH_CHECK(x.dim() >= 1, "torchtp::", who,
-              ": expected a tensor with at least one dim, got shape ",
-              x.sizes(), " ", g.tag());
+  TORCH_CHECK(
+      x.dim() >= 1, "torchtp::", who,
+      ": expected a tensor with at least one dim, got shape ", x.sizes(), " ",
+      g.tag());
 }
 
 } // namespace
@@ -127,15 +127,13 @@ at::Tensor gather_from_tp_region(const at::Tensor& input, const Group& group) {
 }
 
 at::Tensor gather_from_sequence_region(
-    const at::Tensor& input,
-    const Group& group) {
+    const at::Tensor& input, const Group& group) {
   check_input("gather_from_sequence_region", input, group);
   return group.size() == 1 ? input : GatherFromSequence::apply(input, group);
 }
 
 at::Tensor reduce_scatter_to_sequence_region(
-    const at::Tensor& input,
-    const Group& group) {
+    const at::Tensor& input, const Group& group) {
   check_input("reduce_scatter_to_sequence_region", input, group);
   return group.size() == 1 ? input
                            : ReduceScatterToSequence::apply(input, group);

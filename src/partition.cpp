@@ -7,22 +7,18 @@
 namespace torchtp {
 
 Partition::Partition(
-    int64_t full_size,
-    int64_t parts,
-    int64_t rank,
-    const std::string& what)
+    int64_t full_size, int64_t parts, int64_t rank, const std::string& what)
     : full_size_(full_size), rank_(rank) {
   TORCH_CHECK(
-      parts >= 1 && rank >= 0 && rank < parts,
-      "torchtp::Partition: rank ", rank, " is outside ", parts, " parts");
+      parts >= 1 && rank >= 0 && rank < parts, "torchtp::Partition: rank ",
+      rank, " is outside ", parts, " parts");
   TORCH_CHECK(
-      full_size >= 0,
-      what, " (", full_size, ") must not be negative ",
+      full_size >= 0, what, " (", full_size, ") must not be negative ",
       detail::rank_tag(rank, parts));
   TORCH_CHECK(
-      full_size % parts == 0,
-      what, " (", full_size, ") is not divisible by the tensor-parallel size (",
-      parts, ") ", detail::rank_tag(rank, parts));
+      full_size % parts == 0, what, " (", full_size,
+      ") is not divisible by the tensor-parallel size (", parts, ") ",
+      detail::rank_tag(rank, parts));
   sizes_.assign(parts, full_size / parts);
   offsets_.resize(parts);
   int64_t offset = 0;
@@ -33,12 +29,14 @@ Partition::Partition(
 }
 
 int64_t Partition::size(int64_t part) const {
-  TORCH_CHECK(part >= 0 && part < parts(), "torchtp::Partition: no part ", part);
+  TORCH_CHECK(
+      part >= 0 && part < parts(), "torchtp::Partition: no part ", part);
   return sizes_[part];
 }
 
 int64_t Partition::offset(int64_t part) const {
-  TORCH_CHECK(part >= 0 && part < parts(), "torchtp::Partition: no part ", part);
+  TORCH_CHECK(
+      part >= 0 && part < parts(), "torchtp::Partition: no part ", part);
   return offsets_[part];
 }
 
@@ -53,9 +51,9 @@ bool Partition::is_even() const {
 
 at::Tensor Partition::narrow(const at::Tensor& full, int64_t dim) const {
   TORCH_CHECK(
-      full.size(dim) == full_size_,
-      "torchtp::Partition: expected size ", full_size_, " along dim ", dim,
-      ", got ", full.sizes(), " ", detail::rank_tag(rank_, parts()));
+      full.size(dim) == full_size_, "torchtp::Partition: expected size ",
+      full_size_, " along dim ", dim, ", got ", full.sizes(), " ",
+      detail::rank_tag(rank_, parts()));
   return full.narrow(dim, local_offset(), local_size());
 }
 

@@ -27,8 +27,8 @@ at::Tensor dropout(
     double p,
     bool training,
     at::Generator& generator) {
-  TORCH_CHECK(p >= 0 && p < 1, "torchtp::dropout: p must be in [0, 1), got ",
-              p);
+  TORCH_CHECK(
+      p >= 0 && p < 1, "torchtp::dropout: p must be in [0, 1), got ", p);
   if (!training || p == 0) {
     return input;
   }

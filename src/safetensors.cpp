@@ -2,8 +2,8 @@
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
-#include <nlohmann/json.hpp>
 #include <zlib.h>
+#include <nlohmann/json.hpp>
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -32,8 +32,9 @@ const char* dtype_to_name(at::ScalarType t) {
       return name;
     }
   }
-  TORCH_CHECK(false, "torchtp::write_safetensors: dtype ", t,
-              " has no safetensors name");
+  TORCH_CHECK(
+      false, "torchtp::write_safetensors: dtype ", t,
+      " has no safetensors name");
 }
 
 c10::optional<at::ScalarType> name_to_dtype(const std::string& n) {
@@ -52,23 +53,24 @@ void write_all(int fd, const void* data, size_t size, const std::string& path) {
     if (n < 0 && errno == EINTR) {
       continue;
     }
-    TORCH_CHECK(n > 0, "torchtp: cannot write ", path, ": ",
-                std::strerror(errno));
+    TORCH_CHECK(
+        n > 0, "torchtp: cannot write ", path, ": ", std::strerror(errno));
     p += n;
     size -= static_cast<size_t>(n);
   }
 }
 
-void read_all(int fd, void* data, size_t size, uint64_t offset,
-              const std::string& path) {
+void read_all(
+    int fd, void* data, size_t size, uint64_t offset, const std::string& path) {
   char* p = static_cast<char*>(data);
   while (size > 0) {
     ssize_t n = ::pread(fd, p, size, static_cast<off_t>(offset));
     if (n < 0 && errno == EINTR) {
       continue;
     }
-    TORCH_CHECK(n > 0, "torchtp: ", path, " is truncated or unreadable at byte ",
-                offset, n < 0 ? std::string(": ") + std::strerror(errno) : "");
+    TORCH_CHECK(
+        n > 0, "torchtp: ", path, " is truncated or unreadable at byte ",
+        offset, n < 0 ? std::string(": ") + std::strerror(errno) : "");
     p += n;
     size -= static_cast<size_t>(n);
     offset += static_cast<uint64_t>(n);
@@ -77,8 +79,9 @@ void read_all(int fd, void* data, size_t size, uint64_t offset,
 
 // safetensors stores little-endian data; so does every machine torchtp runs
 // on today.
-static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
-              "safetensors I/O assumes a little-endian host");
+static_assert(
+    __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+    "safetensors I/O assumes a little-endian host");
 
 } // namespace
 
@@ -108,12 +111,14 @@ std::vector<uint32_t> write_safetensors(
   std::vector<at::Tensor> data;
   uint64_t offset = 0;
   for (const auto& [name, tensor] : tensors) {
-    TORCH_CHECK(tensor.device().is_cpu(), "torchtp::write_safetensors: ",
-                name, " is not on the CPU");
+    TORCH_CHECK(
+        tensor.device().is_cpu(), "torchtp::write_safetensors: ", name,
+        " is not on the CPU");
     auto t = tensor.detach().contiguous();
-    header[name] = {{"dtype", dtype_to_name(t.scalar_type())},
-                    {"shape", t.sizes().vec()},
-                    {"data_offsets", {offset, offset + t.nbytes()}}};
+    header[name] = {
+        {"dtype", dtype_to_name(t.scalar_type())},
+        {"shape", t.sizes().vec()},
+        {"data_offsets", {offset, offset + t.nbytes()}}};
     offset += t.nbytes();
     data.push_back(t);
   }
@@ -122,8 +127,8 @@ std::vector<uint32_t> write_safetensors(
   const uint64_t n = text.size();
 
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  TORCH_CHECK(fd >= 0, "torchtp: cannot create ", path, ": ",
-              std::strerror(errno));
+  TORCH_CHECK(
+      fd >= 0, "torchtp: cannot create ", path, ": ", std::strerror(errno));
   std::vector<uint32_t> crcs;
   try {
     write_all(fd, &n, sizeof(n), path);
@@ -132,8 +137,9 @@ std::vector<uint32_t> write_safetensors(
       write_all(fd, t.data_ptr(), t.nbytes(), path);
       crcs.push_back(tensor_crc32(t));
     }
-    TORCH_CHECK(::fsync(fd) == 0, "torchtp: cannot flush ", path, ": ",
-                std::strerror(errno));
+    TORCH_CHECK(
+        ::fsync(fd) == 0, "torchtp: cannot flush ", path, ": ",
+        std::strerror(errno));
   } catch (...) {
     ::close(fd);
     throw;
@@ -144,19 +150,22 @@ std::vector<uint32_t> write_safetensors(
 
 SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
   fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  TORCH_CHECK(fd_ >= 0, "torchtp: cannot open ", path, ": ",
-              std::strerror(errno));
+  TORCH_CHECK(
+      fd_ >= 0, "torchtp: cannot open ", path, ": ", std::strerror(errno));
   try {
     struct stat st {};
     TORCH_CHECK(::fstat(fd_, &st) == 0, "torchtp: cannot stat ", path);
     const uint64_t size = static_cast<uint64_t>(st.st_size);
-    TORCH_CHECK(size >= 8, "torchtp: ", path, " is not a safetensors file: ",
-                size, " bytes, too short for a header");
+    TORCH_CHECK(
+        size >= 8, "torchtp: ", path, " is not a safetensors file: ", size,
+        " bytes, too short for a header");
     uint64_t n = 0;
     read_all(fd_, &n, sizeof(n), 0, path);
-    TORCH_CHECK(n <= kMaxHeaderBytes && n <= size - 8, "torchtp: ", path,
-                " is not a safetensors file or is truncated: its header "
-                "claims ", n, " bytes, the file has ", size);
+    TORCH_CHECK(
+        n <= kMaxHeaderBytes && n <= size - 8, "torchtp: ", path,
+        " is not a safetensors file or is truncated: its header "
+        "claims ",
+        n, " bytes, the file has ", size);
     std::string text(n, '\0');
     read_all(fd_, text.data(), n, 8, path);
     data_start_ = 8 + n;
@@ -164,11 +173,12 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
     try {
       header = nlohmann::json::parse(text);
     } catch (const nlohmann::json::exception& e) {
-      TORCH_CHECK(false, "torchtp: ", path, " has a malformed header: ",
-                  e.what());
+      TORCH_CHECK(
+          false, "torchtp: ", path, " has a malformed header: ", e.what());
     }
-    TORCH_CHECK(header.is_object(), "torchtp: ", path,
-                " has a malformed header: not a JSON object");
+    TORCH_CHECK(
+        header.is_object(), "torchtp: ", path,
+        " has a malformed header: not a JSON object");
     const uint64_t data_size = size - data_start_;
     for (const auto& [name, v] : header.items()) {
       if (name == "__metadata__") {
@@ -179,15 +189,18 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
       }
       try {
         auto dtype = name_to_dtype(v.at("dtype").get<std::string>());
-        TORCH_CHECK(dtype.has_value(), "torchtp: ", path, ": tensor '", name,
-                    "' has an unknown dtype ", v.at("dtype").dump());
-        Entry e{*dtype, v.at("shape").get<std::vector<int64_t>>(),
-                v.at("data_offsets").at(0).get<uint64_t>(),
-                v.at("data_offsets").at(1).get<uint64_t>()};
+        TORCH_CHECK(
+            dtype.has_value(), "torchtp: ", path, ": tensor '", name,
+            "' has an unknown dtype ", v.at("dtype").dump());
+        Entry e{
+            *dtype, v.at("shape").get<std::vector<int64_t>>(),
+            v.at("data_offsets").at(0).get<uint64_t>(),
+            v.at("data_offsets").at(1).get<uint64_t>()};
         uint64_t numel = 1;
         for (int64_t d : e.shape) {
-          TORCH_CHECK(d >= 0, "torchtp: ", path, ": tensor '", name,
-                      "' has a negative dim");
+          TORCH_CHECK(
+              d >= 0, "torchtp: ", path, ": tensor '", name,
+              "' has a negative dim");
           numel *= static_cast<uint64_t>(d);
         }
         TORCH_CHECK(
@@ -198,8 +211,9 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
             "-byte data section for ", numel, " elements");
         entries_.emplace(name, std::move(e));
       } catch (const nlohmann::json::exception& ex) {
-        TORCH_CHECK(false, "torchtp: ", path, " has a malformed entry for '",
-                    name, "': ", ex.what());
+        TORCH_CHECK(
+            false, "torchtp: ", path, " has a malformed entry for '", name,
+            "': ", ex.what());
       }
     }
   } catch (...) {
@@ -229,8 +243,8 @@ std::vector<std::string> SafetensorsReader::names() const {
 const SafetensorsReader::Entry& SafetensorsReader::entry(
     const std::string& name) const {
   auto it = entries_.find(name);
-  TORCH_CHECK(it != entries_.end(), "torchtp: ", path_, " has no tensor '",
-              name, "'");
+  TORCH_CHECK(
+      it != entries_.end(), "torchtp: ", path_, " has no tensor '", name, "'");
   return it->second;
 }
 
@@ -250,13 +264,13 @@ at::Tensor SafetensorsReader::read(const std::string& name) const {
 }
 
 at::Tensor SafetensorsReader::read(
-    const std::string& name,
-    uint32_t expected_crc) const {
+    const std::string& name, uint32_t expected_crc) const {
   auto t = read(name);
   const uint32_t crc = tensor_crc32(t);
-  TORCH_CHECK(crc == expected_crc, "torchtp: checksum mismatch in ", path_,
-              " for tensor '", name, "' (CRC-32 ", crc, ", expected ",
-              expected_crc, "): the file was altered or corrupted");
+  TORCH_CHECK(
+      crc == expected_crc, "torchtp: checksum mismatch in ", path_,
+      " for tensor '", name, "' (CRC-32 ", crc, ", expected ", expected_crc,
+      "): the file was altered or corrupted");
   return t;
 }
 

@@ -20,9 +20,8 @@ std::map<std::string, ShardSpec> shard_specs(const torch::nn::Module& model) {
     specs[p.key()] = ShardSpec{};
   }
   for_each_sharded(
-      model,
-      [&](const std::string& prefix, const torch::nn::Module& m,
-          const Sharded& s) {
+      model, [&](const std::string& prefix, const torch::nn::Module& m,
+                 const Sharded& s) {
         for (const auto& p : m.named_parameters(/*recurse=*/false)) {
           const auto name = prefix.empty() ? p.key() : prefix + "." + p.key();
           specs[name] = s.shard_spec(p.key());
@@ -34,16 +33,17 @@ std::map<std::string, ShardSpec> shard_specs(const torch::nn::Module& model) {
 Group shard_group(const torch::nn::Module& model) {
   c10::optional<Group> group;
   for_each_sharded(
-      model,
-      [&](const std::string& prefix, const torch::nn::Module&,
-          const Sharded& s) {
+      model, [&](const std::string& prefix, const torch::nn::Module&,
+                 const Sharded& s) {
         if (!group.has_value()) {
           group = s.shard_group();
         }
         TORCH_CHECK(
             group->communicator().get() == s.shard_group().communicator().get(),
-            "torchtp: module '", prefix, "' is split over another group than "
-            "the rest of the model ", group->tag());
+            "torchtp: module '", prefix,
+            "' is split over another group than "
+            "the rest of the model ",
+            group->tag());
       });
   return group.has_value() ? *group : default_group();
 }

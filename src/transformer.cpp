@@ -13,8 +13,7 @@ Group resolve_group(const c10::optional<Group>& g) {
 }
 
 std::shared_ptr<RngTracker> resolve_rng(
-    const std::shared_ptr<RngTracker>& rng,
-    const Group& group) {
+    const std::shared_ptr<RngTracker>& rng, const Group& group) {
   return rng ? rng : std::make_shared<RngTracker>(0, group);
 }
 
@@ -30,21 +29,19 @@ ParallelMLPImpl::ParallelMLPImpl(ParallelMLPOptions options_)
 
 void ParallelMLPImpl::reset() {
   fc1 = register_module(
-      "fc1",
-      ColumnParallelLinear(
-          ColumnParallelLinearOptions(options.d_model(), options.ffn_hidden())
-              .bias(options.bias())
-              .gather_output(false)
-              .group(options.group())
-              .dtype(options.dtype())));
+      "fc1", ColumnParallelLinear(ColumnParallelLinearOptions(
+                                      options.d_model(), options.ffn_hidden())
+                                      .bias(options.bias())
+                                      .gather_output(false)
+                                      .group(options.group())
+                                      .dtype(options.dtype())));
   fc2 = register_module(
-      "fc2",
-      RowParallelLinear(
-          RowParallelLinearOptions(options.ffn_hidden(), options.d_model())
-              .bias(options.bias())
-              .input_is_parallel(true)
-              .group(options.group())
-              .dtype(options.dtype())));
+      "fc2", RowParallelLinear(RowParallelLinearOptions(
+                                   options.ffn_hidden(), options.d_model())
+                                   .bias(options.bias())
+                                   .input_is_parallel(true)
+                                   .group(options.group())
+                                   .dtype(options.dtype())));
 }
 
 torch::Tensor ParallelMLPImpl::forward(const torch::Tensor& x) {
@@ -69,54 +66,56 @@ void ParallelSelfAttentionImpl::reset() {
   constexpr const char* kName = "torchtp::ParallelSelfAttention";
   Group group = resolve_group(options.group());
   const int64_t d = options.d_model(), heads = options.num_heads();
-  TORCH_CHECK(heads > 0 && d > 0 && d % heads == 0, kName, ": d_model (", d,
-              ") is not divisible by num_heads (", heads, ") ", group.tag());
+  TORCH_CHECK(
+      heads > 0 && d > 0 && d % heads == 0, kName, ": d_model (", d,
+      ") is not divisible by num_heads (", heads, ") ", group.tag());
   // Checked here, before the projections, so the message speaks of heads.
   local_heads_ =
-      Partition(heads, group.size(), group.rank(),
-                std::string(kName) + ": num_heads")
+      Partition(
+          heads, group.size(), group.rank(), std::string(kName) + ": num_heads")
           .local_size();
   rng_ = resolve_rng(options.rng(), group);
   qkv = register_module(
-      "qkv",
-      ColumnParallelLinear(ColumnParallelLinearOptions(d, 3 * d)
-                               .bias(options.bias())
-                               .segments(3)
-                               .group(group)
-                               .dtype(options.dtype())));
+      "qkv", ColumnParallelLinear(ColumnParallelLinearOptions(d, 3 * d)
+                                      .bias(options.bias())
+                                      .segments(3)
+                                      .group(group)
+                                      .dtype(options.dtype())));
   proj = register_module(
-      "proj",
-      RowParallelLinear(RowParallelLinearOptions(d, d)
-                            .bias(options.bias())
-                            .input_is_parallel(true)
-                            .group(group)
-                            .dtype(options.dtype())));
+      "proj", RowParallelLinear(RowParallelLinearOptions(d, d)
+                                    .bias(options.bias())
+                                    .input_is_parallel(true)
+                                    .group(group)
+                                    .dtype(options.dtype())));
 }
 
 torch::Tensor ParallelSelfAttentionImpl::forward(const torch::Tensor& x) {
   constexpr const char* kName = "torchtp::ParallelSelfAttention";
-  TORCH_CHECK(x.dim() == 3 && x.size(2) == options.d_model(), kName,
-              ": expected input [batch, seq, ", options.d_model(),
-              "] but got ", x.sizes(), " ", qkv->group().tag());
+  TORCH_CHECK(
+      x.dim() == 3 && x.size(2) == options.d_model(), kName,
+      ": expected input [batch, seq, ", options.d_model(), "] but got ",
+      x.sizes(), " ", qkv->group().tag());
   const int64_t b = x.size(0), s = x.size(1);
   const int64_t hd = options.d_model() / options.num_heads();
   // [b, s, 3 * local_heads * hd] -> 3 x [b, local_heads, s, hd]
-  auto parts = qkv(x).view({b, s, 3, local_heads_, hd}).permute({2, 0, 3, 1, 4});
+  auto parts =
+      qkv(x).view({b, s, 3, local_heads_, hd}).permute({2, 0, 3, 1, 4});
   auto q = parts[0], k = parts[1], v = parts[2];
   auto scores = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(double(hd));
   if (options.causal()) {
     auto future = torch::ones({s, s}, torch::kBool).triu(1);
-    scores = scores.masked_fill(future, -std::numeric_limits<float>::infinity());
+    scores =
+        scores.masked_fill(future, -std::numeric_limits<float>::infinity());
   }
   // Reduced-precision scores are normalised in float32.
   const bool widen = scores.scalar_type() == torch::kBFloat16 ||
-      scores.scalar_type() == torch::kHalf;
+                     scores.scalar_type() == torch::kHalf;
   auto probs = torch::softmax(widen ? scores.to(torch::kFloat) : scores, -1)
                    .to(x.scalar_type());
-  probs = dropout(probs, options.attention_dropout(), is_training(),
-                  rng_->sharded());
-  auto context = torch::matmul(probs, v)            // [b, lh, s, hd]
-                     .permute({0, 2, 1, 3})         // [b, s, lh, hd]
+  probs = dropout(
+      probs, options.attention_dropout(), is_training(), rng_->sharded());
+  auto context = torch::matmul(probs, v)    // [b, lh, s, hd]
+                     .permute({0, 2, 1, 3}) // [b, s, lh, hd]
                      .reshape({b, s, local_heads_ * hd});
   return proj(context);
 }
@@ -142,8 +141,8 @@ void TransformerLayerImpl::reset() {
   const int64_t d = options.d_model();
   const int64_t ffn = options.ffn_hidden() > 0 ? options.ffn_hidden() : 4 * d;
   auto ln = [&] {
-    torch::nn::LayerNorm norm(torch::nn::LayerNormOptions({d}).eps(
-        options.layer_norm_eps()));
+    torch::nn::LayerNorm norm(
+        torch::nn::LayerNormOptions({d}).eps(options.layer_norm_eps()));
     if (options.dtype().has_value()) {
       norm->to(*options.dtype());
     }
@@ -161,11 +160,10 @@ void TransformerLayerImpl::reset() {
                                 .dtype(options.dtype())));
   ln2 = register_module("ln2", ln());
   mlp = register_module(
-      "mlp",
-      ParallelMLP(ParallelMLPOptions(d, ffn)
-                      .bias(options.bias())
-                      .group(group)
-                      .dtype(options.dtype())));
+      "mlp", ParallelMLP(ParallelMLPOptions(d, ffn)
+                             .bias(options.bias())
+                             .group(group)
+                             .dtype(options.dtype())));
 }
 
 torch::Tensor TransformerLayerImpl::forward(const torch::Tensor& x) {

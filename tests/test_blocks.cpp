@@ -30,15 +30,15 @@ torch::Tensor leaf(const torch::Tensor& t) {
 
 // This rank's equal chunk of `full` along `dim` (what Partition gives for
 // even splits).
-torch::Tensor own(const torch::Tensor& full, int64_t dim,
-                  const torchtp::Group& g = world()) {
+torch::Tensor own(
+    const torch::Tensor& full, int64_t dim, const torchtp::Group& g = world()) {
   return full.chunk(g.size(), dim)[g.rank()];
 }
 
 // Rows of a full fused [Wq; Wk; Wv] tensor ([3 d, ...]) that rank `rank` of
 // `ws` holds: its part of each of the Q, K and V blocks, in block order.
-torch::Tensor pick_qkv_rows(const torch::Tensor& full, int64_t rank,
-                            int64_t ws) {
+torch::Tensor pick_qkv_rows(
+    const torch::Tensor& full, int64_t rank, int64_t ws) {
   auto sizes = full.sizes().vec();
   const int64_t block = sizes[0] / 3;
   std::vector<int64_t> split = {3, ws, block / ws};
@@ -63,14 +63,18 @@ torch::Tensor gather_qkv(const torchtp::Group& g, const torch::Tensor& shard) {
 // Unsharded causal multi-head self-attention from the stacked
 // [Wq; Wk; Wv] weight, one head at a time: deliberately not the library's
 // fused reshapes.
-torch::Tensor attention_ref(const torch::Tensor& x, const torch::Tensor& w_qkv,
-                            const torch::Tensor& b_qkv,
-                            const torch::Tensor& w_o, const torch::Tensor& b_o,
-                            int64_t heads, bool causal) {
+torch::Tensor attention_ref(
+    const torch::Tensor& x,
+    const torch::Tensor& w_qkv,
+    const torch::Tensor& b_qkv,
+    const torch::Tensor& w_o,
+    const torch::Tensor& b_o,
+    int64_t heads,
+    bool causal) {
   const int64_t s = x.size(1), d = x.size(2), hd = d / heads;
   auto project = [&](int64_t block) {
-    return F::linear(x, w_qkv.narrow(0, block * d, d),
-                     b_qkv.narrow(0, block * d, d));
+    return F::linear(
+        x, w_qkv.narrow(0, block * d, d), b_qkv.narrow(0, block * d, d));
   };
   auto q_all = project(0), k_all = project(1), v_all = project(2);
   auto future = torch::ones({s, s}, torch::kBool).triu(1);
@@ -81,22 +85,25 @@ torch::Tensor attention_ref(const torch::Tensor& x, const torch::Tensor& w_qkv,
     auto v = v_all.narrow(-1, h * hd, hd);
     auto scores = torch::bmm(q, k.transpose(1, 2)) / std::sqrt(double(hd));
     if (causal) {
-      scores = scores.masked_fill(future,
-                                  -std::numeric_limits<double>::infinity());
+      scores =
+          scores.masked_fill(future, -std::numeric_limits<double>::infinity());
     }
     context.push_back(torch::bmm(torch::softmax(scores, -1), v));
   }
   return F::linear(torch::cat(context, -1), w_o, b_o);
 }
 
-torch::Tensor mlp_ref(const torch::Tensor& x, const torch::Tensor& w1,
-                      const torch::Tensor& b1, const torch::Tensor& w2,
-                      const torch::Tensor& b2) {
+torch::Tensor mlp_ref(
+    const torch::Tensor& x,
+    const torch::Tensor& w1,
+    const torch::Tensor& b1,
+    const torch::Tensor& w2,
+    const torch::Tensor& b2) {
   return F::linear(torch::gelu(F::linear(x, w1, b1)), w2, b2);
 }
 
-torch::Tensor layer_norm_ref(const torch::Tensor& x, const torch::Tensor& w,
-                             const torch::Tensor& b) {
+torch::Tensor layer_norm_ref(
+    const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
   return F::layer_norm(
       x, F::LayerNormFuncOptions({x.size(-1)}).weight(w).bias(b).eps(1e-5));
 }
@@ -104,7 +111,8 @@ torch::Tensor layer_norm_ref(const torch::Tensor& x, const torch::Tensor& w,
 bool is_qkv(const std::string& name) {
   auto ends_with = [&](const std::string& suffix) {
     return name.size() >= suffix.size() &&
-        name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+           name.compare(name.size() - suffix.size(), suffix.size(), suffix) ==
+               0;
   };
   return ends_with("qkv.weight") || ends_with("qkv.bias");
 }
@@ -114,8 +122,10 @@ bool is_qkv(const std::string& name) {
 // gathering the shards over `tp` along the dim whose size differs (the
 // fused qkv reordered into block order). Every rank calls the same gathers
 // in the same order: the parameter lists are the same on every rank.
-void expect_grads_match(torch::nn::Module& model, torch::nn::Module& full,
-                        const torchtp::Group& tp) {
+void expect_grads_match(
+    torch::nn::Module& model,
+    torch::nn::Module& full,
+    const torchtp::Group& tp) {
   auto params = model.named_parameters();
   auto full_params = full.named_parameters();
   EXPECT_FALSE(params.is_empty());
@@ -160,21 +170,21 @@ torchtp::GPTOptions small_gpt() {
 // One cross-entropy case: loss and logits gradient of the sharded call
 // against F::cross_entropy on the full (real) logits.
 struct CrossEntropyCase {
-  torch::Tensor logits;  // full [4, 6, V], double
-  torch::Tensor target;  // [4, 6]
+  torch::Tensor logits; // full [4, 6, V], double
+  torch::Tensor target; // [4, 6]
   Reduction reduction = Reduction::mean;
   double smoothing = 0.0;
-  int64_t vocab_size = 0;  // 0: every column is real
+  int64_t vocab_size = 0; // 0: every column is real
   torch::Dtype dtype = torch::kDouble;
 };
 
 void check_cross_entropy(const CrossEntropyCase& c) {
   const int64_t full_v = c.logits.size(-1);
   const int64_t real_v = c.vocab_size > 0 ? c.vocab_size : full_v;
-  SCOPED_TRACE(::testing::Message()
-               << "reduction=" << int(c.reduction) << " smoothing="
-               << c.smoothing << " vocab_size=" << real_v << "/" << full_v
-               << " dtype=" << c10::toString(c.dtype));
+  SCOPED_TRACE(
+      ::testing::Message() << "reduction=" << int(c.reduction) << " smoothing="
+                           << c.smoothing << " vocab_size=" << real_v << "/"
+                           << full_v << " dtype=" << c10::toString(c.dtype));
   // Rounded to the tested dtype first, so the reference sees the same
   // values.
   auto logits = c.logits.to(c.dtype);
@@ -187,9 +197,8 @@ void check_cross_entropy(const CrossEntropyCase& c) {
           .vocab_size(c.vocab_size));
 
   auto full = leaf(logits.to(torch::kDouble));
-  auto opts =
-      F::CrossEntropyFuncOptions().ignore_index(-100).label_smoothing(
-          c.smoothing);
+  auto opts = F::CrossEntropyFuncOptions().ignore_index(-100).label_smoothing(
+      c.smoothing);
   switch (c.reduction) {
     case Reduction::mean:
       opts.reduction(torch::kMean);
@@ -202,8 +211,8 @@ void check_cross_entropy(const CrossEntropyCase& c) {
       break;
   }
   auto expected = F::cross_entropy(
-      full.narrow(-1, 0, real_v).reshape({-1, real_v}),
-      c.target.reshape({-1}), opts);
+      full.narrow(-1, 0, real_v).reshape({-1, real_v}), c.target.reshape({-1}),
+      opts);
   torch::Tensor upstream;
   if (c.reduction == Reduction::none) {
     expected = expected.reshape(c.target.sizes());
@@ -229,8 +238,8 @@ void check_cross_entropy(const CrossEntropyCase& c) {
 
 // Logits [4, 6, V] and targets in [0, real_v) with a few -100s, the same on
 // every rank.
-CrossEntropyCase cross_entropy_problem(int64_t full_v, int64_t real_v,
-                                       uint64_t seed) {
+CrossEntropyCase cross_entropy_problem(
+    int64_t full_v, int64_t real_v, uint64_t seed) {
   torch::manual_seed(seed);
   CrossEntropyCase c;
   c.logits = torch::randn({4, 6, full_v}, torch::kDouble) * 3;
@@ -243,8 +252,9 @@ CrossEntropyCase cross_entropy_problem(int64_t full_v, int64_t real_v,
 
 // The mask of one dropout draw on this rank, gathered: row r is rank r's.
 torch::Tensor gathered_mask(torch::Generator& gen) {
-  auto kept = torchtp::dropout(torch::ones({256}, torch::kDouble), 0.5,
-                               /*training=*/true, gen) != 0;
+  auto kept = torchtp::dropout(
+                  torch::ones({256}, torch::kDouble), 0.5,
+                  /*training=*/true, gen) != 0;
   return world().all_gather(kept.to(torch::kDouble).unsqueeze(0), 0);
 }
 
@@ -301,11 +311,11 @@ TEST(VocabParallelEmbedding, OutOfRangeIdRaisesWithRankTag) {
   // Both ends: one id past the table, one negative.
   auto past_end = torch::tensor({int64_t{0}, v}, torch::kLong);
   auto negative = torch::tensor({-1, 0}, torch::kLong);
-  EXPECT_TRUE(raises_with([&] { emb(past_end); },
-                          {"VocabParallelEmbedding", std::to_string(v),
-                           g.tag()}));
-  EXPECT_TRUE(raises_with([&] { emb(negative); },
-                          {"VocabParallelEmbedding", g.tag()}));
+  EXPECT_TRUE(raises_with(
+      [&] { emb(past_end); },
+      {"VocabParallelEmbedding", std::to_string(v), g.tag()}));
+  EXPECT_TRUE(
+      raises_with([&] { emb(negative); }, {"VocabParallelEmbedding", g.tag()}));
 }
 
 // ---------------------------------------------------------------------------
@@ -451,9 +461,8 @@ TEST(ParallelSelfAttention, ForwardAndBackwardMatchUnsharded) {
   for (bool causal : {true, false}) {
     SCOPED_TRACE(causal ? "causal" : "not causal");
     torchtp::ParallelSelfAttention attn(
-        torchtp::ParallelSelfAttentionOptions(d, heads)
-            .causal(causal)
-            .dtype(torch::kDouble));
+        torchtp::ParallelSelfAttentionOptions(d, heads).causal(causal).dtype(
+            torch::kDouble));
     EXPECT_EQ(attn->local_heads(), 2);
     attn->qkv->load_full_weights(w_qkv0, b_qkv0);
     attn->proj->load_full_weights(w_o0, b_o0);
@@ -469,11 +478,11 @@ TEST(ParallelSelfAttention, ForwardAndBackwardMatchUnsharded) {
 
     EXPECT_TRUE(all_close(y, expected.detach()));
     EXPECT_TRUE(all_close(x.grad(), xr.grad())) << "input gradient";
-    EXPECT_TRUE(all_close(attn->qkv->weight.grad(),
-                          pick_qkv_rows(w_qkv.grad(), g.rank(), ws)))
+    EXPECT_TRUE(all_close(
+        attn->qkv->weight.grad(), pick_qkv_rows(w_qkv.grad(), g.rank(), ws)))
         << "qkv weight gradient";
-    EXPECT_TRUE(all_close(attn->qkv->bias.grad(),
-                          pick_qkv_rows(b_qkv.grad(), g.rank(), ws)))
+    EXPECT_TRUE(all_close(
+        attn->qkv->bias.grad(), pick_qkv_rows(b_qkv.grad(), g.rank(), ws)))
         << "qkv bias gradient";
     EXPECT_TRUE(all_close(attn->proj->weight.grad(), own(w_o.grad(), 1)));
     EXPECT_TRUE(all_close(attn->proj->bias.grad(), b_o.grad()));
@@ -502,9 +511,8 @@ TEST(ParallelSelfAttention, HeadsThatDoNotDivideTheWorldRaise) {
   auto g = world();
   const int64_t heads = g.size() + 1, d = 4 * heads;
   if (g.size() == 1) {
-    EXPECT_NO_THROW(
-        torchtp::ParallelSelfAttention(
-            torchtp::ParallelSelfAttentionOptions(d, heads)));
+    EXPECT_NO_THROW(torchtp::ParallelSelfAttention(
+        torchtp::ParallelSelfAttentionOptions(d, heads)));
     return;
   }
   EXPECT_TRUE(raises_with(
@@ -551,8 +559,9 @@ TEST(TransformerLayer, ForwardAndBackwardMatchUnsharded) {
   auto x0 = torch::randn({2, 5, d}, torch::kDouble);
   auto upstream = torch::randn({2, 5, d}, torch::kDouble);
   auto xr = leaf(x0);
-  auto h = xr + attention_ref(layer_norm_ref(xr, ln1_w, ln1_b), w_qkv, b_qkv,
-                              w_o, b_o, heads, /*causal=*/true);
+  auto h = xr + attention_ref(
+                    layer_norm_ref(xr, ln1_w, ln1_b), w_qkv, b_qkv, w_o, b_o,
+                    heads, /*causal=*/true);
   auto expected = h + mlp_ref(layer_norm_ref(h, ln2_w, ln2_b), w1, b1, w2, b2);
   expected.backward(upstream);
 
@@ -566,10 +575,10 @@ TEST(TransformerLayer, ForwardAndBackwardMatchUnsharded) {
   EXPECT_TRUE(all_close(layer->ln1->bias.grad(), ln1_b.grad()));
   EXPECT_TRUE(all_close(layer->ln2->weight.grad(), ln2_w.grad()));
   EXPECT_TRUE(all_close(layer->ln2->bias.grad(), ln2_b.grad()));
-  EXPECT_TRUE(all_close(attn->qkv->weight.grad(),
-                        pick_qkv_rows(w_qkv.grad(), g.rank(), ws)));
-  EXPECT_TRUE(all_close(attn->qkv->bias.grad(),
-                        pick_qkv_rows(b_qkv.grad(), g.rank(), ws)));
+  EXPECT_TRUE(all_close(
+      attn->qkv->weight.grad(), pick_qkv_rows(w_qkv.grad(), g.rank(), ws)));
+  EXPECT_TRUE(all_close(
+      attn->qkv->bias.grad(), pick_qkv_rows(b_qkv.grad(), g.rank(), ws)));
   EXPECT_TRUE(all_close(attn->proj->weight.grad(), own(w_o.grad(), 1)));
   EXPECT_TRUE(all_close(attn->proj->bias.grad(), b_o.grad()));
   EXPECT_TRUE(all_close(mlp->fc1->weight.grad(), own(w1.grad(), 0)));
@@ -659,8 +668,8 @@ TEST(Dropout, KeptElementsAreScaledByOneOverOneMinusP) {
     EXPECT_NEAR(frac, 1 - p, 0.04);
     // Exactly 1 / (1 - p) in the input's dtype, as torch::dropout scales:
     // a scale rounded to float32 is off by 2.4e-8 relative for p = 0.3.
-    EXPECT_TRUE(all_close(y.masked_select(kept),
-                          x.masked_select(kept) / (1 - p)));
+    EXPECT_TRUE(
+        all_close(y.masked_select(kept), x.masked_select(kept) / (1 - p)));
   }
 }
 
@@ -684,8 +693,8 @@ TEST(GPT, ShardedEqualsUnshardedLogitsLossAndGradients) {
   auto full_logits = full->full_logits(ids);
   // The padded ids never appear.
   EXPECT_EQ(logits.sizes(), torch::IntArrayRef({2, 8, 13}));
-  EXPECT_EQ(gpt->forward(ids).sizes(),
-            torch::IntArrayRef({2, 8, 24 / g.size()}));
+  EXPECT_EQ(
+      gpt->forward(ids).sizes(), torch::IntArrayRef({2, 8, 24 / g.size()}));
   EXPECT_TRUE(all_close(logits, full_logits));
 
   auto loss = gpt->loss(ids, targets);
@@ -693,9 +702,9 @@ TEST(GPT, ShardedEqualsUnshardedLogitsLossAndGradients) {
   EXPECT_TRUE(all_close(loss, full_loss));
   // The loss is plain cross-entropy over the 13 real ids.
   EXPECT_TRUE(all_close(
-      full_loss,
-      F::cross_entropy(full_logits.reshape({-1, 13}), targets.reshape({-1}),
-                       F::CrossEntropyFuncOptions().ignore_index(-100))));
+      full_loss, F::cross_entropy(
+                     full_logits.reshape({-1, 13}), targets.reshape({-1}),
+                     F::CrossEntropyFuncOptions().ignore_index(-100))));
   loss.backward();
   full_loss.backward();
   expect_grads_match(*gpt, *full, g);
@@ -715,9 +724,9 @@ TEST(GPT, LabelSmoothedLossEqualsUnsharded) {
   // Smoothing over the 13 real ids only, as torch does on real logits.
   EXPECT_TRUE(all_close(
       full_loss,
-      F::cross_entropy(full->full_logits(ids).reshape({-1, 13}),
-                       targets.reshape({-1}),
-                       F::CrossEntropyFuncOptions().label_smoothing(0.1))));
+      F::cross_entropy(
+          full->full_logits(ids).reshape({-1, 13}), targets.reshape({-1}),
+          F::CrossEntropyFuncOptions().label_smoothing(0.1))));
   loss.backward();
   full_loss.backward();
   expect_grads_match(*gpt, *full, world());
@@ -771,8 +780,8 @@ TEST(DataTensorParallel, AveragedGradientsEqualUnshardedFullBatch) {
   // Every replica sees the same number of tokens (none ignored), so the
   // mean of the replica means is the mean over the whole batch.
   const int64_t rows = 4 / dp, first = pg.data.rank() * rows;
-  auto loss = gpt->loss(ids.narrow(0, first, rows),
-                        targets.narrow(0, first, rows));
+  auto loss =
+      gpt->loss(ids.narrow(0, first, rows), targets.narrow(0, first, rows));
   loss.backward();
   torchtp::average_gradients(*gpt, pg.data);
 

@@ -63,9 +63,11 @@ std::vector<int> tp_sizes() {
 }
 
 // Saves `model` built on tensor groups of `tp` ranks: replica 0 writes.
-void save_from_replica0(const torchtp::ParallelGroups& pg,
-                        const std::string& dir, const torch::nn::Module& m,
-                        torch::optim::Optimizer* opt = nullptr) {
+void save_from_replica0(
+    const torchtp::ParallelGroups& pg,
+    const std::string& dir,
+    const torch::nn::Module& m,
+    torch::optim::Optimizer* opt = nullptr) {
   if (pg.data.rank() == 0) {
     torchtp::save_checkpoint(dir, m, opt, {{"step", 3}});
   }
@@ -97,8 +99,9 @@ TEST_F(Checkpoint, SavedAtOneTpSizeLoadsAtEveryOtherWithIdenticalLogits) {
     const auto dir = dir_ + "/tp" + std::to_string(save_tp);
     save_from_replica0(pg, dir, *saved);
     for (int load_tp : tp_sizes()) {
-      SCOPED_TRACE("saved at TP=" + std::to_string(save_tp) +
-                   ", loaded at TP=" + std::to_string(load_tp));
+      SCOPED_TRACE(
+          "saved at TP=" + std::to_string(save_tp) +
+          ", loaded at TP=" + std::to_string(load_tp));
       auto lpg = torchtp::make_parallel_groups(world(), load_tp);
       auto loaded = build(lpg.tensor, 999); // different weights until loaded
       auto extra = torchtp::load_checkpoint(dir, *loaded);
@@ -108,8 +111,8 @@ TEST_F(Checkpoint, SavedAtOneTpSizeLoadsAtEveryOtherWithIdenticalLogits) {
       EXPECT_TRUE(all_close(loaded->full_logits(ids), native, {0, 0}))
           << "logits must be identical, not just close";
       // ...and the unsharded logits up to the reduction order.
-      EXPECT_TRUE(all_close(loaded->full_logits(ids), reference,
-                            {1e-12, 1e-12}));
+      EXPECT_TRUE(
+          all_close(loaded->full_logits(ids), reference, {1e-12, 1e-12}));
     }
   }
 }
@@ -129,12 +132,13 @@ TEST_F(Checkpoint, MetadataNamesShapesSplitsAndChecksums) {
   EXPECT_EQ(qkv["shards"].size(), static_cast<size_t>(world().size()));
   EXPECT_EQ(meta["tensors"]["layers.0.attention.proj.weight"]["split_dim"], 1);
   EXPECT_EQ(meta["tensors"]["layers.0.attention.proj.bias"]["split_dim"], -1);
-  EXPECT_EQ(meta["tensors"]["token_embedding.weight"]["shape"],
-            nlohmann::json({12, 24}));
+  EXPECT_EQ(
+      meta["tensors"]["token_embedding.weight"]["shape"],
+      nlohmann::json({12, 24}));
   for (int r = 0; r < world().size(); ++r) {
     char name[64];
-    std::snprintf(name, sizeof(name), "rank-%05d-of-%05d.safetensors", r,
-                  world().size());
+    std::snprintf(
+        name, sizeof(name), "rank-%05d-of-%05d.safetensors", r, world().size());
     EXPECT_TRUE(fs::exists(dir_ + "/c/" + name)) << name;
   }
   EXPECT_FALSE(fs::exists(dir_ + "/c.tmp")) << "temporary directory left";
@@ -159,8 +163,8 @@ TEST_F(Checkpoint, LoadsAFullUnshardedStateFromTorchSaveAndSafetensors) {
     torchtp::load_full_state(dir_ + file, *sharded);
     auto native = build(world(), 33)->full_logits(ids);
     EXPECT_TRUE(all_close(sharded->full_logits(ids), native, {0, 0}));
-    EXPECT_TRUE(all_close(sharded->full_logits(ids), reference,
-                          {1e-12, 1e-12}));
+    EXPECT_TRUE(
+        all_close(sharded->full_logits(ids), reference, {1e-12, 1e-12}));
   }
 }
 
@@ -180,8 +184,8 @@ TEST_F(Checkpoint, ResumeEqualsAnUninterruptedRunAndTheUnshardedRun) {
     return losses;
   };
   auto adamw = [](torchtp::GPT& m) {
-    return torch::optim::AdamW(m->parameters(),
-                               torch::optim::AdamWOptions(1e-2));
+    return torch::optim::AdamW(
+        m->parameters(), torch::optim::AdamWOptions(1e-2));
   };
   auto straight = build(world(), 8);
   auto opt1 = adamw(straight);
@@ -213,9 +217,11 @@ namespace {
 
 // Damages a saved checkpoint with `damage`, then expects load to raise on
 // every rank, and the ranks in `naming` to name `needle` in the message.
-void expect_load_fails(const std::string& dir,
-                       const std::function<void()>& damage,
-                       const std::string& needle, bool every_rank_names) {
+void expect_load_fails(
+    const std::string& dir,
+    const std::function<void()>& damage,
+    const std::string& needle,
+    bool every_rank_names) {
   auto g = world();
   auto model = build(g, 1);
   torchtp::save_checkpoint(dir, *model);
@@ -238,8 +244,9 @@ void expect_load_fails(const std::string& dir,
 
 std::string last_shard(const std::string& dir) {
   char name[64];
-  std::snprintf(name, sizeof(name), "/rank-%05d-of-%05d.safetensors",
-                world().size() - 1, world().size());
+  std::snprintf(
+      name, sizeof(name), "/rank-%05d-of-%05d.safetensors", world().size() - 1,
+      world().size());
   return dir + name;
 }
 
@@ -248,8 +255,8 @@ std::string last_shard(const std::string& dir) {
 TEST_F(Checkpoint, TruncatedShardNamesTheFile) {
   const auto dir = dir_ + "/t";
   expect_load_fails(
-      dir, [&] { fs::resize_file(last_shard(dir), 1000); },
-      last_shard(dir), false);
+      dir, [&] { fs::resize_file(last_shard(dir), 1000); }, last_shard(dir),
+      false);
 }
 
 TEST_F(Checkpoint, AlteredShardFailsItsChecksum) {
@@ -257,8 +264,8 @@ TEST_F(Checkpoint, AlteredShardFailsItsChecksum) {
   expect_load_fails(
       dir,
       [&] {
-        std::fstream f(last_shard(dir),
-                       std::ios::in | std::ios::out | std::ios::binary);
+        std::fstream f(
+            last_shard(dir), std::ios::in | std::ios::out | std::ios::binary);
         f.seekp(-5, std::ios::end); // inside the last tensor's data
         f.put('\x7f');
       },

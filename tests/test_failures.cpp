@@ -9,12 +9,12 @@
 
 #include <torch/torch.h>
 
+#include <unistd.h>
 #include <chrono>
 #include <cstdlib>
 #include <iostream>
 #include <string>
 #include <thread>
-#include <unistd.h>
 
 int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "";
@@ -50,9 +50,9 @@ int main(int argc, char** argv) {
     return 1;
   } catch (const c10::Error& e) {
     const std::string msg = e.what_without_backtrace();
-    const double s = std::chrono::duration<double>(
-                         std::chrono::steady_clock::now() - start)
-                         .count();
+    const double s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+            .count();
     const bool names_rank = msg.find(world.tag()) != std::string::npos;
     std::cout << "rank " << world.rank() << " got after " << s
               << " s: " << msg.substr(0, 300) << "\n";

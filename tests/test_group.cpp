@@ -12,8 +12,7 @@ namespace {
 // What rank r contributes in the tests below: distinct per rank and element.
 torch::Tensor contribution(int r, torch::IntArrayRef shape, torch::Dtype dt) {
   auto n = c10::multiply_integers(shape);
-  return (torch::arange(n, torch::kDouble).reshape(shape) + 100.0 * r)
-      .to(dt);
+  return (torch::arange(n, torch::kDouble).reshape(shape) + 100.0 * r).to(dt);
 }
 
 const std::vector<torch::Dtype> kDtypes = {
@@ -134,8 +133,8 @@ TEST(Group, BroadcastCopiesTheRootsTensor) {
     }
   }
   auto t = torch::zeros({1});
-  EXPECT_TRUE(raises_with([&] { g.broadcast(t, g.size()); },
-                          {"root", g.tag()}));
+  EXPECT_TRUE(
+      raises_with([&] { g.broadcast(t, g.size()); }, {"root", g.tag()}));
 }
 
 TEST(Group, AsyncVariantsReturnTheResultOnWait) {
@@ -209,18 +208,20 @@ TEST(ParallelGroups, TensorGroupsAreConsecutiveRanks) {
     // The tensor group of rank r holds ranks tp*(r/tp) .. tp*(r/tp)+tp-1.
     auto members = pg.tensor.all_gather(torch::full({1}, double(g.rank())), 0);
     auto first = double(g.rank() / tp * tp);
-    EXPECT_TRUE(all_close(members, torch::arange(first, first + tp, 1.0,
-                                                 torch::kDouble)));
+    EXPECT_TRUE(all_close(
+        members, torch::arange(first, first + tp, 1.0, torch::kDouble)));
     auto dp = pg.data.all_gather(torch::full({1}, double(g.rank())), 0);
-    EXPECT_TRUE(all_close(dp, torch::arange(double(g.rank() % tp), g.size(),
-                                            double(tp), torch::kDouble)));
+    EXPECT_TRUE(all_close(
+        dp, torch::arange(
+                double(g.rank() % tp), g.size(), double(tp), torch::kDouble)));
   }
 }
 
 TEST(ParallelGroups, SizeThatDoesNotDivideTheWorldRaises) {
   auto g = world();
-  EXPECT_TRUE(raises_with([&] { torchtp::make_parallel_groups(g, g.size() + 1); },
-                          {"does not divide", g.tag()}));
+  EXPECT_TRUE(raises_with(
+      [&] { torchtp::make_parallel_groups(g, g.size() + 1); },
+      {"does not divide", g.tag()}));
 }
 
 TEST(Group, DebugChecksNameTheRankThatDisagrees) {
@@ -231,9 +232,9 @@ TEST(Group, DebugChecksNameTheRankThatDisagrees) {
   if (g.size() > 1) {
     // Rank 0 passes one element more than the others.
     auto t = torch::ones({g.rank() == 0 ? 4 : 3});
-    EXPECT_TRUE(raises_with([&] { g.all_reduce(t); },
-                            {"ranks disagree", "[4] Float", "[3] Float",
-                             g.tag()}));
+    EXPECT_TRUE(raises_with(
+        [&] { g.all_reduce(t); },
+        {"ranks disagree", "[4] Float", "[3] Float", g.tag()}));
   }
   torchtp::set_debug_checks(false);
 }

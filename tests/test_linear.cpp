@@ -13,8 +13,8 @@ using torchtp::testing::world;
 
 namespace {
 
-const std::vector<torch::Dtype> kDtypes = {torch::kFloat, torch::kDouble,
-                                           torch::kBFloat16};
+const std::vector<torch::Dtype> kDtypes = {
+    torch::kFloat, torch::kDouble, torch::kBFloat16};
 
 // Leading batch dims to test: none, one, two.
 const std::vector<std::vector<int64_t>> kBatches = {{}, {5}, {2, 3}};
@@ -30,8 +30,13 @@ struct Reference {
   torch::Tensor w, b, x, grad_y;
   torch::Tensor y, grad_x, grad_w, grad_b;
 
-  Reference(int64_t in, int64_t out, std::vector<int64_t> batch, bool bias,
-            torch::Dtype dt, uint64_t seed) {
+  Reference(
+      int64_t in,
+      int64_t out,
+      std::vector<int64_t> batch,
+      bool bias,
+      torch::Dtype dt,
+      uint64_t seed) {
     torch::manual_seed(seed);
     w = (torch::randn({out, in}) / std::sqrt(double(in))).to(dt);
     b = bias ? torch::randn({out}).to(dt) : torch::Tensor();
@@ -58,13 +63,20 @@ torch::Tensor own(const torch::Tensor& full, int64_t dim) {
   return full.chunk(g.size(), dim)[g.rank()];
 }
 
-void check_column(int64_t in, int64_t out, std::vector<int64_t> batch,
-                  bool bias, bool gather, bool skip, torch::Dtype dt,
-                  uint64_t seed) {
-  SCOPED_TRACE(::testing::Message()
-               << "Column in=" << in << " out=" << out << " batch="
-               << batch.size() << " bias=" << bias << " gather=" << gather
-               << " skip_bias_add=" << skip << " dtype=" << c10::toString(dt));
+void check_column(
+    int64_t in,
+    int64_t out,
+    std::vector<int64_t> batch,
+    bool bias,
+    bool gather,
+    bool skip,
+    torch::Dtype dt,
+    uint64_t seed) {
+  SCOPED_TRACE(
+      ::testing::Message() << "Column in=" << in << " out=" << out
+                           << " batch=" << batch.size() << " bias=" << bias
+                           << " gather=" << gather << " skip_bias_add=" << skip
+                           << " dtype=" << c10::toString(dt));
   Reference ref(in, out, batch, bias, dt, seed);
   torchtp::ColumnParallelLinear layer(
       torchtp::ColumnParallelLinearOptions(in, out)
@@ -102,25 +114,30 @@ void check_column(int64_t in, int64_t out, std::vector<int64_t> batch,
   }
 }
 
-void check_row(int64_t in, int64_t out, std::vector<int64_t> batch,
-               bool bias, bool input_is_parallel, bool skip, torch::Dtype dt,
-               uint64_t seed) {
-  SCOPED_TRACE(::testing::Message()
-               << "Row in=" << in << " out=" << out << " batch="
-               << batch.size() << " bias=" << bias << " input_is_parallel="
-               << input_is_parallel << " skip_bias_add=" << skip
-               << " dtype=" << c10::toString(dt));
+void check_row(
+    int64_t in,
+    int64_t out,
+    std::vector<int64_t> batch,
+    bool bias,
+    bool input_is_parallel,
+    bool skip,
+    torch::Dtype dt,
+    uint64_t seed) {
+  SCOPED_TRACE(
+      ::testing::Message() << "Row in=" << in << " out=" << out
+                           << " batch=" << batch.size() << " bias=" << bias
+                           << " input_is_parallel=" << input_is_parallel
+                           << " skip_bias_add=" << skip
+                           << " dtype=" << c10::toString(dt));
   Reference ref(in, out, batch, bias, dt, seed);
-  torchtp::RowParallelLinear layer(
-      torchtp::RowParallelLinearOptions(in, out)
-          .bias(bias)
-          .input_is_parallel(input_is_parallel)
-          .skip_bias_add(skip)
-          .dtype(dt));
+  torchtp::RowParallelLinear layer(torchtp::RowParallelLinearOptions(in, out)
+                                       .bias(bias)
+                                       .input_is_parallel(input_is_parallel)
+                                       .skip_bias_add(skip)
+                                       .dtype(dt));
   layer->load_full_weights(ref.w, ref.b);
-  auto x = (input_is_parallel ? own(ref.x, -1) : ref.x)
-               .clone()
-               .requires_grad_();
+  auto x =
+      (input_is_parallel ? own(ref.x, -1) : ref.x).clone().requires_grad_();
   auto y = layer->forward(x);
   auto tol = tolerance_for(dt);
   auto expected_y = ref.y;
@@ -195,11 +212,11 @@ TEST(ParallelLinear, RandomShapesAndOptionsMatchUnsharded) {
     }
     const auto dt = kDtypes[pick(0, 1)];
     if (trial % 2 == 0) {
-      check_column(in, out, batch, pick(0, 1), pick(0, 1), pick(0, 1), dt,
-                   500 + trial);
+      check_column(
+          in, out, batch, pick(0, 1), pick(0, 1), pick(0, 1), dt, 500 + trial);
     } else {
-      check_row(in, out, batch, pick(0, 1), pick(0, 1), pick(0, 1), dt,
-                500 + trial);
+      check_row(
+          in, out, batch, pick(0, 1), pick(0, 1), pick(0, 1), dt, 500 + trial);
     }
   }
 }
@@ -219,15 +236,15 @@ TEST(ParallelLinear, ColumnThenRowIsTheUnshardedMlp) {
   for (auto& t : ref) {
     t = t.clone().requires_grad_();
   }
-  auto yr = F::linear(torch::gelu(F::linear(ref[4], ref[0], ref[1])), ref[2],
-                      ref[3]);
+  auto yr =
+      F::linear(torch::gelu(F::linear(ref[4], ref[0], ref[1])), ref[2], ref[3]);
   yr.square().sum().backward();
 
-  torchtp::ColumnParallelLinear fc1(torchtp::ColumnParallelLinearOptions(d, h)
-                                        .dtype(torch::kDouble));
-  torchtp::RowParallelLinear fc2(torchtp::RowParallelLinearOptions(h, d)
-                                     .input_is_parallel(true)
-                                     .dtype(torch::kDouble));
+  torchtp::ColumnParallelLinear fc1(
+      torchtp::ColumnParallelLinearOptions(d, h).dtype(torch::kDouble));
+  torchtp::RowParallelLinear fc2(
+      torchtp::RowParallelLinearOptions(h, d).input_is_parallel(true).dtype(
+          torch::kDouble));
   fc1->load_full_weights(w1, b1);
   fc2->load_full_weights(w2, b2);
   auto x = x0.clone().requires_grad_();
@@ -274,7 +291,8 @@ TEST(ParallelLinear, ParametersHaveTheShardShapes) {
   EXPECT_EQ(nob->parameters().size(), 1u);
   torchtp::RowParallelLinear skip(
       torchtp::RowParallelLinearOptions(4 * ws, 8).skip_bias_add(true));
-  EXPECT_EQ(skip->parameters().size(), 2u) << "the skipped bias stays a parameter";
+  EXPECT_EQ(skip->parameters().size(), 2u)
+      << "the skipped bias stays a parameter";
 }
 
 TEST(ParallelLinear, PrettyPrintShowsFullAndLocalSizes) {
@@ -282,18 +300,21 @@ TEST(ParallelLinear, PrettyPrintShowsFullAndLocalSizes) {
   torchtp::ColumnParallelLinear col(8, 4 * g.size());
   std::ostringstream s;
   s << *col;
-  EXPECT_NE(s.str().find("out_features=" + std::to_string(4 * g.size()) +
-                         " (4 on this rank)"),
-            std::string::npos)
+  EXPECT_NE(
+      s.str().find(
+          "out_features=" + std::to_string(4 * g.size()) + " (4 on this rank)"),
+      std::string::npos)
       << s.str();
-  EXPECT_NE(s.str().find("world_size=" + std::to_string(g.size())),
-            std::string::npos);
+  EXPECT_NE(
+      s.str().find("world_size=" + std::to_string(g.size())),
+      std::string::npos);
   torchtp::RowParallelLinear row(4 * g.size(), 8);
   std::ostringstream r;
   r << *row;
-  EXPECT_NE(r.str().find("in_features=" + std::to_string(4 * g.size()) +
-                         " (4 on this rank)"),
-            std::string::npos)
+  EXPECT_NE(
+      r.str().find(
+          "in_features=" + std::to_string(4 * g.size()) + " (4 on this rank)"),
+      std::string::npos)
       << r.str();
 }
 
@@ -316,69 +337,84 @@ TEST(ParallelLinearErrors, SizeThatDoesNotDivideNamesRankWorldAndBothSizes) {
     EXPECT_NO_THROW(torchtp::ColumnParallelLinear(4, bad));
     return;
   }
-  EXPECT_TRUE(raises_with([&] { torchtp::ColumnParallelLinear(4, bad); },
-                          {"ColumnParallelLinear", "out_features (" +
-                           std::to_string(bad) + ")",
-                           "(" + std::to_string(g.size()) + ")", g.tag()}));
-  EXPECT_TRUE(raises_with([&] { torchtp::RowParallelLinear(bad, 4); },
-                          {"RowParallelLinear", "in_features (" +
-                           std::to_string(bad) + ")",
-                           "(" + std::to_string(g.size()) + ")", g.tag()}));
+  EXPECT_TRUE(raises_with(
+      [&] { torchtp::ColumnParallelLinear(4, bad); },
+      {"ColumnParallelLinear", "out_features (" + std::to_string(bad) + ")",
+       "(" + std::to_string(g.size()) + ")", g.tag()}));
+  EXPECT_TRUE(raises_with(
+      [&] { torchtp::RowParallelLinear(bad, 4); },
+      {"RowParallelLinear", "in_features (" + std::to_string(bad) + ")",
+       "(" + std::to_string(g.size()) + ")", g.tag()}));
 }
 
 TEST(ParallelLinearErrors, WrongInputWidthNamesBothShapes) {
   auto g = world();
   const int64_t ws = g.size();
   torchtp::ColumnParallelLinear col(8, 2 * ws);
-  EXPECT_TRUE(raises_with([&] { col(torch::randn({3, 7})); },
-                          {"ColumnParallelLinear", "[*, 8]", "[3, 7]",
-                           g.tag()}));
+  EXPECT_TRUE(raises_with(
+      [&] {
+        col(torch::randn({3, 7}));
+      },
+      {"ColumnParallelLinear", "[*, 8]", "[3, 7]", g.tag()}));
   torchtp::RowParallelLinear row(
       torchtp::RowParallelLinearOptions(4 * ws, 8).input_is_parallel(true));
-  EXPECT_TRUE(raises_with([&] { row(torch::randn({2, 4 * ws + 1})); },
-                          {"RowParallelLinear", "[*, 4]",
-                           "[2, " + std::to_string(4 * ws + 1) + "]",
-                           g.tag()}));
+  EXPECT_TRUE(raises_with(
+      [&] {
+        row(torch::randn({2, 4 * ws + 1}));
+      },
+      {"RowParallelLinear", "[*, 4]", "[2, " + std::to_string(4 * ws + 1) + "]",
+       g.tag()}));
   torchtp::RowParallelLinear row_full(
       torchtp::RowParallelLinearOptions(4 * ws, 8).input_is_parallel(false));
-  EXPECT_TRUE(raises_with([&] { row_full(torch::randn({2, 3})); },
-                          {"RowParallelLinear",
-                           "[*, " + std::to_string(4 * ws) + "]", "[2, 3]",
-                           g.tag()}));
-  EXPECT_TRUE(raises_with([&] { col(torch::randn({})); },
-                          {"ColumnParallelLinear", "[]", g.tag()}));
+  EXPECT_TRUE(raises_with(
+      [&] {
+        row_full(torch::randn({2, 3}));
+      },
+      {"RowParallelLinear", "[*, " + std::to_string(4 * ws) + "]", "[2, 3]",
+       g.tag()}));
+  EXPECT_TRUE(raises_with(
+      [&] { col(torch::randn({})); }, {"ColumnParallelLinear", "[]", g.tag()}));
 }
 
 TEST(ParallelLinearErrors, WrongDtypeNamesBothDtypes) {
   auto g = world();
   torchtp::ColumnParallelLinear col(8, 2 * g.size());
-  EXPECT_TRUE(raises_with([&] { col(torch::randn({3, 8}, torch::kDouble)); },
-                          {"ColumnParallelLinear", "Float", "Double", "[3, 8]",
-                           g.tag()}));
+  EXPECT_TRUE(raises_with(
+      [&] {
+        col(torch::randn({3, 8}, torch::kDouble));
+      },
+      {"ColumnParallelLinear", "Float", "Double", "[3, 8]", g.tag()}));
   torchtp::RowParallelLinear row(
       torchtp::RowParallelLinearOptions(2 * g.size(), 8)
           .dtype(torch::kBFloat16)
           .input_is_parallel(true));
-  EXPECT_TRUE(raises_with([&] { row(torch::randn({3, 2})); },
-                          {"RowParallelLinear", "BFloat16", "Float", g.tag()}));
+  EXPECT_TRUE(raises_with(
+      [&] {
+        row(torch::randn({3, 2}));
+      },
+      {"RowParallelLinear", "BFloat16", "Float", g.tag()}));
 }
 
 TEST(ParallelLinearErrors, LoadFullWeightsChecksShapes) {
   auto g = world();
   torchtp::ColumnParallelLinear col(8, 2 * g.size());
   EXPECT_TRUE(raises_with(
-      [&] { col->load_full_weights(torch::randn({3, 8}), torch::randn({3})); },
+      [&] {
+        col->load_full_weights(torch::randn({3, 8}), torch::randn({3}));
+      },
       {"load_full_weights", "[" + std::to_string(2 * g.size()) + ", 8]",
        "[3, 8]", g.tag()}));
   EXPECT_TRUE(raises_with(
-      [&] { col->load_full_weights(torch::randn({2 * g.size(), 8})); },
+      [&] {
+        col->load_full_weights(torch::randn({2 * g.size(), 8}));
+      },
       {"load_full_weights", "bias", "undefined", g.tag()}));
   torchtp::RowParallelLinear nob(
       torchtp::RowParallelLinearOptions(2 * g.size(), 8).bias(false));
   EXPECT_TRUE(raises_with(
       [&] {
-        nob->load_full_weights(torch::randn({8, 2 * g.size()}),
-                               torch::randn({8}));
+        nob->load_full_weights(
+            torch::randn({8, 2 * g.size()}), torch::randn({8}));
       },
       {"bias(false)", g.tag()}));
 }

@@ -14,8 +14,8 @@ torch::Tensor drawn(int seed, torch::IntArrayRef shape) {
   return torch::randn(shape, torch::kDouble);
 }
 
-std::vector<torch::Tensor> per_rank(int size, torch::IntArrayRef shape,
-                                    int salt) {
+std::vector<torch::Tensor> per_rank(
+    int size, torch::IntArrayRef shape, int salt) {
   std::vector<torch::Tensor> out;
   for (int r = 0; r < size; ++r) {
     out.push_back(drawn(r + 97 * salt, shape));
@@ -106,8 +106,8 @@ TEST(Mappings, ComposeInsideALargerGraph) {
   auto g = world();
   auto full = drawn(12, {3, 2 * g.size()});
   auto x = full.clone().requires_grad_();
-  auto local = torchtp::scatter_to_tp_region(
-      torchtp::copy_to_tp_region(x, g), g);
+  auto local =
+      torchtp::scatter_to_tp_region(torchtp::copy_to_tp_region(x, g), g);
   auto y = torchtp::gather_from_tp_region(local.sin(), g);
   (y * y).sum().backward();
   auto xr = full.clone().requires_grad_();
@@ -123,6 +123,8 @@ TEST(Mappings, ScatterOfALastDimThatDoesNotDivideRaises) {
     return;
   }
   EXPECT_TRUE(torchtp::testing::raises_with(
-      [&] { torchtp::scatter_to_tp_region(torch::ones({2, g.size() + 1}), g); },
+      [&] {
+        torchtp::scatter_to_tp_region(torch::ones({2, g.size() + 1}), g);
+      },
       {"not divisible", std::to_string(g.size() + 1), g.tag()}));
 }

@@ -86,10 +86,10 @@ TEST(Group, SelfGroupIsTheIdentity) {
 
 TEST(InitOptions, FromEnvironmentFallsBackToMpirunAndSlurm) {
   // Only the variables of one convention at a time are set.
-  for (const char* v : {"RANK", "WORLD_SIZE", "OMPI_COMM_WORLD_RANK",
-                        "OMPI_COMM_WORLD_SIZE", "PMI_RANK", "PMI_SIZE",
-                        "SLURM_PROCID", "SLURM_NTASKS", "LOCAL_RANK",
-                        "LOCAL_WORLD_SIZE", "TORCHTP_TIMEOUT_S"}) {
+  for (const char* v :
+       {"RANK", "WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE",
+        "PMI_RANK", "PMI_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "LOCAL_RANK",
+        "LOCAL_WORLD_SIZE", "TORCHTP_TIMEOUT_S"}) {
     unsetenv(v);
   }
   auto o = torchtp::options_from_env();
@@ -118,14 +118,14 @@ TEST(InitOptions, FromEnvironmentFallsBackToMpirunAndSlurm) {
 
   setenv("WORLD_SIZE", "six", 1);
   EXPECT_THROW(torchtp::options_from_env(), c10::Error);
-  for (const char* v : {"RANK", "WORLD_SIZE", "OMPI_COMM_WORLD_RANK",
-                        "OMPI_COMM_WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS",
-                        "TORCHTP_TIMEOUT_S"}) {
+  for (const char* v :
+       {"RANK", "WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE",
+        "SLURM_PROCID", "SLURM_NTASKS", "TORCHTP_TIMEOUT_S"}) {
     unsetenv(v);
   }
 }
 
 TEST(Init, RejectsARankOutsideTheWorld) {
-  EXPECT_THROW(torchtp::init(torchtp::InitOptions().rank(2).world_size(2)),
-               c10::Error);
+  EXPECT_THROW(
+      torchtp::init(torchtp::InitOptions().rank(2).world_size(2)), c10::Error);
 }

@@ -38,33 +38,30 @@ inline Tolerance tolerance_for(torch::Dtype dtype) {
 /// gtest assertion: `actual` equals `expected` in shape and, within the
 /// dtype's tolerance, in value. Reports the largest difference and the rank.
 inline ::testing::AssertionResult all_close(
-    const torch::Tensor& actual,
-    const torch::Tensor& expected,
-    Tolerance tol) {
+    const torch::Tensor& actual, const torch::Tensor& expected, Tolerance tol) {
   const std::string tag = world().tag();
   if (!actual.defined() || !expected.defined()) {
     return ::testing::AssertionFailure()
-        << "undefined tensor (actual " << actual.defined() << ", expected "
-        << expected.defined() << ") " << tag;
+           << "undefined tensor (actual " << actual.defined() << ", expected "
+           << expected.defined() << ") " << tag;
   }
   if (actual.sizes() != expected.sizes()) {
-    return ::testing::AssertionFailure() << "shape " << actual.sizes()
-                                         << " != expected " << expected.sizes()
-                                         << " " << tag;
+    return ::testing::AssertionFailure()
+           << "shape " << actual.sizes() << " != expected " << expected.sizes()
+           << " " << tag;
   }
   auto a = actual.to(torch::kDouble);
   auto e = expected.to(torch::kDouble);
   if (!torch::allclose(a, e, tol.rtol, tol.atol)) {
     return ::testing::AssertionFailure()
-        << "max |diff| " << (a - e).abs().max().item<double>()
-        << " (rtol " << tol.rtol << ", atol " << tol.atol << ") " << tag;
+           << "max |diff| " << (a - e).abs().max().item<double>() << " (rtol "
+           << tol.rtol << ", atol " << tol.atol << ") " << tag;
   }
   return ::testing::AssertionSuccess();
 }
 
 inline ::testing::AssertionResult all_close(
-    const torch::Tensor& actual,
-    const torch::Tensor& expected) {
+    const torch::Tensor& actual, const torch::Tensor& expected) {
   return all_close(actual, expected, tolerance_for(expected.scalar_type()));
 }
 
@@ -72,8 +69,7 @@ inline ::testing::AssertionResult all_close(
 /// `needles`.
 template <typename F>
 ::testing::AssertionResult raises_with(
-    F&& f,
-    std::initializer_list<std::string> needles) {
+    F&& f, std::initializer_list<std::string> needles) {
   try {
     f();
   } catch (const c10::Error& e) {
@@ -81,13 +77,13 @@ template <typename F>
     for (const auto& n : needles) {
       if (msg.find(n) == std::string::npos) {
         return ::testing::AssertionFailure()
-            << "message lacks '" << n << "': " << msg;
+               << "message lacks '" << n << "': " << msg;
       }
     }
     return ::testing::AssertionSuccess();
   } catch (const std::exception& e) {
     return ::testing::AssertionFailure()
-        << "raised a non-c10::Error: " << e.what();
+           << "raised a non-c10::Error: " << e.what();
   }
   return ::testing::AssertionFailure() << "did not raise";
 }

@@ -43,10 +43,10 @@ struct Options {
 
 /// One output stream (stdout or stderr) of one rank.
 struct Stream {
-  int fd = -1;       ///< Read end of the pipe; -1 once closed.
-  int out_fd = 1;    ///< Where the launcher re-emits the lines.
-  std::string tag;   ///< Line prefix, e.g. "[rank 3] ".
-  std::string buf;   ///< Bytes received after the last newline.
+  int fd = -1;     ///< Read end of the pipe; -1 once closed.
+  int out_fd = 1;  ///< Where the launcher re-emits the lines.
+  std::string tag; ///< Line prefix, e.g. "[rank 3] ".
+  std::string buf; ///< Bytes received after the last newline.
 };
 
 /// One launched rank.
@@ -78,8 +78,10 @@ void write_all(int fd, const std::string& data) {
   size_t done = 0;
   while (done < data.size()) {
     ssize_t n = write(fd, data.data() + done, data.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return;
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      return;
     done += static_cast<size_t>(n);
   }
 }
@@ -104,7 +106,8 @@ int usable_cpus() {
   cpu_set_t set;
   if (sched_getaffinity(0, sizeof(set), &set) == 0) {
     int n = CPU_COUNT(&set);
-    if (n > 0) return n;
+    if (n > 0)
+      return n;
   }
   long n = sysconf(_SC_NPROCESSORS_ONLN);
   return n > 0 ? static_cast<int>(n) : 1;
@@ -114,7 +117,8 @@ int usable_cpus() {
 /// before rank 0 binds it, a small race that torchrun accepts too.
 int pick_free_port() {
   int sock = socket(AF_INET, SOCK_STREAM, 0);
-  if (sock < 0) return -1;
+  if (sock < 0)
+    return -1;
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -145,25 +149,31 @@ int parse_args(int argc, char** argv, Options& opts) {
   positive.description("POSITIVE");
   CLI::Validator non_negative = CLI::Range(0, INT_MAX);
   non_negative.description("NONNEGATIVE");
-  app.add_option("--nproc-per-node", opts.nproc_per_node,
-                 "Ranks to start on this host (default 1)")
+  app.add_option(
+         "--nproc-per-node", opts.nproc_per_node,
+         "Ranks to start on this host (default 1)")
       ->check(positive);
   app.add_option("--nnodes", opts.nnodes, "Number of hosts (default 1)")
       ->check(positive);
-  app.add_option("--node-rank", opts.node_rank,
-                 "Index of this host, 0..nnodes-1 (default 0)")
+  app.add_option(
+         "--node-rank", opts.node_rank,
+         "Index of this host, 0..nnodes-1 (default 0)")
       ->check(non_negative);
-  app.add_option("--master-addr", opts.master_addr,
-                 "Host of rank 0 (default 127.0.0.1 with one node)");
-  app.add_option("--master-port", opts.master_port,
-                 "Rendezvous port; one node: a free port if omitted")
+  app.add_option(
+      "--master-addr", opts.master_addr,
+      "Host of rank 0 (default 127.0.0.1 with one node)");
+  app.add_option(
+         "--master-port", opts.master_port,
+         "Rendezvous port; one node: a free port if omitted")
       ->check(CLI::Range(1, 65535));
-  app.add_option("--grace-seconds", opts.grace_seconds,
-                 "Wait after SIGTERM before SIGKILL (default 5)")
+  app.add_option(
+         "--grace-seconds", opts.grace_seconds,
+         "Wait after SIGTERM before SIGKILL (default 5)")
       ->check(CLI::NonNegativeNumber);
   app.add_flag("--no-tag", opts.no_tag, "Do not prefix lines with the rank");
-  app.add_option("--omp-threads", opts.omp_threads,
-                 "OMP_NUM_THREADS for each rank (overrides all else)")
+  app.add_option(
+         "--omp-threads", opts.omp_threads,
+         "OMP_NUM_THREADS for each rank (overrides all else)")
       ->check(positive);
   app.footer(
       "Environment of each rank:\n"
@@ -206,7 +216,8 @@ int parse_args(int argc, char** argv, Options& opts) {
     log_line(msg + "\nRun with --help for more information.");
     return kExitUsage;
   };
-  if (opts.command.empty()) return usage_error("missing PROGRAM to run");
+  if (opts.command.empty())
+    return usage_error("missing PROGRAM to run");
   // CLI11 stops at the first unknown option; treating a typo such as
   // "--nproc 2" as the program would give a confusing exec error.
   if (opts.command.front().size() > 1 && opts.command.front()[0] == '-') {
@@ -222,7 +233,8 @@ int parse_args(int argc, char** argv, Options& opts) {
   if (opts.nproc_per_node > INT_MAX / opts.nnodes) {
     return usage_error("--nnodes * --nproc-per-node is too large");
   }
-  if (opts.master_addr.empty()) opts.master_addr = "127.0.0.1";
+  if (opts.master_addr.empty())
+    opts.master_addr = "127.0.0.1";
   if (!opts.master_port) {
     opts.master_port = pick_free_port();
     if (opts.master_port < 0) {
@@ -235,21 +247,27 @@ int parse_args(int argc, char** argv, Options& opts) {
 
 /// In the forked child: joins a fresh process group, wires the pipes,
 /// sets the rank's environment and execs. Never returns.
-[[noreturn]] void exec_rank(const Options& opts, int local_rank, int out_fd,
-                            int err_fd, const std::string& omp,
-                            const sigset_t& orig_mask) {
+[[noreturn]] void exec_rank(
+    const Options& opts,
+    int local_rank,
+    int out_fd,
+    int err_fd,
+    const std::string& omp,
+    const sigset_t& orig_mask) {
   // Own group, so one killpg() reaches the rank's descendants too.
   setpgid(0, 0);
 #ifdef __linux__
   // If the launcher is SIGKILLed it cannot clean up; let the kernel do it.
   prctl(PR_SET_PDEATHSIG, SIGKILL);
 #endif
-  for (int sig : {SIGINT, SIGTERM, SIGCHLD, SIGPIPE}) signal(sig, SIG_DFL);
+  for (int sig : {SIGINT, SIGTERM, SIGCHLD, SIGPIPE})
+    signal(sig, SIG_DFL);
   sigprocmask(SIG_SETMASK, &orig_mask, nullptr);
   // A background process group reading the terminal would be stopped by
   // SIGTTIN and hang the job, so ranks never see the launcher's stdin.
   int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-  if (null_fd >= 0) dup2(null_fd, 0);
+  if (null_fd >= 0)
+    dup2(null_fd, 0);
   dup2(out_fd, 1);
   dup2(err_fd, 2);
   int rank = opts.node_rank * opts.nproc_per_node + local_rank;
@@ -283,7 +301,8 @@ void emit_lines(Stream& s, bool at_eof) {
   size_t start = 0;
   for (;;) {
     size_t nl = s.buf.find('\n', start);
-    if (nl == std::string::npos) break;
+    if (nl == std::string::npos)
+      break;
     write_all(s.out_fd, s.tag + s.buf.substr(start, nl - start + 1));
     start = nl + 1;
   }
@@ -298,7 +317,8 @@ void emit_lines(Stream& s, bool at_eof) {
 void pump(Stream& s) {
   char chunk[65536];
   ssize_t n = read(s.fd, chunk, sizeof(chunk));
-  if (n < 0 && (errno == EINTR || errno == EAGAIN)) return;
+  if (n < 0 && (errno == EINTR || errno == EAGAIN))
+    return;
   if (n > 0) {
     s.buf.append(chunk, static_cast<size_t>(n));
     emit_lines(s, false);
@@ -312,17 +332,22 @@ void pump(Stream& s) {
 /// Polls the signal pipe and open streams; returns poll()'s result.
 int poll_streams(std::vector<Stream>& streams, int sig_fd, int timeout_ms) {
   std::vector<pollfd> fds;
-  if (sig_fd >= 0) fds.push_back({sig_fd, POLLIN, 0});
+  if (sig_fd >= 0)
+    fds.push_back({sig_fd, POLLIN, 0});
   for (const auto& s : streams) {
-    if (s.fd >= 0) fds.push_back({s.fd, POLLIN, 0});
+    if (s.fd >= 0)
+      fds.push_back({s.fd, POLLIN, 0});
   }
   int ready = poll(fds.data(), fds.size(), timeout_ms);
-  if (ready <= 0) return ready;
+  if (ready <= 0)
+    return ready;
   // Map results back by fd; closed streams were skipped above.
   size_t i = sig_fd >= 0 ? 1 : 0;
   for (auto& s : streams) {
-    if (s.fd < 0) continue;
-    if (fds[i++].revents) pump(s);
+    if (s.fd < 0)
+      continue;
+    if (fds[i++].revents)
+      pump(s);
   }
   return ready;
 }
@@ -330,7 +355,8 @@ int poll_streams(std::vector<Stream>& streams, int sig_fd, int timeout_ms) {
 /// Signals every rank's process group. Groups outlive their leader, so
 /// reaped ranks are included to catch leftover descendants.
 void signal_all(const std::vector<Child>& children, int sig) {
-  for (const auto& c : children) killpg(c.pid, sig);
+  for (const auto& c : children)
+    killpg(c.pid, sig);
 }
 
 /// Starts all ranks, relays their output and enforces the failure
@@ -356,12 +382,14 @@ int run(const Options& opts) {
   // signals are delivered once all ranks exist.
   sigset_t handled, orig_mask;
   sigemptyset(&handled);
-  for (int sig : {SIGINT, SIGTERM, SIGCHLD}) sigaddset(&handled, sig);
+  for (int sig : {SIGINT, SIGTERM, SIGCHLD})
+    sigaddset(&handled, sig);
   sigprocmask(SIG_BLOCK, &handled, &orig_mask);
-  struct sigaction sa{};
+  struct sigaction sa {};
   sa.sa_handler = on_signal;
   sa.sa_flags = SA_RESTART;
-  for (int sig : {SIGINT, SIGTERM, SIGCHLD}) sigaction(sig, &sa, nullptr);
+  for (int sig : {SIGINT, SIGTERM, SIGCHLD})
+    sigaction(sig, &sa, nullptr);
   // A closed stdout must not kill the launcher before it reaps the ranks.
   signal(SIGPIPE, SIG_IGN);
 
@@ -373,12 +401,14 @@ int run(const Options& opts) {
     if (pipe2(out, O_CLOEXEC) != 0 || pipe2(err, O_CLOEXEC) != 0) {
       log_line(std::string("pipe: ") + strerror(errno));
       signal_all(children, SIGKILL);
-      _exit(1);  // The kernel reaps; the children die with their group.
+      _exit(1); // The kernel reaps; the children die with their group.
     }
     pid_t pid = fork();
-    if (pid == 0) exec_rank(opts, local, out[1], err[1], omp, orig_mask);
+    if (pid == 0)
+      exec_rank(opts, local, out[1], err[1], omp, orig_mask);
     // Also set here: a kill before the child runs setpgid must not miss.
-    if (pid > 0) setpgid(pid, pid);
+    if (pid > 0)
+      setpgid(pid, pid);
     close(out[1]);
     close(err[1]);
     if (pid < 0) {
@@ -400,9 +430,9 @@ int run(const Options& opts) {
   Clock::time_point deadline;
   auto begin_stop = [&] {
     stopping = true;
-    deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                  std::chrono::duration<double>(
-                                      opts.grace_seconds));
+    deadline =
+        Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                           std::chrono::duration<double>(opts.grace_seconds));
   };
   size_t alive = children.size();
   while (alive > 0) {
@@ -416,14 +446,15 @@ int run(const Options& opts) {
 
     unsigned char sig;
     while (read(sig_pipe[0], &sig, 1) == 1) {
-      if (sig == SIGCHLD) continue;  // Reaping below covers it.
-      if (stopping) {  // A second Ctrl-C means "now".
+      if (sig == SIGCHLD)
+        continue;     // Reaping below covers it.
+      if (stopping) { // A second Ctrl-C means "now".
         signal_all(children, SIGKILL);
         killed = true;
         continue;
       }
-      log_line(std::string("received ") + strsignal(sig) +
-               "; stopping all ranks");
+      log_line(
+          std::string("received ") + strsignal(sig) + "; stopping all ranks");
       signal_all(children, sig);
       exit_code = 128 + sig;
       begin_stop();
@@ -432,24 +463,28 @@ int run(const Options& opts) {
     int status;
     pid_t pid;
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-      auto it = std::find_if(children.begin(), children.end(),
-                             [pid](const Child& c) { return c.pid == pid; });
-      if (it == children.end()) continue;
+      auto it = std::find_if(
+          children.begin(), children.end(),
+          [pid](const Child& c) { return c.pid == pid; });
+      if (it == children.end())
+        continue;
       it->reaped = true;
       --alive;
       bool signaled = WIFSIGNALED(status);
       int code = signaled ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
-      if (code == 0 || stopping) continue;  // Only the first cause counts.
-      std::string how = signaled
-          ? "was killed by signal " + std::to_string(WTERMSIG(status)) +
-                " (" + strsignal(WTERMSIG(status)) + ")"
-          : "exited with code " + std::to_string(code);
-      log_line("rank " + std::to_string(it->rank) + " (pid " +
-               std::to_string(pid) + ") " + how +
-               "; stopping the other ranks");
+      if (code == 0 || stopping)
+        continue; // Only the first cause counts.
+      std::string how = signaled ? "was killed by signal " +
+                                       std::to_string(WTERMSIG(status)) + " (" +
+                                       strsignal(WTERMSIG(status)) + ")"
+                                 : "exited with code " + std::to_string(code);
+      log_line(
+          "rank " + std::to_string(it->rank) + " (pid " + std::to_string(pid) +
+          ") " + how + "; stopping the other ranks");
       exit_code = code;
       for (const auto& c : children) {
-        if (!c.reaped) killpg(c.pid, SIGTERM);
+        if (!c.reaped)
+          killpg(c.pid, SIGTERM);
       }
       begin_stop();
     }
@@ -460,25 +495,28 @@ int run(const Options& opts) {
   }
 
   // Descendants that ignored SIGTERM would keep the pipes open forever.
-  if (stopping) signal_all(children, SIGKILL);
+  if (stopping)
+    signal_all(children, SIGKILL);
   // Ranks are gone; drain what they wrote, but a stray grandchild holding
   // a pipe open must not keep the launcher alive, so bound the wait.
   auto drain_end = Clock::now() + std::chrono::seconds(1);
   while (Clock::now() < drain_end && poll_streams(streams, -1, 50) > 0) {
   }
   for (auto& s : streams) {
-    if (s.fd < 0) continue;
+    if (s.fd < 0)
+      continue;
     emit_lines(s, true);
     close(s.fd);
   }
   return exit_code;
 }
 
-}  // namespace
+} // namespace
 
 int main(int argc, char** argv) {
   Options opts;
   int code = parse_args(argc, argv, opts);
-  if (code >= 0) return code;
+  if (code >= 0)
+    return code;
   return run(opts);
 }

@@ -2,9 +2,9 @@
 
 #include "torchtp/group.h"
 
-#include <nlohmann/json.hpp>
 #include <torch/nn/module.h>
 #include <torch/optim/optimizer.h>
+#include <nlohmann/json.hpp>
 
 #include <string>
 

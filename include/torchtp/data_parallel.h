@@ -15,9 +15,9 @@ namespace torchtp {
 ///
 /// Example (tensor x data parallel on 4 ranks):
 /// ```
-///   auto pg = torchtp::make_parallel_groups(world, /*tensor_parallel_size=*/2);
-///   torchtp::GPT gpt(torchtp::GPTOptions(vocab, seq).group(pg.tensor));
-///   gpt->loss(my_part_of_batch, targets).backward();
+///   auto pg = torchtp::make_parallel_groups(world,
+///   /*tensor_parallel_size=*/2); torchtp::GPT gpt(torchtp::GPTOptions(vocab,
+///   seq).group(pg.tensor)); gpt->loss(my_part_of_batch, targets).backward();
 ///   torchtp::average_gradients(*gpt, pg.data);
 ///   optimizer.step();
 /// ```

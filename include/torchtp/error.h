@@ -9,7 +9,7 @@ namespace torchtp::detail {
 /// that messages from layers, mappings and communicators cannot drift apart.
 inline std::string rank_tag(int64_t rank, int64_t world_size) {
   return "[rank " + std::to_string(rank) + "/" + std::to_string(world_size) +
-      "]";
+         "]";
 }
 
 } // namespace torchtp::detail

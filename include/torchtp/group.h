@@ -48,13 +48,9 @@ class Group {
   /// Sums every rank's `tensor` and returns this rank's part of the sum along
   /// `dim` (split as `Partition` splits it).
   at::Tensor reduce_scatter(
-      const at::Tensor& tensor,
-      int64_t dim,
-      ReduceOp op = ReduceOp::sum) const;
+      const at::Tensor& tensor, int64_t dim, ReduceOp op = ReduceOp::sum) const;
   Work reduce_scatter_async(
-      const at::Tensor& tensor,
-      int64_t dim,
-      ReduceOp op = ReduceOp::sum) const;
+      const at::Tensor& tensor, int64_t dim, ReduceOp op = ReduceOp::sum) const;
 
   /// Copies `tensor` from `root` into `tensor` on every rank.
   void broadcast(at::Tensor& tensor, int root = 0) const;

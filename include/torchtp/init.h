@@ -71,6 +71,7 @@ struct ParallelGroups {
 
 /// Collective over `world`. Raises `c10::Error` when `tensor_parallel_size`
 /// does not divide the world size.
-ParallelGroups make_parallel_groups(const Group& world, int tensor_parallel_size);
+ParallelGroups make_parallel_groups(
+    const Group& world, int tensor_parallel_size);
 
 } // namespace torchtp

@@ -19,7 +19,8 @@ namespace torchtp {
 /// Example:
 /// ```
 ///   torchtp::ColumnParallelLinear fc1(
-///       torchtp::ColumnParallelLinearOptions(1024, 4096).gather_output(false));
+///       torchtp::ColumnParallelLinearOptions(1024,
+///       4096).gather_output(false));
 /// ```
 struct ColumnParallelLinearOptions {
   ColumnParallelLinearOptions(int64_t in_features, int64_t out_features)
@@ -54,7 +55,8 @@ struct ColumnParallelLinearOptions {
 /// Example:
 /// ```
 ///   torchtp::RowParallelLinear fc2(
-///       torchtp::RowParallelLinearOptions(4096, 1024).input_is_parallel(true));
+///       torchtp::RowParallelLinearOptions(4096,
+///       1024).input_is_parallel(true));
 /// ```
 struct RowParallelLinearOptions {
   RowParallelLinearOptions(int64_t in_features, int64_t out_features)
@@ -111,8 +113,7 @@ class ColumnParallelLinearImpl
   /// Copies this rank's shard of a full `weight [out, in]` and `bias [out]`
   /// (pass an undefined bias when the layer has none).
   void load_full_weights(
-      const torch::Tensor& weight,
-      const torch::Tensor& bias = {});
+      const torch::Tensor& weight, const torch::Tensor& bias = {});
 
   /// weight and bias: dim 0, `segments` blocks.
   ShardSpec shard_spec(const std::string& name) const override;
@@ -172,8 +173,7 @@ class RowParallelLinearImpl
   /// Copies this rank's shard of a full `weight [out, in]` and the full
   /// `bias [out]` (undefined when the layer has none).
   void load_full_weights(
-      const torch::Tensor& weight,
-      const torch::Tensor& bias = {});
+      const torch::Tensor& weight, const torch::Tensor& bias = {});
 
   /// weight: dim 1; bias: replicated.
   ShardSpec shard_spec(const std::string& name) const override;
@@ -208,10 +208,7 @@ namespace detail {
 /// Reduced-precision dtypes are drawn in float32 and rounded, as
 /// `torch::nn::Linear(...)->to(dtype)` would give.
 std::pair<torch::Tensor, torch::Tensor> linear_init(
-    int64_t in_features,
-    int64_t out_features,
-    bool bias,
-    torch::Dtype dtype);
+    int64_t in_features, int64_t out_features, bool bias, torch::Dtype dtype);
 
 } // namespace detail
 } // namespace torchtp

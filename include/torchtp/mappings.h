@@ -36,13 +36,11 @@ at::Tensor gather_from_tp_region(const at::Tensor& input, const Group& group);
 /// Sequence parallelism: all-gathers dim 0 (the sequence); backward
 /// reduce-scatters the gradient along dim 0.
 at::Tensor gather_from_sequence_region(
-    const at::Tensor& input,
-    const Group& group);
+    const at::Tensor& input, const Group& group);
 
 /// Sequence parallelism: sums over ranks and keeps this rank's chunk of dim 0;
 /// backward all-gathers the gradient along dim 0.
 at::Tensor reduce_scatter_to_sequence_region(
-    const at::Tensor& input,
-    const Group& group);
+    const at::Tensor& input, const Group& group);
 
 } // namespace torchtp

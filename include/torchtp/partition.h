@@ -29,10 +29,7 @@ class Partition {
   /// the dimension in the error (e.g. "torchtp::ColumnParallelLinear:
   /// out_features").
   Partition(
-      int64_t full_size,
-      int64_t parts,
-      int64_t rank,
-      const std::string& what);
+      int64_t full_size, int64_t parts, int64_t rank, const std::string& what);
 
   int64_t full_size() const {
     return full_size_;

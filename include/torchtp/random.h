@@ -45,9 +45,6 @@ class RngTracker {
 /// with probability `p` and scales the rest by 1 / (1 - p). The identity when
 /// not training or `p` is 0.
 at::Tensor dropout(
-    const at::Tensor& input,
-    double p,
-    bool training,
-    at::Generator& generator);
+    const at::Tensor& input, double p, bool training, at::Generator& generator);
 
 } // namespace torchtp

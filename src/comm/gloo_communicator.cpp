@@ -95,9 +95,10 @@ class GlooCommunicator final : public Communicator {
 
   Work all_gather(const at::Tensor& input, at::Tensor& output) override {
     auto wire_in = on_wire(input);
-    auto wire_out = needs_widening(output)
-        ? at::empty(output.sizes(), output.options().dtype(at::kFloat))
-        : output;
+    auto wire_out =
+        needs_widening(output)
+            ? at::empty(output.sizes(), output.options().dtype(at::kFloat))
+            : output;
     // Gloo gathers into one tensor per rank; chunks of `wire_out` along dim 0
     // are contiguous views, so the blocks land in place.
     std::vector<std::vector<at::Tensor>> outputs{wire_out.chunk(size_, 0)};
@@ -105,7 +106,8 @@ class GlooCommunicator final : public Communicator {
     c10d::AllgatherOptions opts;
     opts.timeout = timeout_;
     c10::intrusive_ptr<c10d::Work> work;
-    guarded("all_gather", [&] { work = pg_->allgather(outputs, inputs, opts); });
+    guarded(
+        "all_gather", [&] { work = pg_->allgather(outputs, inputs, opts); });
     return pending("all_gather", work, [wire_out, output]() mutable {
       if (!wire_out.is_same(output)) {
         output.copy_(wire_out);
@@ -118,8 +120,8 @@ class GlooCommunicator final : public Communicator {
   // of every rank to rank r, which then reduces the blocks it received: each
   // rank sends and receives (size-1)/size of the tensor once, half what an
   // all-reduce followed by a slice would move.
-  Work reduce_scatter(const at::Tensor& input, at::Tensor& output, ReduceOp op)
-      override {
+  Work reduce_scatter(
+      const at::Tensor& input, at::Tensor& output, ReduceOp op) override {
     auto wire_in = on_wire(input);
     auto sizes = output.sizes().vec();
     sizes.insert(sizes.begin(), size_);
@@ -173,8 +175,7 @@ class GlooCommunicator final : public Communicator {
   }
 
   c10::intrusive_ptr<Communicator> split(
-      const std::vector<int>& ranks,
-      const std::string& name) override {
+      const std::vector<int>& ranks, const std::string& name) override {
     auto it = std::find(ranks.begin(), ranks.end(), rank_);
     TORCH_INTERNAL_ASSERT(it != ranks.end(), "split by a non-member");
     auto store = c10::make_intrusive<c10d::PrefixStore>(name, store_);
@@ -186,9 +187,9 @@ class GlooCommunicator final : public Communicator {
  private:
   std::string failure(const char* op) const {
     return std::string("torchtp::Group::") + op + " failed " +
-        rank_tag(rank_, size_) + " (backend gloo, group " + name() +
-        ", timeout " + std::to_string(timeout_.count() / 1000) +
-        " s; a peer rank may have exited or stopped responding): ";
+           rank_tag(rank_, size_) + " (backend gloo, group " + name() +
+           ", timeout " + std::to_string(timeout_.count() / 1000) +
+           " s; a peer rank may have exited or stopped responding): ";
   }
 
   // Gloo reports a dead peer as gloo::IoException, which is no c10::Error and
@@ -206,9 +207,7 @@ class GlooCommunicator final : public Communicator {
 
   template <typename F>
   Work pending(
-      const char* op,
-      c10::intrusive_ptr<c10d::Work> work,
-      F&& then) const {
+      const char* op, c10::intrusive_ptr<c10d::Work> work, F&& then) const {
     // Captures values only: the handle may outlive this communicator.
     auto timeout = timeout_;
     auto prefix = failure(op);
@@ -251,8 +250,9 @@ c10::intrusive_ptr<Communicator> make_gloo_communicator(
       device = c10d::ProcessGroupGloo::createDefaultDevice();
     }
   } catch (const std::exception& e) {
-    TORCH_CHECK(false, "torchtp: cannot open a Gloo device (interface '",
-                interface, "') ", rank_tag(rank, size), ": ", e.what());
+    TORCH_CHECK(
+        false, "torchtp: cannot open a Gloo device (interface '", interface,
+        "') ", rank_tag(rank, size), ": ", e.what());
   }
   return c10::make_intrusive<GlooCommunicator>(
       store, rank, size, timeout, device, "world");

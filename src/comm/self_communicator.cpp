@@ -30,22 +30,22 @@ class SelfCommunicator final : public Communicator {
     output.copy_(input);
     return Work(output);
   }
-  Work reduce_scatter(const at::Tensor& input, at::Tensor& output, ReduceOp)
-      override {
+  Work reduce_scatter(
+      const at::Tensor& input, at::Tensor& output, ReduceOp) override {
     output.copy_(input);
     return Work(output);
   }
   Work broadcast(at::Tensor& tensor, int root) override {
-    TORCH_CHECK(root == 0, "torchtp::Group::broadcast: root ", root,
-                " is not a rank of a one-rank group [rank 0/1]");
+    TORCH_CHECK(
+        root == 0, "torchtp::Group::broadcast: root ", root,
+        " is not a rank of a one-rank group [rank 0/1]");
     return Work(tensor);
   }
   Work barrier() override {
     return Work();
   }
   c10::intrusive_ptr<Communicator> split(
-      const std::vector<int>& ranks,
-      const std::string&) override {
+      const std::vector<int>& ranks, const std::string&) override {
     TORCH_INTERNAL_ASSERT(ranks.size() == 1 && ranks[0] == 0);
     return c10::make_intrusive<SelfCommunicator>();
   }

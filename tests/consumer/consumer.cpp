@@ -52,18 +52,23 @@ int main() {
     auto y = fc2(torch::tanh(fc1(x)));
     y.pow(3).sum().backward();
 
-    auto rw1 = w1.clone().requires_grad_(), rb1 = bias1.clone().requires_grad_();
-    auto rw2 = w2.clone().requires_grad_(), rb2 = bias2.clone().requires_grad_();
+    auto rw1 = w1.clone().requires_grad_(),
+         rb1 = bias1.clone().requires_grad_();
+    auto rw2 = w2.clone().requires_grad_(),
+         rb2 = bias2.clone().requires_grad_();
     auto rx = x0.clone().requires_grad_();
-    auto ry = F::linear(torch::tanh(F::linear(rx, rw1, b1 ? rb1 : torch::Tensor())),
-                        rw2, b2 ? rb2 : torch::Tensor());
+    auto ry = F::linear(
+        torch::tanh(F::linear(rx, rw1, b1 ? rb1 : torch::Tensor())), rw2,
+        b2 ? rb2 : torch::Tensor());
     ry.pow(3).sum().backward();
 
     const int64_t h = hidden / ws;
     check("output", y, ry);
     check("input grad", x.grad(), rx.grad());
-    check("fc1 weight grad", fc1->weight.grad(), rw1.grad().narrow(0, r * h, h));
-    check("fc2 weight grad", fc2->weight.grad(), rw2.grad().narrow(1, r * h, h));
+    check(
+        "fc1 weight grad", fc1->weight.grad(), rw1.grad().narrow(0, r * h, h));
+    check(
+        "fc2 weight grad", fc2->weight.grad(), rw2.grad().narrow(1, r * h, h));
     if (b1) {
       check("fc1 bias grad", fc1->bias.grad(), rb1.grad().narrow(0, r * h, h));
     }
@@ -72,8 +77,8 @@ int main() {
     }
   }
   if (r == 0) {
-    std::cout << "consumer: " << (failures ? "FAILED" : "ok") << " at world size "
-              << ws << std::endl;
+    std::cout << "consumer: " << (failures ? "FAILED" : "ok")
+              << " at world size " << ws << std::endl;
   }
   return failures ? 1 : 0;
 }

@@ -58,9 +58,7 @@ class Communicator : public torch::CustomClassHolder {
   /// `input` holds `size()` equal blocks along dim 0; rank r receives the sum
   /// (or max/min) of every rank's block r in `output`.
   virtual Work reduce_scatter(
-      const at::Tensor& input,
-      at::Tensor& output,
-      ReduceOp op) = 0;
+      const at::Tensor& input, at::Tensor& output, ReduceOp op) = 0;
   /// Copies `tensor` from `root` to every rank.
   virtual Work broadcast(at::Tensor& tensor, int root) = 0;
   /// Returns once every rank has called it.
@@ -69,8 +67,7 @@ class Communicator : public torch::CustomClassHolder {
   /// their new rank). Called by exactly the members, all with the same `name`,
   /// which must be unique for the life of the job.
   virtual c10::intrusive_ptr<Communicator> split(
-      const std::vector<int>& ranks,
-      const std::string& name) = 0;
+      const std::vector<int>& ranks, const std::string& name) = 0;
 
  private:
   std::string name_;
