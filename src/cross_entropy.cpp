@@ -1,5 +1,6 @@
 #include "torchtp/cross_entropy.h"
 
+#include "torchtp/detail/options.h"
 #include "torchtp/partition.h"
 
 #include <torch/autograd.h>
@@ -115,8 +116,7 @@ at::Tensor vocab_parallel_cross_entropy(
     const at::Tensor& logits_shard,
     const at::Tensor& target,
     const VocabParallelCrossEntropyOptions& options) {
-  Group group =
-      options.group().has_value() ? *options.group() : default_group();
+  Group group = detail::group_or_default(options.group());
   TORCH_CHECK(
       logits_shard.defined() && logits_shard.dim() >= 1 &&
           logits_shard.is_floating_point(),

@@ -1,5 +1,6 @@
 #include "torchtp/embedding.h"
 
+#include "torchtp/detail/options.h"
 #include "torchtp/mappings.h"
 
 #include <torch/nn/functional/embedding.h>
@@ -18,7 +19,7 @@ VocabParallelEmbeddingImpl::VocabParallelEmbeddingImpl(
 }
 
 void VocabParallelEmbeddingImpl::reset() {
-  group_ = options.group().has_value() ? *options.group() : default_group();
+  group_ = detail::group_or_default(options.group());
   TORCH_CHECK(
       options.num_embeddings() > 0 && options.embedding_dim() > 0, kName,
       ": num_embeddings and embedding_dim must be positive, got ",
@@ -27,10 +28,7 @@ void VocabParallelEmbeddingImpl::reset() {
   partition_ = Partition(
       options.num_embeddings(), group_->size(), group_->rank(),
       std::string(kName) + ": num_embeddings");
-  const auto dtype =
-      options.dtype().has_value()
-          ? *options.dtype()
-          : c10::typeMetaToScalarType(torch::get_default_dtype());
+  const auto dtype = detail::dtype_or_default(options.dtype());
   weight = register_parameter(
       "weight",
       torch::empty({partition_->local_size(), options.embedding_dim()}, dtype));

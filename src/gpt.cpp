@@ -1,5 +1,6 @@
 #include "torchtp/gpt.h"
 
+#include "torchtp/detail/options.h"
 #include "torchtp/init.h"
 #include "torchtp/mappings.h"
 
@@ -11,7 +12,7 @@ GPTImpl::GPTImpl(GPTOptions options_) : options(std::move(options_)) {
 
 void GPTImpl::reset() {
   constexpr const char* kName = "torchtp::GPT";
-  group_ = options.group().has_value() ? *options.group() : default_group();
+  group_ = detail::group_or_default(options.group());
   TORCH_CHECK(
       options.vocab_size() > 0 && options.max_seq_len() > 0 &&
           options.num_layers() >= 0 && options.vocab_pad_multiple() > 0,

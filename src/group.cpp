@@ -43,6 +43,23 @@ std::string describe_signature(const int64_t* s) {
   return out.str();
 }
 
+// Runs an in-place collective on `tensor`; communicators take contiguous
+// tensors, so a strided one goes through a contiguous copy written back on
+// wait().
+template <typename Issue>
+Work in_place(at::Tensor& tensor, Issue&& issue) {
+  if (tensor.is_contiguous()) {
+    return issue(tensor);
+  }
+  auto staged = tensor.contiguous();
+  auto work = issue(staged);
+  return Work([work, staged, tensor]() mutable {
+    work.wait();
+    tensor.copy_(staged);
+    return tensor;
+  });
+}
+
 } // namespace
 
 Group::Group(c10::intrusive_ptr<detail::Communicator> comm)
@@ -103,16 +120,8 @@ Work Group::all_reduce_async(at::Tensor& tensor, ReduceOp op) const {
   if (size() == 1) {
     return Work(tensor);
   }
-  if (tensor.is_contiguous()) {
-    return comm_->all_reduce(tensor, op);
-  }
-  auto staged = tensor.contiguous();
-  auto work = comm_->all_reduce(staged, op);
-  return Work([work, staged, tensor]() mutable {
-    work.wait();
-    tensor.copy_(staged);
-    return tensor;
-  });
+  return in_place(
+      tensor, [&](at::Tensor& t) { return comm_->all_reduce(t, op); });
 }
 
 void Group::all_reduce(at::Tensor& tensor, ReduceOp op) const {
@@ -187,16 +196,8 @@ Work Group::broadcast_async(at::Tensor& tensor, int root) const {
   if (size() == 1) {
     return Work(tensor);
   }
-  if (tensor.is_contiguous()) {
-    return comm_->broadcast(tensor, root);
-  }
-  auto staged = tensor.contiguous();
-  auto work = comm_->broadcast(staged, root);
-  return Work([work, staged, tensor]() mutable {
-    work.wait();
-    tensor.copy_(staged);
-    return tensor;
-  });
+  return in_place(
+      tensor, [&](at::Tensor& t) { return comm_->broadcast(t, root); });
 }
 
 void Group::broadcast(at::Tensor& tensor, int root) const {

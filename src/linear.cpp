@@ -1,6 +1,6 @@
 #include "torchtp/linear.h"
 
-#include "torchtp/init.h"
+#include "torchtp/detail/options.h"
 #include "torchtp/mappings.h"
 
 #include <torch/nn/functional/linear.h>
@@ -39,15 +39,6 @@ std::pair<torch::Tensor, torch::Tensor> linear_init(
 
 namespace {
 
-Group resolve_group(const c10::optional<Group>& g) {
-  return g.has_value() ? *g : default_group();
-}
-
-torch::Dtype resolve_dtype(const c10::optional<torch::Dtype>& d) {
-  return d.has_value() ? *d
-                       : c10::typeMetaToScalarType(torch::get_default_dtype());
-}
-
 // Shape and dtype check at the entry of forward: names both shapes and the
 // rank, so a user knows which rank disagreed and with what.
 void check_input(
@@ -82,6 +73,24 @@ void check_full(
       g.tag());
 }
 
+// Registers `weight` and, when `has_bias`, `bias` (else an undefined bias,
+// as torch::nn::Linear does).
+void register_weight_and_bias(
+    torch::nn::Module& module,
+    torch::Tensor& weight,
+    torch::Tensor& bias,
+    torch::IntArrayRef weight_shape,
+    int64_t bias_size,
+    bool has_bias,
+    torch::Dtype dtype) {
+  weight =
+      module.register_parameter("weight", torch::empty(weight_shape, dtype));
+  bias =
+      has_bias
+          ? module.register_parameter("bias", torch::empty({bias_size}, dtype))
+          : module.register_parameter("bias", {}, /*requires_grad=*/false);
+}
+
 void check_positive(const char* layer, int64_t in, int64_t out) {
   TORCH_CHECK(
       in > 0 && out > 0, layer,
@@ -103,7 +112,7 @@ ColumnParallelLinearImpl::ColumnParallelLinearImpl(
 void ColumnParallelLinearImpl::reset() {
   constexpr const char* kName = "torchtp::ColumnParallelLinear";
   check_positive(kName, options.in_features(), options.out_features());
-  group_ = resolve_group(options.group());
+  group_ = detail::group_or_default(options.group());
   const int64_t segments = options.segments();
   TORCH_CHECK(
       segments >= 1 && options.out_features() % segments == 0, kName,
@@ -114,14 +123,10 @@ void ColumnParallelLinearImpl::reset() {
       std::string(kName) + ": out_features" +
           (segments > 1 ? " / segments" : ""));
   const int64_t local_out = segments * partition_->local_size();
-  const auto dtype = resolve_dtype(options.dtype());
-  weight = register_parameter(
-      "weight", torch::empty({local_out, options.in_features()}, dtype));
-  if (options.bias()) {
-    bias = register_parameter("bias", torch::empty({local_out}, dtype));
-  } else {
-    bias = register_parameter("bias", torch::Tensor(), /*requires_grad=*/false);
-  }
+  const auto dtype = detail::dtype_or_default(options.dtype());
+  register_weight_and_bias(
+      *this, weight, bias, {local_out, options.in_features()}, local_out,
+      options.bias(), dtype);
   reset_parameters();
 }
 
@@ -221,20 +226,14 @@ RowParallelLinearImpl::RowParallelLinearImpl(RowParallelLinearOptions options_)
 void RowParallelLinearImpl::reset() {
   constexpr const char* kName = "torchtp::RowParallelLinear";
   check_positive(kName, options.in_features(), options.out_features());
-  group_ = resolve_group(options.group());
+  group_ = detail::group_or_default(options.group());
   partition_ = Partition(
       options.in_features(), group_->size(), group_->rank(),
       std::string(kName) + ": in_features");
-  const auto dtype = resolve_dtype(options.dtype());
-  weight = register_parameter(
-      "weight",
-      torch::empty({options.out_features(), partition_->local_size()}, dtype));
-  if (options.bias()) {
-    bias = register_parameter(
-        "bias", torch::empty({options.out_features()}, dtype));
-  } else {
-    bias = register_parameter("bias", torch::Tensor(), /*requires_grad=*/false);
-  }
+  const auto dtype = detail::dtype_or_default(options.dtype());
+  register_weight_and_bias(
+      *this, weight, bias, {options.out_features(), partition_->local_size()},
+      options.out_features(), options.bias(), dtype);
   reset_parameters();
 }
 

@@ -1,16 +1,12 @@
 #include "torchtp/transformer.h"
 
-#include "torchtp/init.h"
+#include "torchtp/detail/options.h"
 
 #include <cmath>
 #include <limits>
 
 namespace torchtp {
 namespace {
-
-Group resolve_group(const c10::optional<Group>& g) {
-  return g.has_value() ? *g : default_group();
-}
 
 std::shared_ptr<RngTracker> resolve_rng(
     const std::shared_ptr<RngTracker>& rng, const Group& group) {
@@ -64,7 +60,7 @@ ParallelSelfAttentionImpl::ParallelSelfAttentionImpl(
 
 void ParallelSelfAttentionImpl::reset() {
   constexpr const char* kName = "torchtp::ParallelSelfAttention";
-  Group group = resolve_group(options.group());
+  Group group = detail::group_or_default(options.group());
   const int64_t d = options.d_model(), heads = options.num_heads();
   TORCH_CHECK(
       heads > 0 && d > 0 && d % heads == 0, kName, ": d_model (", d,
@@ -136,7 +132,7 @@ TransformerLayerImpl::TransformerLayerImpl(TransformerLayerOptions options_)
 }
 
 void TransformerLayerImpl::reset() {
-  Group group = resolve_group(options.group());
+  Group group = detail::group_or_default(options.group());
   rng_ = resolve_rng(options.rng(), group);
   const int64_t d = options.d_model();
   const int64_t ffn = options.ffn_hidden() > 0 ? options.ffn_hidden() : 4 * d;
