@@ -35,6 +35,7 @@ struct Args {
   int heads = 4;
   int layers = 4;
   double lr = 3e-3;
+  double clip = 1.0;
   double dropout = 0.0;
   uint64_t seed = 0;
   int log_every = 20;
@@ -104,6 +105,9 @@ int run(int argc, char** argv) {
   app.add_option("--layers", a.layers, "transformer layers")
       ->capture_default_str();
   app.add_option("--lr", a.lr, "AdamW learning rate")->capture_default_str();
+  app.add_option("--clip", a.clip,
+                 "clip the full gradient's norm to this (0: no clipping)")
+      ->capture_default_str();
   app.add_option("--dropout", a.dropout, "hidden and attention dropout")
       ->capture_default_str();
   app.add_option("--seed", a.seed, "seed of weights, batches and dropout")
@@ -220,6 +224,9 @@ int run(int argc, char** argv) {
     auto loss = gpt->loss(x, y);
     loss.backward();
     torchtp::average_gradients(*gpt, pg.data);
+    if (a.clip > 0) {
+      torchtp::clip_grad_norm(*gpt, a.clip);
+    }
     opt.step();
     // The replicas' losses differ; report their mean.
     auto l = loss.detach().to(torch::kDouble).reshape({1});

@@ -1,7 +1,10 @@
 #include "torchtp/data_parallel.h"
 
+#include "torchtp/sharding.h"
+
 #include <torch/torch.h>
 
+#include <cmath>
 #include <map>
 
 namespace torchtp {
@@ -31,6 +34,40 @@ void average_gradients(torch::nn::Module& module, const Group& data_group) {
       offset += g.numel();
     }
   }
+}
+
+double clip_grad_norm(torch::nn::Module& module, double max_norm) {
+  Group group = shard_group(module);
+  const auto specs = shard_specs(module);
+  torch::NoGradGuard no_grad;
+  // Squares of split gradients are summed over the group; replicated ones
+  // are the same on every rank and are added after the all-reduce.
+  auto split = torch::zeros({1}, torch::kDouble);
+  double replicated = 0;
+  std::vector<torch::Tensor> grads;
+  for (const auto& p : module.named_parameters()) {
+    const auto& g = p.value().grad();
+    if (!g.defined()) {
+      continue;
+    }
+    grads.push_back(g);
+    const double sq = g.to(torch::kDouble).square().sum().item<double>();
+    if (specs.at(p.key()).dim >= 0) {
+      split += sq;
+    } else {
+      replicated += sq;
+    }
+  }
+  group.all_reduce(split);
+  const double norm = std::sqrt(split.item<double>() + replicated);
+  // torch's clip_grad_norm_ adds 1e-6 the same way.
+  const double scale = max_norm / (norm + 1e-6);
+  if (scale < 1) {
+    for (auto& g : grads) {
+      g.mul_(scale);
+    }
+  }
+  return norm;
 }
 
 } // namespace torchtp

@@ -794,3 +794,27 @@ TEST(DataTensorParallel, AveragedGradientsEqualUnshardedFullBatch) {
   EXPECT_TRUE(all_close(mean_loss, full_loss.detach()));
   expect_grads_match(*gpt, *full, pg.tensor);
 }
+
+TEST(ClipGradNorm, IsTheNormOfTheFullGradientAndScalesLikeTorch) {
+  auto g = world();
+  torch::manual_seed(42);
+  torchtp::GPT gpt(small_gpt());
+  torch::manual_seed(42);
+  torchtp::GPT full(small_gpt().group(torchtp::Group::self()));
+  torch::manual_seed(44);
+  auto ids = torch::randint(0, 13, {2, 8}, torch::kLong);
+  auto targets = torch::randint(0, 13, {2, 8}, torch::kLong);
+  gpt->loss(ids, targets).backward();
+  full->loss(ids, targets).backward();
+  // A max norm far below the gradient's: every gradient is scaled.
+  const double norm = torchtp::clip_grad_norm(*gpt, 0.05);
+  const double full_norm =
+      torch::nn::utils::clip_grad_norm_(full->parameters(), 0.05);
+  EXPECT_GT(full_norm, 0.05);
+  EXPECT_NEAR(norm, full_norm, 1e-10 * full_norm);
+  expect_grads_match(*gpt, *full, g);
+  // Below the max norm nothing changes.
+  auto before = gpt->lm_head->weight.grad().clone();
+  EXPECT_NEAR(torchtp::clip_grad_norm(*gpt, 1e6), 0.05, 1e-6);
+  EXPECT_TRUE(torch::equal(gpt->lm_head->weight.grad(), before));
+}

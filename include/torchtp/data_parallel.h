@@ -23,4 +23,12 @@ namespace torchtp {
 /// ```
 void average_gradients(torch::nn::Module& module, const Group& data_group);
 
+/// `torch::nn::utils::clip_grad_norm_` for a tensor-parallel model: the norm
+/// is that of the FULL gradient, with each split parameter's shards summed
+/// over the model's tensor-parallel group and each replicated parameter
+/// counted once. Scales every gradient by max_norm / norm when the norm is
+/// larger; returns the norm (the same on every rank). Call it after
+/// `average_gradients`.
+double clip_grad_norm(torch::nn::Module& module, double max_norm);
+
 } // namespace torchtp
