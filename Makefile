@@ -34,8 +34,12 @@ linear-demo: build
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
+# Collectives (latency, bus bandwidth) and layers (step time next to one
+# unsharded process owning every core, parameter memory); tables + JSON in out/.
 bench: build
-	./$(BUILD)/torchtp-run --nproc-per-node $(NPROC) ./$(BUILD)/bench/bench_collectives
+	mkdir -p out
+	./$(BUILD)/torchtp-run --nproc-per-node $(NPROC) ./$(BUILD)/bench/bench_collectives --json out/bench_collectives.json
+	./$(BUILD)/torchtp-run --nproc-per-node $(NPROC) ./$(BUILD)/bench/bench_layers --json out/bench_layers.json
 
 install: build
 	cmake --install $(BUILD)

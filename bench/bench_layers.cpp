@@ -7,15 +7,13 @@
 // The machine may be shared and noisy, so absolute times mean little: the
 // result is the ratio unsharded / parallel, with both sides timed in
 // alternating steps (parallel, unsharded, parallel, ...) so a change of load
-// hits both. Each side's time is the median of its steps, taken on the
-// slowest rank (all-reduce max).
+// hits both. Each side's time is the median of its steps.
 //
-// Thread counts: under torchtp-run each of the N local ranks gets
-// OMP_NUM_THREADS = cores / N, and the unsharded module runs on every rank
-// with that same count (at::get_num_threads(), printed in the header), while
-// the other ranks run theirs. So the speed-up compares N ranks x T threads
-// against one unsharded computation on T threads, not against one process
-// owning every core; the header says so.
+// The baseline is what a user would otherwise run: ONE process owning every
+// core. So the unsharded step runs on rank 0 alone, with as many intra-op
+// threads as the host has cores, while the other ranks wait at a barrier;
+// the parallel step runs on every rank with its own threads (torchtp-run:
+// cores / N) and counts as its slowest rank's time.
 //
 // The unsharded side is the plain module: torch::nn::Linear for the two
 // linear layers, and for the blocks the same torchtp block built on
@@ -143,10 +141,8 @@ double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-/// Milliseconds of one step. The barrier (not timed) starts every rank
-/// together, so a parallel step does not absorb the wait for a rank still
-/// finishing its previous unsharded step, and the ranks' unsharded steps
-/// overlap as their parallel steps do (the same load on the cores).
+/// Milliseconds of one parallel step, on every rank. The barrier (not
+/// timed) starts the ranks together.
 double time_step(const torchtp::Group& g, const Side& side) {
   g.barrier();
   const auto t0 = std::chrono::steady_clock::now();
@@ -156,22 +152,43 @@ double time_step(const torchtp::Group& g, const Side& side) {
       .count();
 }
 
+/// Milliseconds of one unsharded step on rank 0 alone with `all_threads`
+/// intra-op threads (0 elsewhere); the other ranks wait, leaving it the
+/// cores.
+double time_alone(const torchtp::Group& g, const Side& side, int all_threads) {
+  g.barrier();
+  double ms = 0;
+  if (g.rank() == 0) {
+    const int mine = at::get_num_threads();
+    at::set_num_threads(all_threads);
+    const auto t0 = std::chrono::steady_clock::now();
+    side.step();
+    ms = std::chrono::duration<double, std::milli>(
+             std::chrono::steady_clock::now() - t0)
+             .count();
+    at::set_num_threads(mine);
+  }
+  g.barrier();
+  return ms;
+}
+
 struct Timing {
   double parallel_ms, unsharded_ms;
 };
 
-/// Medians of interleaved steps, each the slowest rank's. The unsharded
-/// side is taken the same way so the ratio compares like with like.
-Timing measure(const torchtp::Group& g, const Case& c, int iters) {
+/// Medians of interleaved steps: the parallel one on the slowest rank, the
+/// unsharded one on rank 0 alone.
+Timing measure(
+    const torchtp::Group& g, const Case& c, int iters, int all_threads) {
   constexpr int kWarmup = 2;
   for (int i = 0; i < kWarmup; ++i) {
-    c.parallel.step();
-    c.unsharded.step();
+    time_step(g, c.parallel);
+    time_alone(g, c.unsharded, all_threads);
   }
   std::vector<double> par, uns;
   for (int i = 0; i < iters; ++i) {
     par.push_back(time_step(g, c.parallel));
-    uns.push_back(time_step(g, c.unsharded));
+    uns.push_back(time_alone(g, c.unsharded, all_threads));
   }
   auto worst = torch::tensor({median(par), median(uns)}, torch::kDouble);
   g.all_reduce(worst, torchtp::ReduceOp::max);
@@ -182,12 +199,14 @@ int run(int argc, char** argv) {
   CLI::App app{
       "Forward+backward step time and parameter memory of each torchtp\n"
       "layer on this rank, next to the same unsharded module timed in the\n"
-      "same run (interleaved steps, median, slowest rank), float32.\n"
-      "Both sides use the rank's intra-op threads (cores / local ranks).\n"
+      "same run (interleaved steps, median), float32. The unsharded step\n"
+      "runs on rank 0 alone with every core; the parallel step on every\n"
+      "rank with cores / local ranks threads (slowest rank counts).\n"
       "Run: torchtp-run --nproc-per-node 2 ./bench_layers [--iters 10]"};
   std::string json_path = "bench_layers.json";
   Shape s{512, 8, 512, 128};
   int iters = 10;
+  app.option_defaults()->always_capture_default(); // --help shows them
   app.add_option("--d-model", s.d_model, "model width d (MLP hidden 4d)")
       ->check(CLI::PositiveNumber);
   app.add_option("--heads", s.heads, "attention heads")
@@ -205,19 +224,21 @@ int run(int argc, char** argv) {
   TORCH_CHECK(
       s.tokens % s.seq == 0, "bench_layers: --tokens (", s.tokens,
       ") is not a multiple of --seq (", s.seq, ")");
-  // Set by init_from_env from OMP_NUM_THREADS (torchtp-run: cores / N);
-  // both sides of every case run with it.
+  // The parallel side runs with the threads init_from_env set from
+  // OMP_NUM_THREADS (torchtp-run: cores / N); the unsharded one with all.
   const int threads = at::get_num_threads();
-  const unsigned cores = std::thread::hardware_concurrency();
+  const int cores =
+      std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   torch::manual_seed(0);
   const std::vector<Case> cases = make_cases(g, s);
 
   const bool root = g.rank() == 0;
   if (root) {
     std::printf(
-        "# world size %d, %d intra-op thread(s) per rank for both sides "
-        "(%u cores)\n# d_model %lld, heads %lld, tokens %lld (%lld x %lld), "
-        "float32, median of %d steps, slowest rank\n",
+        "# world size %d: parallel on every rank with %d intra-op "
+        "thread(s) each; unsharded on rank 0 alone with %d\n"
+        "# d_model %lld, heads %lld, tokens %lld (%lld x %lld), float32, "
+        "median of %d steps\n",
         g.size(), threads, cores, (long long)s.d_model, (long long)s.heads,
         (long long)s.tokens, (long long)s.batch(), (long long)s.seq, iters);
     std::printf(
@@ -227,16 +248,15 @@ int run(int argc, char** argv) {
   constexpr double kMB = 1 << 20;
   nlohmann::json rows = nlohmann::json::array();
   for (const Case& c : cases) {
-    const Timing t = measure(g, c, iters);
+    const Timing t = measure(g, c, iters, cores);
     const double speedup = t.unsharded_ms / t.parallel_ms;
     const double mem_ratio =
         double(c.unsharded.param_bytes) / c.parallel.param_bytes;
     if (root) {
       std::printf(
           "%-22s %10.2f %10.2f %8.2f %10.2f %10.2f %6.2f\n", c.name.c_str(),
-          t.parallel_ms, t.unsharded_ms, speedup,
-          c.parallel.param_bytes / kMB, c.unsharded.param_bytes / kMB,
-          mem_ratio);
+          t.parallel_ms, t.unsharded_ms, speedup, c.parallel.param_bytes / kMB,
+          c.unsharded.param_bytes / kMB, mem_ratio);
       std::fflush(stdout);
     }
     rows.push_back(
@@ -250,16 +270,11 @@ int run(int argc, char** argv) {
   }
   if (root) {
     const nlohmann::json out = {
-        {"world_size", g.size()},
-        {"threads_per_rank", threads},
-        {"cores", cores},
-        {"d_model", s.d_model},
-        {"heads", s.heads},
-        {"tokens", s.tokens},
-        {"seq", s.seq},
-        {"dtype", "float32"},
-        {"iters", iters},
-        {"rows", rows}};
+        {"world_size", g.size()}, {"threads_per_rank", threads},
+        {"cores", cores},         {"d_model", s.d_model},
+        {"heads", s.heads},       {"tokens", s.tokens},
+        {"seq", s.seq},           {"dtype", "float32"},
+        {"iters", iters},         {"rows", rows}};
     std::ofstream(json_path) << out.dump(2) << "\n";
     std::printf("wrote %s\n", json_path.c_str());
   }
