@@ -112,12 +112,46 @@ std::vector<int64_t> full_shape(const Item& item, const Group& g) {
   return shape;
 }
 
-// Raises on every rank when any rank failed: a collective never waits on a
-// rank that gave up.
-void agree(const Group& g, bool ok, const std::string& what) {
-  auto flag = at::full({1}, ok ? 0 : 1, at::kLong);
-  g.all_reduce(flag, ReduceOp::max);
-  TORCH_CHECK(flag.item<int64_t>() == 0, what, " ", g.tag());
+// Every rank learns whether any rank failed, and which (the lowest), then
+// all raise together: no rank is left waiting in a collective for one that
+// gave up. `error` is this rank's failure ("" when it did not fail).
+void agree(const Group& g, const std::string& error, const std::string& what) {
+  auto first = at::full({1}, error.empty() ? g.size() : g.rank(), at::kLong);
+  g.all_reduce(first, ReduceOp::min);
+  const int64_t failed = first.item<int64_t>();
+  if (failed == g.size()) {
+    return;
+  }
+  TORCH_CHECK(
+      error.empty(), error,
+      error.find("[rank ") == std::string::npos ? " " + g.tag() : "");
+  TORCH_CHECK(
+      false, what, ": rank ", failed, " failed (its message says why) ",
+      g.tag());
+}
+
+// Runs `f`, returning its error message ("" when it succeeded).
+template <typename F>
+std::string attempt(F&& f) {
+  try {
+    f();
+  } catch (const c10::Error& e) {
+    return e.what_without_backtrace();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// "ckpt/" and "ckpt" name the same directory; the temporary and old names
+// must be siblings of it, not children.
+fs::path checkpoint_path(const std::string& dir) {
+  auto p = fs::path(dir).lexically_normal();
+  if (p.filename().empty()) {
+    p = p.parent_path();
+  }
+  TORCH_CHECK(!p.empty(), "torchtp: empty checkpoint directory name");
+  return p;
 }
 
 void fsync_path(const fs::path& p) {
@@ -136,41 +170,51 @@ void save_checkpoint(
     torch::optim::Optimizer* optimizer,
     const nlohmann::json& extra) {
   Group g = shard_group(model);
-  const fs::path final_dir(dir);
+  const fs::path final_dir = checkpoint_path(dir);
   const fs::path tmp = final_dir.string() + ".tmp";
   const fs::path old = final_dir.string() + ".old";
+  const std::string what = std::string(kSave) + " to " + final_dir.string();
+
+  nlohmann::json steps = nlohmann::json::object();
+  std::string kind;
+  std::vector<Item> items;
+  agree(
+      g, attempt([&] {
+        kind = optimizer_kind(optimizer);
+        items = collect(model, optimizer, steps);
+      }),
+      what);
+  // The checksum gather below needs the same count everywhere; optimizer
+  // state of a parameter stepped on some ranks only would break it.
+  auto count = at::full({2}, static_cast<int64_t>(items.size()), at::kLong);
+  count[1] = -count[1];
+  g.all_reduce(count, ReduceOp::max);
+  TORCH_CHECK(
+      count[0].item<int64_t>() == -count[1].item<int64_t>(), what,
+      ": the ranks hold different numbers of tensors (this rank ", items.size(),
+      "); was the optimizer stepped on every rank? ", g.tag());
 
   std::string error;
   if (g.rank() == 0) {
-    try {
+    error = attempt([&] {
       fs::remove_all(tmp);
       fs::create_directories(tmp);
-    } catch (const std::exception& e) {
-      error = e.what();
-    }
+    });
   }
-  agree(
-      g, error.empty(),
-      std::string(kSave) + ": cannot create " + tmp.string() + " " + error);
+  agree(g, error, what);
 
-  nlohmann::json steps = nlohmann::json::object();
-  const auto kind = optimizer_kind(optimizer);
-  std::vector<Item> items = collect(model, optimizer, steps);
   std::vector<std::pair<std::string, at::Tensor>> tensors;
   for (const auto& item : items) {
     tensors.emplace_back(item.name, item.local);
   }
   std::vector<uint32_t> crcs;
-  try {
-    crcs = write_safetensors(
-        (tmp / shard_file(g.rank(), g.size())).string(), tensors,
-        {{"format", "torchtp"}, {"rank", std::to_string(g.rank())}});
-  } catch (const std::exception& e) {
-    error = e.what();
-  }
   agree(
-      g, error.empty(),
-      std::string(kSave) + ": a rank could not write its shard " + error);
+      g, attempt([&] {
+        crcs = write_safetensors(
+            (tmp / shard_file(g.rank(), g.size())).string(), tensors,
+            {{"format", "torchtp"}, {"rank", std::to_string(g.rank())}});
+      }),
+      what);
 
   // Rank 0 learns every shard's checksums and writes the metadata.
   auto mine = at::empty({static_cast<int64_t>(items.size())}, at::kLong);
@@ -179,7 +223,7 @@ void save_checkpoint(
   }
   auto all = g.all_gather(mine.unsqueeze(0), 0);
   if (g.rank() == 0) {
-    try {
+    error = attempt([&] {
       nlohmann::json meta;
       meta["format"] = "torchtp-checkpoint";
       meta["format_version"] = kCheckpointFormatVersion;
@@ -211,7 +255,8 @@ void save_checkpoint(
       }
       fsync_path(meta_path);
       fsync_path(tmp);
-      // Swap in: the old checkpoint stays whole until the new one is.
+      // Swap in: the old checkpoint stays whole until the new one is. A
+      // crash between the two renames leaves DIR.old, which load finds.
       fs::remove_all(old);
       if (fs::exists(final_dir)) {
         fs::rename(final_dir, old);
@@ -221,13 +266,9 @@ void save_checkpoint(
           final_dir.parent_path().empty() ? fs::path(".")
                                           : final_dir.parent_path());
       fs::remove_all(old);
-    } catch (const std::exception& e) {
-      error = e.what();
-    }
+    });
   }
-  agree(
-      g, error.empty(),
-      std::string(kSave) + ": writing " + dir + " failed on rank 0: " + error);
+  agree(g, error, what);
 }
 
 namespace {
@@ -325,6 +366,20 @@ void load_tensor(
   }
 }
 
+// The directory to load: DIR, or DIR.old when a crash between the two
+// renames of a save left only that (the previous, complete checkpoint).
+fs::path directory_to_load(const std::string& dir) {
+  const auto p = checkpoint_path(dir);
+  const fs::path old = p.string() + ".old";
+  if (!fs::exists(p / "meta.json") && fs::exists(old / "meta.json")) {
+    TORCH_WARN(
+        kLoad, ": ", p.string(), " is missing; loading ", old.string(),
+        ", the checkpoint an interrupted save was replacing");
+    return old;
+  }
+  return p;
+}
+
 nlohmann::json read_meta(const fs::path& dir) {
   const auto path = dir / "meta.json";
   TORCH_CHECK(
@@ -372,72 +427,75 @@ nlohmann::json load_checkpoint(
     torch::nn::Module& model,
     torch::optim::Optimizer* optimizer) {
   Group g = shard_group(model);
-  std::string error;
   nlohmann::json meta;
-  // Every rank reads and checks the metadata; failures are agreed on so that
-  // no rank is left waiting in a collective.
-  try {
-    meta = read_meta(dir);
+  // Everything is read into temporaries first and copied into the model
+  // only once every rank has read its part: a failed load leaves the model
+  // and the optimizer as they were.
+  std::vector<std::pair<at::Tensor, at::Tensor>> params; // (param, value)
+  std::vector<std::pair<at::Tensor, AdamState>> states;
+  std::string kind;
+  const std::string error = attempt([&] {
+    const fs::path path = directory_to_load(dir);
+    meta = read_meta(path);
     auto specs = shard_specs(model);
-    ShardFiles files(dir);
+    ShardFiles files(path);
     const auto& tensors = meta["tensors"];
     auto find = [&](const std::string& name) -> const nlohmann::json& {
       TORCH_CHECK(
-          tensors.contains(name), kLoad, ": ", dir,
-          "/meta.json has no tensor '", name, "' ", g.tag());
+          tensors.contains(name), kLoad, ": ", (path / "meta.json").string(),
+          " has no tensor '", name, "' ", g.tag());
       return tensors.at(name);
     };
-    const auto kind = optimizer_kind(optimizer);
-    const auto& saved_opt = meta.value("optimizer", nlohmann::json::object());
+    kind = optimizer_kind(optimizer);
+    const auto saved_opt = meta.value("optimizer", nlohmann::json::object());
     if (optimizer != nullptr) {
+      const auto saved_kind = saved_opt.value("kind", std::string());
       TORCH_CHECK(
-          saved_opt.value("kind", "") == kind, kLoad, ": ", dir, " holds ",
-          saved_opt.value("kind", std::string("no")),
+          saved_kind == kind, kLoad, ": ", path.string(), " holds ",
+          saved_kind.empty() ? "no" : saved_kind,
           " optimizer state, the optimizer is ", kind, " ", g.tag());
     }
     for (auto& p : model.named_parameters()) {
       const auto& spec = specs.at(p.key());
-      load_tensor(p.key(), find(p.key()), p.value(), spec, g, files, dir);
-      if (optimizer == nullptr || !saved_opt.at("step").contains(p.key())) {
+      auto value = at::empty_like(p.value().detach());
+      load_tensor(p.key(), find(p.key()), value, spec, g, files, path);
+      params.emplace_back(p.value(), value);
+      if (optimizer == nullptr || !saved_opt.contains("step") ||
+          !saved_opt.at("step").contains(p.key())) {
         continue;
       }
       AdamState st;
       st.step = saved_opt.at("step").at(p.key()).get<int64_t>();
       const auto base = "optimizer." + p.key() + ".";
-      for (auto* slot : {&st.exp_avg, &st.exp_avg_sq, &st.max_exp_avg_sq}) {
-        const std::string suffix = slot == &st.exp_avg      ? "exp_avg"
-                                   : slot == &st.exp_avg_sq ? "exp_avg_sq"
-                                                            : "max_exp_avg_sq";
+      const std::pair<const char*, at::Tensor*> slots[] = {
+          {"exp_avg", &st.exp_avg},
+          {"exp_avg_sq", &st.exp_avg_sq},
+          {"max_exp_avg_sq", &st.max_exp_avg_sq}};
+      for (const auto& [suffix, slot] : slots) {
         if (!tensors.contains(base + suffix)) {
           continue;
         }
         *slot = at::empty_like(p.value().detach());
         load_tensor(
             base + suffix, tensors.at(base + suffix), *slot, spec, g, files,
-            dir);
+            path);
       }
-      if (kind == "adamw") {
-        write_adam_state<torch::optim::AdamWParamState>(
-            *optimizer, p.value(), st);
-      } else {
-        write_adam_state<torch::optim::AdamParamState>(
-            *optimizer, p.value(), st);
-      }
+      states.emplace_back(p.value(), st);
     }
-  } catch (const c10::Error& e) {
-    error = e.what_without_backtrace();
-  } catch (const std::exception& e) {
-    error = e.what();
+  });
+  agree(g, error, std::string(kLoad) + " from " + dir);
+
+  torch::NoGradGuard no_grad;
+  for (auto& [param, value] : params) {
+    param.copy_(value);
   }
-  if (!error.empty()) {
-    // This rank knows what went wrong: say it, after telling the others.
-    try {
-      agree(g, false, "");
-    } catch (const c10::Error&) {
+  for (auto& [param, st] : states) {
+    if (kind == "adamw") {
+      write_adam_state<torch::optim::AdamWParamState>(*optimizer, param, st);
+    } else {
+      write_adam_state<torch::optim::AdamParamState>(*optimizer, param, st);
     }
-    TORCH_CHECK(false, error);
   }
-  agree(g, true, std::string(kLoad) + ": another rank failed to load " + dir);
   return meta.value("extra", nlohmann::json::object());
 }
 
@@ -471,52 +529,61 @@ at::Tensor read_from_archive(
 } // namespace
 
 void load_full_state(const std::string& path, torch::nn::Module& model) {
+  constexpr const char* kName = "torchtp::load_full_state";
   Group g = shard_group(model);
-  auto specs = shard_specs(model);
-  TORCH_CHECK(
-      fs::exists(path), "torchtp::load_full_state: ", path, " not found ",
-      g.tag());
-  const bool safetensors =
-      path.size() > 12 && path.substr(path.size() - 12) == ".safetensors";
-  std::unique_ptr<SafetensorsReader> reader;
-  torch::serialize::InputArchive archive;
-  if (safetensors) {
-    reader = std::make_unique<SafetensorsReader>(path);
-  } else {
-    try {
-      archive.load_from(path);
-    } catch (const c10::Error& e) {
+  // As in load_checkpoint: read into temporaries, agree, then copy.
+  std::vector<std::pair<at::Tensor, at::Tensor>> params; // (param, value)
+  const std::string error = attempt([&] {
+    auto specs = shard_specs(model);
+    TORCH_CHECK(fs::exists(path), kName, ": ", path, " not found ", g.tag());
+    const bool safetensors =
+        path.size() > 12 && path.substr(path.size() - 12) == ".safetensors";
+    std::unique_ptr<SafetensorsReader> reader;
+    torch::serialize::InputArchive archive;
+    if (safetensors) {
+      reader = std::make_unique<SafetensorsReader>(path);
+    } else {
+      try {
+        archive.load_from(path);
+      } catch (const c10::Error& e) {
+        TORCH_CHECK(
+            false, kName, ": cannot read ", path,
+            " as a torch::save archive: ", e.what_without_backtrace());
+      }
+    }
+    for (auto& p : model.named_parameters()) {
+      auto full = reader ? reader->read(p.key())
+                         : read_from_archive(archive, p.key(), path);
+      const auto& spec = specs.at(p.key());
+      auto expected = p.value().sizes().vec();
+      if (spec.dim >= 0) {
+        expected[spec.dim] *= g.size();
+      }
       TORCH_CHECK(
-          false, "torchtp::load_full_state: cannot read ", path,
-          " as a torch::save archive: ", e.what_without_backtrace());
+          full.sizes() == at::IntArrayRef(expected), kName, ": '", p.key(),
+          "' in ", path, " has shape ", full.sizes(),
+          ", the model's full shape is ", at::IntArrayRef(expected), " ",
+          g.tag());
+      auto value = at::empty_like(p.value().detach());
+      if (spec.dim < 0) {
+        value.copy_(full);
+      } else {
+        const int64_t seg_len = expected[spec.dim] / spec.segments;
+        Partition part(seg_len, g.size(), g.rank(), p.key());
+        for (int64_t s = 0; s < spec.segments; ++s) {
+          value.narrow(spec.dim, s * part.local_size(), part.local_size())
+              .copy_(full.narrow(
+                  spec.dim, s * seg_len + part.local_offset(),
+                  part.local_size()));
+        }
+      }
+      params.emplace_back(p.value(), value);
     }
-  }
+  });
+  agree(g, error, std::string(kName) + " from " + path);
   torch::NoGradGuard no_grad;
-  for (auto& p : model.named_parameters()) {
-    auto full = reader ? reader->read(p.key())
-                       : read_from_archive(archive, p.key(), path);
-    const auto& spec = specs.at(p.key());
-    auto expected = p.value().sizes().vec();
-    if (spec.dim >= 0) {
-      expected[spec.dim] *= g.size();
-    }
-    TORCH_CHECK(
-        full.sizes() == at::IntArrayRef(expected),
-        "torchtp::load_full_state: '", p.key(), "' in ", path, " has shape ",
-        full.sizes(), ", the model's full shape is ", at::IntArrayRef(expected),
-        " ", g.tag());
-    if (spec.dim < 0) {
-      p.value().copy_(full);
-      continue;
-    }
-    const int64_t seg_len = expected[spec.dim] / spec.segments;
-    Partition part(seg_len, g.size(), g.rank(), p.key());
-    for (int64_t s = 0; s < spec.segments; ++s) {
-      p.value()
-          .narrow(spec.dim, s * part.local_size(), part.local_size())
-          .copy_(full.narrow(
-              spec.dim, s * seg_len + part.local_offset(), part.local_size()));
-    }
+  for (auto& [param, value] : params) {
+    param.copy_(value);
   }
 }
 

@@ -53,11 +53,13 @@ Work in_place(at::Tensor& tensor, Issue&& issue) {
   }
   auto staged = tensor.contiguous();
   auto work = issue(staged);
-  return Work([work, staged, tensor]() mutable {
-    work.wait();
-    tensor.copy_(staged);
-    return tensor;
-  });
+  return Work(
+      [work, staged, tensor]() mutable {
+        work.wait();
+        tensor.copy_(staged);
+        return tensor;
+      },
+      [work] { return work.is_completed(); });
 }
 
 } // namespace
@@ -89,6 +91,12 @@ void Group::check_same_everywhere(const char* op, const at::Tensor& t) const {
   TORCH_CHECK(
       t.device().is_cpu(), "torchtp::Group::", op,
       ": expected a CPU tensor, got one on ", t.device(), " ", tag());
+  TORCH_CHECK(
+      t.scalar_type() != at::kBool && !t.is_complex(), "torchtp::Group::", op,
+      ": dtype ", t.scalar_type(),
+      " is not supported (floating point and "
+      "integer tensors are) ",
+      tag());
   if (size() == 1 || !debug_checks_enabled()) {
     return;
   }
@@ -146,10 +154,12 @@ Work Group::all_gather_async(const at::Tensor& tensor, int64_t dim) const {
   sizes[0] *= size();
   auto output = at::empty(sizes, input.options());
   auto work = comm_->all_gather(input, output);
-  return Work([work, output, d]() mutable {
-    work.wait();
-    return d == 0 ? output : output.movedim(0, d).contiguous();
-  });
+  return Work(
+      [work, output, d]() mutable {
+        work.wait();
+        return d == 0 ? output : output.movedim(0, d).contiguous();
+      },
+      [work] { return work.is_completed(); });
 }
 
 at::Tensor Group::all_gather(const at::Tensor& tensor, int64_t dim) const {
@@ -177,10 +187,12 @@ Work Group::reduce_scatter_async(
   sizes[0] = part.local_size();
   auto output = at::empty(sizes, input.options());
   auto work = comm_->reduce_scatter(input, output, op);
-  return Work([work, output, d]() mutable {
-    work.wait();
-    return d == 0 ? output : output.movedim(0, d).contiguous();
-  });
+  return Work(
+      [work, output, d]() mutable {
+        work.wait();
+        return d == 0 ? output : output.movedim(0, d).contiguous();
+      },
+      [work] { return work.is_completed(); });
 }
 
 at::Tensor Group::reduce_scatter(

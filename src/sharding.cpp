@@ -3,9 +3,15 @@
 namespace torchtp {
 namespace {
 
+// The root is visited by reference: named_modules() could only include it
+// when it is held in a shared_ptr, and a model on the stack is common.
 template <typename F>
 void for_each_sharded(const torch::nn::Module& model, F&& f) {
-  for (const auto& item : model.named_modules()) {
+  if (auto* sharded = dynamic_cast<const Sharded*>(&model)) {
+    f(std::string(), model, *sharded);
+  }
+  for (const auto& item :
+       model.named_modules(/*name_prefix=*/"", /*include_self=*/false)) {
     if (auto* sharded = dynamic_cast<const Sharded*>(item.value().get())) {
       f(item.key(), *item.value(), *sharded);
     }

@@ -8,6 +8,7 @@ namespace torchtp {
 struct Work::State {
   std::mutex mutex;
   std::function<at::Tensor()> finish;
+  std::function<bool()> ready;
   at::Tensor result;
   bool done = false;
 };
@@ -17,9 +18,10 @@ Work::Work(at::Tensor result) : state_(std::make_shared<State>()) {
   state_->done = true;
 }
 
-Work::Work(std::function<at::Tensor()> finish)
+Work::Work(std::function<at::Tensor()> finish, std::function<bool()> ready)
     : state_(std::make_shared<State>()) {
   state_->finish = std::move(finish);
+  state_->ready = std::move(ready);
 }
 
 at::Tensor Work::wait() {
@@ -28,6 +30,7 @@ at::Tensor Work::wait() {
     // Mark done only on success: a failed wait raises every time it is asked.
     state_->result = state_->finish();
     state_->finish = nullptr;
+    state_->ready = nullptr;
     state_->done = true;
   }
   return state_->result;
@@ -35,7 +38,7 @@ at::Tensor Work::wait() {
 
 bool Work::is_completed() const {
   std::lock_guard<std::mutex> lock(state_->mutex);
-  return state_->done;
+  return state_->done || (state_->ready && state_->ready());
 }
 
 } // namespace torchtp

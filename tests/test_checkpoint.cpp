@@ -224,21 +224,33 @@ void expect_load_fails(
     bool every_rank_names) {
   auto g = world();
   auto model = build(g, 1);
-  torchtp::save_checkpoint(dir, *model);
+  torch::optim::AdamW saved_opt(model->parameters());
+  model->loss(batch_ids(10), batch_ids(11)).backward();
+  saved_opt.step(); // so the checkpoint holds optimizer state too
+  torchtp::save_checkpoint(dir, *model, &saved_opt);
   if (g.rank() == 0) {
     damage();
   }
   g.barrier();
   auto fresh = build(g, 2);
+  torch::optim::AdamW opt(fresh->parameters());
+  auto ids = batch_ids(12);
+  auto before = fresh->full_logits(ids);
   try {
-    torchtp::load_checkpoint(dir, *fresh);
+    torchtp::load_checkpoint(dir, *fresh, &opt);
     ADD_FAILURE() << "load of a damaged checkpoint did not raise";
   } catch (const c10::Error& e) {
     const std::string msg = e.what_without_backtrace();
     if (every_rank_names || g.rank() == g.size() - 1) {
       EXPECT_NE(msg.find(needle), std::string::npos) << msg;
+    } else {
+      EXPECT_NE(msg.find("failed"), std::string::npos) << msg;
     }
+    EXPECT_NE(msg.find(g.tag()), std::string::npos) << msg;
   }
+  // A failed load changes nothing.
+  EXPECT_TRUE(all_close(fresh->full_logits(ids), before, {0, 0}));
+  EXPECT_TRUE(opt.state().empty());
   g.barrier();
 }
 
@@ -328,4 +340,73 @@ TEST_F(Checkpoint, SavingOverAnOldCheckpointReplacesItWhole) {
   EXPECT_TRUE(all_close(loaded->full_logits(ids), b->full_logits(ids), {0, 0}));
   EXPECT_FALSE(fs::exists(dir + ".tmp"));
   EXPECT_FALSE(fs::exists(dir + ".old"));
+}
+
+namespace {
+
+// A model the LibTorch way: a struct on the stack, not in a ModuleHolder.
+struct TwoLayers : torch::nn::Module {
+  explicit TwoLayers(const torchtp::Group& g)
+      : fc1(register_module(
+            "fc1",
+            torchtp::ColumnParallelLinear(
+                torchtp::ColumnParallelLinearOptions(4, 4 * 12)
+                    .group(g)
+                    .dtype(torch::kDouble)))),
+        fc2(register_module(
+            "fc2",
+            torchtp::RowParallelLinear(
+                torchtp::RowParallelLinearOptions(4 * 12, 3)
+                    .input_is_parallel(true)
+                    .group(g)
+                    .dtype(torch::kDouble)))) {}
+  torch::Tensor forward(const torch::Tensor& x) {
+    return fc2(torch::relu(fc1(x)));
+  }
+  torchtp::ColumnParallelLinear fc1;
+  torchtp::RowParallelLinear fc2;
+};
+
+} // namespace
+
+TEST_F(Checkpoint, PlainModuleOnTheStackSavesAndLoads) {
+  auto g = world();
+  torch::manual_seed(1);
+  TwoLayers saved(g);
+  torchtp::save_checkpoint(dir_ + "/plain", saved);
+  torch::manual_seed(2);
+  TwoLayers loaded(g);
+  torchtp::load_checkpoint(dir_ + "/plain", loaded);
+  auto x = torch::randn({5, 4}, torch::kDouble);
+  EXPECT_TRUE(all_close(loaded.forward(x), saved.forward(x), {0, 0}));
+}
+
+TEST_F(Checkpoint, TrailingSlashNamesTheSameDirectory) {
+  auto g = world();
+  auto ids = batch_ids(13);
+  auto a = build(g, 1);
+  torchtp::save_checkpoint(dir_ + "/slash/", *a);
+  torchtp::save_checkpoint(dir_ + "/slash/", *a); // over the first
+  EXPECT_TRUE(fs::exists(dir_ + "/slash/meta.json"));
+  EXPECT_FALSE(fs::exists(dir_ + "/slash/.tmp"));
+  auto b = build(g, 2);
+  torchtp::load_checkpoint(dir_ + "/slash", *b);
+  EXPECT_TRUE(all_close(b->full_logits(ids), a->full_logits(ids), {0, 0}));
+}
+
+TEST_F(Checkpoint, CrashBetweenTheRenamesLeavesTheOldOneLoadable) {
+  auto g = world();
+  auto ids = batch_ids(14);
+  auto a = build(g, 1);
+  const auto dir = dir_ + "/crash";
+  torchtp::save_checkpoint(dir, *a);
+  g.barrier();
+  // What a crash after "DIR -> DIR.old" and before "DIR.tmp -> DIR" leaves.
+  if (g.rank() == 0) {
+    fs::rename(dir, dir + ".old");
+  }
+  g.barrier();
+  auto b = build(g, 2);
+  torchtp::load_checkpoint(dir, *b);
+  EXPECT_TRUE(all_close(b->full_logits(ids), a->full_logits(ids), {0, 0}));
 }

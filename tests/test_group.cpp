@@ -3,6 +3,9 @@
 
 #include "test_util.h"
 
+#include <chrono>
+#include <thread>
+
 using torchtp::testing::all_close;
 using torchtp::testing::raises_with;
 using torchtp::testing::world;
@@ -101,13 +104,38 @@ TEST(Group, ReduceScatterKeepsThisRanksPartOfTheSum) {
   }
 }
 
-TEST(Group, ReduceScatterMax) {
+TEST(Group, ReduceScatterMaxAndMin) {
   auto g = world();
-  auto t = contribution(g.rank(), {2 * g.size(), 3}, torch::kFloat);
-  auto got = g.reduce_scatter(t, 0, torchtp::ReduceOp::max);
-  auto expected = contribution(g.size() - 1, {2 * g.size(), 3}, torch::kFloat)
-                      .chunk(g.size(), 0)[g.rank()];
-  EXPECT_TRUE(all_close(got, expected));
+  for (auto dt : kDtypes) {
+    auto t = contribution(g.rank(), {2 * g.size(), 3}, dt);
+    auto hi = g.reduce_scatter(t, 0, torchtp::ReduceOp::max);
+    auto lo = g.reduce_scatter(t, 0, torchtp::ReduceOp::min);
+    auto part = [&](int r) {
+      return contribution(r, {2 * g.size(), 3}, dt)
+          .chunk(g.size(), 0)[g.rank()];
+    };
+    EXPECT_TRUE(all_close(hi, part(g.size() - 1))) << c10::toString(dt);
+    EXPECT_TRUE(all_close(lo, part(0))) << c10::toString(dt);
+    EXPECT_EQ(hi.scalar_type(), dt);
+  }
+}
+
+TEST(Group, HalfPrecisionSumsInFloat32) {
+  auto g = world();
+  // 2048 + 1 is not a float16: summed in float16 on the wire, rank 0's 2048
+  // would swallow every 1; summed in float32 and rounded once, it is kept
+  // until the final rounding.
+  auto t = torch::full({4}, g.rank() == 0 ? 2048.0 : 1.0, torch::kHalf);
+  g.all_reduce(t);
+  auto exact = torch::full({4}, 2048.0 + (g.size() - 1), torch::kFloat);
+  EXPECT_TRUE(torch::equal(t, exact.to(torch::kHalf)));
+}
+
+TEST(Group, UnsupportedDtypeIsNamedBeforeAnyCommunication) {
+  auto g = world();
+  auto b = torch::ones({3}, torch::kBool);
+  EXPECT_TRUE(raises_with(
+      [&] { g.all_reduce(b); }, {"Bool", "not supported", g.tag()}));
 }
 
 TEST(Group, ReduceScatterOfASizeThatDoesNotDivideRaises) {
@@ -157,6 +185,17 @@ TEST(Group, AsyncVariantsReturnTheResultOnWait) {
   EXPECT_TRUE(all_close(wb.wait(), torch::zeros({3})));
   // Waiting twice gives the same result.
   EXPECT_TRUE(all_close(wg.wait(), torch::cat(parts)));
+
+  // A caller can poll for completion without waiting.
+  auto p = torch::ones({4});
+  auto wp = g.all_reduce_async(p);
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (!wp.is_completed() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_TRUE(wp.is_completed()) << "polling never saw the all-reduce finish";
+  EXPECT_TRUE(all_close(wp.wait(), torch::full({4}, double(g.size()))));
 }
 
 TEST(Group, BarrierReturnsOnEveryRank) {

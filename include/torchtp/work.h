@@ -20,10 +20,15 @@ class Work {
   /// A finished collective whose result is `result`.
   explicit Work(at::Tensor result = {});
   /// A pending collective: `finish` blocks until it is done and returns the
-  /// result. It runs once, on the first `wait()`.
-  explicit Work(std::function<at::Tensor()> finish);
+  /// result. It runs once, on the first `wait()`. `ready`, when given, tells
+  /// without blocking whether `finish` would return at once.
+  explicit Work(
+      std::function<at::Tensor()> finish,
+      std::function<bool()> ready = nullptr);
 
   at::Tensor wait();
+  /// True once the collective finished (waited or not): a caller can poll
+  /// it and do other work meanwhile. Still call `wait()` for the result.
   bool is_completed() const;
 
  private:

@@ -29,11 +29,12 @@ c10d::ReduceOp to_c10d(ReduceOp op) {
   TORCH_INTERNAL_ASSERT(false, "unknown ReduceOp");
 }
 
-// Gloo in libtorch 1.13 rejects bfloat16 ("Invalid scalar type"). float32
-// holds every bfloat16 exactly, so it travels as float32 and sums there: the
-// result is the bfloat16 rounding of the exact float32 sum.
+// Gloo in libtorch 1.13 rejects bfloat16 ("Invalid scalar type") and sums
+// float16 in float16. float32 holds every value of both exactly, so they
+// travel as float32 and sum there: the result is the rounding of the exact
+// float32 sum, as NCCL-style fp32 accumulation gives.
 bool needs_widening(const at::Tensor& t) {
-  return t.scalar_type() == at::kBFloat16;
+  return t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf;
 }
 
 at::Tensor on_wire(const at::Tensor& t) {
@@ -134,15 +135,17 @@ class GlooCommunicator final : public Communicator {
       work = pg_->alltoall_base(received, wire_in, counts, counts, opts);
     });
     return pending("reduce_scatter", work, [received, output, op]() mutable {
+      // `received` may be wider than `output` (bfloat16 travels as float32):
+      // reduce in its dtype, then round once.
       switch (op) {
         case ReduceOp::sum:
-          at::sum_out(output, received, {0});
+          output.copy_(received.sum(0));
           break;
         case ReduceOp::max:
-          at::amax_out(output, received, {0});
+          output.copy_(received.amax(0));
           break;
         case ReduceOp::min:
-          at::amin_out(output, received, {0});
+          output.copy_(received.amin(0));
           break;
       }
       return output;
@@ -189,7 +192,8 @@ class GlooCommunicator final : public Communicator {
     return std::string("torchtp::Group::") + op + " failed " +
            rank_tag(rank_, size_) + " (backend gloo, group " + name() +
            ", timeout " + std::to_string(timeout_.count() / 1000) +
-           " s; a peer rank may have exited or stopped responding): ";
+           " s; a peer rank may have exited, stopped responding, or raised an "
+           "error before joining this collective): ";
   }
 
   // Gloo reports a dead peer as gloo::IoException, which is no c10::Error and
@@ -211,16 +215,18 @@ class GlooCommunicator final : public Communicator {
     // Captures values only: the handle may outlive this communicator.
     auto timeout = timeout_;
     auto prefix = failure(op);
-    return Work([work, timeout, prefix, then]() mutable {
-      try {
-        work->wait(timeout);
-      } catch (const c10::Error& e) {
-        TORCH_CHECK(false, prefix, e.what_without_backtrace());
-      } catch (const std::exception& e) {
-        TORCH_CHECK(false, prefix, e.what());
-      }
-      return then();
-    });
+    return Work(
+        [work, timeout, prefix, then]() mutable {
+          try {
+            work->wait(timeout);
+          } catch (const c10::Error& e) {
+            TORCH_CHECK(false, prefix, e.what_without_backtrace());
+          } catch (const std::exception& e) {
+            TORCH_CHECK(false, prefix, e.what());
+          }
+          return then();
+        },
+        [work] { return work->isCompleted(); });
   }
 
   c10::intrusive_ptr<c10d::Store> store_;
