@@ -60,7 +60,7 @@ std::pair<torch::Tensor, torch::Tensor> batch_for_step(
     const torch::Tensor& corpus, const Args& a, int step) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(a.seed * 1000003 + step);
   auto starts =
-      torch::randint(corpus.size(0) - a.seq - 1, {a.batch}, gen, torch::kLong);
+      torch::randint(corpus.size(0) - a.seq, {a.batch}, gen, torch::kLong);
   std::vector<torch::Tensor> rows;
   for (int i = 0; i < a.batch; ++i) {
     rows.push_back(corpus.narrow(0, starts[i].item<int64_t>(), a.seq + 1));
@@ -105,8 +105,9 @@ int run(int argc, char** argv) {
   app.add_option("--layers", a.layers, "transformer layers")
       ->capture_default_str();
   app.add_option("--lr", a.lr, "AdamW learning rate")->capture_default_str();
-  app.add_option("--clip", a.clip,
-                 "clip the full gradient's norm to this (0: no clipping)")
+  app.add_option(
+         "--clip", a.clip,
+         "clip the full gradient's norm to this (0: no clipping)")
       ->capture_default_str();
   app.add_option("--dropout", a.dropout, "hidden and attention dropout")
       ->capture_default_str();

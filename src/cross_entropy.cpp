@@ -143,8 +143,8 @@ at::Tensor vocab_parallel_cross_entropy(
   const int64_t full_vocab = logits_shard.size(-1) * group.size();
   TORCH_CHECK(
       options.vocab_size() >= 0 && options.vocab_size() <= full_vocab, kName,
-      ": vocab_size (", options.vocab_size(),
-      ") exceeds the logits' full vocabulary (", full_vocab, ") ", group.tag());
+      ": vocab_size (", options.vocab_size(), ") must be in [0, ", full_vocab,
+      "], the logits' full vocabulary ", group.tag());
   const int64_t real_vocab =
       options.vocab_size() > 0 ? options.vocab_size() : full_vocab;
   auto t = target.to(at::kLong);

@@ -22,6 +22,12 @@ void GPTImpl::reset() {
       group_->tag());
   const int64_t m = options.vocab_pad_multiple();
   padded_vocab_ = (options.vocab_size() + m - 1) / m * m;
+  TORCH_CHECK(
+      padded_vocab_ % group_->size() == 0, kName, ": the padded vocabulary (",
+      padded_vocab_, " = vocab_size ", options.vocab_size(),
+      " rounded up to vocab_pad_multiple ", m,
+      ") is not divisible by the tensor-parallel size (", group_->size(),
+      "); choose a vocab_pad_multiple divisible by it ", group_->tag());
   rng_ = std::make_shared<RngTracker>(options.dropout_seed(), *group_);
   const int64_t d = options.d_model();
 

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <mutex>
 #include <string>
 
 namespace torchtp {
@@ -24,21 +25,23 @@ c10::optional<std::string> env(const char* name) {
   return std::string(v);
 }
 
-int env_int(const char* name, int fallback) {
-  auto v = env(name);
-  if (!v) {
-    return fallback;
-  }
+// The integer `text` of variable `name`, or a c10::Error naming both.
+int parse_int(const char* name, const std::string& text) {
   try {
     size_t used = 0;
-    int value = std::stoi(*v, &used);
-    TORCH_CHECK(used == v->size(), "trailing characters");
+    int value = std::stoi(text, &used);
+    TORCH_CHECK(used == text.size(), "trailing characters");
     return value;
   } catch (const std::exception&) {
     TORCH_CHECK(
-        false, "torchtp::init_from_env: ", name, "='", *v,
+        false, "torchtp::init_from_env: ", name, "='", text,
         "' is not an integer");
   }
+}
+
+int env_int(const char* name, int fallback) {
+  auto v = env(name);
+  return v ? parse_int(name, *v) : fallback;
 }
 
 int available_cores() {
@@ -65,6 +68,11 @@ InitOptions options_from_env() {
       {"SLURM_PROCID", "SLURM_NTASKS"},
   };
   for (const auto& [rank_var, size_var] : conventions) {
+    TORCH_CHECK(
+        env(rank_var).has_value() == env(size_var).has_value(),
+        "torchtp::init_from_env: ", env(rank_var) ? rank_var : size_var,
+        " is set but ", env(rank_var) ? size_var : rank_var,
+        " is not; set both or neither");
     if (env(rank_var) && env(size_var)) {
       o.rank(env_int(rank_var, 0)).world_size(env_int(size_var, 1));
       break;
@@ -75,17 +83,49 @@ InitOptions options_from_env() {
       env_int("OMPI_COMM_WORLD_LOCAL_RANK", env_int("SLURM_LOCALID", 0))));
   o.local_world_size(env_int(
       "LOCAL_WORLD_SIZE",
-      env_int("OMPI_COMM_WORLD_LOCAL_SIZE", o.world_size())));
+      env_int(
+          "OMPI_COMM_WORLD_LOCAL_SIZE",
+          env_int("SLURM_NTASKS_PER_NODE", o.world_size()))));
+  // mpirun and Slurm set no MASTER_ADDR: loopback is right only when every
+  // rank is on this host; across hosts, waiting for the timeout is not.
+  TORCH_CHECK(
+      env("MASTER_ADDR").has_value() || o.local_world_size() >= o.world_size(),
+      "torchtp::init_from_env: MASTER_ADDR is not set and the job spans "
+      "several hosts (world size ",
+      o.world_size(), ", ", o.local_world_size(),
+      " on this host): set MASTER_ADDR (and MASTER_PORT) to rank 0's host ",
+      detail::rank_tag(o.rank(), o.world_size()));
   o.master_addr(env("MASTER_ADDR").value_or("127.0.0.1"));
   o.master_port(env_int("MASTER_PORT", 29500));
   o.timeout(std::chrono::seconds(env_int("TORCHTP_TIMEOUT_S", 300)));
   o.socket_ifname(env("GLOO_SOCKET_IFNAME").value_or(""));
-  o.num_threads(env_int("OMP_NUM_THREADS", 0));
+  // OpenMP allows a list per nesting level ("4,2"): the first is ours.
+  if (auto threads = env("OMP_NUM_THREADS")) {
+    o.num_threads(
+        parse_int("OMP_NUM_THREADS", threads->substr(0, threads->find(','))));
+  }
   return o;
 }
 
+namespace {
+std::mutex init_mutex;
+c10::optional<Group> initialized; // the world of the first init()
+} // namespace
+
 Group init(const InitOptions& o) {
   const std::string tag = detail::rank_tag(o.rank(), o.world_size());
+  std::lock_guard<std::mutex> lock(init_mutex);
+  // A second rendezvous on the same port would fail or meet stale keys:
+  // joining twice returns the job already joined.
+  if (initialized.has_value()) {
+    TORCH_CHECK(
+        initialized->rank() == o.rank() &&
+            initialized->size() == o.world_size(),
+        "torchtp::init: this process already joined as rank ",
+        initialized->rank(), " of ", initialized->size(), ", not ", o.rank(),
+        " of ", o.world_size(), " ", tag);
+    return *initialized;
+  }
   TORCH_CHECK(
       o.world_size() >= 1, "torchtp::init: world size ", o.world_size(),
       " must be at least 1 ", tag);
@@ -97,9 +137,7 @@ Group init(const InitOptions& o) {
       "torchtp::init: master port ", o.master_port(), " is not a TCP port ",
       tag);
   TORCH_CHECK(
-      o.timeout().count() > 0,
-      "torchtp::init: the timeout must be "
-      "positive ",
+      o.timeout().count() > 0, "torchtp::init: the timeout must be positive ",
       tag);
 
   // libtorch starts with one intra-op thread; ranks on one host share its
@@ -112,9 +150,9 @@ Group init(const InitOptions& o) {
   at::set_num_threads(threads);
 
   if (o.world_size() == 1) {
-    Group world = Group::self();
-    set_default_group(world);
-    return world;
+    initialized = Group::self();
+    set_default_group(*initialized);
+    return *initialized;
   }
 
   c10d::TCPStoreOptions store_options;
@@ -135,6 +173,7 @@ Group init(const InitOptions& o) {
   Group world(detail::make_gloo_communicator(
       store, o.rank(), o.world_size(), o.timeout(), o.socket_ifname(),
       is_loopback(o.master_addr())));
+  initialized = world;
   set_default_group(world);
   return world;
 }
@@ -148,6 +187,13 @@ ParallelGroups make_parallel_groups(const Group& world, int tp) {
       tp >= 1 && world.size() % tp == 0,
       "torchtp::make_parallel_groups: tensor-parallel size (", tp,
       ") does not divide the world size (", world.size(), ") ", world.tag());
+  // The degenerate layouts reuse the world: no second connection mesh.
+  if (tp == world.size()) {
+    return {world, world, Group::self()};
+  }
+  if (tp == 1) {
+    return {world, Group::self(), world};
+  }
   const int tp_rank = world.rank() % tp;
   const int dp_rank = world.rank() / tp;
   Group tensor = world.split(/*color=*/dp_rank, /*key=*/tp_rank);

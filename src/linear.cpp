@@ -91,11 +91,12 @@ void register_weight_and_bias(
           : module.register_parameter("bias", {}, /*requires_grad=*/false);
 }
 
-void check_positive(const char* layer, int64_t in, int64_t out) {
+void check_positive(
+    const char* layer, int64_t in, int64_t out, const Group& g) {
   TORCH_CHECK(
       in > 0 && out > 0, layer,
-      ": in_features and out_features must be positive, got ", in, " and ",
-      out);
+      ": in_features and out_features must be positive, got ", in, " and ", out,
+      " ", g.tag());
 }
 
 } // namespace
@@ -111,8 +112,8 @@ ColumnParallelLinearImpl::ColumnParallelLinearImpl(
 
 void ColumnParallelLinearImpl::reset() {
   constexpr const char* kName = "torchtp::ColumnParallelLinear";
-  check_positive(kName, options.in_features(), options.out_features());
   group_ = detail::group_or_default(options.group());
+  check_positive(kName, options.in_features(), options.out_features(), *group_);
   const int64_t segments = options.segments();
   TORCH_CHECK(
       segments >= 1 && options.out_features() % segments == 0, kName,
@@ -225,8 +226,8 @@ RowParallelLinearImpl::RowParallelLinearImpl(RowParallelLinearOptions options_)
 
 void RowParallelLinearImpl::reset() {
   constexpr const char* kName = "torchtp::RowParallelLinear";
-  check_positive(kName, options.in_features(), options.out_features());
   group_ = detail::group_or_default(options.group());
+  check_positive(kName, options.in_features(), options.out_features(), *group_);
   partition_ = Partition(
       options.in_features(), group_->size(), group_->rank(),
       std::string(kName) + ": in_features");

@@ -29,10 +29,13 @@ at::Tensor all_reduce_copy(const at::Tensor& t, const Group& group) {
   return out;
 }
 
-at::Tensor own_last_dim_chunk(const at::Tensor& t, const Group& group) {
+// `who` names the mapping in the error: the scatter's forward or the
+// gather's backward.
+at::Tensor own_last_dim_chunk(
+    const at::Tensor& t, const Group& group, const char* who) {
   Partition part(
       t.size(-1), group.size(), group.rank(),
-      "torchtp::scatter_to_tp_region: last dim of " + c10::str(t.sizes()));
+      std::string("torchtp::") + who + ": last dim of " + c10::str(t.sizes()));
   return part.narrow(t, -1).contiguous();
 }
 
@@ -58,7 +61,7 @@ struct ReduceFromTp : torch::autograd::Function<ReduceFromTp> {
 struct ScatterToTp : torch::autograd::Function<ScatterToTp> {
   static at::Tensor forward(AutogradContext* ctx, at::Tensor x, Group g) {
     save_group(ctx, g);
-    return own_last_dim_chunk(x, g);
+    return own_last_dim_chunk(x, g, "scatter_to_tp_region");
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     return {saved_group(ctx).all_gather(grads[0], -1), at::Tensor()};
@@ -71,7 +74,10 @@ struct GatherFromTp : torch::autograd::Function<GatherFromTp> {
     return g.all_gather(x, -1);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return {own_last_dim_chunk(grads[0], saved_group(ctx)), at::Tensor()};
+    return {
+        own_last_dim_chunk(
+            grads[0], saved_group(ctx), "gather_from_tp_region (backward)"),
+        at::Tensor()};
   }
 };
 

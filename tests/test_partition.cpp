@@ -125,7 +125,46 @@ TEST(InitOptions, FromEnvironmentFallsBackToMpirunAndSlurm) {
   }
 }
 
+TEST(InitOptions, HalfAConventionOrAMissingMasterAcrossHostsIsRefused) {
+  setenv("RANK", "1", 1); // WORLD_SIZE missing
+  EXPECT_THROW(torchtp::options_from_env(), c10::Error);
+  unsetenv("RANK");
+
+  // Slurm across two hosts without MASTER_ADDR: refused at once, not after
+  // the rendezvous timeout.
+  unsetenv("MASTER_ADDR");
+  setenv("SLURM_PROCID", "0", 1);
+  setenv("SLURM_NTASKS", "4", 1);
+  setenv("SLURM_NTASKS_PER_NODE", "2", 1);
+  try {
+    torchtp::options_from_env();
+    ADD_FAILURE() << "did not raise";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("MASTER_ADDR"), std::string::npos);
+  }
+  setenv("MASTER_ADDR", "10.0.0.1", 1);
+  EXPECT_EQ(torchtp::options_from_env().master_addr(), "10.0.0.1");
+  EXPECT_EQ(torchtp::options_from_env().local_world_size(), 2);
+  for (const char* v : {"MASTER_ADDR", "SLURM_PROCID", "SLURM_NTASKS",
+                        "SLURM_NTASKS_PER_NODE"}) {
+    unsetenv(v);
+  }
+
+  // OpenMP's per-level list: the first level is ours.
+  setenv("OMP_NUM_THREADS", "3,1", 1);
+  EXPECT_EQ(torchtp::options_from_env().num_threads(), 3);
+  unsetenv("OMP_NUM_THREADS");
+}
+
 TEST(Init, RejectsARankOutsideTheWorld) {
   EXPECT_THROW(
       torchtp::init(torchtp::InitOptions().rank(2).world_size(2)), c10::Error);
+}
+
+TEST(Init, JoiningTwiceReturnsTheSameWorld) {
+  auto a = torchtp::init(torchtp::InitOptions());
+  auto b = torchtp::init(torchtp::InitOptions());
+  EXPECT_EQ(a.communicator().get(), b.communicator().get());
+  EXPECT_THROW(
+      torchtp::init(torchtp::InitOptions().rank(1).world_size(2)), c10::Error);
 }
