@@ -10,6 +10,8 @@
 
 #include <torchtp/torchtp.h>
 
+#include "guarded_main.h"
+
 #include <torch/torch.h>
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -86,15 +88,7 @@ int run(int argc, char** argv) {
   return 0;
 }
 
-// Errors end the program with a message and exit code 1, not an abort: the
-// launcher then stops the other ranks.
 int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const c10::Error& e) {
-    std::fprintf(stderr, "bench_collectives: %s\n", e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "bench_collectives: %s\n", e.what());
-  }
-  return 1;
+  return torchtp::tools::guarded_main(
+      "bench_collectives", [&] { return run(argc, argv); });
 }

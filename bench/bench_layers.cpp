@@ -22,6 +22,8 @@
 
 #include <torchtp/torchtp.h>
 
+#include "guarded_main.h"
+
 #include <torch/torch.h>
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -222,7 +224,7 @@ int run(int argc, char** argv) {
 
   torchtp::Group g = torchtp::init_from_env();
   TORCH_CHECK(
-      s.tokens % s.seq == 0, "bench_layers: --tokens (", s.tokens,
+      s.tokens % s.seq == 0, "--tokens (", s.tokens,
       ") is not a multiple of --seq (", s.seq, ")");
   // The parallel side runs with the threads init_from_env set from
   // OMP_NUM_THREADS (torchtp-run: cores / N); the unsharded one with all.
@@ -283,15 +285,7 @@ int run(int argc, char** argv) {
 
 } // namespace
 
-// Errors end the program with a message and exit code 1, not an abort: the
-// launcher then stops the other ranks.
 int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const c10::Error& e) {
-    std::fprintf(stderr, "bench_layers: %s\n", e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "bench_layers: %s\n", e.what());
-  }
-  return 1;
+  return torchtp::tools::guarded_main(
+      "bench_layers", [&] { return run(argc, argv); });
 }

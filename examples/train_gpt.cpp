@@ -10,6 +10,8 @@
 
 #include <torchtp/torchtp.h>
 
+#include "guarded_main.h"
+
 #include <torch/torch.h>
 #include <CLI/CLI.hpp>
 
@@ -46,10 +48,10 @@ struct Args {
 
 std::string read_text(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  TORCH_CHECK(in.good(), "train_gpt: cannot read ", path);
+  TORCH_CHECK(in.good(), "cannot read ", path);
   std::stringstream s;
   s << in.rdbuf();
-  TORCH_CHECK(s.str().size() > 2, "train_gpt: ", path, " is empty");
+  TORCH_CHECK(s.str().size() > 2, path, " is empty");
   return s.str();
 }
 
@@ -132,7 +134,7 @@ int run(int argc, char** argv) {
   auto pg = torchtp::make_parallel_groups(world, tp);
   const int dp = pg.data.size();
   TORCH_CHECK(
-      a.batch % dp == 0, "train_gpt: --batch (", a.batch,
+      a.batch % dp == 0, "--batch (", a.batch,
       ") must divide by the data-parallel size (", dp, ")");
   const bool lead = world.rank() == 0;
   const auto dtype = a.dtype == "float64"    ? torch::kDouble
@@ -285,15 +287,7 @@ int run(int argc, char** argv) {
   return 0;
 }
 
-// Errors end the program with a message and exit code 1, not an abort: the
-// launcher then stops the other ranks.
 int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const c10::Error& e) {
-    std::fprintf(stderr, "train_gpt: %s\n", e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "train_gpt: %s\n", e.what());
-  }
-  return 1;
+  return torchtp::tools::guarded_main(
+      "train_gpt", [&] { return run(argc, argv); });
 }
