@@ -216,10 +216,12 @@ void Group::broadcast(at::Tensor& tensor, int root) const {
   broadcast_async(tensor, root).wait();
 }
 
+Work Group::barrier_async() const {
+  return size() > 1 ? comm_->barrier() : Work();
+}
+
 void Group::barrier() const {
-  if (size() > 1) {
-    comm_->barrier().wait();
-  }
+  barrier_async().wait();
 }
 
 Group Group::split(int color, int key) const {

@@ -58,6 +58,7 @@ class Group {
 
   /// Returns once every rank of the group has called it.
   void barrier() const;
+  Work barrier_async() const;
 
   /// Collective: splits the group into sub-groups of the ranks that pass the
   /// same `color`, ordered by `key` (ties by rank; default: the rank).
