@@ -17,9 +17,15 @@ for tp in 1 2; do
     --data examples/data/shakespeare.txt --out "$out/tp$tp"
 done
 
-max_diff=$(paste -d, "$out/tp1/loss.csv" "$out/tp2/loss.csv" | awk -F, '
-  NR > 1 { d = $2 - $4; if (d < 0) d = -d; if (d > m) m = d }
-  END { printf "%.3g", m + 0 }')
+# Largest |loss(TP=1) - loss(TP=2)| over all steps, and over the first 100.
+diffs() {
+  paste -d, "$out/tp1/loss.csv" "$out/tp2/loss.csv" | awk -F, -v upto="$1" '
+    NR > 1 && (upto == 0 || $1 <= upto) {
+      d = $2 - $4; if (d < 0) d = -d; if (d > m) m = d }
+    END { printf "%.3g", m + 0 }'
+}
+max_diff=$(diffs 0)
+early_diff=$(diffs 100)
 first=$(sed -n 2p "$out/tp1/loss.csv" | cut -d, -f2)
 last=$(tail -n 1 "$out/tp1/loss.csv" | cut -d, -f2)
 
@@ -38,6 +44,9 @@ GNUPLOT
 
 echo
 echo "loss went from $first to $last in $steps steps"
-echo "largest loss difference between TP=1 and TP=2: $max_diff"
+echo "largest loss difference between TP=1 and TP=2: $early_diff in the first 100 steps, $max_diff over all $steps"
+echo "  (float32: the split changes the order of additions, and training"
+echo "   amplifies those rounding differences over many steps; --dtype float64"
+echo "   in train_gpt keeps the curves equal to ~1e-9)"
 echo "both curves: $out/loss.png   (CSV: $out/tp1/loss.csv, $out/tp2/loss.csv)"
 echo "sharded checkpoint: $out/tp2/checkpoint   sample: $out/tp2/sample.txt"
