@@ -104,14 +104,6 @@ std::vector<Item> collect(
   return items;
 }
 
-std::vector<int64_t> full_shape(const Item& item, const Group& g) {
-  auto shape = item.local.sizes().vec();
-  if (item.spec.dim >= 0) {
-    shape[item.spec.dim] *= g.size(); // even splits: Partition checks
-  }
-  return shape;
-}
-
 // Every rank learns whether any rank failed, and which (the lowest), then
 // all raise together: no rank is left waiting in a collective for one that
 // gave up. `error` is this rank's failure ("" when it did not fail).
@@ -240,7 +232,7 @@ void save_checkpoint(
                {"crc32", all[r][static_cast<int64_t>(i)].item<int64_t>()}});
         }
         entries[item.name] = {
-            {"shape", full_shape(item, g)},
+            {"shape", full_shape(item.local.sizes(), item.spec, g)},
             {"dtype", c10::toString(item.local.scalar_type())},
             {"split_dim", item.spec.dim},
             {"segments", item.spec.segments},
@@ -312,10 +304,7 @@ void load_tensor(
       name, "' in ", dir, " is split along dim ", saved_dim, " in ",
       saved_segments, " segments, the model splits it along dim ", spec.dim,
       " in ", spec.segments, " ", g.tag());
-  auto expected = dest.sizes().vec();
-  if (spec.dim >= 0) {
-    expected[spec.dim] *= g.size();
-  }
+  const auto expected = full_shape(dest.sizes(), spec, g);
   TORCH_CHECK(
       expected == shape, kLoad, ": '", name, "' in ", dir, " has full shape ",
       at::IntArrayRef(shape), ", the model's is ", at::IntArrayRef(expected),
@@ -555,28 +544,14 @@ void load_full_state(const std::string& path, torch::nn::Module& model) {
       auto full = reader ? reader->read(p.key())
                          : read_from_archive(archive, p.key(), path);
       const auto& spec = specs.at(p.key());
-      auto expected = p.value().sizes().vec();
-      if (spec.dim >= 0) {
-        expected[spec.dim] *= g.size();
-      }
+      const auto expected = full_shape(p.value().sizes(), spec, g);
       TORCH_CHECK(
           full.sizes() == at::IntArrayRef(expected), kName, ": '", p.key(),
           "' in ", path, " has shape ", full.sizes(),
           ", the model's full shape is ", at::IntArrayRef(expected), " ",
           g.tag());
       auto value = at::empty_like(p.value().detach());
-      if (spec.dim < 0) {
-        value.copy_(full);
-      } else {
-        const int64_t seg_len = expected[spec.dim] / spec.segments;
-        Partition part(seg_len, g.size(), g.rank(), p.key());
-        for (int64_t s = 0; s < spec.segments; ++s) {
-          value.narrow(spec.dim, s * part.local_size(), part.local_size())
-              .copy_(full.narrow(
-                  spec.dim, s * seg_len + part.local_offset(),
-                  part.local_size()));
-        }
-      }
+      value.copy_(shard_of(full, spec, g, p.key()));
       params.emplace_back(p.value(), value);
     }
   });

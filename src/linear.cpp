@@ -145,10 +145,11 @@ void ColumnParallelLinearImpl::load_full_weights(
       kName, "weight", w, {options.out_features(), options.in_features()},
       *group_);
   torch::NoGradGuard no_grad;
-  weight.copy_(own_rows(w));
+  const std::string what = std::string(kName) + ": out_features";
+  weight.copy_(shard_of(w, shard_spec("weight"), *group_, what));
   if (bias.defined()) {
     check_full(kName, "bias", b, {options.out_features()}, *group_);
-    bias.copy_(own_rows(b));
+    bias.copy_(shard_of(b, shard_spec("bias"), *group_, what));
   } else {
     TORCH_CHECK(
         !b.defined(), kName,
@@ -156,19 +157,6 @@ void ColumnParallelLinearImpl::load_full_weights(
         "layer built with bias(false) ",
         group_->tag());
   }
-}
-
-torch::Tensor ColumnParallelLinearImpl::own_rows(const torch::Tensor& full) {
-  // [out, ...] -> [segments, out / segments, ...]: this rank's part of every
-  // block, blocks kept in order.
-  auto sizes = full.sizes().vec();
-  sizes[0] /= options.segments();
-  sizes.insert(sizes.begin(), options.segments());
-  auto mine = partition_->narrow(full.reshape(sizes), 1);
-  auto out = mine.sizes().vec();
-  out.erase(out.begin());
-  out[0] *= options.segments();
-  return mine.reshape(out);
 }
 
 torch::Tensor ColumnParallelLinearImpl::forward(const torch::Tensor& input) {

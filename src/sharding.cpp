@@ -1,5 +1,7 @@
 #include "torchtp/sharding.h"
 
+#include "torchtp/partition.h"
+
 namespace torchtp {
 namespace {
 
@@ -19,6 +21,41 @@ void for_each_sharded(const torch::nn::Module& model, F&& f) {
 }
 
 } // namespace
+
+std::vector<int64_t> full_shape(
+    at::IntArrayRef local, const ShardSpec& spec, const Group& group) {
+  auto shape = local.vec();
+  if (spec.dim >= 0) {
+    shape[spec.dim] *= group.size(); // even splits: Partition checks
+  }
+  return shape;
+}
+
+at::Tensor shard_of(
+    const at::Tensor& full,
+    const ShardSpec& spec,
+    const Group& group,
+    const std::string& what) {
+  if (spec.dim < 0) {
+    return full;
+  }
+  // [.., n, ..] -> [.., segments, n / segments, ..]: narrow every block at
+  // once, then fold the blocks back.
+  const int64_t d = spec.dim;
+  TORCH_CHECK(
+      full.size(d) % spec.segments == 0, what, ": size ", full.size(d),
+      " along dim ", d, " is not divisible by segments (", spec.segments, ") ",
+      group.tag());
+  auto blocks = full.sizes().vec();
+  blocks[d] /= spec.segments;
+  blocks.insert(blocks.begin() + d, spec.segments);
+  Partition part(blocks[d + 1], group.size(), group.rank(), what);
+  auto mine = part.narrow(full.reshape(blocks), d + 1);
+  auto folded = mine.sizes().vec();
+  folded.erase(folded.begin() + d);
+  folded[d] *= spec.segments;
+  return mine.reshape(folded);
+}
 
 std::map<std::string, ShardSpec> shard_specs(const torch::nn::Module& model) {
   std::map<std::string, ShardSpec> specs;

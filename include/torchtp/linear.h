@@ -137,9 +137,6 @@ class ColumnParallelLinearImpl
   torch::Tensor bias;
 
  private:
-  /// This rank's rows of a full `[out, ...]` tensor.
-  torch::Tensor own_rows(const torch::Tensor& full);
-
   c10::optional<Group> group_;
   c10::optional<Partition> partition_;
 };

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <vector>
 
 namespace torchtp {
 
@@ -28,6 +29,20 @@ class Sharded {
   /// The group the parameters are split over.
   virtual const Group& shard_group() const = 0;
 };
+
+/// The full shape of a parameter whose shard on this rank has shape `local`.
+std::vector<int64_t> full_shape(
+    at::IntArrayRef local, const ShardSpec& spec, const Group& group);
+
+/// This rank's shard of the full tensor `full` (a view when it can be): along
+/// `spec.dim`, its part of each of the `spec.segments` blocks, blocks kept in
+/// order; `full` itself when replicated. `what` names the tensor in the
+/// error raised when a block does not divide.
+at::Tensor shard_of(
+    const at::Tensor& full,
+    const ShardSpec& spec,
+    const Group& group,
+    const std::string& what);
 
 /// Every parameter of `model` (named as `named_parameters()` names them) with
 /// its split; parameters of ordinary torch modules are replicated.
