@@ -41,6 +41,17 @@ at::Tensor on_wire(const at::Tensor& t) {
   return needs_widening(t) ? t.to(at::kFloat) : t;
 }
 
+// The step after an in-place collective on `wire`: round a widened copy back
+// into `dest`, and give `dest` as the result.
+auto copy_back(at::Tensor wire, at::Tensor dest) {
+  return [wire, dest]() mutable {
+    if (!wire.is_same(dest)) {
+      dest.copy_(wire);
+    }
+    return dest;
+  };
+}
+
 class GlooCommunicator final : public Communicator {
  public:
   GlooCommunicator(
@@ -86,12 +97,7 @@ class GlooCommunicator final : public Communicator {
     opts.timeout = timeout_;
     c10::intrusive_ptr<c10d::Work> work;
     guarded("all_reduce", [&] { work = pg_->allreduce(tensors, opts); });
-    return pending("all_reduce", work, [wire, tensor]() mutable {
-      if (!wire.is_same(tensor)) {
-        tensor.copy_(wire);
-      }
-      return tensor;
-    });
+    return pending("all_reduce", work, copy_back(wire, tensor));
   }
 
   Work all_gather(const at::Tensor& input, at::Tensor& output) override {
@@ -109,12 +115,7 @@ class GlooCommunicator final : public Communicator {
     c10::intrusive_ptr<c10d::Work> work;
     guarded(
         "all_gather", [&] { work = pg_->allgather(outputs, inputs, opts); });
-    return pending("all_gather", work, [wire_out, output]() mutable {
-      if (!wire_out.is_same(output)) {
-        output.copy_(wire_out);
-      }
-      return output;
-    });
+    return pending("all_gather", work, copy_back(wire_out, output));
   }
 
   // Gloo in libtorch 1.13 has no reduce_scatter. An all-to-all sends block r
@@ -161,12 +162,7 @@ class GlooCommunicator final : public Communicator {
     opts.timeout = timeout_;
     c10::intrusive_ptr<c10d::Work> work;
     guarded("broadcast", [&] { work = pg_->broadcast(tensors, opts); });
-    return pending("broadcast", work, [wire, tensor]() mutable {
-      if (!wire.is_same(tensor)) {
-        tensor.copy_(wire);
-      }
-      return tensor;
-    });
+    return pending("broadcast", work, copy_back(wire, tensor));
   }
 
   Work barrier() override {
