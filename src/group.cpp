@@ -81,6 +81,10 @@ int Group::size() const {
   return comm_->size();
 }
 
+std::string Group::backend() const {
+  return comm_->backend();
+}
+
 std::string Group::tag() const {
   return detail::rank_tag(rank(), size());
 }
@@ -125,7 +129,8 @@ void Group::check_same_everywhere(const char* op, const at::Tensor& t) const {
 
 Work Group::all_reduce_async(at::Tensor& tensor, ReduceOp op) const {
   check_same_everywhere("all_reduce", tensor);
-  if (size() == 1) {
+  // Nothing to move (and Gloo divides by the element count).
+  if (size() == 1 || tensor.numel() == 0) {
     return Work(tensor);
   }
   return in_place(
@@ -146,6 +151,11 @@ Work Group::all_gather_async(const at::Tensor& tensor, int64_t dim) const {
   const int64_t d = c10::maybe_wrap_dim(dim, tensor.dim());
   if (size() == 1) {
     return Work(tensor.clone());
+  }
+  if (tensor.numel() == 0) {
+    auto sizes = tensor.sizes().vec();
+    sizes[d] *= size();
+    return Work(at::empty(sizes, tensor.options()));
   }
   // Gather along dim 0 where every rank's block is contiguous, then move the
   // gathered dim back: the rank order is kept along `d`.
@@ -182,6 +192,11 @@ Work Group::reduce_scatter_async(
   if (size() == 1) {
     return Work(tensor.clone());
   }
+  if (tensor.numel() == 0) {
+    auto sizes = tensor.sizes().vec();
+    sizes[d] = part.local_size();
+    return Work(at::empty(sizes, tensor.options()));
+  }
   auto input = tensor.movedim(d, 0).contiguous();
   auto sizes = input.sizes().vec();
   sizes[0] = part.local_size();
@@ -205,7 +220,7 @@ Work Group::broadcast_async(at::Tensor& tensor, int root) const {
   TORCH_CHECK(
       root >= 0 && root < size(), "torchtp::Group::broadcast: root ", root,
       " is not a rank of the group ", tag());
-  if (size() == 1) {
+  if (size() == 1 || tensor.numel() == 0) {
     return Work(tensor);
   }
   return in_place(
@@ -246,7 +261,23 @@ Group Group::split(int color, int key) const {
   for (const auto& m : members) {
     ranks.push_back(std::get<1>(m));
   }
-  return Group(comm_->split(ranks, name + "c" + std::to_string(color)));
+  return Group(comm_->split(ranks, name + "c" + std::to_string(color), ""));
+}
+
+Group Group::with_backend(const std::string& backend) const {
+  TORCH_CHECK(
+      backend == "shm" || backend == "gloo", "torchtp::Group::with_backend: '",
+      backend, "' is not one of shm, gloo ", tag());
+  if (size() == 1) {
+    return Group::self();
+  }
+  std::vector<int> ranks(size());
+  for (int r = 0; r < size(); ++r) {
+    ranks[r] = r;
+  }
+  const std::string name =
+      comm_->name() + "/s" + std::to_string(comm_->next_split_index()) + backend;
+  return Group(comm_->split(ranks, name, backend));
 }
 
 namespace {

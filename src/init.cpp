@@ -1,11 +1,10 @@
 #include "torchtp/init.h"
 
-#include "comm/gloo_communicator.h"
+#include "comm/connector.h"
 #include "torchtp/error.h"
 
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
-#include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include <sched.h>
 #include <unistd.h>
@@ -52,9 +51,6 @@ int available_cores() {
   return std::max(1L, sysconf(_SC_NPROCESSORS_ONLN));
 }
 
-bool is_loopback(const std::string& addr) {
-  return addr == "localhost" || addr.rfind("127.", 0) == 0 || addr == "::1";
-}
 
 } // namespace
 
@@ -99,6 +95,8 @@ InitOptions options_from_env() {
   o.master_port(env_int("MASTER_PORT", 29500));
   o.timeout(std::chrono::seconds(env_int("TORCHTP_TIMEOUT_S", 300)));
   o.socket_ifname(env("GLOO_SOCKET_IFNAME").value_or(""));
+  o.backend(env("TORCHTP_BACKEND").value_or("auto"));
+  detail::parse_backend(o.backend()); // a typo fails here, on every rank
   // OpenMP allows a list per nesting level ("4,2"): the first is ours.
   if (auto threads = env("OMP_NUM_THREADS")) {
     o.num_threads(
@@ -155,24 +153,9 @@ Group init(const InitOptions& o) {
     return *initialized;
   }
 
-  c10d::TCPStoreOptions store_options;
-  store_options.port = static_cast<std::uint16_t>(o.master_port());
-  store_options.isServer = o.rank() == 0;
-  store_options.numWorkers = o.world_size();
-  store_options.waitWorkers = true;
-  store_options.timeout = o.timeout();
-  c10::intrusive_ptr<c10d::Store> store;
-  try {
-    store = c10::make_intrusive<c10d::TCPStore>(o.master_addr(), store_options);
-  } catch (const std::exception& e) {
-    TORCH_CHECK(
-        false, "torchtp::init: rendezvous at ", o.master_addr(), ":",
-        o.master_port(), " failed ", tag, " (world size ", o.world_size(),
-        ", timeout ", o.timeout().count() / 1000, " s): ", e.what());
-  }
-  Group world(detail::make_gloo_communicator(
-      store, o.rank(), o.world_size(), o.timeout(), o.socket_ifname(),
-      is_loopback(o.master_addr())));
+  Group world(detail::connect_world(
+      o.rank(), o.world_size(), o.master_addr(), o.master_port(), o.timeout(),
+      detail::parse_backend(o.backend()), o.socket_ifname()));
   initialized = world;
   set_default_group(world);
   return world;

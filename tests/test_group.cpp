@@ -279,3 +279,200 @@ TEST(Group, DebugChecksNameTheRankThatDisagrees) {
   }
   torchtp::set_debug_checks(false);
 }
+
+// ---------------------------------------------------------------------------
+// Every communicator: CTest runs this file with TORCHTP_BACKEND=shm and
+// =gloo (and shm with tiny slots, so that every size is chunked).
+
+namespace {
+
+const std::vector<torch::Dtype> kAllDtypes = {
+    torch::kFloat, torch::kDouble, torch::kBFloat16, torch::kHalf,
+    torch::kLong,  torch::kInt,    torch::kByte};
+
+// Sizes around the shared-memory thresholds: one element, a prime, past
+// the one-shot limit, past a 1 MiB slot, and not multiples of any chunk.
+const std::vector<int64_t> kOddSizes = {1, 7, 4099, 70001, 300007};
+
+// Small integers so that every dtype holds the sums exactly.
+torch::Tensor pattern(int r, int64_t n, torch::Dtype dt) {
+  return ((torch::arange(n, torch::kLong) * 7 + 3 * r) % 13).to(dt);
+}
+
+std::string describe(torch::Dtype dt, int64_t n) {
+  return std::string(c10::toString(dt)) + " x " + std::to_string(n);
+}
+
+} // namespace
+
+TEST(Group, BackendIsTheOneAskedFor) {
+  auto g = world();
+  const char* asked = std::getenv("TORCHTP_BACKEND");
+  if (g.size() == 1) {
+    EXPECT_EQ(g.backend(), "self");
+  } else if (asked != nullptr && std::string(asked) == "gloo") {
+    EXPECT_EQ(g.backend(), "gloo");
+  } else {
+    // auto or shm, every rank on this host: shared memory.
+    EXPECT_EQ(g.backend(), "shm");
+  }
+  // Sub-groups are connected the same way.
+  auto half = g.split(g.rank() % 2);
+  EXPECT_EQ(half.backend(), half.size() == 1 ? "self" : g.backend());
+}
+
+TEST(Group, EveryCollectiveOfEveryDtypeAndOddSize) {
+  auto g = world();
+  const int n = g.size();
+  for (auto dt : kAllDtypes) {
+    for (int64_t len : kOddSizes) {
+      SCOPED_TRACE(describe(dt, len));
+      auto sum = torch::zeros({len}, torch::kLong);
+      auto hi = pattern(0, len, torch::kLong);
+      auto lo = hi.clone();
+      std::vector<torch::Tensor> parts;
+      for (int r = 0; r < n; ++r) {
+        auto p = pattern(r, len, torch::kLong);
+        sum += p;
+        hi = torch::maximum(hi, p);
+        lo = torch::minimum(lo, p);
+        parts.push_back(p);
+      }
+      auto t = pattern(g.rank(), len, dt);
+      g.all_reduce(t);
+      EXPECT_TRUE(torch::equal(t, sum.to(dt))) << "all_reduce sum";
+      t = pattern(g.rank(), len, dt);
+      g.all_reduce(t, torchtp::ReduceOp::max);
+      EXPECT_TRUE(torch::equal(t, hi.to(dt))) << "all_reduce max";
+      t = pattern(g.rank(), len, dt);
+      g.all_reduce(t, torchtp::ReduceOp::min);
+      EXPECT_TRUE(torch::equal(t, lo.to(dt))) << "all_reduce min";
+
+      auto gathered = g.all_gather(pattern(g.rank(), len, dt), 0);
+      EXPECT_TRUE(torch::equal(gathered, torch::cat(parts).to(dt)))
+          << "all_gather";
+
+      // reduce_scatter of n blocks of `len`: block r of the sum.
+      auto blocks = pattern(g.rank(), n * len, dt);
+      auto full_sum = torch::zeros({n * len}, torch::kLong);
+      for (int r = 0; r < n; ++r) {
+        full_sum += pattern(r, n * len, torch::kLong);
+      }
+      EXPECT_TRUE(torch::equal(
+          g.reduce_scatter(blocks, 0),
+          full_sum.narrow(0, g.rank() * len, len).to(dt)))
+          << "reduce_scatter";
+
+      const int root = n - 1;
+      auto b = pattern(g.rank(), len, dt);
+      g.broadcast(b, root);
+      EXPECT_TRUE(torch::equal(b, pattern(root, len, dt))) << "broadcast";
+    }
+  }
+}
+
+TEST(Group, EmptyTensorsGiveEmptyResults) {
+  auto g = world();
+  // Every rank passes the same empty shape, so none communicates.
+  auto t = torch::ones({0, 3});
+  g.all_reduce(t);
+  EXPECT_EQ(t.sizes(), torch::IntArrayRef({0, 3}));
+  EXPECT_EQ(g.all_gather(t, 1).sizes(), torch::IntArrayRef({0, 3 * g.size()}));
+  auto rows = torch::ones({2 * g.size(), 0});
+  EXPECT_EQ(g.reduce_scatter(rows, 0).sizes(), torch::IntArrayRef({2, 0}));
+  g.broadcast(t, 0);
+  // The group is still in step afterwards.
+  auto one = torch::ones({3});
+  g.all_reduce(one);
+  EXPECT_TRUE(torch::equal(one, torch::full({3}, double(g.size()))));
+}
+
+TEST(Group, BFloat16SumsInFloat32) {
+  auto g = world();
+  // 256 + 1 rounds back to 256 in bfloat16, so summing there would lose
+  // every 1; in float32 the exact sum is rounded once.
+  auto t = torch::full({5}, g.rank() == 0 ? 256.0 : 1.0, torch::kBFloat16);
+  g.all_reduce(t);
+  auto exact = torch::full({5}, 256.0 + (g.size() - 1), torch::kFloat);
+  EXPECT_TRUE(torch::equal(t, exact.to(torch::kBFloat16)))
+      << t[0].item<float>();
+}
+
+TEST(Group, WithBackendGivesEachCommunicatorTheSameResults) {
+  auto g = world();
+  for (const std::string b : {"gloo", "shm"}) {
+    auto other = g.with_backend(b);
+    EXPECT_EQ(other.size(), g.size());
+    EXPECT_EQ(other.rank(), g.rank());
+    EXPECT_EQ(other.backend(), g.size() == 1 ? "self" : b);
+    auto t = pattern(g.rank(), 70001, torch::kFloat);
+    other.all_reduce(t);
+    auto expected = torch::zeros({70001}, torch::kFloat);
+    for (int r = 0; r < g.size(); ++r) {
+      expected += pattern(r, 70001, torch::kFloat);
+    }
+    EXPECT_TRUE(torch::equal(t, expected)) << b;
+  }
+  EXPECT_TRUE(raises_with(
+      [&] { g.with_backend("nccl"); }, {"nccl", "shm, gloo", g.tag()}));
+}
+
+TEST(Group, ConcurrentAsyncCollectivesOnTwoGroups) {
+  auto g = world();
+  auto a = g.with_backend("shm");
+  auto b = g.split(0); // the job's choice of communicator
+  auto x = torch::full({1000}, double(g.rank()));
+  auto y = torch::full({300007}, 1.0);
+  auto wx = a.all_reduce_async(x);
+  auto wy = b.all_reduce_async(y);
+  auto wz = a.all_gather_async(torch::full({2}, double(g.rank())), 0);
+  // Waited in another order than issued.
+  EXPECT_TRUE(torch::equal(wy.wait(), torch::full({300007}, double(g.size()))));
+  EXPECT_TRUE(torch::equal(wz.wait(), g.all_gather(torch::full({2}, double(g.rank())), 0)));
+  const double ranks = g.size() * (g.size() - 1) / 2.0;
+  EXPECT_TRUE(torch::equal(wx.wait(), torch::full({1000}, ranks)));
+}
+
+TEST(Group, MismatchedCollectivesRaiseOnEveryRank) {
+  auto g = world();
+  if (g.size() == 1) {
+    auto t = torch::ones({4});
+    EXPECT_NO_THROW(g.all_reduce(t)); // one rank cannot disagree
+    return;
+  }
+  // The shared-memory communicator compares every collective's signature
+  // at no cost; over Gloo the TORCHTP_DEBUG check does it.
+  const bool shm = g.backend() == "shm";
+  auto s = g.split(0);
+  torchtp::set_debug_checks(!shm);
+  // Rank 0 passes one element more than the others: every rank raises,
+  // naming both sizes.
+  auto t = torch::ones({s.rank() == 0 ? 4 : 3});
+  if (shm) {
+    EXPECT_TRUE(raises_with(
+        [&] { s.all_reduce(t); },
+        {"ranks called different collectives", "all_reduce of 16 bytes",
+         "all_reduce of 12 bytes", s.tag()}));
+    // A different collective altogether.
+    auto u = torch::ones({4});
+    EXPECT_TRUE(raises_with(
+        [&] {
+          if (s.rank() == 0) {
+            s.all_gather(u, 0);
+          } else {
+            s.all_reduce(u);
+          }
+        },
+        {"ranks called different collectives", "all_gather", "all_reduce",
+         s.tag()}));
+  } else {
+    EXPECT_TRUE(raises_with(
+        [&] { s.all_reduce(t); },
+        {"ranks disagree", "[4] Float", "[3] Float", s.tag()}));
+  }
+  torchtp::set_debug_checks(false);
+  // Nothing was corrupted and the group is still in step.
+  auto v = torch::ones({5});
+  s.all_reduce(v);
+  EXPECT_TRUE(torch::equal(v, torch::full({5}, double(s.size()))));
+}

@@ -36,6 +36,9 @@ class Group {
 
   int rank() const;
   int size() const;
+  /// The communicator carrying this group's collectives: "shm" (shared
+  /// memory, all ranks on one host), "gloo" (TCP) or "self" (one rank).
+  std::string backend() const;
 
   /// Reduces `tensor` in place over the group.
   void all_reduce(at::Tensor& tensor, ReduceOp op = ReduceOp::sum) const;
@@ -63,6 +66,11 @@ class Group {
   /// Collective: splits the group into sub-groups of the ranks that pass the
   /// same `color`, ordered by `key` (ties by rank; default: the rank).
   Group split(int color, int key = -1) const;
+
+  /// Collective: a new group of the same ranks whose collectives go through
+  /// `backend` ("shm" or "gloo"), e.g. to compare the two. Raises a
+  /// `c10::Error` for "shm" when the ranks are not all on one host.
+  Group with_backend(const std::string& backend) const;
 
   /// "[rank r/ws]", for error messages.
   std::string tag() const;

@@ -29,6 +29,10 @@ struct InitOptions {
   /// Network interface for Gloo (GLOO_SOCKET_IFNAME); empty: loopback when the
   /// master is on this host, else the address the host name resolves to.
   TORCH_ARG(std::string, socket_ifname) = "";
+  /// Communicator of each group (TORCHTP_BACKEND): "auto" uses shared memory
+  /// for a group whose ranks are all on one host and Gloo otherwise; "shm"
+  /// or "gloo" forces one.
+  TORCH_ARG(std::string, backend) = "auto";
   /// Intra-op threads; 0: OMP_NUM_THREADS, else cores / local_world_size.
   TORCH_ARG(int, num_threads) = 0;
 };
@@ -37,12 +41,13 @@ struct InitOptions {
 /// LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT; else mpirun's
 /// OMPI_COMM_WORLD_RANK/SIZE (or PMI_RANK/PMI_SIZE); else Slurm's
 /// SLURM_PROCID/SLURM_NTASKS; else a single process. Also TORCHTP_TIMEOUT_S,
-/// GLOO_SOCKET_IFNAME and OMP_NUM_THREADS. Bad values raise `c10::Error`.
+/// TORCHTP_BACKEND, GLOO_SOCKET_IFNAME and OMP_NUM_THREADS. Bad values raise `c10::Error`.
 InitOptions options_from_env();
 
 /// Joins the job described by `options` (rendezvous through a TCPStore on
-/// rank 0, then a Gloo communicator; none for a single process), sets the
-/// intra-op thread count and the default group, and returns the world group.
+/// rank 0, then a shared-memory or Gloo communicator; none for a single
+/// process), sets the intra-op thread count and the default group, and
+/// returns the world group.
 Group init(const InitOptions& options);
 
 /// `init(options_from_env())`: the usual entry point, the same binary runs

@@ -1,5 +1,7 @@
 #include "gloo_communicator.h"
 
+#include "connector.h"
+
 #include "torchtp/error.h"
 
 #include <ATen/ATen.h>
@@ -14,8 +16,6 @@
 
 namespace torchtp::detail {
 namespace {
-
-using GlooDevice = std::shared_ptr<::gloo::transport::Device>;
 
 c10d::ReduceOp to_c10d(ReduceOp op) {
   switch (op) {
@@ -55,24 +55,24 @@ auto copy_back(at::Tensor wire, at::Tensor dest) {
 class GlooCommunicator final : public Communicator {
  public:
   GlooCommunicator(
-      c10::intrusive_ptr<c10d::Store> store,
-      int rank,
-      int size,
-      std::chrono::milliseconds timeout,
-      GlooDevice device,
+      std::shared_ptr<Connector> connector,
+      std::vector<int> world_ranks,
       std::string name)
       : Communicator(std::move(name)),
-        store_(std::move(store)),
-        rank_(rank),
-        size_(size),
-        timeout_(timeout),
-        device_(std::move(device)) {
+        connector_(std::move(connector)),
+        world_ranks_(std::move(world_ranks)),
+        rank_(member_index(world_ranks_, connector_->world_rank())),
+        size_(static_cast<int>(world_ranks_.size())),
+        timeout_(connector_->timeout()) {
     auto options = c10d::ProcessGroupGloo::Options::create(timeout_);
-    options->devices = {device_};
+    options->devices = {connector_->gloo_device()};
     options->threads = 1;
+    // Keys of this group live under its unique name.
+    auto store =
+        c10::make_intrusive<c10d::PrefixStore>(this->name(), connector_->store());
     guarded("connect", [&] {
       pg_ = c10::make_intrusive<c10d::ProcessGroupGloo>(
-          store_, rank_, size_, options);
+          store, rank_, size_, options);
     });
   }
 
@@ -174,13 +174,11 @@ class GlooCommunicator final : public Communicator {
   }
 
   c10::intrusive_ptr<Communicator> split(
-      const std::vector<int>& ranks, const std::string& name) override {
-    auto it = std::find(ranks.begin(), ranks.end(), rank_);
-    TORCH_INTERNAL_ASSERT(it != ranks.end(), "split by a non-member");
-    auto store = c10::make_intrusive<c10d::PrefixStore>(name, store_);
-    return c10::make_intrusive<GlooCommunicator>(
-        store, static_cast<int>(it - ranks.begin()),
-        static_cast<int>(ranks.size()), timeout_, device_, name);
+      const std::vector<int>& ranks,
+      const std::string& name,
+      const std::string& backend) override {
+    return connector_->connect(
+        world_ranks_of(world_ranks_, ranks), name, backend);
   }
 
  private:
@@ -225,39 +223,21 @@ class GlooCommunicator final : public Communicator {
         [work] { return work->isCompleted(); });
   }
 
-  c10::intrusive_ptr<c10d::Store> store_;
+  std::shared_ptr<Connector> connector_;
+  std::vector<int> world_ranks_;
   int rank_;
   int size_;
   std::chrono::milliseconds timeout_;
-  GlooDevice device_;
   c10::intrusive_ptr<c10d::ProcessGroupGloo> pg_;
 };
 
 } // namespace
 
 c10::intrusive_ptr<Communicator> make_gloo_communicator(
-    const c10::intrusive_ptr<c10d::Store>& store,
-    int rank,
-    int size,
-    std::chrono::milliseconds timeout,
-    const std::string& interface,
-    bool loopback) {
-  GlooDevice device;
-  try {
-    if (!interface.empty()) {
-      device = c10d::ProcessGroupGloo::createDeviceForInterface(interface);
-    } else if (loopback) {
-      device = c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1");
-    } else {
-      device = c10d::ProcessGroupGloo::createDefaultDevice();
-    }
-  } catch (const std::exception& e) {
-    TORCH_CHECK(
-        false, "torchtp: cannot open a Gloo device (interface '", interface,
-        "') ", rank_tag(rank, size), ": ", e.what());
-  }
-  return c10::make_intrusive<GlooCommunicator>(
-      store, rank, size, timeout, device, "world");
+    const std::shared_ptr<Connector>& connector,
+    const std::vector<int>& world_ranks,
+    const std::string& name) {
+  return c10::make_intrusive<GlooCommunicator>(connector, world_ranks, name);
 }
 
 } // namespace torchtp::detail

@@ -2,22 +2,19 @@
 
 #include "torchtp/detail/communicator.h"
 
-#include <torch/csrc/distributed/c10d/Store.hpp>
-
-#include <chrono>
+#include <memory>
 #include <string>
+#include <vector>
 
 namespace torchtp::detail {
 
-/// A communicator over c10d's ProcessGroupGloo, rendezvousing through
-/// `store`. `interface` names the network interface to bind ("" picks
-/// loopback when `loopback` is true, else the host's default address).
+class Connector;
+
+/// A communicator over c10d's ProcessGroupGloo (TCP), for groups that span
+/// hosts or when TORCHTP_BACKEND=gloo. Collective over `world_ranks`.
 c10::intrusive_ptr<Communicator> make_gloo_communicator(
-    const c10::intrusive_ptr<c10d::Store>& store,
-    int rank,
-    int size,
-    std::chrono::milliseconds timeout,
-    const std::string& interface,
-    bool loopback);
+    const std::shared_ptr<Connector>& connector,
+    const std::vector<int>& world_ranks,
+    const std::string& name);
 
 } // namespace torchtp::detail

@@ -45,7 +45,9 @@ class SelfCommunicator final : public Communicator {
     return Work();
   }
   c10::intrusive_ptr<Communicator> split(
-      const std::vector<int>& ranks, const std::string&) override {
+      const std::vector<int>& ranks,
+      const std::string&,
+      const std::string&) override {
     TORCH_INTERNAL_ASSERT(ranks.size() == 1 && ranks[0] == 0);
     return c10::make_intrusive<SelfCommunicator>();
   }

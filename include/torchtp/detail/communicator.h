@@ -65,9 +65,12 @@ class Communicator : public torch::CustomClassHolder {
   virtual Work barrier() = 0;
   /// A communicator over `ranks` (ranks of this communicator, ascending by
   /// their new rank). Called by exactly the members, all with the same `name`,
-  /// which must be unique for the life of the job.
+  /// which must be unique for the life of the job. `backend` ("gloo", "shm")
+  /// forces a communicator; empty: the job's choice (TORCHTP_BACKEND).
   virtual c10::intrusive_ptr<Communicator> split(
-      const std::vector<int>& ranks, const std::string& name) = 0;
+      const std::vector<int>& ranks,
+      const std::string& name,
+      const std::string& backend) = 0;
 
  private:
   std::string name_;

@@ -1,0 +1,93 @@
+#pragma once
+
+// What the benchmarks share: medians, timing, and the header that says on
+// which machine, with which BLAS kernels and threads, a table was measured.
+
+#include <torch/torch.h>
+#include <nlohmann/json.hpp>
+
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <string>
+#include <vector>
+
+namespace torchtp::bench {
+
+inline double median(std::vector<double> v) {
+  if (v.empty()) {
+    return 0;
+  }
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+inline double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+      .count();
+}
+
+inline torch::Dtype parse_dtype(const std::string& name) {
+  if (name == "float32") {
+    return torch::kFloat;
+  }
+  if (name == "float64") {
+    return torch::kDouble;
+  }
+  if (name == "bfloat16") {
+    return torch::kBFloat16;
+  }
+  if (name == "float16") {
+    return torch::kHalf;
+  }
+  TORCH_CHECK(
+      false, "unknown dtype '", name,
+      "' (float32, float64, bfloat16, float16)");
+}
+
+/// The processor, as lscpu's "Model name".
+inline std::string cpu_model() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("model name", 0) == 0) {
+      return line.substr(line.find(':') + 2);
+    }
+  }
+  return "unknown";
+}
+
+/// The kernel set OpenBLAS chose ("Haswell", "SkylakeX", "Prescott" when it
+/// did not recognise the CPU), or "not OpenBLAS".
+inline std::string blas_core() {
+  using Fn = char* (*)();
+  auto fn = reinterpret_cast<Fn>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
+  return fn ? std::string(fn()) : std::string("not OpenBLAS");
+}
+
+inline nlohmann::json header_json(int world_size) {
+  const char* forced = std::getenv("OPENBLAS_CORETYPE");
+  return {
+      {"machine", cpu_model()},
+      {"blas_core", blas_core()},
+      {"openblas_coretype_env", forced ? forced : ""},
+      {"world_size", world_size},
+      {"threads_per_rank", at::get_num_threads()}};
+}
+
+inline void print_header(const char* program, int world_size) {
+  const auto h = header_json(world_size);
+  std::printf(
+      "# %s on %s; BLAS core %s; world size %d, %d intra-op thread(s) per "
+      "rank\n",
+      program, h["machine"].get<std::string>().c_str(),
+      h["blas_core"].get<std::string>().c_str(), world_size,
+      at::get_num_threads());
+}
+
+} // namespace torchtp::bench

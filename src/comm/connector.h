@@ -1,0 +1,101 @@
+#pragma once
+
+#include "torchtp/detail/communicator.h"
+
+#include <torch/csrc/distributed/c10d/Store.hpp>
+
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace gloo::transport {
+class Device;
+} // namespace gloo::transport
+
+namespace torchtp::detail {
+
+/// Which communicator carries a group's collectives.
+enum class Backend {
+  automatic, ///< shm when every member is on this host, else gloo
+  gloo,
+  shm,
+};
+
+/// Parses TORCHTP_BACKEND's value ("", "auto", "gloo", "shm").
+Backend parse_backend(const std::string& text);
+
+/// What every communicator of one job shares: the rendezvous store, the
+/// timeout, how to reach the other hosts, and on which host each world rank
+/// runs. `connect` picks the communicator for a new group; splits of any
+/// communicator come back here, so a sub-group of ranks on one host gets
+/// shared memory even when its parent spans hosts.
+class Connector : public std::enable_shared_from_this<Connector> {
+ public:
+  Connector(
+      c10::intrusive_ptr<c10d::Store> store,
+      int world_rank,
+      int world_size,
+      std::chrono::milliseconds timeout,
+      Backend backend,
+      std::string interface,
+      bool loopback);
+
+  /// Collective over `world_ranks` (ascending by group rank, this process
+  /// among them): the communicator of a group named `name`, unique in the job.
+  /// `backend` ("gloo", "shm") overrides the job's choice when not empty.
+  c10::intrusive_ptr<Communicator> connect(
+      const std::vector<int>& world_ranks,
+      const std::string& name,
+      const std::string& backend = "");
+
+  const c10::intrusive_ptr<c10d::Store>& store() const {
+    return store_;
+  }
+  int world_rank() const {
+    return world_rank_;
+  }
+  std::chrono::milliseconds timeout() const {
+    return timeout_;
+  }
+  /// Identifies this job's shared-memory segments (the launcher's
+  /// TORCHTP_JOB_ID, else one chosen by world rank 0).
+  const std::string& job_id() const {
+    return job_id_;
+  }
+  /// The Gloo device of this process, opened on first use.
+  std::shared_ptr<gloo::transport::Device> gloo_device();
+
+ private:
+  c10::intrusive_ptr<c10d::Store> store_;
+  int world_rank_;
+  int world_size_;
+  std::chrono::milliseconds timeout_;
+  Backend backend_;
+  std::string interface_;
+  bool loopback_;
+  std::vector<std::string> host_of_; // per world rank
+  std::string job_id_;
+  std::mutex device_mutex_;
+  std::shared_ptr<gloo::transport::Device> device_;
+};
+
+/// This process's rank within a group of `world_ranks`.
+int member_index(const std::vector<int>& world_ranks, int world_rank);
+/// The world ranks of a sub-group given by its ranks within `world_ranks`.
+std::vector<int> world_ranks_of(
+    const std::vector<int>& world_ranks, const std::vector<int>& group_ranks);
+
+/// Joins the job: a TCPStore at `master_addr:master_port` (served by rank 0),
+/// then the world's communicator through a `Connector`.
+c10::intrusive_ptr<Communicator> connect_world(
+    int rank,
+    int world_size,
+    const std::string& master_addr,
+    int master_port,
+    std::chrono::milliseconds timeout,
+    Backend backend,
+    const std::string& interface);
+
+} // namespace torchtp::detail
