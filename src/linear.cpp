@@ -163,9 +163,9 @@ torch::Tensor ColumnParallelLinearImpl::forward(const torch::Tensor& input) {
   check_input(
       "torchtp::ColumnParallelLinear", input, options.in_features(),
       "in_features", weight, *group_);
-  auto x = copy_to_tp_region(input, *group_);
-  auto y = torch::nn::functional::linear(
-      x, weight, options.skip_bias_add() ? torch::Tensor() : bias);
+  auto y = detail::copy_to_tp_region_and_linear(
+      input, weight, options.skip_bias_add() ? torch::Tensor() : bias,
+      *group_);
   if (!options.gather_output()) {
     return y;
   }
@@ -266,7 +266,8 @@ torch::Tensor RowParallelLinearImpl::forward(const torch::Tensor& input) {
   auto x = options.input_is_parallel() ? input
                                        : scatter_to_tp_region(input, *group_);
   auto partial = torch::nn::functional::linear(x, weight);
-  auto y = reduce_from_tp_region(partial, *group_);
+  // `partial` is a fresh temporary: reduced in place, no copy.
+  auto y = detail::reduce_from_tp_region_in_place(partial, *group_);
   // Added after the reduction, once: adding it before would count it
   // world_size times.
   if (bias.defined() && !options.skip_bias_add()) {

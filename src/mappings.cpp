@@ -102,6 +102,63 @@ struct ReduceScatterToSequence
   }
 };
 
+// Reduces the caller's fresh partial sum in place: autograd is told it was
+// modified; the linear that produced it keeps no reference to its output.
+struct ReduceFromTpInPlace : torch::autograd::Function<ReduceFromTpInPlace> {
+  static at::Tensor forward(AutogradContext* ctx, at::Tensor x, Group g) {
+    auto flat = x.is_contiguous() ? x : x.contiguous();
+    g.all_reduce(flat);
+    if (!flat.is_same(x)) {
+      x.copy_(flat);
+    }
+    ctx->mark_dirty({x});
+    return x;
+  }
+  static variable_list backward(AutogradContext*, variable_list grads) {
+    return {grads[0], at::Tensor()};
+  }
+};
+
+// y = x W^T + b with the input gradient all-reduced over the group. The
+// all-reduce of the fresh input gradient starts first and runs while the
+// weight gradient (the larger GEMM) is computed.
+struct CopyToTpAndLinear : torch::autograd::Function<CopyToTpAndLinear> {
+  static at::Tensor forward(
+      AutogradContext* ctx,
+      at::Tensor x,
+      at::Tensor weight,
+      c10::optional<at::Tensor> bias, // an undefined Tensor is no input
+      Group g) {
+    save_group(ctx, g);
+    ctx->save_for_backward({x, weight});
+    ctx->saved_data["has_bias"] = bias.has_value();
+    return bias ? at::linear(x, weight, *bias) : at::linear(x, weight);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto& x = saved[0];
+    const auto& weight = saved[1];
+    const auto grad = grads[0].contiguous();
+    at::Tensor grad_x, grad_w, grad_b;
+    c10::optional<Work> pending;
+    if (ctx->needs_input_grad(0)) {
+      grad_x = at::matmul(grad, weight); // fresh: reduced in place
+      pending = saved_group(ctx).all_reduce_async(grad_x);
+    }
+    const auto grad_2d = grad.reshape({-1, grad.size(-1)});
+    if (ctx->needs_input_grad(1)) {
+      grad_w = grad_2d.t().mm(x.reshape({-1, x.size(-1)}));
+    }
+    if (ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)) {
+      grad_b = grad_2d.sum(0);
+    }
+    if (pending) {
+      pending->wait();
+    }
+    return {grad_x, grad_w, grad_b, at::Tensor()};
+  }
+};
+
 void check_input(const char* who, const at::Tensor& x, const Group& g) {
   TORCH_CHECK(x.defined(), "torchtp::", who, ": undefined input ", g.tag());
   TORCH_CHECK(
@@ -145,4 +202,26 @@ at::Tensor reduce_scatter_to_sequence_region(
                            : ReduceScatterToSequence::apply(input, group);
 }
 
+namespace detail {
+
+at::Tensor copy_to_tp_region_and_linear(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const at::Tensor& bias,
+    const Group& group) {
+  if (group.size() == 1) {
+    return bias.defined() ? at::linear(input, weight, bias)
+                          : at::linear(input, weight);
+  }
+  return CopyToTpAndLinear::apply(
+      input, weight,
+      bias.defined() ? c10::optional<at::Tensor>(bias) : c10::nullopt, group);
+}
+
+at::Tensor reduce_from_tp_region_in_place(at::Tensor input, const Group& group) {
+  check_input("reduce_from_tp_region", input, group);
+  return group.size() == 1 ? input : ReduceFromTpInPlace::apply(input, group);
+}
+
+} // namespace detail
 } // namespace torchtp

@@ -43,4 +43,23 @@ at::Tensor gather_from_sequence_region(
 at::Tensor reduce_scatter_to_sequence_region(
     const at::Tensor& input, const Group& group);
 
+namespace detail {
+
+/// copy_to_tp_region followed by `linear(input, weight, bias)`, as one
+/// autograd function (Megatron's LinearWithGradAccumulationAndAsync...):
+/// backward starts the all-reduce of the input gradient, computes the weight
+/// and bias gradients while it runs, then waits. Used by
+/// ColumnParallelLinear.
+at::Tensor copy_to_tp_region_and_linear(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const at::Tensor& bias,
+    const Group& group);
+
+/// reduce_from_tp_region for an input the caller owns (a fresh partial sum
+/// that nothing else reads): reduced in place, with no copy. Used by
+/// RowParallelLinear.
+at::Tensor reduce_from_tp_region_in_place(at::Tensor input, const Group& group);
+
+} // namespace detail
 } // namespace torchtp

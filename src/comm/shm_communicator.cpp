@@ -69,6 +69,7 @@ constexpr auto kSpinFor = std::chrono::microseconds(50);
 constexpr auto kYieldFor = std::chrono::microseconds(500);
 constexpr auto kSleepSlice = std::chrono::milliseconds(20);
 constexpr auto kLivenessEvery = std::chrono::milliseconds(100);
+const std::string kJoinErrorKey = "shm/join_error";
 
 enum class Op : uint32_t {
   join = 1,
@@ -160,6 +161,12 @@ struct alignas(kLine) SegmentHeader {
 static_assert(std::atomic<uint64_t>::is_always_lock_free);
 static_assert(std::atomic<uint32_t>::is_always_lock_free);
 
+std::string seconds(std::chrono::milliseconds t) {
+  std::ostringstream s;
+  s << t.count() / 1000.0 << " s";
+  return s.str();
+}
+
 size_t round_up(size_t n, size_t to) {
   return (n + to - 1) / to * to;
 }
@@ -229,14 +236,22 @@ class ShmCommunicator final : public Communicator {
         rank_(member_index(world_ranks_, connector_->world_rank())),
         size_(static_cast<int>(world_ranks_.size())),
         timeout_(connector_->timeout()) {
-    map_segment();
-    // Everyone has mapped the segment once this returns; the memfd can go.
-    Signature join;
-    join.op = static_cast<uint32_t>(Op::join);
-    run("join", join, [&] {
-      begin_epoch(&join);
-      sync_first(join);
-    });
+    try {
+      map_segment();
+      // Everyone has mapped the segment once this returns; the memfd can go.
+      Signature join;
+      join.op = static_cast<uint32_t>(Op::join);
+      run("join", join, [&] {
+        begin_epoch(&join);
+        sync_first(join);
+      });
+    } catch (const std::exception& e) {
+      // Tell the members still waiting to join, then free what was taken:
+      // no destructor runs for a constructor that throws.
+      report_join_error(e.what());
+      release();
+      throw;
+    }
   }
 
   ~ShmCommunicator() override {
@@ -247,10 +262,7 @@ class ShmCommunicator final : public Communicator {
     me().departed.store(1, std::memory_order_seq_cst);
     header().wake.fetch_add(1, std::memory_order_seq_cst);
     futex_wake_all(&header().wake);
-    munmap(base_, bytes_);
-    if (memfd_ >= 0) {
-      close(memfd_);
-    }
+    release();
   }
 
   int rank() const override {
@@ -411,11 +423,38 @@ class ShmCommunicator final : public Communicator {
  private:
   // --- the segment --------------------------------------------------------
 
+  void release() {
+    if (base_ != nullptr) {
+      munmap(base_, bytes_);
+      base_ = nullptr;
+    }
+    if (memfd_ >= 0) {
+      close(memfd_);
+      memfd_ = -1;
+    }
+  }
+
+  // A member that cannot join says why through the store, where the others
+  // look while they wait for it: they fail with its reason, not a timeout.
+  void report_join_error(const std::string& what) {
+    try {
+      const std::string text = rank_tag(rank_, size_) + " " + what;
+      store_->set(kJoinErrorKey, std::vector<uint8_t>(text.begin(), text.end()));
+    } catch (const std::exception&) {
+      // The store is gone too: the others time out.
+    }
+  }
+
   void map_segment() {
     slot_bytes_ = slot_bytes_from_env();
     bytes_ = control_bytes(size_) + size_ * 2 * slot_bytes_;
-    c10d::PrefixStore store(name(), connector_->store());
+    store_ = c10::make_intrusive<c10d::PrefixStore>(name(), connector_->store());
+    auto& store = *store_;
     const std::string key = "shm/segment";
+    TORCH_CHECK(
+        slot_bytes_ >= 64 * size_, prefix("connect"),
+        "TORCHTP_SHM_SLOT_BYTES (", slot_bytes_, ") must be at least 64 bytes "
+        "per rank (", 64 * size_, ")");
     int fd = -1;
     if (rank_ == 0) {
       const std::string label = "torchtp-" + connector_->job_id() + "-" + name();
@@ -436,6 +475,7 @@ class ShmCommunicator final : public Communicator {
             " (set TORCHTP_BACKEND=gloo to do without)");
       }
       map(fd);
+      memfd_ = fd;
       auto& h = header();
       h.magic = kMagic;
       h.slot_bytes = slot_bytes_;
@@ -475,6 +515,8 @@ class ShmCommunicator final : public Communicator {
             " (is TORCHTP_SHM_SLOT_BYTES the same on every rank?)");
       }
       map(fd);
+      close(fd);
+      fd = -1;
       TORCH_CHECK(
           header().magic == kMagic && header().ranks == size_,
           prefix("connect"), "rank 0's segment is not this group's");
@@ -483,8 +525,6 @@ class ShmCommunicator final : public Communicator {
     // every member opened it, which the join epoch guarantees.
     if (rank_ == 0) {
       memfd_ = fd;
-    } else {
-      close(fd);
     }
     me().pid.store(getpid(), std::memory_order_seq_cst);
     inputs_.resize(size_);
@@ -604,8 +644,9 @@ class ShmCommunicator final : public Communicator {
     reduce_buffers(data, inputs_.data(), size_, count, dtype, op);
   }
 
-  bool reached(int j) const {
-    return control(j).stamp.load(std::memory_order_acquire) >= stamp_;
+  bool reached(int j, std::memory_order order = std::memory_order_acquire)
+      const {
+    return control(j).stamp.load(order) >= stamp_;
   }
 
   void wait_for(int j) {
@@ -638,7 +679,9 @@ class ShmCommunicator final : public Communicator {
     while (true) {
       h.sleepers.fetch_add(1, std::memory_order_seq_cst);
       const uint32_t seen = h.wake.load(std::memory_order_seq_cst);
-      if (reached(j)) {
+      // seq_cst: ordered after our sleepers increment, as the waker's
+      // stamp store is before its sleepers load.
+      if (reached(j, std::memory_order_seq_cst)) {
         h.sleepers.fetch_sub(1, std::memory_order_seq_cst);
         return;
       }
@@ -654,14 +697,7 @@ class ShmCommunicator final : public Communicator {
   // Raises when rank j will not arrive: the group failed elsewhere, j left
   // or exited, or the collective ran past the timeout.
   void check_peer(int j, Clock::time_point& next_liveness) {
-    auto& h = header();
-    const int32_t failed = h.failed_rank.load(std::memory_order_acquire);
-    if (failed >= 0 && failed != rank_) {
-      fail(
-          "rank " + std::to_string(failed) + " of the group failed: " +
-              std::string(h.failure, strnlen(h.failure, sizeof(h.failure))),
-          /*report=*/false);
-    }
+    raise_if_group_failed();
     const auto& peer = control(j);
     if (peer.departed.load(std::memory_order_acquire) != 0) {
       fail(
@@ -673,6 +709,12 @@ class ShmCommunicator final : public Communicator {
     const auto now = Clock::now();
     if (now >= next_liveness) {
       next_liveness = now + kLivenessEvery;
+      if (std::strcmp(op_, "join") == 0 && store_->check({kJoinErrorKey})) {
+        auto v = store_->get(kJoinErrorKey);
+        fail(
+            "a member could not join: " + std::string(v.begin(), v.end()),
+            /*report=*/false);
+      }
       const int32_t pid = peer.pid.load(std::memory_order_acquire);
       if (!process_alive(pid)) {
         fail(
@@ -685,9 +727,19 @@ class ShmCommunicator final : public Communicator {
       fail(
           "rank " + std::to_string(j) + " (world rank " +
           std::to_string(world_ranks_[j]) + ") did not join within the " +
-          std::to_string(timeout_.count() / 1000) +
-          " s timeout (TORCHTP_TIMEOUT_S); it may be stalled or busy "
+          seconds(timeout_) + " timeout (TORCHTP_TIMEOUT_S); it may be stalled or busy "
           "elsewhere");
+    }
+  }
+
+  void raise_if_group_failed() {
+    auto& h = header();
+    const int32_t failed = h.failed_rank.load(std::memory_order_acquire);
+    if (failed >= 0 && failed != rank_) {
+      fail(
+          "rank " + std::to_string(failed) + " of the group failed: " +
+              std::string(h.failure, strnlen(h.failure, sizeof(h.failure))),
+          /*report=*/false);
     }
   }
 
@@ -709,7 +761,7 @@ class ShmCommunicator final : public Communicator {
   std::string prefix(const char* op) const {
     return std::string("torchtp::Group::") + op + " failed " +
            rank_tag(rank_, size_) + " (backend shm, group " + name() +
-           ", timeout " + std::to_string(timeout_.count() / 1000) + " s): ";
+           ", timeout " + seconds(timeout_) + "): ";
   }
 
   template <typename F>
@@ -721,6 +773,9 @@ class ShmCommunicator final : public Communicator {
     op_ = op;
     op_start_ = Clock::now();
     body();
+    // A member that gave up on this collective (timeout) may have stamped
+    // before it did: its failure is this collective's too.
+    raise_if_group_failed();
     if (memfd_ >= 0) {
       close(memfd_); // every member mapped the segment (the join epoch)
       memfd_ = -1;
@@ -732,6 +787,7 @@ class ShmCommunicator final : public Communicator {
   int rank_;
   int size_;
   std::chrono::milliseconds timeout_;
+  c10::intrusive_ptr<c10d::Store> store_; // keys of this group
 
   char* base_ = nullptr;
   size_t bytes_ = 0;
