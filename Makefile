@@ -6,7 +6,7 @@ JOBS ?= 2
 NPROC ?= 2
 GENERATOR := $(shell command -v ninja >/dev/null 2>&1 && echo "-G Ninja")
 
-.PHONY: all setup configure build demo linear-demo test bench install clean
+.PHONY: all setup configure build demo linear-demo test bench sanitize install clean
 
 all: build
 
@@ -34,15 +34,32 @@ linear-demo: build
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
-# Collectives (latency, bus bandwidth) and layers (step time next to one
-# unsharded process owning every core, parameter memory); tables + JSON in out/.
+# Collectives per communicator next to memcpy (and a PNG of bus bandwidth),
+# the MLP from latency- to compute-bound and every layer and block next to
+# the unsharded module, and the main job's tokens/s; tables + JSON in out/.
 bench: build
 	mkdir -p out
-	./$(BUILD)/torchtp-run --nproc-per-node $(NPROC) ./$(BUILD)/bench/bench_collectives --json out/bench_collectives.json
+	./$(BUILD)/torchtp-run --nproc-per-node $(NPROC) ./$(BUILD)/bench/bench_collectives --json out/bench_collectives.json --csv out/bench_collectives.csv
+	bash bench/plot_busbw.sh out/bench_collectives.csv out/busbw.png all_reduce float32 "all_reduce float32, $(NPROC) ranks"
+	./$(BUILD)/torchtp-run --nproc-per-node $(NPROC) ./$(BUILD)/bench/bench_layers --cases ParallelMLP --shapes 128x8,1024x64,1024x512,4096x64 --json out/bench_mlp.json
 	./$(BUILD)/torchtp-run --nproc-per-node $(NPROC) ./$(BUILD)/bench/bench_layers --json out/bench_layers.json
+	bash bench/train_throughput.sh $(BUILD) 5 40 out/train_throughput.json
+
+# The shared-memory communicator's tests under ThreadSanitizer and
+# AddressSanitizer, each in its own build directory. libtorch itself is not
+# instrumented: tests/sanitizers/tsan.supp says what that hides; leak checks
+# are off (libtorch's registries are never freed).
+sanitize: setup
+	for s in thread address; do \
+	  cmake -S . -B $(BUILD)-$$s $(GENERATOR) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	    -DTORCHTP_SANITIZE=$$s -DTORCHTP_BUILD_EXAMPLES=OFF -DTORCHTP_BUILD_BENCHMARKS=OFF && \
+	  cmake --build $(BUILD)-$$s -j $(JOBS) --target torchtp-run test_group test_failures && \
+	  (cd $(BUILD)-$$s && TSAN_OPTIONS="halt_on_error=1 suppressions=$(CURDIR)/tests/sanitizers/tsan.supp" \
+	    ASAN_OPTIONS="detect_leaks=0" ctest -L sanitize --output-on-failure -j $(JOBS)) || exit 1; \
+	done
 
 install: build
 	cmake --install $(BUILD)
 
 clean:
-	rm -rf $(BUILD) out
+	rm -rf $(BUILD) $(BUILD)-thread $(BUILD)-address out

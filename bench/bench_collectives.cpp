@@ -83,6 +83,7 @@ int run(int argc, char** argv) {
       "Latency and bus bandwidth of torchtp collectives: each communicator "
       "(gloo, shm) next to memcpy of the same size, in one run."};
   std::string json_path = "bench_collectives.json";
+  std::string csv_path;
   int repeats = 5;
   double budget_ms = 20;
   int64_t min_bytes = 1 << 10;
@@ -92,6 +93,10 @@ int run(int argc, char** argv) {
   std::vector<std::string> dtypes = {"float32", "bfloat16"};
   std::vector<std::string> backends = {"gloo", "shm"};
   app.add_option("--json", json_path, "where to write the results");
+  app.add_option(
+      "--csv", csv_path,
+      "also write collective,dtype,bytes,<backend> busbw...,memcpy (GB/s) "
+      "for plotting (bench/plot_busbw.sh)");
   app.add_option("--repeats", repeats, "rounds per figure (median)");
   app.add_option(
       "--budget-ms", budget_ms, "time one round aims at (sets iterations)");
@@ -218,6 +223,22 @@ int run(int argc, char** argv) {
     out["backends"] = backends;
     out["rows"] = rows;
     std::ofstream(json_path) << out.dump(2) << "\n";
+    if (!csv_path.empty()) {
+      std::ofstream csv(csv_path);
+      csv << "collective,dtype,bytes";
+      for (const auto& b : backends) {
+        csv << "," << b << "_busbw_gbps";
+      }
+      csv << ",memcpy_gbps\n";
+      for (const auto& row : rows) {
+        csv << row["collective"].get<std::string>() << ","
+            << row["dtype"].get<std::string>() << "," << row["bytes"];
+        for (const auto& b : backends) {
+          csv << "," << row[b]["busbw_gbps"];
+        }
+        csv << "," << row["memcpy_gbps"] << "\n";
+      }
+    }
     std::printf("wrote %s\n", json_path.c_str());
   }
   return 0;

@@ -1,6 +1,7 @@
 #include "torchtp/init.h"
 
 #include "comm/connector.h"
+#include "torchtp/detail/blas_core.h"
 #include "torchtp/error.h"
 
 #include <ATen/Parallel.h>
@@ -51,6 +52,25 @@ int available_cores() {
   return std::max(1L, sysconf(_SC_NPROCESSORS_ONLN));
 }
 
+
+// torchtp-run selects the right OpenBLAS kernels before the ranks load
+// OpenBLAS; a program started otherwise can only be told.
+void warn_on_generic_blas(const InitOptions& o) {
+  const char* set = std::getenv("OPENBLAS_CORETYPE");
+  if (o.local_rank() != 0 || (set != nullptr && *set != '\0')) {
+    return;
+  }
+  const std::string core = detail::openblas_core();
+  const std::string better =
+      detail::better_blas_core(core, detail::cpu_flags());
+  if (!better.empty()) {
+    TORCH_WARN(
+        "torchtp: OpenBLAS does not recognise this CPU and runs its generic ",
+        core, " kernels, 2-3x slower here; start the program with "
+        "OPENBLAS_CORETYPE=", better, " (torchtp-run does this) ",
+        detail::rank_tag(o.rank(), o.world_size()));
+  }
+}
 
 } // namespace
 
@@ -146,6 +166,7 @@ Group init(const InitOptions& o) {
         std::max(1, available_cores() / std::max(1, o.local_world_size()));
   }
   at::set_num_threads(threads);
+  warn_on_generic_blas(o);
 
   if (o.world_size() == 1) {
     initialized = Group::self();

@@ -1,6 +1,8 @@
 // torchtp-run: starts one process per rank, like torchrun, for torchtp
 // programs. Plain POSIX + CLI11 so it builds without libtorch.
 
+#include "torchtp/detail/blas_core.h"
+
 #include <CLI/CLI.hpp>
 
 #include <arpa/inet.h>
@@ -359,6 +361,25 @@ void signal_all(const std::vector<Child>& children, int sig) {
     killpg(c.pid, sig);
 }
 
+/// Gives the ranks the OpenBLAS kernels this CPU runs best when OpenBLAS
+/// would fall back to its generic ones; a user's OPENBLAS_CORETYPE stands.
+void select_blas_core() {
+  const char* set = getenv("OPENBLAS_CORETYPE");
+  if (set != nullptr && *set != '\0') {
+    return;
+  }
+  const std::string core = torchtp::detail::openblas_core();
+  const std::string better =
+      torchtp::detail::better_blas_core(core, torchtp::detail::cpu_flags());
+  if (!better.empty()) {
+    setenv("OPENBLAS_CORETYPE", better.c_str(), 1);
+    log_line(
+        "OpenBLAS does not recognise this CPU and would use its generic " +
+        core + " kernels; ranks run with OPENBLAS_CORETYPE=" + better +
+        " (set OPENBLAS_CORETYPE yourself to choose)");
+  }
+}
+
 /// Starts all ranks, relays their output and enforces the failure
 /// policy. Returns the launcher's exit code.
 int run(const Options& opts) {
@@ -371,6 +392,7 @@ int run(const Options& opts) {
   } else {
     omp = std::to_string(std::max(1, usable_cpus() / opts.nproc_per_node));
   }
+  select_blas_core();
 
   int sig_pipe[2];
   if (pipe2(sig_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {

@@ -124,5 +124,11 @@ check "h) SIGTERM: exit 143 (got $rc) in ${elapsed} ms" \
   [ "$rc" -eq 143 -a "$elapsed" -lt 15000 ]
 check "h) no rank or descendant left running" no_leftovers
 
+# i) a user's OPENBLAS_CORETYPE reaches the ranks unchanged
+out=$(OPENBLAS_CORETYPE=Haswell "$RUN" --nproc-per-node 1 \
+  bash -c 'echo "core:$OPENBLAS_CORETYPE"' 2>&1)
+check "i) OPENBLAS_CORETYPE set by the user is kept" \
+  contains "$out" "[rank 0] core:Haswell"
+
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 ]]
