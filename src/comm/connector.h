@@ -16,6 +16,12 @@ class Device;
 
 namespace torchtp::detail {
 
+/// This process's rank within a group of `world_ranks`.
+int member_index(const std::vector<int>& world_ranks, int world_rank);
+/// The world ranks of a sub-group given by its ranks within `world_ranks`.
+std::vector<int> world_ranks_of(
+    const std::vector<int>& world_ranks, const std::vector<int>& group_ranks);
+
 /// Which communicator carries a group's collectives.
 enum class Backend {
   automatic, ///< shm when every member is on this host, else gloo
@@ -81,11 +87,46 @@ class Connector : public std::enable_shared_from_this<Connector> {
   std::shared_ptr<gloo::transport::Device> device_;
 };
 
-/// This process's rank within a group of `world_ranks`.
-int member_index(const std::vector<int>& world_ranks, int world_rank);
-/// The world ranks of a sub-group given by its ranks within `world_ranks`.
-std::vector<int> world_ranks_of(
-    const std::vector<int>& world_ranks, const std::vector<int>& group_ranks);
+/// What the communicators a Connector makes have in common: their members
+/// (as world ranks), this process's rank among them, the timeout, and
+/// splits that go back to the Connector.
+class ConnectedCommunicator : public Communicator {
+ public:
+  ConnectedCommunicator(
+      std::shared_ptr<Connector> connector,
+      std::vector<int> world_ranks,
+      std::string name)
+      : Communicator(std::move(name)),
+        connector_(std::move(connector)),
+        world_ranks_(std::move(world_ranks)),
+        rank_(member_index(world_ranks_, connector_->world_rank())),
+        size_(static_cast<int>(world_ranks_.size())),
+        timeout_(connector_->timeout()) {}
+
+  int rank() const final {
+    return rank_;
+  }
+  int size() const final {
+    return size_;
+  }
+  std::chrono::milliseconds timeout() const final {
+    return timeout_;
+  }
+  c10::intrusive_ptr<Communicator> split(
+      const std::vector<int>& ranks,
+      const std::string& name,
+      const std::string& backend) final {
+    return connector_->connect(
+        world_ranks_of(world_ranks_, ranks), name, backend);
+  }
+
+ protected:
+  const std::shared_ptr<Connector> connector_;
+  const std::vector<int> world_ranks_;
+  const int rank_;
+  const int size_;
+  const std::chrono::milliseconds timeout_;
+};
 
 /// Joins the job: a TCPStore at `master_addr:master_port` (served by rank 0),
 /// then the world's communicator through a `Connector`.

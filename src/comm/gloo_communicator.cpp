@@ -52,18 +52,14 @@ auto copy_back(at::Tensor wire, at::Tensor dest) {
   };
 }
 
-class GlooCommunicator final : public Communicator {
+class GlooCommunicator final : public ConnectedCommunicator {
  public:
   GlooCommunicator(
       std::shared_ptr<Connector> connector,
       std::vector<int> world_ranks,
       std::string name)
-      : Communicator(std::move(name)),
-        connector_(std::move(connector)),
-        world_ranks_(std::move(world_ranks)),
-        rank_(member_index(world_ranks_, connector_->world_rank())),
-        size_(static_cast<int>(world_ranks_.size())),
-        timeout_(connector_->timeout()) {
+      : ConnectedCommunicator(
+            std::move(connector), std::move(world_ranks), std::move(name)) {
     auto options = c10d::ProcessGroupGloo::Options::create(timeout_);
     options->devices = {connector_->gloo_device()};
     options->threads = 1;
@@ -76,17 +72,8 @@ class GlooCommunicator final : public Communicator {
     });
   }
 
-  int rank() const override {
-    return rank_;
-  }
-  int size() const override {
-    return size_;
-  }
   std::string backend() const override {
     return "gloo";
-  }
-  std::chrono::milliseconds timeout() const override {
-    return timeout_;
   }
 
   Work all_reduce(at::Tensor& tensor, ReduceOp op) override {
@@ -173,14 +160,6 @@ class GlooCommunicator final : public Communicator {
     return pending("barrier", work, [] { return at::Tensor(); });
   }
 
-  c10::intrusive_ptr<Communicator> split(
-      const std::vector<int>& ranks,
-      const std::string& name,
-      const std::string& backend) override {
-    return connector_->connect(
-        world_ranks_of(world_ranks_, ranks), name, backend);
-  }
-
  private:
   std::string failure(const char* op) const {
     return std::string("torchtp::Group::") + op + " failed " +
@@ -223,11 +202,6 @@ class GlooCommunicator final : public Communicator {
         [work] { return work->isCompleted(); });
   }
 
-  std::shared_ptr<Connector> connector_;
-  std::vector<int> world_ranks_;
-  int rank_;
-  int size_;
-  std::chrono::milliseconds timeout_;
   c10::intrusive_ptr<c10d::ProcessGroupGloo> pg_;
 };
 

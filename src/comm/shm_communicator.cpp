@@ -224,18 +224,14 @@ bool process_alive(int32_t pid) {
   return state != 'Z' && state != 'X';
 }
 
-class ShmCommunicator final : public Communicator {
+class ShmCommunicator final : public ConnectedCommunicator {
  public:
   ShmCommunicator(
       std::shared_ptr<Connector> connector,
       std::vector<int> world_ranks,
       std::string name)
-      : Communicator(std::move(name)),
-        connector_(std::move(connector)),
-        world_ranks_(std::move(world_ranks)),
-        rank_(member_index(world_ranks_, connector_->world_rank())),
-        size_(static_cast<int>(world_ranks_.size())),
-        timeout_(connector_->timeout()) {
+      : ConnectedCommunicator(
+            std::move(connector), std::move(world_ranks), std::move(name)) {
     try {
       map_segment();
       // Everyone has mapped the segment once this returns; the memfd can go.
@@ -265,17 +261,8 @@ class ShmCommunicator final : public Communicator {
     release();
   }
 
-  int rank() const override {
-    return rank_;
-  }
-  int size() const override {
-    return size_;
-  }
   std::string backend() const override {
     return "shm";
-  }
-  std::chrono::milliseconds timeout() const override {
-    return timeout_;
   }
 
   Work all_reduce(at::Tensor& tensor, ReduceOp op) override {
@@ -410,14 +397,6 @@ class ShmCommunicator final : public Communicator {
       sync_first(sig);
     });
     return Work();
-  }
-
-  c10::intrusive_ptr<Communicator> split(
-      const std::vector<int>& ranks,
-      const std::string& name,
-      const std::string& backend) override {
-    return connector_->connect(
-        world_ranks_of(world_ranks_, ranks), name, backend);
   }
 
  private:
@@ -782,11 +761,6 @@ class ShmCommunicator final : public Communicator {
     }
   }
 
-  std::shared_ptr<Connector> connector_;
-  std::vector<int> world_ranks_;
-  int rank_;
-  int size_;
-  std::chrono::milliseconds timeout_;
   c10::intrusive_ptr<c10d::Store> store_; // keys of this group
 
   char* base_ = nullptr;
