@@ -52,7 +52,6 @@ int available_cores() {
   return std::max(1L, sysconf(_SC_NPROCESSORS_ONLN));
 }
 
-
 // torchtp-run selects the right OpenBLAS kernels before the ranks load
 // OpenBLAS; a program started otherwise can only be told.
 void warn_on_generic_blas(const InitOptions& o) {

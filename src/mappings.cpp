@@ -106,11 +106,7 @@ struct ReduceScatterToSequence
 // modified; the linear that produced it keeps no reference to its output.
 struct ReduceFromTpInPlace : torch::autograd::Function<ReduceFromTpInPlace> {
   static at::Tensor forward(AutogradContext* ctx, at::Tensor x, Group g) {
-    auto flat = x.is_contiguous() ? x : x.contiguous();
-    g.all_reduce(flat);
-    if (!flat.is_same(x)) {
-      x.copy_(flat);
-    }
+    g.all_reduce(x); // in place, strided or not
     ctx->mark_dirty({x});
     return x;
   }
@@ -132,7 +128,7 @@ struct CopyToTpAndLinear : torch::autograd::Function<CopyToTpAndLinear> {
     save_group(ctx, g);
     ctx->save_for_backward({x, weight});
     ctx->saved_data["has_bias"] = bias.has_value();
-    return bias ? at::linear(x, weight, *bias) : at::linear(x, weight);
+    return at::linear(x, weight, bias);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
@@ -210,8 +206,7 @@ at::Tensor copy_to_tp_region_and_linear(
     const at::Tensor& bias,
     const Group& group) {
   if (group.size() == 1) {
-    return bias.defined() ? at::linear(input, weight, bias)
-                          : at::linear(input, weight);
+    return at::linear(input, weight, bias);
   }
   return CopyToTpAndLinear::apply(
       input, weight,

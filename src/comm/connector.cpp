@@ -11,7 +11,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <fstream>
 #include <sstream>
 
@@ -57,6 +56,8 @@ std::string backend_name(Backend b) {
   return "?";
 }
 
+} // namespace
+
 std::string store_get(c10d::Store& store, const std::string& key) {
   auto v = store.get(key);
   return std::string(v.begin(), v.end());
@@ -65,8 +66,6 @@ std::string store_get(c10d::Store& store, const std::string& key) {
 void store_set(c10d::Store& store, const std::string& key, const std::string& v) {
   store.set(key, std::vector<uint8_t>(v.begin(), v.end()));
 }
-
-} // namespace
 
 int member_index(const std::vector<int>& world_ranks, int world_rank) {
   auto it = std::find(world_ranks.begin(), world_ranks.end(), world_rank);
@@ -116,14 +115,6 @@ Connector::Connector(
       loopback_(loopback) {
   const std::string tag = rank_tag(world_rank_, world_size_);
   try {
-    if (world_rank_ == 0) {
-      const char* launcher_job = std::getenv("TORCHTP_JOB_ID");
-      std::string job =
-          launcher_job && *launcher_job ? launcher_job
-                                        : "p" + std::to_string(getpid());
-      store_set(*store_, "torchtp/job_id", job);
-    }
-    job_id_ = store_get(*store_, "torchtp/job_id");
     // Every rank says where it runs, and every rank learns it for all: a
     // group's backend is then decided alike on all its members.
     store_set(*store_, "torchtp/host/" + std::to_string(world_rank_), host_key());

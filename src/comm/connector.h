@@ -22,6 +22,10 @@ int member_index(const std::vector<int>& world_ranks, int world_rank);
 std::vector<int> world_ranks_of(
     const std::vector<int>& world_ranks, const std::vector<int>& group_ranks);
 
+/// The store's bytes as text, and back.
+std::string store_get(c10d::Store& store, const std::string& key);
+void store_set(c10d::Store& store, const std::string& key, const std::string& value);
+
 /// Which communicator carries a group's collectives.
 enum class Backend {
   automatic, ///< shm when every member is on this host, else gloo
@@ -65,11 +69,6 @@ class Connector : public std::enable_shared_from_this<Connector> {
   std::chrono::milliseconds timeout() const {
     return timeout_;
   }
-  /// Identifies this job's shared-memory segments (the launcher's
-  /// TORCHTP_JOB_ID, else one chosen by world rank 0).
-  const std::string& job_id() const {
-    return job_id_;
-  }
   /// The Gloo device of this process, opened on first use.
   std::shared_ptr<gloo::transport::Device> gloo_device();
 
@@ -82,7 +81,6 @@ class Connector : public std::enable_shared_from_this<Connector> {
   std::string interface_;
   bool loopback_;
   std::vector<std::string> host_of_; // per world rank
-  std::string job_id_;
   std::mutex device_mutex_;
   std::shared_ptr<gloo::transport::Device> device_;
 };

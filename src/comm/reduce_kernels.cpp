@@ -32,39 +32,23 @@ inline float from_bfloat16_bits(uint16_t b) {
   return f;
 }
 
-// bfloat16 on its raw bits: c10::BFloat16's conversions keep the loops
-// scalar (4x slower).
-template <typename Combine>
-__attribute__((always_inline)) inline void reduce_bfloat16(
-    uint16_t* out, const uint16_t* const* in, int n, int64_t len,
-    Combine combine) {
-  constexpr int64_t kTile = 1024;
-  float acc[kTile];
-  for (int64_t start = 0; start < len; start += kTile) {
-    const int64_t m = std::min(kTile, len - start);
-    const uint16_t* first = in[0] + start;
-    for (int64_t i = 0; i < m; ++i) {
-      acc[i] = from_bfloat16_bits(first[i]);
-    }
-    for (int k = 1; k < n; ++k) {
-      const uint16_t* next = in[k] + start;
-      for (int64_t i = 0; i < m; ++i) {
-        acc[i] = combine(acc[i], from_bfloat16_bits(next[i]));
-      }
-    }
-    uint16_t* o = out + start;
-    for (int64_t i = 0; i < m; ++i) {
-      o[i] = to_bfloat16_bits(acc[i]);
-    }
-  }
-}
-
-// Works through tiles that stay in L1: each input is read once, the output
-// written once, and the inner loops vectorise.
-template <typename T, typename Combine>
+// Works through tiles that stay in L1: each input is read once (`load`
+// widens it to the accumulator), the output written once (`store` rounds
+// it back), and the inner loops vectorise.
+template <
+    typename Acc,
+    typename T,
+    typename Load,
+    typename Store,
+    typename Combine>
 __attribute__((always_inline)) inline void reduce_tiles(
-    T* out, const T* const* in, int n, int64_t len, Combine combine) {
-  using Acc = accumulate_t<T>;
+    T* out,
+    const T* const* in,
+    int n,
+    int64_t len,
+    Load load,
+    Store store,
+    Combine combine) {
   if constexpr (std::is_same_v<Acc, T>) {
     if (n == 2) { // the common case: one pass, no accumulator
       const T* a = in[0];
@@ -81,17 +65,17 @@ __attribute__((always_inline)) inline void reduce_tiles(
     const int64_t m = std::min(kTile, len - start);
     const T* first = in[0] + start;
     for (int64_t i = 0; i < m; ++i) {
-      acc[i] = static_cast<Acc>(first[i]);
+      acc[i] = load(first[i]);
     }
     for (int k = 1; k < n; ++k) {
       const T* next = in[k] + start;
       for (int64_t i = 0; i < m; ++i) {
-        acc[i] = combine(acc[i], static_cast<Acc>(next[i]));
+        acc[i] = combine(acc[i], load(next[i]));
       }
     }
     T* o = out + start;
     for (int64_t i = 0; i < m; ++i) {
-      o[i] = static_cast<T>(acc[i]);
+      o[i] = store(acc[i]);
     }
   }
 }
@@ -108,13 +92,18 @@ __attribute__((always_inline)) inline void reduce_any(
         using Acc = accumulate_t<scalar_t>;
         auto run = [&](auto combine) {
           if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
-            reduce_bfloat16(
+            // On the raw bits: c10::BFloat16's conversions keep the loops
+            // scalar (4x slower).
+            reduce_tiles<float>(
                 static_cast<uint16_t*>(out),
-                reinterpret_cast<const uint16_t* const*>(in), n, len, combine);
+                reinterpret_cast<const uint16_t* const*>(in), n, len,
+                from_bfloat16_bits, to_bfloat16_bits, combine);
           } else {
-            reduce_tiles(
+            reduce_tiles<Acc>(
                 static_cast<scalar_t*>(out),
-                reinterpret_cast<const scalar_t* const*>(in), n, len, combine);
+                reinterpret_cast<const scalar_t* const*>(in), n, len,
+                [](scalar_t v) { return static_cast<Acc>(v); },
+                [](Acc a) { return static_cast<scalar_t>(a); }, combine);
           }
         };
         switch (op) {

@@ -234,13 +234,14 @@ class ShmCommunicator final : public ConnectedCommunicator {
             std::move(connector), std::move(world_ranks), std::move(name)) {
     try {
       map_segment();
-      // Everyone has mapped the segment once this returns; the memfd can go.
       Signature join;
       join.op = static_cast<uint32_t>(Op::join);
-      run("join", join, [&] {
+      run(join, [&] {
         begin_epoch(&join);
         sync_first(join);
       });
+      close(memfd_); // rank 0's: every member has it mapped now
+      memfd_ = -1;
     } catch (const std::exception& e) {
       // Tell the members still waiting to join, then free what was taken:
       // no destructor runs for a constructor that throws.
@@ -271,7 +272,7 @@ class ShmCommunicator final : public ConnectedCommunicator {
     const int64_t count = tensor.numel();
     auto* data = static_cast<char*>(tensor.data_ptr());
     const Signature sig = signature(Op::all_reduce, dtype, count * es, op);
-    run("all_reduce", sig, [&] {
+    run(sig, [&] {
       if (count * es <= std::min(kOneShotBytes, slot_bytes_)) {
         one_shot_all_reduce(sig, data, count, es, dtype, op);
         return;
@@ -320,7 +321,7 @@ class ShmCommunicator final : public ConnectedCommunicator {
     auto* out = static_cast<char*>(output.data_ptr());
     const Signature sig =
         signature(Op::all_gather, input.scalar_type(), bytes);
-    run("all_gather", sig, [&] {
+    run(sig, [&] {
       for_each_chunk(bytes, slot_bytes_, sig, [&](int64_t off, int64_t len) {
         std::memcpy(slot(rank_), in + off, len);
         return [=] {
@@ -347,7 +348,7 @@ class ShmCommunicator final : public ConnectedCommunicator {
     const int64_t align = std::max<int64_t>(1, 64 / es);
     const int64_t piece =
         std::max<int64_t>(align, slot_bytes_ / size_ / es / align * align);
-    run("reduce_scatter", sig, [&] {
+    run(sig, [&] {
       for_each_chunk(count, piece, sig, [&](int64_t off, int64_t len) {
         char* mine = slot(rank_);
         for (int j = 0; j < size_; ++j) {
@@ -374,7 +375,7 @@ class ShmCommunicator final : public ConnectedCommunicator {
     auto* data = static_cast<char*>(tensor.data_ptr());
     const Signature sig =
         signature(Op::broadcast, tensor.scalar_type(), bytes, c10::nullopt, root);
-    run("broadcast", sig, [&] {
+    run(sig, [&] {
       for_each_chunk(bytes, slot_bytes_, sig, [&](int64_t off, int64_t len) {
         if (rank_ == root) {
           std::memcpy(slot(rank_), data + off, len);
@@ -392,7 +393,7 @@ class ShmCommunicator final : public ConnectedCommunicator {
   Work barrier() override {
     Signature sig;
     sig.op = static_cast<uint32_t>(Op::barrier);
-    run("barrier", sig, [&] {
+    run(sig, [&] {
       begin_epoch(&sig);
       sync_first(sig);
     });
@@ -417,8 +418,7 @@ class ShmCommunicator final : public ConnectedCommunicator {
   // look while they wait for it: they fail with its reason, not a timeout.
   void report_join_error(const std::string& what) {
     try {
-      const std::string text = rank_tag(rank_, size_) + " " + what;
-      store_->set(kJoinErrorKey, std::vector<uint8_t>(text.begin(), text.end()));
+      store_set(*store_, kJoinErrorKey, rank_tag(rank_, size_) + " " + what);
     } catch (const std::exception&) {
       // The store is gone too: the others time out.
     }
@@ -436,7 +436,8 @@ class ShmCommunicator final : public ConnectedCommunicator {
         "per rank (", 64 * size_, ")");
     int fd = -1;
     if (rank_ == 0) {
-      const std::string label = "torchtp-" + connector_->job_id() + "-" + name();
+      // The name only labels /proc/<pid>/fd: the segment has no file.
+      const std::string label = "torchtp-" + name();
       fd = memfd_create(label.c_str(), MFD_CLOEXEC);
       TORCH_CHECK(
           fd >= 0, prefix("connect"), "memfd_create failed: ",
@@ -454,6 +455,7 @@ class ShmCommunicator final : public ConnectedCommunicator {
             " (set TORCHTP_BACKEND=gloo to do without)");
       }
       map(fd);
+      // Kept open until every member has opened it (the join epoch).
       memfd_ = fd;
       auto& h = header();
       h.magic = kMagic;
@@ -461,14 +463,11 @@ class ShmCommunicator final : public ConnectedCommunicator {
       h.ranks = size_;
       h.failure_claim.store(-1);
       h.failed_rank.store(-1);
-      const std::string where =
-          std::to_string(getpid()) + " " + std::to_string(fd);
-      store.set(key, std::vector<uint8_t>(where.begin(), where.end()));
+      store_set(store, key, std::to_string(getpid()) + " " + std::to_string(fd));
     } else {
       std::string where;
       try {
-        auto v = store.get(key);
-        where.assign(v.begin(), v.end());
+        where = store_get(store, key);
       } catch (const std::exception& e) {
         TORCH_CHECK(
             false, prefix("connect"),
@@ -499,11 +498,6 @@ class ShmCommunicator final : public ConnectedCommunicator {
       TORCH_CHECK(
           header().magic == kMagic && header().ranks == size_,
           prefix("connect"), "rank 0's segment is not this group's");
-    }
-    // The mapping keeps the memory; the fd of rank 0 must stay open until
-    // every member opened it, which the join epoch guarantees.
-    if (rank_ == 0) {
-      memfd_ = fd;
     }
     me().pid.store(getpid(), std::memory_order_seq_cst);
     inputs_.resize(size_);
@@ -689,9 +683,8 @@ class ShmCommunicator final : public ConnectedCommunicator {
     if (now >= next_liveness) {
       next_liveness = now + kLivenessEvery;
       if (std::strcmp(op_, "join") == 0 && store_->check({kJoinErrorKey})) {
-        auto v = store_->get(kJoinErrorKey);
         fail(
-            "a member could not join: " + std::string(v.begin(), v.end()),
+            "a member could not join: " + store_get(*store_, kJoinErrorKey),
             /*report=*/false);
       }
       const int32_t pid = peer.pid.load(std::memory_order_acquire);
@@ -743,22 +736,20 @@ class ShmCommunicator final : public ConnectedCommunicator {
            ", timeout " + seconds(timeout_) + "): ";
   }
 
+  // One collective, `body`, of signature `sig`: serialised, timed, and
+  // refused once the group has failed.
   template <typename F>
-  void run(const char* op, const Signature&, F&& body) {
+  void run(const Signature& sig, F&& body) {
     std::lock_guard<std::mutex> lock(mutex_);
+    op_ = op_name(sig.op);
     TORCH_CHECK(
-        broken_.empty(), prefix(op),
+        broken_.empty(), prefix(op_),
         "the group is unusable after an earlier failure: ", broken_);
-    op_ = op;
     op_start_ = Clock::now();
     body();
     // A member that gave up on this collective (timeout) may have stamped
     // before it did: its failure is this collective's too.
     raise_if_group_failed();
-    if (memfd_ >= 0) {
-      close(memfd_); // every member mapped the segment (the join epoch)
-      memfd_ = -1;
-    }
   }
 
   c10::intrusive_ptr<c10d::Store> store_; // keys of this group
