@@ -3,10 +3,10 @@
 // What the benchmarks share: medians, timing, and the header that says on
 // which machine, with which BLAS kernels and threads, a table was measured.
 
+#include <torchtp/detail/blas_core.h>
+
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
-
-#include <dlfcn.h>
 
 #include <algorithm>
 #include <chrono>
@@ -62,19 +62,12 @@ inline std::string cpu_model() {
   return "unknown";
 }
 
-/// The kernel set OpenBLAS chose ("Haswell", "SkylakeX", "Prescott" when it
-/// did not recognise the CPU), or "not OpenBLAS".
-inline std::string blas_core() {
-  using Fn = char* (*)();
-  auto fn = reinterpret_cast<Fn>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
-  return fn ? std::string(fn()) : std::string("not OpenBLAS");
-}
-
 inline nlohmann::json header_json(int world_size) {
   const char* forced = std::getenv("OPENBLAS_CORETYPE");
+  const std::string core = detail::openblas_core();
   return {
       {"machine", cpu_model()},
-      {"blas_core", blas_core()},
+      {"blas_core", core.empty() ? "not OpenBLAS" : core},
       {"openblas_coretype_env", forced ? forced : ""},
       {"world_size", world_size},
       {"threads_per_rank", at::get_num_threads()}};
