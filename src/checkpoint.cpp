@@ -116,10 +116,10 @@ void agree(const Group& g, const std::string& error, const std::string& what) {
   }
   TORCH_CHECK(
       error.empty(), error,
-      error.find("[rank ") == std::string::npos ? " " + g.tag() : "");
+      error.find("[rank ") == std::string::npos ? " " + g.rank_label() : "");
   TORCH_CHECK(
       false, what, ": rank ", failed, " failed (its message says why) ",
-      g.tag());
+      g.rank_label());
 }
 
 // Runs `f`, returning its error message ("" when it succeeded).
@@ -184,7 +184,7 @@ void save_checkpoint(
   TORCH_CHECK(
       count[0].item<int64_t>() == -count[1].item<int64_t>(), what,
       ": the ranks hold different numbers of tensors (this rank ", items.size(),
-      "); was the optimizer stepped on every rank? ", g.tag());
+      "); was the optimizer stepped on every rank? ", g.rank_label());
 
   std::string error;
   if (g.rank() == 0) {
@@ -303,12 +303,12 @@ void load_tensor(
       saved_dim == spec.dim && saved_segments == spec.segments, kLoad, ": '",
       name, "' in ", dir, " is split along dim ", saved_dim, " in ",
       saved_segments, " segments, the model splits it along dim ", spec.dim,
-      " in ", spec.segments, " ", g.tag());
+      " in ", spec.segments, " ", g.rank_label());
   const auto expected = full_shape(dest.sizes(), spec, g);
   TORCH_CHECK(
       expected == shape, kLoad, ": '", name, "' in ", dir, " has full shape ",
       at::IntArrayRef(shape), ", the model's is ", at::IntArrayRef(expected),
-      " ", g.tag());
+      " ", g.rank_label());
 
   auto read = [&](int64_t k) {
     const auto& shard = shards.at(k);
@@ -321,7 +321,7 @@ void load_tensor(
     TORCH_CHECK(
         t.sizes() == dest.sizes(), kLoad, ": '", name, "' in ",
         files.get(shards.at(0).at("file")).path(), " has shape ", t.sizes(),
-        ", expected ", dest.sizes(), " ", g.tag());
+        ", expected ", dest.sizes(), " ", g.rank_label());
     dest.copy_(t);
     return;
   }
@@ -344,7 +344,7 @@ void load_tensor(
         src.sizes() == at::IntArrayRef(src_expected), kLoad, ": '", name,
         "' in ", files.get(shards.at(k).at("file")).path(), " has shape ",
         src.sizes(), ", expected ", at::IntArrayRef(src_expected), " ",
-        g.tag());
+        g.rank_label());
     for (int64_t s = 0; s < spec.segments; ++s) {
       dest.narrow(
               spec.dim, s * now.local_size() + lo - now.local_offset(), hi - lo)
@@ -432,7 +432,7 @@ nlohmann::json load_checkpoint(
     auto find = [&](const std::string& name) -> const nlohmann::json& {
       TORCH_CHECK(
           tensors.contains(name), kLoad, ": ", (path / "meta.json").string(),
-          " has no tensor '", name, "' ", g.tag());
+          " has no tensor '", name, "' ", g.rank_label());
       return tensors.at(name);
     };
     kind = optimizer_kind(optimizer);
@@ -442,7 +442,7 @@ nlohmann::json load_checkpoint(
       TORCH_CHECK(
           saved_kind == kind, kLoad, ": ", path.string(), " holds ",
           saved_kind.empty() ? "no" : saved_kind,
-          " optimizer state, the optimizer is ", kind, " ", g.tag());
+          " optimizer state, the optimizer is ", kind, " ", g.rank_label());
     }
     for (auto& p : model.named_parameters()) {
       const auto& spec = specs.at(p.key());
@@ -524,7 +524,7 @@ void load_full_state(const std::string& path, torch::nn::Module& model) {
   std::vector<std::pair<at::Tensor, at::Tensor>> params; // (param, value)
   const std::string error = attempt([&] {
     auto specs = shard_specs(model);
-    TORCH_CHECK(fs::exists(path), kName, ": ", path, " not found ", g.tag());
+    TORCH_CHECK(fs::exists(path), kName, ": ", path, " not found ", g.rank_label());
     const bool safetensors =
         path.size() > 12 && path.substr(path.size() - 12) == ".safetensors";
     std::unique_ptr<SafetensorsReader> reader;
@@ -549,7 +549,7 @@ void load_full_state(const std::string& path, torch::nn::Module& model) {
           full.sizes() == at::IntArrayRef(expected), kName, ": '", p.key(),
           "' in ", path, " has shape ", full.sizes(),
           ", the model's full shape is ", at::IntArrayRef(expected), " ",
-          g.tag());
+          g.rank_label());
       auto value = at::empty_like(p.value().detach());
       value.copy_(shard_of(full, spec, g, p.key()));
       params.emplace_back(p.value(), value);

@@ -122,7 +122,7 @@ at::Tensor vocab_parallel_cross_entropy(
           logits_shard.is_floating_point(),
       kName, ": expected floating-point logits [*, V/ws], got ",
       logits_shard.defined() ? c10::str(logits_shard.sizes()) : "none", " ",
-      group.tag());
+      group.rank_label());
   auto lead = logits_shard.sizes().vec();
   lead.pop_back();
   TORCH_CHECK(
@@ -133,18 +133,18 @@ at::Tensor vocab_parallel_cross_entropy(
       " (the logits' leading dims) but got ",
       target.defined() ? c10::str(target.sizes()) : "none", " ",
       target.defined() ? c10::toString(target.scalar_type()) : "", " ",
-      group.tag());
+      group.rank_label());
   const double s = options.label_smoothing();
   TORCH_CHECK(
       s >= 0 && s <= 1, kName,
       ": label_smoothing must be in [0, 1], "
       "got ",
-      s, " ", group.tag());
+      s, " ", group.rank_label());
   const int64_t full_vocab = logits_shard.size(-1) * group.size();
   TORCH_CHECK(
       options.vocab_size() >= 0 && options.vocab_size() <= full_vocab, kName,
       ": vocab_size (", options.vocab_size(), ") must be in [0, ", full_vocab,
-      "], the logits' full vocabulary ", group.tag());
+      "], the logits' full vocabulary ", group.rank_label());
   const int64_t real_vocab =
       options.vocab_size() > 0 ? options.vocab_size() : full_vocab;
   auto t = target.to(at::kLong);
@@ -156,7 +156,7 @@ at::Tensor vocab_parallel_cross_entropy(
       TORCH_CHECK(
           lo >= 0 && hi < real_vocab, kName, ": targets must be in [0, ",
           real_vocab, ") or ignore_index (", options.ignore_index(),
-          "), got values in [", lo, ", ", hi, "] ", group.tag());
+          "), got values in [", lo, ", ", hi, "] ", group.rank_label());
     }
   }
 

@@ -24,7 +24,7 @@ void VocabParallelEmbeddingImpl::reset() {
       options.num_embeddings() > 0 && options.embedding_dim() > 0, kName,
       ": num_embeddings and embedding_dim must be positive, got ",
       options.num_embeddings(), " and ", options.embedding_dim(), " ",
-      group_->tag());
+      group_->rank_label());
   partition_ = Partition(
       options.num_embeddings(), group_->size(), group_->rank(),
       std::string(kName) + ": num_embeddings");
@@ -55,7 +55,7 @@ void VocabParallelEmbeddingImpl::load_full_weights(const torch::Tensor& full) {
       kName, "::load_full_weights: expected a full table of shape [",
       options.num_embeddings(), ", ", options.embedding_dim(), "] but got ",
       full.defined() ? c10::str(full.sizes()) : "undefined", " ",
-      group_->tag());
+      group_->rank_label());
   torch::NoGradGuard no_grad;
   weight.copy_(partition_->narrow(full, 0));
 }
@@ -67,14 +67,14 @@ torch::Tensor VocabParallelEmbeddingImpl::forward(const torch::Tensor& ids) {
       kName, ": expected integer ids (Long or Int), got ",
       ids.defined() ? c10::toString(ids.scalar_type()) : "undefined",
       " of shape ", ids.defined() ? c10::str(ids.sizes()) : "[]", " ",
-      group_->tag());
+      group_->rank_label());
   if (ids.numel() > 0) {
     const auto lo = ids.min().item<int64_t>();
     const auto hi = ids.max().item<int64_t>();
     TORCH_CHECK(
         lo >= 0 && hi < options.num_embeddings(), kName,
         ": ids must be in [0, ", options.num_embeddings(), "), got values in [",
-        lo, ", ", hi, "] ", group_->tag());
+        lo, ", ", hi, "] ", group_->rank_label());
   }
   if (group_->size() == 1) {
     return torch::nn::functional::embedding(ids, weight);

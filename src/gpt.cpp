@@ -19,7 +19,7 @@ void GPTImpl::reset() {
       kName,
       ": vocab_size, max_seq_len and vocab_pad_multiple must be "
       "positive ",
-      group_->tag());
+      group_->rank_label());
   const int64_t m = options.vocab_pad_multiple();
   padded_vocab_ = (options.vocab_size() + m - 1) / m * m;
   TORCH_CHECK(
@@ -27,7 +27,7 @@ void GPTImpl::reset() {
       padded_vocab_, " = vocab_size ", options.vocab_size(),
       " rounded up to vocab_pad_multiple ", m,
       ") is not divisible by the tensor-parallel size (", group_->size(),
-      "); choose a vocab_pad_multiple divisible by it ", group_->tag());
+      "); choose a vocab_pad_multiple divisible by it ", group_->rank_label());
   rng_ = std::make_shared<RngTracker>(options.dropout_seed(), *group_);
   const int64_t d = options.d_model();
 
@@ -71,11 +71,11 @@ torch::Tensor GPTImpl::forward(const torch::Tensor& ids) {
   TORCH_CHECK(
       ids.dim() == 2 && ids.size(1) <= options.max_seq_len(), kName,
       ": expected ids [batch, seq <= ", options.max_seq_len(), "] but got ",
-      ids.sizes(), " ", group_->tag());
+      ids.sizes(), " ", group_->rank_label());
   TORCH_CHECK(
       ids.numel() == 0 || ids.max().item<int64_t>() < options.vocab_size(),
       kName, ": ids must be below vocab_size (", options.vocab_size(),
-      "), got ", ids.max().item<int64_t>(), " ", group_->tag());
+      "), got ", ids.max().item<int64_t>(), " ", group_->rank_label());
   auto positions = torch::arange(ids.size(1), torch::kLong);
   auto h = token_embedding(ids) + position_embedding(positions);
   h = dropout(h, options.hidden_dropout(), is_training(), rng_->replicated());

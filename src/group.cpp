@@ -1,6 +1,6 @@
 #include "torchtp/group.h"
 
-#include "torchtp/error.h"
+#include "torchtp/detail/check.h"
 #include "torchtp/partition.h"
 
 #include <ATen/ATen.h>
@@ -85,28 +85,28 @@ std::string Group::backend() const {
   return comm_->backend();
 }
 
-std::string Group::tag() const {
-  return detail::rank_tag(rank(), size());
+std::string Group::rank_label() const {
+  return detail::rank_label(rank(), size());
 }
 
 void Group::check_same_everywhere(const char* op, const at::Tensor& t) const {
   TORCH_CHECK(
-      t.defined(), "torchtp::Group::", op, ": undefined tensor ", tag());
+      t.defined(), "torchtp::Group::", op, ": undefined tensor ", rank_label());
   TORCH_CHECK(
       t.device().is_cpu(), "torchtp::Group::", op,
-      ": expected a CPU tensor, got one on ", t.device(), " ", tag());
+      ": expected a CPU tensor, got one on ", t.device(), " ", rank_label());
   TORCH_CHECK(
       t.scalar_type() != at::kBool && !t.is_complex(), "torchtp::Group::", op,
       ": dtype ", t.scalar_type(),
       " is not supported (floating point and "
       "integer tensors are) ",
-      tag());
+      rank_label());
   if (size() == 1 || !debug_checks_enabled()) {
     return;
   }
   TORCH_CHECK(
       t.dim() <= kMaxSignatureDims, "torchtp::Group::", op,
-      ": TORCHTP_DEBUG checks at most ", kMaxSignatureDims, " dims ", tag());
+      ": TORCHTP_DEBUG checks at most ", kMaxSignatureDims, " dims ", rank_label());
   auto sig = at::full({kMaxSignatureDims + 2}, -1, at::kLong);
   auto* s = sig.data_ptr<int64_t>();
   s[0] = static_cast<int64_t>(t.scalar_type());
@@ -123,7 +123,7 @@ void Group::check_same_everywhere(const char* op, const at::Tensor& t) const {
         std::equal(s, s + sig.numel(), other), "torchtp::Group::", op,
         ": ranks disagree on the tensor: this rank passed ",
         describe_signature(s), ", rank ", r, " passed ",
-        describe_signature(other), " ", tag());
+        describe_signature(other), " ", rank_label());
   }
 }
 
@@ -147,7 +147,7 @@ Work Group::all_gather_async(const at::Tensor& tensor, int64_t dim) const {
       tensor.dim() >= 1,
       "torchtp::Group::all_gather: expected a "
       "tensor with at least one dim, got a scalar ",
-      tag());
+      rank_label());
   const int64_t d = c10::maybe_wrap_dim(dim, tensor.dim());
   if (size() == 1) {
     return Work(tensor.clone());
@@ -183,7 +183,7 @@ Work Group::reduce_scatter_async(
       tensor.dim() >= 1,
       "torchtp::Group::reduce_scatter: expected a "
       "tensor with at least one dim, got a scalar ",
-      tag());
+      rank_label());
   const int64_t d = c10::maybe_wrap_dim(dim, tensor.dim());
   Partition part(
       tensor.size(d), size(), rank(),
@@ -219,7 +219,7 @@ Work Group::broadcast_async(at::Tensor& tensor, int root) const {
   check_same_everywhere("broadcast", tensor);
   TORCH_CHECK(
       root >= 0 && root < size(), "torchtp::Group::broadcast: root ", root,
-      " is not a rank of the group ", tag());
+      " is not a rank of the group ", rank_label());
   if (size() == 1 || tensor.numel() == 0) {
     return Work(tensor);
   }
@@ -267,7 +267,7 @@ Group Group::split(int color, int key) const {
 Group Group::with_backend(const std::string& backend) const {
   TORCH_CHECK(
       backend == "shm" || backend == "gloo", "torchtp::Group::with_backend: '",
-      backend, "' is not one of shm, gloo ", tag());
+      backend, "' is not one of shm, gloo ", rank_label());
   if (size() == 1) {
     return Group::self();
   }

@@ -2,7 +2,7 @@
 
 #include "comm/connector.h"
 #include "torchtp/detail/blas_core.h"
-#include "torchtp/error.h"
+#include "torchtp/detail/check.h"
 
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
@@ -67,7 +67,7 @@ void warn_on_generic_blas(const InitOptions& o) {
         "torchtp: OpenBLAS does not recognise this CPU and runs its generic ",
         core, " kernels, 2-3x slower here; start the program with "
         "OPENBLAS_CORETYPE=", better, " (torchtp-run does this) ",
-        detail::rank_tag(o.rank(), o.world_size()));
+        detail::rank_label(o.rank(), o.world_size()));
   }
 }
 
@@ -109,7 +109,7 @@ InitOptions options_from_env() {
       "several hosts (world size ",
       o.world_size(), ", ", o.local_world_size(),
       " on this host): set MASTER_ADDR (and MASTER_PORT) to rank 0's host ",
-      detail::rank_tag(o.rank(), o.world_size()));
+      detail::rank_label(o.rank(), o.world_size()));
   o.master_addr(env("MASTER_ADDR").value_or("127.0.0.1"));
   o.master_port(env_int("MASTER_PORT", 29500));
   o.timeout(std::chrono::seconds(env_int("TORCHTP_TIMEOUT_S", 300)));
@@ -130,7 +130,7 @@ c10::optional<Group> initialized; // the world of the first init()
 } // namespace
 
 Group init(const InitOptions& o) {
-  const std::string tag = detail::rank_tag(o.rank(), o.world_size());
+  const std::string tag = detail::rank_label(o.rank(), o.world_size());
   std::lock_guard<std::mutex> lock(init_mutex);
   // A second rendezvous on the same port would fail or meet stale keys:
   // joining twice returns the job already joined.
@@ -189,7 +189,7 @@ ParallelGroups make_parallel_groups(const Group& world, int tp) {
   TORCH_CHECK(
       tp >= 1 && world.size() % tp == 0,
       "torchtp::make_parallel_groups: tensor-parallel size (", tp,
-      ") does not divide the world size (", world.size(), ") ", world.tag());
+      ") does not divide the world size (", world.size(), ") ", world.rank_label());
   // The degenerate layouts reuse the world: no second connection mesh.
   if (tp == world.size()) {
     return {world, world, Group::self()};

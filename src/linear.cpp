@@ -48,16 +48,16 @@ void check_input(
     const char* width_name,
     const torch::Tensor& weight,
     const Group& g) {
-  TORCH_CHECK(input.defined(), layer, ": undefined input ", g.tag());
+  TORCH_CHECK(input.defined(), layer, ": undefined input ", g.rank_label());
   TORCH_CHECK(
       input.dim() >= 1 && input.size(-1) == width, layer,
       ": expected input of shape [*, ", width, "] (", width_name, ") but got ",
-      input.sizes(), "; weight shard is ", weight.sizes(), " ", g.tag());
+      input.sizes(), "; weight shard is ", weight.sizes(), " ", g.rank_label());
   TORCH_CHECK(
       input.scalar_type() == weight.scalar_type(), layer,
       ": expected input dtype ", weight.scalar_type(),
       " (the weight's) but got ", input.scalar_type(), " for input of shape ",
-      input.sizes(), " ", g.tag());
+      input.sizes(), " ", g.rank_label());
 }
 
 void check_full(
@@ -70,7 +70,7 @@ void check_full(
       given.defined() && given.sizes() == expected, layer,
       "::load_full_weights: expected full ", what, " of shape ", expected,
       " but got ", given.defined() ? c10::str(given.sizes()) : "undefined", " ",
-      g.tag());
+      g.rank_label());
 }
 
 // Registers `weight` and, when `has_bias`, `bias` (else an undefined bias,
@@ -96,7 +96,7 @@ void check_positive(
   TORCH_CHECK(
       in > 0 && out > 0, layer,
       ": in_features and out_features must be positive, got ", in, " and ", out,
-      " ", g.tag());
+      " ", g.rank_label());
 }
 
 } // namespace
@@ -118,7 +118,7 @@ void ColumnParallelLinearImpl::reset() {
   TORCH_CHECK(
       segments >= 1 && options.out_features() % segments == 0, kName,
       ": out_features (", options.out_features(),
-      ") is not divisible by segments (", segments, ") ", group_->tag());
+      ") is not divisible by segments (", segments, ") ", group_->rank_label());
   partition_ = Partition(
       options.out_features() / segments, group_->size(), group_->rank(),
       std::string(kName) + ": out_features" +
@@ -155,7 +155,7 @@ void ColumnParallelLinearImpl::load_full_weights(
         !b.defined(), kName,
         "::load_full_weights: got a bias for a "
         "layer built with bias(false) ",
-        group_->tag());
+        group_->rank_label());
   }
 }
 
@@ -249,7 +249,7 @@ void RowParallelLinearImpl::load_full_weights(
         !b.defined(), kName,
         "::load_full_weights: got a bias for a "
         "layer built with bias(false) ",
-        group_->tag());
+        group_->rank_label());
   }
 }
 

@@ -156,11 +156,11 @@ struct CopyToTpAndLinear : torch::autograd::Function<CopyToTpAndLinear> {
 };
 
 void check_input(const char* who, const at::Tensor& x, const Group& g) {
-  TORCH_CHECK(x.defined(), "torchtp::", who, ": undefined input ", g.tag());
+  TORCH_CHECK(x.defined(), "torchtp::", who, ": undefined input ", g.rank_label());
   TORCH_CHECK(
       x.dim() >= 1, "torchtp::", who,
       ": expected a tensor with at least one dim, got shape ", x.sizes(), " ",
-      g.tag());
+      g.rank_label());
 }
 
 } // namespace

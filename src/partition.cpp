@@ -1,6 +1,6 @@
 #include "torchtp/partition.h"
 
-#include "torchtp/error.h"
+#include "torchtp/detail/check.h"
 
 #include <c10/util/Exception.h>
 
@@ -14,11 +14,11 @@ Partition::Partition(
       rank, " is outside ", parts, " parts");
   TORCH_CHECK(
       full_size >= 0, what, " (", full_size, ") must not be negative ",
-      detail::rank_tag(rank, parts));
+      detail::rank_label(rank, parts));
   TORCH_CHECK(
       full_size % parts == 0, what, " (", full_size,
       ") is not divisible by the tensor-parallel size (", parts, ") ",
-      detail::rank_tag(rank, parts));
+      detail::rank_label(rank, parts));
   sizes_.assign(parts, full_size / parts);
   offsets_.resize(parts);
   int64_t offset = 0;
@@ -53,7 +53,7 @@ at::Tensor Partition::narrow(const at::Tensor& full, int64_t dim) const {
   TORCH_CHECK(
       full.size(dim) == full_size_, "torchtp::Partition: expected size ",
       full_size_, " along dim ", dim, ", got ", full.sizes(), " ",
-      detail::rank_tag(rank_, parts()));
+      detail::rank_label(rank_, parts()));
   return full.narrow(dim, local_offset(), local_size());
 }
 

@@ -45,7 +45,7 @@ at::Tensor shard_of(
   TORCH_CHECK(
       full.size(d) % spec.segments == 0, what, ": size ", full.size(d),
       " along dim ", d, " is not divisible by segments (", spec.segments, ") ",
-      group.tag());
+      group.rank_label());
   auto blocks = full.sizes().vec();
   blocks[d] /= spec.segments;
   blocks.insert(blocks.begin() + d, spec.segments);
@@ -86,7 +86,7 @@ Group shard_group(const torch::nn::Module& model) {
             "torchtp: module '", prefix,
             "' is split over another group than "
             "the rest of the model ",
-            group->tag());
+            group->rank_label());
       });
   return group.has_value() ? *group : default_group();
 }

@@ -64,7 +64,7 @@ void ParallelSelfAttentionImpl::reset() {
   const int64_t d = options.d_model(), heads = options.num_heads();
   TORCH_CHECK(
       heads > 0 && d > 0 && d % heads == 0, kName, ": d_model (", d,
-      ") is not divisible by num_heads (", heads, ") ", group.tag());
+      ") is not divisible by num_heads (", heads, ") ", group.rank_label());
   // Checked here, before the projections, so the message speaks of heads.
   local_heads_ =
       Partition(
@@ -90,7 +90,7 @@ torch::Tensor ParallelSelfAttentionImpl::forward(const torch::Tensor& x) {
   TORCH_CHECK(
       x.dim() == 3 && x.size(2) == options.d_model(), kName,
       ": expected input [batch, seq, ", options.d_model(), "] but got ",
-      x.sizes(), " ", qkv->group().tag());
+      x.sizes(), " ", qkv->group().rank_label());
   const int64_t b = x.size(0), s = x.size(1);
   const int64_t hd = options.d_model() / options.num_heads();
   // [b, s, 3 * local_heads * hd] -> 3 x [b, local_heads, s, hd]

@@ -313,9 +313,9 @@ TEST(VocabParallelEmbedding, OutOfRangeIdRaisesWithRankTag) {
   auto negative = torch::tensor({-1, 0}, torch::kLong);
   EXPECT_TRUE(raises_with(
       [&] { emb(past_end); },
-      {"VocabParallelEmbedding", std::to_string(v), g.tag()}));
+      {"VocabParallelEmbedding", std::to_string(v), g.rank_label()}));
   EXPECT_TRUE(
-      raises_with([&] { emb(negative); }, {"VocabParallelEmbedding", g.tag()}));
+      raises_with([&] { emb(negative); }, {"VocabParallelEmbedding", g.rank_label()}));
 }
 
 // ---------------------------------------------------------------------------
@@ -389,7 +389,7 @@ TEST(VocabParallelCrossEntropy, TargetOutsideVocabularyRaises) {
   auto target = torch::tensor({int64_t{0}, v}, torch::kLong);
   EXPECT_TRUE(raises_with(
       [&] { torchtp::vocab_parallel_cross_entropy(logits, target); },
-      {"vocab_parallel_cross_entropy", std::to_string(v), g.tag()}));
+      {"vocab_parallel_cross_entropy", std::to_string(v), g.rank_label()}));
   // With padding, a padded id is no target either.
   auto padded = torch::tensor({int64_t{0}, v - 2}, torch::kLong);
   EXPECT_TRUE(raises_with(
@@ -398,7 +398,7 @@ TEST(VocabParallelCrossEntropy, TargetOutsideVocabularyRaises) {
             logits, padded,
             torchtp::VocabParallelCrossEntropyOptions().vocab_size(v - 3));
       },
-      {"vocab_parallel_cross_entropy", g.tag()}));
+      {"vocab_parallel_cross_entropy", g.rank_label()}));
 }
 
 // ---------------------------------------------------------------------------
@@ -520,7 +520,7 @@ TEST(ParallelSelfAttention, HeadsThatDoNotDivideTheWorldRaise) {
         torchtp::ParallelSelfAttention(
             torchtp::ParallelSelfAttentionOptions(d, heads));
       },
-      {"num_heads", std::to_string(heads), g.tag()}));
+      {"num_heads", std::to_string(heads), g.rank_label()}));
 }
 
 // ---------------------------------------------------------------------------

@@ -246,7 +246,7 @@ void expect_load_fails(
     } else {
       EXPECT_NE(msg.find("failed"), std::string::npos) << msg;
     }
-    EXPECT_NE(msg.find(g.tag()), std::string::npos) << msg;
+    EXPECT_NE(msg.find(g.rank_label()), std::string::npos) << msg;
   }
   // A failed load changes nothing.
   EXPECT_TRUE(all_close(fresh->full_logits(ids), before, {0, 0}));

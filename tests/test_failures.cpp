@@ -53,11 +53,11 @@ int main(int argc, char** argv) {
     const double s =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
             .count();
-    const bool names_rank = msg.find(world.tag()) != std::string::npos;
+    const bool names_rank = msg.find(world.rank_label()) != std::string::npos;
     std::cout << "rank " << world.rank() << " got after " << s
               << " s: " << msg.substr(0, 300) << "\n";
     if (!names_rank) {
-      std::cerr << "FAIL: the message does not name " << world.tag() << "\n";
+      std::cerr << "FAIL: the message does not name " << world.rank_label() << "\n";
       return 1;
     }
     if (world.rank() == 0) {

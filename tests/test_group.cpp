@@ -135,7 +135,7 @@ TEST(Group, UnsupportedDtypeIsNamedBeforeAnyCommunication) {
   auto g = world();
   auto b = torch::ones({3}, torch::kBool);
   EXPECT_TRUE(raises_with(
-      [&] { g.all_reduce(b); }, {"Bool", "not supported", g.tag()}));
+      [&] { g.all_reduce(b); }, {"Bool", "not supported", g.rank_label()}));
 }
 
 TEST(Group, ReduceScatterOfASizeThatDoesNotDivideRaises) {
@@ -148,7 +148,7 @@ TEST(Group, ReduceScatterOfASizeThatDoesNotDivideRaises) {
   auto t = torch::ones({g.size() + 1, 2});
   EXPECT_TRUE(raises_with(
       [&] { g.reduce_scatter(t, 0); },
-      {"not divisible", std::to_string(g.size() + 1), g.tag()}));
+      {"not divisible", std::to_string(g.size() + 1), g.rank_label()}));
 }
 
 TEST(Group, BroadcastCopiesTheRootsTensor) {
@@ -162,7 +162,7 @@ TEST(Group, BroadcastCopiesTheRootsTensor) {
   }
   auto t = torch::zeros({1});
   EXPECT_TRUE(
-      raises_with([&] { g.broadcast(t, g.size()); }, {"root", g.tag()}));
+      raises_with([&] { g.broadcast(t, g.size()); }, {"root", g.rank_label()}));
 }
 
 TEST(Group, AsyncVariantsReturnTheResultOnWait) {
@@ -262,7 +262,7 @@ TEST(ParallelGroups, SizeThatDoesNotDivideTheWorldRaises) {
   auto g = world();
   EXPECT_TRUE(raises_with(
       [&] { torchtp::make_parallel_groups(g, g.size() + 1); },
-      {"does not divide", g.tag()}));
+      {"does not divide", g.rank_label()}));
 }
 
 TEST(Group, DebugChecksNameTheRankThatDisagrees) {
@@ -275,7 +275,7 @@ TEST(Group, DebugChecksNameTheRankThatDisagrees) {
     auto t = torch::ones({g.rank() == 0 ? 4 : 3});
     EXPECT_TRUE(raises_with(
         [&] { g.all_reduce(t); },
-        {"ranks disagree", "[4] Float", "[3] Float", g.tag()}));
+        {"ranks disagree", "[4] Float", "[3] Float", g.rank_label()}));
   }
   torchtp::set_debug_checks(false);
 }
@@ -414,7 +414,7 @@ TEST(Group, WithBackendGivesEachCommunicatorTheSameResults) {
     EXPECT_TRUE(torch::equal(t, expected)) << b;
   }
   EXPECT_TRUE(raises_with(
-      [&] { g.with_backend("nccl"); }, {"nccl", "shm, gloo", g.tag()}));
+      [&] { g.with_backend("nccl"); }, {"nccl", "shm, gloo", g.rank_label()}));
 }
 
 TEST(Group, ConcurrentAsyncCollectivesOnTwoGroups) {
@@ -452,7 +452,7 @@ TEST(Group, MismatchedCollectivesRaiseOnEveryRank) {
     EXPECT_TRUE(raises_with(
         [&] { s.all_reduce(t); },
         {"ranks called different collectives", "all_reduce of 16 bytes",
-         "all_reduce of 12 bytes", s.tag()}));
+         "all_reduce of 12 bytes", s.rank_label()}));
     // A different collective altogether.
     auto u = torch::ones({4});
     EXPECT_TRUE(raises_with(
@@ -464,11 +464,11 @@ TEST(Group, MismatchedCollectivesRaiseOnEveryRank) {
           }
         },
         {"ranks called different collectives", "all_gather", "all_reduce",
-         s.tag()}));
+         s.rank_label()}));
   } else {
     EXPECT_TRUE(raises_with(
         [&] { s.all_reduce(t); },
-        {"ranks disagree", "[4] Float", "[3] Float", s.tag()}));
+        {"ranks disagree", "[4] Float", "[3] Float", s.rank_label()}));
   }
   torchtp::set_debug_checks(false);
   // Nothing was corrupted and the group is still in step.

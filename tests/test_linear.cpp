@@ -340,11 +340,11 @@ TEST(ParallelLinearErrors, SizeThatDoesNotDivideNamesRankWorldAndBothSizes) {
   EXPECT_TRUE(raises_with(
       [&] { torchtp::ColumnParallelLinear(4, bad); },
       {"ColumnParallelLinear", "out_features (" + std::to_string(bad) + ")",
-       "(" + std::to_string(g.size()) + ")", g.tag()}));
+       "(" + std::to_string(g.size()) + ")", g.rank_label()}));
   EXPECT_TRUE(raises_with(
       [&] { torchtp::RowParallelLinear(bad, 4); },
       {"RowParallelLinear", "in_features (" + std::to_string(bad) + ")",
-       "(" + std::to_string(g.size()) + ")", g.tag()}));
+       "(" + std::to_string(g.size()) + ")", g.rank_label()}));
 }
 
 TEST(ParallelLinearErrors, WrongInputWidthNamesBothShapes) {
@@ -355,7 +355,7 @@ TEST(ParallelLinearErrors, WrongInputWidthNamesBothShapes) {
       [&] {
         col(torch::randn({3, 7}));
       },
-      {"ColumnParallelLinear", "[*, 8]", "[3, 7]", g.tag()}));
+      {"ColumnParallelLinear", "[*, 8]", "[3, 7]", g.rank_label()}));
   torchtp::RowParallelLinear row(
       torchtp::RowParallelLinearOptions(4 * ws, 8).input_is_parallel(true));
   EXPECT_TRUE(raises_with(
@@ -363,7 +363,7 @@ TEST(ParallelLinearErrors, WrongInputWidthNamesBothShapes) {
         row(torch::randn({2, 4 * ws + 1}));
       },
       {"RowParallelLinear", "[*, 4]", "[2, " + std::to_string(4 * ws + 1) + "]",
-       g.tag()}));
+       g.rank_label()}));
   torchtp::RowParallelLinear row_full(
       torchtp::RowParallelLinearOptions(4 * ws, 8).input_is_parallel(false));
   EXPECT_TRUE(raises_with(
@@ -371,9 +371,9 @@ TEST(ParallelLinearErrors, WrongInputWidthNamesBothShapes) {
         row_full(torch::randn({2, 3}));
       },
       {"RowParallelLinear", "[*, " + std::to_string(4 * ws) + "]", "[2, 3]",
-       g.tag()}));
+       g.rank_label()}));
   EXPECT_TRUE(raises_with(
-      [&] { col(torch::randn({})); }, {"ColumnParallelLinear", "[]", g.tag()}));
+      [&] { col(torch::randn({})); }, {"ColumnParallelLinear", "[]", g.rank_label()}));
 }
 
 TEST(ParallelLinearErrors, WrongDtypeNamesBothDtypes) {
@@ -383,7 +383,7 @@ TEST(ParallelLinearErrors, WrongDtypeNamesBothDtypes) {
       [&] {
         col(torch::randn({3, 8}, torch::kDouble));
       },
-      {"ColumnParallelLinear", "Float", "Double", "[3, 8]", g.tag()}));
+      {"ColumnParallelLinear", "Float", "Double", "[3, 8]", g.rank_label()}));
   torchtp::RowParallelLinear row(
       torchtp::RowParallelLinearOptions(2 * g.size(), 8)
           .dtype(torch::kBFloat16)
@@ -392,7 +392,7 @@ TEST(ParallelLinearErrors, WrongDtypeNamesBothDtypes) {
       [&] {
         row(torch::randn({3, 2}));
       },
-      {"RowParallelLinear", "BFloat16", "Float", g.tag()}));
+      {"RowParallelLinear", "BFloat16", "Float", g.rank_label()}));
 }
 
 TEST(ParallelLinearErrors, LoadFullWeightsChecksShapes) {
@@ -403,12 +403,12 @@ TEST(ParallelLinearErrors, LoadFullWeightsChecksShapes) {
         col->load_full_weights(torch::randn({3, 8}), torch::randn({3}));
       },
       {"load_full_weights", "[" + std::to_string(2 * g.size()) + ", 8]",
-       "[3, 8]", g.tag()}));
+       "[3, 8]", g.rank_label()}));
   EXPECT_TRUE(raises_with(
       [&] {
         col->load_full_weights(torch::randn({2 * g.size(), 8}));
       },
-      {"load_full_weights", "bias", "undefined", g.tag()}));
+      {"load_full_weights", "bias", "undefined", g.rank_label()}));
   torchtp::RowParallelLinear nob(
       torchtp::RowParallelLinearOptions(2 * g.size(), 8).bias(false));
   EXPECT_TRUE(raises_with(
@@ -416,5 +416,5 @@ TEST(ParallelLinearErrors, LoadFullWeightsChecksShapes) {
         nob->load_full_weights(
             torch::randn({8, 2 * g.size()}), torch::randn({8}));
       },
-      {"bias(false)", g.tag()}));
+      {"bias(false)", g.rank_label()}));
 }

@@ -126,5 +126,5 @@ TEST(Mappings, ScatterOfALastDimThatDoesNotDivideRaises) {
       [&] {
         torchtp::scatter_to_tp_region(torch::ones({2, g.size() + 1}), g);
       },
-      {"not divisible", std::to_string(g.size() + 1), g.tag()}));
+      {"not divisible", std::to_string(g.size() + 1), g.rank_label()}));
 }

@@ -39,7 +39,7 @@ inline Tolerance tolerance_for(torch::Dtype dtype) {
 /// dtype's tolerance, in value. Reports the largest difference and the rank.
 inline ::testing::AssertionResult all_close(
     const torch::Tensor& actual, const torch::Tensor& expected, Tolerance tol) {
-  const std::string tag = world().tag();
+  const std::string tag = world().rank_label();
   if (!actual.defined() || !expected.defined()) {
     return ::testing::AssertionFailure()
            << "undefined tensor (actual " << actual.defined() << ", expected "

@@ -72,8 +72,8 @@ class Group {
   /// `c10::Error` for "shm" when the ranks are not all on one host.
   Group with_backend(const std::string& backend) const;
 
-  /// "[rank r/ws]", for error messages.
-  std::string tag() const;
+  /// "[rank r/ws]": how every torchtp error message ends.
+  std::string rank_label() const;
   /// The communicator, for autograd functions that keep it for backward.
   const c10::intrusive_ptr<detail::Communicator>& communicator() const {
     return comm_;

@@ -2,7 +2,7 @@
 
 #include "gloo_communicator.h"
 #include "shm_communicator.h"
-#include "torchtp/error.h"
+#include "torchtp/detail/check.h"
 
 #include <c10/util/Exception.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -113,7 +113,7 @@ Connector::Connector(
       backend_(backend),
       interface_(std::move(interface)),
       loopback_(loopback) {
-  const std::string tag = rank_tag(world_rank_, world_size_);
+  const std::string tag = rank_label(world_rank_, world_size_);
   try {
     // Every rank says where it runs, and every rank learns it for all: a
     // group's backend is then decided alike on all its members.
@@ -152,7 +152,7 @@ c10::intrusive_ptr<Communicator> Connector::connect(
           false, "torchtp: backend ", backend_name(asked),
           " but group ", name, " spans hosts (", hosts.str(),
           "); shared memory works within one host: use auto or gloo ",
-          rank_tag(world_rank_, world_size_));
+          rank_label(world_rank_, world_size_));
     }
     return make_shm_communicator(shared_from_this(), world_ranks, name);
   }
@@ -175,7 +175,7 @@ std::shared_ptr<gloo::transport::Device> Connector::gloo_device() {
   } catch (const std::exception& e) {
     TORCH_CHECK(
         false, "torchtp: cannot open a Gloo device (interface '", interface_,
-        "') ", rank_tag(world_rank_, world_size_), ": ", e.what());
+        "') ", rank_label(world_rank_, world_size_), ": ", e.what());
   }
   return device_;
 }
@@ -196,7 +196,7 @@ c10::intrusive_ptr<Communicator> connect_world(
     std::chrono::milliseconds timeout,
     Backend backend,
     const std::string& interface) {
-  const std::string tag = rank_tag(rank, world_size);
+  const std::string tag = rank_label(rank, world_size);
   c10d::TCPStoreOptions store_options;
   store_options.port = static_cast<std::uint16_t>(master_port);
   store_options.isServer = rank == 0;

@@ -2,7 +2,7 @@
 
 #include "connector.h"
 
-#include "torchtp/error.h"
+#include "torchtp/detail/check.h"
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
@@ -163,7 +163,7 @@ class GlooCommunicator final : public ConnectedCommunicator {
  private:
   std::string failure(const char* op) const {
     return std::string("torchtp::Group::") + op + " failed " +
-           rank_tag(rank_, size_) + " (backend gloo, group " + name() +
+           rank_label(rank_, size_) + " (backend gloo, group " + name() +
            ", timeout " + std::to_string(timeout_.count() / 1000) +
            " s; a peer rank may have exited, stopped responding, or raised an "
            "error before joining this collective): ";

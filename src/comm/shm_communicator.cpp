@@ -2,7 +2,7 @@
 
 #include "connector.h"
 #include "reduce_kernels.h"
-#include "torchtp/error.h"
+#include "torchtp/detail/check.h"
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
@@ -418,7 +418,7 @@ class ShmCommunicator final : public ConnectedCommunicator {
   // look while they wait for it: they fail with its reason, not a timeout.
   void report_join_error(const std::string& what) {
     try {
-      store_set(*store_, kJoinErrorKey, rank_tag(rank_, size_) + " " + what);
+      store_set(*store_, kJoinErrorKey, rank_label(rank_, size_) + " " + what);
     } catch (const std::exception&) {
       // The store is gone too: the others time out.
     }
@@ -732,7 +732,7 @@ class ShmCommunicator final : public ConnectedCommunicator {
 
   std::string prefix(const char* op) const {
     return std::string("torchtp::Group::") + op + " failed " +
-           rank_tag(rank_, size_) + " (backend shm, group " + name() +
+           rank_label(rank_, size_) + " (backend shm, group " + name() +
            ", timeout " + seconds(timeout_) + "): ";
   }
 
