@@ -1,5 +1,6 @@
 #include "torchtp/checkpoint.h"
 
+#include "torchtp/detail/check.h"
 #include "torchtp/partition.h"
 #include "torchtp/safetensors.h"
 #include "torchtp/sharding.h"
@@ -20,6 +21,7 @@ namespace {
 
 constexpr const char* kSave = "torchtp::save_checkpoint";
 constexpr const char* kLoad = "torchtp::load_checkpoint";
+constexpr const char* kLoadFull = "torchtp::load_full_state";
 
 std::string shard_file(int rank, int size) {
   char name[64];
@@ -114,12 +116,9 @@ void agree(const Group& g, const std::string& error, const std::string& what) {
   if (failed == g.size()) {
     return;
   }
-  TORCH_CHECK(
-      error.empty(), error,
-      error.find("[rank ") == std::string::npos ? " " + g.rank_label() : "");
-  TORCH_CHECK(
-      false, what, ": rank ", failed, " failed (its message says why) ",
-      g.rank_label());
+  TORCH_CHECK(error.empty(), detail::with_rank_label(error, g.rank_label()));
+  TORCHTP_CHECK(
+      false, what, g, "rank ", failed, " failed (its message says why)");
 }
 
 // Runs `f`, returning its error message ("" when it succeeded).
@@ -181,10 +180,10 @@ void save_checkpoint(
   auto count = at::full({2}, static_cast<int64_t>(items.size()), at::kLong);
   count[1] = -count[1];
   g.all_reduce(count, ReduceOp::max);
-  TORCH_CHECK(
-      count[0].item<int64_t>() == -count[1].item<int64_t>(), what,
-      ": the ranks hold different numbers of tensors (this rank ", items.size(),
-      "); was the optimizer stepped on every rank? ", g.rank_label());
+  TORCHTP_CHECK(
+      count[0].item<int64_t>() == -count[1].item<int64_t>(), what, g,
+      "the ranks hold different numbers of tensors (this rank ", items.size(),
+      "); was the optimizer stepped on every rank?");
 
   std::string error;
   if (g.rank() == 0) {
@@ -299,16 +298,15 @@ void load_tensor(
   const int64_t saved_dim = entry.at("split_dim").get<int64_t>();
   const int64_t saved_segments = entry.value("segments", int64_t{1});
   const auto& shards = entry.at("shards");
-  TORCH_CHECK(
-      saved_dim == spec.dim && saved_segments == spec.segments, kLoad, ": '",
+  TORCHTP_CHECK(
+      saved_dim == spec.dim && saved_segments == spec.segments, kLoad, g, "'",
       name, "' in ", dir, " is split along dim ", saved_dim, " in ",
       saved_segments, " segments, the model splits it along dim ", spec.dim,
-      " in ", spec.segments, " ", g.rank_label());
+      " in ", spec.segments);
   const auto expected = full_shape(dest.sizes(), spec, g);
-  TORCH_CHECK(
-      expected == shape, kLoad, ": '", name, "' in ", dir, " has full shape ",
-      at::IntArrayRef(shape), ", the model's is ", at::IntArrayRef(expected),
-      " ", g.rank_label());
+  TORCHTP_CHECK(
+      expected == shape, kLoad, g, "'", name, "' in ", dir, " has full shape ",
+      at::IntArrayRef(shape), ", the model's is ", at::IntArrayRef(expected));
 
   auto read = [&](int64_t k) {
     const auto& shard = shards.at(k);
@@ -318,10 +316,10 @@ void load_tensor(
   torch::NoGradGuard no_grad;
   if (spec.dim < 0) {
     auto t = read(0);
-    TORCH_CHECK(
-        t.sizes() == dest.sizes(), kLoad, ": '", name, "' in ",
+    TORCHTP_CHECK(
+        t.sizes() == dest.sizes(), kLoad, g, "'", name, "' in ",
         files.get(shards.at(0).at("file")).path(), " has shape ", t.sizes(),
-        ", expected ", dest.sizes(), " ", g.rank_label());
+        ", expected ", dest.sizes());
     dest.copy_(t);
     return;
   }
@@ -340,11 +338,10 @@ void load_tensor(
     auto src = read(k);
     auto src_expected = shape;
     src_expected[spec.dim] = spec.segments * then.local_size();
-    TORCH_CHECK(
-        src.sizes() == at::IntArrayRef(src_expected), kLoad, ": '", name,
+    TORCHTP_CHECK(
+        src.sizes() == at::IntArrayRef(src_expected), kLoad, g, "'", name,
         "' in ", files.get(shards.at(k).at("file")).path(), " has shape ",
-        src.sizes(), ", expected ", at::IntArrayRef(src_expected), " ",
-        g.rank_label());
+        src.sizes(), ", expected ", at::IntArrayRef(src_expected));
     for (int64_t s = 0; s < spec.segments; ++s) {
       dest.narrow(
               spec.dim, s * now.local_size() + lo - now.local_offset(), hi - lo)
@@ -430,19 +427,19 @@ nlohmann::json load_checkpoint(
     ShardFiles files(path);
     const auto& tensors = meta["tensors"];
     auto find = [&](const std::string& name) -> const nlohmann::json& {
-      TORCH_CHECK(
-          tensors.contains(name), kLoad, ": ", (path / "meta.json").string(),
-          " has no tensor '", name, "' ", g.rank_label());
+      TORCHTP_CHECK(
+          tensors.contains(name), kLoad, g, (path / "meta.json").string(),
+          " has no tensor '", name, "'");
       return tensors.at(name);
     };
     kind = optimizer_kind(optimizer);
     const auto saved_opt = meta.value("optimizer", nlohmann::json::object());
     if (optimizer != nullptr) {
       const auto saved_kind = saved_opt.value("kind", std::string());
-      TORCH_CHECK(
-          saved_kind == kind, kLoad, ": ", path.string(), " holds ",
+      TORCHTP_CHECK(
+          saved_kind == kind, kLoad, g, path.string(), " holds ",
           saved_kind.empty() ? "no" : saved_kind,
-          " optimizer state, the optimizer is ", kind, " ", g.rank_label());
+          " optimizer state, the optimizer is ", kind);
     }
     for (auto& p : model.named_parameters()) {
       const auto& spec = specs.at(p.key());
@@ -518,13 +515,12 @@ at::Tensor read_from_archive(
 } // namespace
 
 void load_full_state(const std::string& path, torch::nn::Module& model) {
-  constexpr const char* kName = "torchtp::load_full_state";
   Group g = shard_group(model);
   // As in load_checkpoint: read into temporaries, agree, then copy.
   std::vector<std::pair<at::Tensor, at::Tensor>> params; // (param, value)
   const std::string error = attempt([&] {
     auto specs = shard_specs(model);
-    TORCH_CHECK(fs::exists(path), kName, ": ", path, " not found ", g.rank_label());
+    TORCHTP_CHECK(fs::exists(path), kLoadFull, g, path, " not found");
     const bool safetensors =
         path.size() > 12 && path.substr(path.size() - 12) == ".safetensors";
     std::unique_ptr<SafetensorsReader> reader;
@@ -536,7 +532,7 @@ void load_full_state(const std::string& path, torch::nn::Module& model) {
         archive.load_from(path);
       } catch (const c10::Error& e) {
         TORCH_CHECK(
-            false, kName, ": cannot read ", path,
+            false, kLoadFull, ": cannot read ", path,
             " as a torch::save archive: ", e.what_without_backtrace());
       }
     }
@@ -545,17 +541,16 @@ void load_full_state(const std::string& path, torch::nn::Module& model) {
                          : read_from_archive(archive, p.key(), path);
       const auto& spec = specs.at(p.key());
       const auto expected = full_shape(p.value().sizes(), spec, g);
-      TORCH_CHECK(
-          full.sizes() == at::IntArrayRef(expected), kName, ": '", p.key(),
+      TORCHTP_CHECK(
+          full.sizes() == at::IntArrayRef(expected), kLoadFull, g, "'", p.key(),
           "' in ", path, " has shape ", full.sizes(),
-          ", the model's full shape is ", at::IntArrayRef(expected), " ",
-          g.rank_label());
+          ", the model's full shape is ", at::IntArrayRef(expected));
       auto value = at::empty_like(p.value().detach());
       value.copy_(shard_of(full, spec, g, p.key()));
       params.emplace_back(p.value(), value);
     }
   });
-  agree(g, error, std::string(kName) + " from " + path);
+  agree(g, error, std::string(kLoadFull) + " from " + path);
   torch::NoGradGuard no_grad;
   for (auto& [param, value] : params) {
     param.copy_(value);

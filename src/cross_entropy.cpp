@@ -1,5 +1,6 @@
 #include "torchtp/cross_entropy.h"
 
+#include "torchtp/detail/check.h"
 #include "torchtp/detail/options.h"
 #include "torchtp/partition.h"
 
@@ -117,34 +118,30 @@ at::Tensor vocab_parallel_cross_entropy(
     const at::Tensor& target,
     const VocabParallelCrossEntropyOptions& options) {
   Group group = detail::group_or_default(options.group());
-  TORCH_CHECK(
+  TORCHTP_CHECK(
       logits_shard.defined() && logits_shard.dim() >= 1 &&
           logits_shard.is_floating_point(),
-      kName, ": expected floating-point logits [*, V/ws], got ",
-      logits_shard.defined() ? c10::str(logits_shard.sizes()) : "none", " ",
-      group.rank_label());
+      kName, group, "expected floating-point logits [*, V/ws], got ",
+      logits_shard.defined() ? c10::str(logits_shard.sizes()) : "none");
   auto lead = logits_shard.sizes().vec();
   lead.pop_back();
-  TORCH_CHECK(
+  TORCHTP_CHECK(
       target.defined() && target.sizes() == at::IntArrayRef(lead) &&
           (target.scalar_type() == at::kLong ||
            target.scalar_type() == at::kInt),
-      kName, ": expected integer targets of shape ", at::IntArrayRef(lead),
+      kName, group, "expected integer targets of shape ", at::IntArrayRef(lead),
       " (the logits' leading dims) but got ",
       target.defined() ? c10::str(target.sizes()) : "none", " ",
-      target.defined() ? c10::toString(target.scalar_type()) : "", " ",
-      group.rank_label());
+      target.defined() ? c10::toString(target.scalar_type()) : "");
   const double s = options.label_smoothing();
-  TORCH_CHECK(
-      s >= 0 && s <= 1, kName,
-      ": label_smoothing must be in [0, 1], "
-      "got ",
-      s, " ", group.rank_label());
+  TORCHTP_CHECK(
+      s >= 0 && s <= 1, kName, group, "label_smoothing must be in [0, 1], got ",
+      s);
   const int64_t full_vocab = logits_shard.size(-1) * group.size();
-  TORCH_CHECK(
+  TORCHTP_CHECK(
       options.vocab_size() >= 0 && options.vocab_size() <= full_vocab, kName,
-      ": vocab_size (", options.vocab_size(), ") must be in [0, ", full_vocab,
-      "], the logits' full vocabulary ", group.rank_label());
+      group, "vocab_size (", options.vocab_size(), ") must be in [0, ",
+      full_vocab, "], the logits' full vocabulary");
   const int64_t real_vocab =
       options.vocab_size() > 0 ? options.vocab_size() : full_vocab;
   auto t = target.to(at::kLong);
@@ -153,10 +150,10 @@ at::Tensor vocab_parallel_cross_entropy(
     if (real.numel() > 0) {
       const auto lo = real.min().item<int64_t>();
       const auto hi = real.max().item<int64_t>();
-      TORCH_CHECK(
-          lo >= 0 && hi < real_vocab, kName, ": targets must be in [0, ",
+      TORCHTP_CHECK(
+          lo >= 0 && hi < real_vocab, kName, group, "targets must be in [0, ",
           real_vocab, ") or ignore_index (", options.ignore_index(),
-          "), got values in [", lo, ", ", hi, "] ", group.rank_label());
+          "), got values in [", lo, ", ", hi, "]");
     }
   }
 

@@ -1,5 +1,6 @@
 #include "torchtp/embedding.h"
 
+#include "torchtp/detail/check.h"
 #include "torchtp/detail/options.h"
 #include "torchtp/mappings.h"
 
@@ -20,11 +21,10 @@ VocabParallelEmbeddingImpl::VocabParallelEmbeddingImpl(
 
 void VocabParallelEmbeddingImpl::reset() {
   group_ = detail::group_or_default(options.group());
-  TORCH_CHECK(
+  TORCHTP_CHECK(
       options.num_embeddings() > 0 && options.embedding_dim() > 0, kName,
-      ": num_embeddings and embedding_dim must be positive, got ",
-      options.num_embeddings(), " and ", options.embedding_dim(), " ",
-      group_->rank_label());
+      *group_, "num_embeddings and embedding_dim must be positive, got ",
+      options.num_embeddings(), " and ", options.embedding_dim());
   partition_ = Partition(
       options.num_embeddings(), group_->size(), group_->rank(),
       std::string(kName) + ": num_embeddings");
@@ -48,33 +48,32 @@ void VocabParallelEmbeddingImpl::reset_parameters() {
 }
 
 void VocabParallelEmbeddingImpl::load_full_weights(const torch::Tensor& full) {
-  TORCH_CHECK(
+  TORCHTP_CHECK(
       full.defined() && full.sizes() == torch::IntArrayRef(
                                             {options.num_embeddings(),
                                              options.embedding_dim()}),
-      kName, "::load_full_weights: expected a full table of shape [",
-      options.num_embeddings(), ", ", options.embedding_dim(), "] but got ",
-      full.defined() ? c10::str(full.sizes()) : "undefined", " ",
-      group_->rank_label());
+      std::string(kName) + "::load_full_weights", *group_,
+      "expected a full table of shape [", options.num_embeddings(), ", ",
+      options.embedding_dim(), "] but got ",
+      full.defined() ? c10::str(full.sizes()) : "undefined");
   torch::NoGradGuard no_grad;
   weight.copy_(partition_->narrow(full, 0));
 }
 
 torch::Tensor VocabParallelEmbeddingImpl::forward(const torch::Tensor& ids) {
-  TORCH_CHECK(
+  TORCHTP_CHECK(
       ids.defined() && (ids.scalar_type() == torch::kLong ||
                         ids.scalar_type() == torch::kInt),
-      kName, ": expected integer ids (Long or Int), got ",
+      kName, *group_, "expected integer ids (Long or Int), got ",
       ids.defined() ? c10::toString(ids.scalar_type()) : "undefined",
-      " of shape ", ids.defined() ? c10::str(ids.sizes()) : "[]", " ",
-      group_->rank_label());
+      " of shape ", ids.defined() ? c10::str(ids.sizes()) : "[]");
   if (ids.numel() > 0) {
     const auto lo = ids.min().item<int64_t>();
     const auto hi = ids.max().item<int64_t>();
-    TORCH_CHECK(
-        lo >= 0 && hi < options.num_embeddings(), kName,
-        ": ids must be in [0, ", options.num_embeddings(), "), got values in [",
-        lo, ", ", hi, "] ", group_->rank_label());
+    TORCHTP_CHECK(
+        lo >= 0 && hi < options.num_embeddings(), kName, *group_,
+        "ids must be in [0, ", options.num_embeddings(), "), got values in [",
+        lo, ", ", hi, "]");
   }
   if (group_->size() == 1) {
     return torch::nn::functional::embedding(ids, weight);

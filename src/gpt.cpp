@@ -1,33 +1,34 @@
 #include "torchtp/gpt.h"
 
+#include "torchtp/detail/check.h"
 #include "torchtp/detail/options.h"
 #include "torchtp/init.h"
 #include "torchtp/mappings.h"
 
 namespace torchtp {
+namespace {
+constexpr const char* kName = "torchtp::GPT";
+} // namespace
 
 GPTImpl::GPTImpl(GPTOptions options_) : options(std::move(options_)) {
   reset();
 }
 
 void GPTImpl::reset() {
-  constexpr const char* kName = "torchtp::GPT";
   group_ = detail::group_or_default(options.group());
-  TORCH_CHECK(
+  TORCHTP_CHECK(
       options.vocab_size() > 0 && options.max_seq_len() > 0 &&
           options.num_layers() >= 0 && options.vocab_pad_multiple() > 0,
-      kName,
-      ": vocab_size, max_seq_len and vocab_pad_multiple must be "
-      "positive ",
-      group_->rank_label());
+      kName, *group_,
+      "vocab_size, max_seq_len and vocab_pad_multiple must be positive");
   const int64_t m = options.vocab_pad_multiple();
   padded_vocab_ = (options.vocab_size() + m - 1) / m * m;
-  TORCH_CHECK(
-      padded_vocab_ % group_->size() == 0, kName, ": the padded vocabulary (",
-      padded_vocab_, " = vocab_size ", options.vocab_size(),
-      " rounded up to vocab_pad_multiple ", m,
+  TORCHTP_CHECK(
+      padded_vocab_ % group_->size() == 0, kName, *group_,
+      "the padded vocabulary (", padded_vocab_, " = vocab_size ",
+      options.vocab_size(), " rounded up to vocab_pad_multiple ", m,
       ") is not divisible by the tensor-parallel size (", group_->size(),
-      "); choose a vocab_pad_multiple divisible by it ", group_->rank_label());
+      "); choose a vocab_pad_multiple divisible by it");
   rng_ = std::make_shared<RngTracker>(options.dropout_seed(), *group_);
   const int64_t d = options.d_model();
 
@@ -67,15 +68,14 @@ void GPTImpl::reset() {
 }
 
 torch::Tensor GPTImpl::forward(const torch::Tensor& ids) {
-  constexpr const char* kName = "torchtp::GPT";
-  TORCH_CHECK(
-      ids.dim() == 2 && ids.size(1) <= options.max_seq_len(), kName,
-      ": expected ids [batch, seq <= ", options.max_seq_len(), "] but got ",
-      ids.sizes(), " ", group_->rank_label());
-  TORCH_CHECK(
+  TORCHTP_CHECK(
+      ids.dim() == 2 && ids.size(1) <= options.max_seq_len(), kName, *group_,
+      "expected ids [batch, seq <= ", options.max_seq_len(), "] but got ",
+      ids.sizes());
+  TORCHTP_CHECK(
       ids.numel() == 0 || ids.max().item<int64_t>() < options.vocab_size(),
-      kName, ": ids must be below vocab_size (", options.vocab_size(),
-      "), got ", ids.max().item<int64_t>(), " ", group_->rank_label());
+      kName, *group_, "ids must be below vocab_size (", options.vocab_size(),
+      "), got ", ids.max().item<int64_t>());
   auto positions = torch::arange(ids.size(1), torch::kLong);
   auto h = token_embedding(ids) + position_embedding(positions);
   h = dropout(h, options.hidden_dropout(), is_training(), rng_->replicated());

@@ -90,23 +90,22 @@ std::string Group::rank_label() const {
 }
 
 void Group::check_same_everywhere(const char* op, const at::Tensor& t) const {
-  TORCH_CHECK(
-      t.defined(), "torchtp::Group::", op, ": undefined tensor ", rank_label());
-  TORCH_CHECK(
-      t.device().is_cpu(), "torchtp::Group::", op,
-      ": expected a CPU tensor, got one on ", t.device(), " ", rank_label());
-  TORCH_CHECK(
-      t.scalar_type() != at::kBool && !t.is_complex(), "torchtp::Group::", op,
-      ": dtype ", t.scalar_type(),
-      " is not supported (floating point and "
-      "integer tensors are) ",
-      rank_label());
+  TORCHTP_CHECK(
+      t.defined(), std::string("torchtp::Group::") + op, *this,
+      "undefined tensor");
+  TORCHTP_CHECK(
+      t.device().is_cpu(), std::string("torchtp::Group::") + op, *this,
+      "expected a CPU tensor, got one on ", t.device());
+  TORCHTP_CHECK(
+      t.scalar_type() != at::kBool && !t.is_complex(),
+      std::string("torchtp::Group::") + op, *this, "dtype ", t.scalar_type(),
+      " is not supported (floating point and integer tensors are)");
   if (size() == 1 || !debug_checks_enabled()) {
     return;
   }
-  TORCH_CHECK(
-      t.dim() <= kMaxSignatureDims, "torchtp::Group::", op,
-      ": TORCHTP_DEBUG checks at most ", kMaxSignatureDims, " dims ", rank_label());
+  TORCHTP_CHECK(
+      t.dim() <= kMaxSignatureDims, std::string("torchtp::Group::") + op, *this,
+      "TORCHTP_DEBUG checks at most ", kMaxSignatureDims, " dims");
   auto sig = at::full({kMaxSignatureDims + 2}, -1, at::kLong);
   auto* s = sig.data_ptr<int64_t>();
   s[0] = static_cast<int64_t>(t.scalar_type());
@@ -119,11 +118,12 @@ void Group::check_same_everywhere(const char* op, const at::Tensor& t) const {
   const auto* a = all.data_ptr<int64_t>();
   for (int r = 0; r < size(); ++r) {
     const int64_t* other = a + r * sig.numel();
-    TORCH_CHECK(
-        std::equal(s, s + sig.numel(), other), "torchtp::Group::", op,
-        ": ranks disagree on the tensor: this rank passed ",
+    TORCHTP_CHECK(
+        std::equal(s, s + sig.numel(), other),
+        std::string("torchtp::Group::") + op, *this,
+        "ranks disagree on the tensor: this rank passed ",
         describe_signature(s), ", rank ", r, " passed ",
-        describe_signature(other), " ", rank_label());
+        describe_signature(other));
   }
 }
 
@@ -143,11 +143,9 @@ void Group::all_reduce(at::Tensor& tensor, ReduceOp op) const {
 
 Work Group::all_gather_async(const at::Tensor& tensor, int64_t dim) const {
   check_same_everywhere("all_gather", tensor);
-  TORCH_CHECK(
-      tensor.dim() >= 1,
-      "torchtp::Group::all_gather: expected a "
-      "tensor with at least one dim, got a scalar ",
-      rank_label());
+  TORCHTP_CHECK(
+      tensor.dim() >= 1, "torchtp::Group::all_gather", *this,
+      "expected a tensor with at least one dim, got a scalar");
   const int64_t d = c10::maybe_wrap_dim(dim, tensor.dim());
   if (size() == 1) {
     return Work(tensor.clone());
@@ -179,11 +177,9 @@ at::Tensor Group::all_gather(const at::Tensor& tensor, int64_t dim) const {
 Work Group::reduce_scatter_async(
     const at::Tensor& tensor, int64_t dim, ReduceOp op) const {
   check_same_everywhere("reduce_scatter", tensor);
-  TORCH_CHECK(
-      tensor.dim() >= 1,
-      "torchtp::Group::reduce_scatter: expected a "
-      "tensor with at least one dim, got a scalar ",
-      rank_label());
+  TORCHTP_CHECK(
+      tensor.dim() >= 1, "torchtp::Group::reduce_scatter", *this,
+      "expected a tensor with at least one dim, got a scalar");
   const int64_t d = c10::maybe_wrap_dim(dim, tensor.dim());
   Partition part(
       tensor.size(d), size(), rank(),
@@ -217,9 +213,9 @@ at::Tensor Group::reduce_scatter(
 
 Work Group::broadcast_async(at::Tensor& tensor, int root) const {
   check_same_everywhere("broadcast", tensor);
-  TORCH_CHECK(
-      root >= 0 && root < size(), "torchtp::Group::broadcast: root ", root,
-      " is not a rank of the group ", rank_label());
+  TORCHTP_CHECK(
+      root >= 0 && root < size(), "torchtp::Group::broadcast", *this, "root ",
+      root, " is not a rank of the group");
   if (size() == 1 || tensor.numel() == 0) {
     return Work(tensor);
   }
@@ -265,9 +261,9 @@ Group Group::split(int color, int key) const {
 }
 
 Group Group::with_backend(const std::string& backend) const {
-  TORCH_CHECK(
-      backend == "shm" || backend == "gloo", "torchtp::Group::with_backend: '",
-      backend, "' is not one of shm, gloo ", rank_label());
+  TORCHTP_CHECK(
+      backend == "shm" || backend == "gloo", "torchtp::Group::with_backend",
+      *this, "'", backend, "' is not one of shm, gloo");
   if (size() == 1) {
     return Group::self();
   }
@@ -275,8 +271,8 @@ Group Group::with_backend(const std::string& backend) const {
   for (int r = 0; r < size(); ++r) {
     ranks[r] = r;
   }
-  const std::string name =
-      comm_->name() + "/s" + std::to_string(comm_->next_split_index()) + backend;
+  const std::string name = comm_->name() + "/s" +
+                           std::to_string(comm_->next_split_index()) + backend;
   return Group(comm_->split(ranks, name, backend));
 }
 

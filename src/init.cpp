@@ -65,8 +65,10 @@ void warn_on_generic_blas(const InitOptions& o) {
   if (!better.empty()) {
     TORCH_WARN(
         "torchtp: OpenBLAS does not recognise this CPU and runs its generic ",
-        core, " kernels, 2-3x slower here; start the program with "
-        "OPENBLAS_CORETYPE=", better, " (torchtp-run does this) ",
+        core,
+        " kernels, 2-3x slower here; start the program with "
+        "OPENBLAS_CORETYPE=",
+        better, " (torchtp-run does this) ",
         detail::rank_label(o.rank(), o.world_size()));
   }
 }
@@ -103,13 +105,12 @@ InitOptions options_from_env() {
           env_int("SLURM_NTASKS_PER_NODE", o.world_size()))));
   // mpirun and Slurm set no MASTER_ADDR: loopback is right only when every
   // rank is on this host; across hosts, waiting for the timeout is not.
-  TORCH_CHECK(
+  TORCHTP_CHECK(
       env("MASTER_ADDR").has_value() || o.local_world_size() >= o.world_size(),
-      "torchtp::init_from_env: MASTER_ADDR is not set and the job spans "
-      "several hosts (world size ",
+      "torchtp::init_from_env", detail::RankOf(o.rank(), o.world_size()),
+      "MASTER_ADDR is not set and the job spans several hosts (world size ",
       o.world_size(), ", ", o.local_world_size(),
-      " on this host): set MASTER_ADDR (and MASTER_PORT) to rank 0's host ",
-      detail::rank_label(o.rank(), o.world_size()));
+      " on this host): set MASTER_ADDR (and MASTER_PORT) to rank 0's host");
   o.master_addr(env("MASTER_ADDR").value_or("127.0.0.1"));
   o.master_port(env_int("MASTER_PORT", 29500));
   o.timeout(std::chrono::seconds(env_int("TORCHTP_TIMEOUT_S", 300)));
@@ -125,37 +126,36 @@ InitOptions options_from_env() {
 }
 
 namespace {
+constexpr const char* kInit = "torchtp::init";
 std::mutex init_mutex;
 c10::optional<Group> initialized; // the world of the first init()
 } // namespace
 
 Group init(const InitOptions& o) {
-  const std::string tag = detail::rank_label(o.rank(), o.world_size());
+  const detail::RankOf me(o.rank(), o.world_size());
   std::lock_guard<std::mutex> lock(init_mutex);
   // A second rendezvous on the same port would fail or meet stale keys:
   // joining twice returns the job already joined.
   if (initialized.has_value()) {
-    TORCH_CHECK(
+    TORCHTP_CHECK(
         initialized->rank() == o.rank() &&
             initialized->size() == o.world_size(),
-        "torchtp::init: this process already joined as rank ",
-        initialized->rank(), " of ", initialized->size(), ", not ", o.rank(),
-        " of ", o.world_size(), " ", tag);
+        kInit, me, "this process already joined as rank ", initialized->rank(),
+        " of ", initialized->size(), ", not ", o.rank(), " of ",
+        o.world_size());
     return *initialized;
   }
-  TORCH_CHECK(
-      o.world_size() >= 1, "torchtp::init: world size ", o.world_size(),
-      " must be at least 1 ", tag);
-  TORCH_CHECK(
-      o.rank() >= 0 && o.rank() < o.world_size(), "torchtp::init: rank ",
-      o.rank(), " is outside the world of ", o.world_size(), " ", tag);
-  TORCH_CHECK(
-      o.master_port() > 0 && o.master_port() < 65536,
-      "torchtp::init: master port ", o.master_port(), " is not a TCP port ",
-      tag);
-  TORCH_CHECK(
-      o.timeout().count() > 0, "torchtp::init: the timeout must be positive ",
-      tag);
+  TORCHTP_CHECK(
+      o.world_size() >= 1, kInit, me, "world size ", o.world_size(),
+      " must be at least 1");
+  TORCHTP_CHECK(
+      o.rank() >= 0 && o.rank() < o.world_size(), kInit, me, "rank ", o.rank(),
+      " is outside the world of ", o.world_size());
+  TORCHTP_CHECK(
+      o.master_port() > 0 && o.master_port() < 65536, kInit, me, "master port ",
+      o.master_port(), " is not a TCP port");
+  TORCHTP_CHECK(
+      o.timeout().count() > 0, kInit, me, "the timeout must be positive");
 
   // libtorch starts with one intra-op thread; ranks on one host share its
   // cores.
@@ -186,10 +186,10 @@ Group init_from_env() {
 }
 
 ParallelGroups make_parallel_groups(const Group& world, int tp) {
-  TORCH_CHECK(
-      tp >= 1 && world.size() % tp == 0,
-      "torchtp::make_parallel_groups: tensor-parallel size (", tp,
-      ") does not divide the world size (", world.size(), ") ", world.rank_label());
+  TORCHTP_CHECK(
+      tp >= 1 && world.size() % tp == 0, "torchtp::make_parallel_groups", world,
+      "tensor-parallel size (", tp, ") does not divide the world size (",
+      world.size(), ")");
   // The degenerate layouts reuse the world: no second connection mesh.
   if (tp == world.size()) {
     return {world, world, Group::self()};

@@ -1,5 +1,6 @@
 #include "torchtp/linear.h"
 
+#include "torchtp/detail/check.h"
 #include "torchtp/detail/options.h"
 #include "torchtp/mappings.h"
 
@@ -39,6 +40,9 @@ std::pair<torch::Tensor, torch::Tensor> linear_init(
 
 namespace {
 
+constexpr const char* kColumn = "torchtp::ColumnParallelLinear";
+constexpr const char* kRow = "torchtp::RowParallelLinear";
+
 // Shape and dtype check at the entry of forward: names both shapes and the
 // rank, so a user knows which rank disagreed and with what.
 void check_input(
@@ -48,16 +52,15 @@ void check_input(
     const char* width_name,
     const torch::Tensor& weight,
     const Group& g) {
-  TORCH_CHECK(input.defined(), layer, ": undefined input ", g.rank_label());
-  TORCH_CHECK(
-      input.dim() >= 1 && input.size(-1) == width, layer,
-      ": expected input of shape [*, ", width, "] (", width_name, ") but got ",
-      input.sizes(), "; weight shard is ", weight.sizes(), " ", g.rank_label());
-  TORCH_CHECK(
-      input.scalar_type() == weight.scalar_type(), layer,
-      ": expected input dtype ", weight.scalar_type(),
-      " (the weight's) but got ", input.scalar_type(), " for input of shape ",
-      input.sizes(), " ", g.rank_label());
+  TORCHTP_CHECK(input.defined(), layer, g, "undefined input");
+  TORCHTP_CHECK(
+      input.dim() >= 1 && input.size(-1) == width, layer, g,
+      "expected input of shape [*, ", width, "] (", width_name, ") but got ",
+      input.sizes(), "; weight shard is ", weight.sizes());
+  TORCHTP_CHECK(
+      input.scalar_type() == weight.scalar_type(), layer, g,
+      "expected input dtype ", weight.scalar_type(), " (the weight's) but got ",
+      input.scalar_type(), " for input of shape ", input.sizes());
 }
 
 void check_full(
@@ -66,11 +69,11 @@ void check_full(
     const torch::Tensor& given,
     torch::IntArrayRef expected,
     const Group& g) {
-  TORCH_CHECK(
-      given.defined() && given.sizes() == expected, layer,
-      "::load_full_weights: expected full ", what, " of shape ", expected,
-      " but got ", given.defined() ? c10::str(given.sizes()) : "undefined", " ",
-      g.rank_label());
+  TORCHTP_CHECK(
+      given.defined() && given.sizes() == expected,
+      std::string(layer) + "::load_full_weights", g, "expected full ", what,
+      " of shape ", expected, " but got ",
+      given.defined() ? c10::str(given.sizes()) : "undefined");
 }
 
 // Registers `weight` and, when `has_bias`, `bias` (else an undefined bias,
@@ -93,10 +96,9 @@ void register_weight_and_bias(
 
 void check_positive(
     const char* layer, int64_t in, int64_t out, const Group& g) {
-  TORCH_CHECK(
-      in > 0 && out > 0, layer,
-      ": in_features and out_features must be positive, got ", in, " and ", out,
-      " ", g.rank_label());
+  TORCHTP_CHECK(
+      in > 0 && out > 0, layer, g,
+      "in_features and out_features must be positive, got ", in, " and ", out);
 }
 
 } // namespace
@@ -111,17 +113,17 @@ ColumnParallelLinearImpl::ColumnParallelLinearImpl(
 }
 
 void ColumnParallelLinearImpl::reset() {
-  constexpr const char* kName = "torchtp::ColumnParallelLinear";
   group_ = detail::group_or_default(options.group());
-  check_positive(kName, options.in_features(), options.out_features(), *group_);
+  check_positive(
+      kColumn, options.in_features(), options.out_features(), *group_);
   const int64_t segments = options.segments();
-  TORCH_CHECK(
-      segments >= 1 && options.out_features() % segments == 0, kName,
-      ": out_features (", options.out_features(),
-      ") is not divisible by segments (", segments, ") ", group_->rank_label());
+  TORCHTP_CHECK(
+      segments >= 1 && options.out_features() % segments == 0, kColumn, *group_,
+      "out_features (", options.out_features(),
+      ") is not divisible by segments (", segments, ")");
   partition_ = Partition(
       options.out_features() / segments, group_->size(), group_->rank(),
-      std::string(kName) + ": out_features" +
+      std::string(kColumn) + ": out_features" +
           (segments > 1 ? " / segments" : ""));
   const int64_t local_out = segments * partition_->local_size();
   const auto dtype = detail::dtype_or_default(options.dtype());
@@ -140,32 +142,27 @@ void ColumnParallelLinearImpl::reset_parameters() {
 
 void ColumnParallelLinearImpl::load_full_weights(
     const torch::Tensor& w, const torch::Tensor& b) {
-  constexpr const char* kName = "torchtp::ColumnParallelLinear";
   check_full(
-      kName, "weight", w, {options.out_features(), options.in_features()},
+      kColumn, "weight", w, {options.out_features(), options.in_features()},
       *group_);
   torch::NoGradGuard no_grad;
-  const std::string what = std::string(kName) + ": out_features";
+  const std::string what = std::string(kColumn) + ": out_features";
   weight.copy_(shard_of(w, shard_spec("weight"), *group_, what));
   if (bias.defined()) {
-    check_full(kName, "bias", b, {options.out_features()}, *group_);
+    check_full(kColumn, "bias", b, {options.out_features()}, *group_);
     bias.copy_(shard_of(b, shard_spec("bias"), *group_, what));
   } else {
-    TORCH_CHECK(
-        !b.defined(), kName,
-        "::load_full_weights: got a bias for a "
-        "layer built with bias(false) ",
-        group_->rank_label());
+    TORCHTP_CHECK(
+        !b.defined(), std::string(kColumn) + "::load_full_weights", *group_,
+        "got a bias for a layer built with bias(false)");
   }
 }
 
 torch::Tensor ColumnParallelLinearImpl::forward(const torch::Tensor& input) {
   check_input(
-      "torchtp::ColumnParallelLinear", input, options.in_features(),
-      "in_features", weight, *group_);
+      kColumn, input, options.in_features(), "in_features", weight, *group_);
   auto y = detail::copy_to_tp_region_and_linear(
-      input, weight, options.skip_bias_add() ? torch::Tensor() : bias,
-      *group_);
+      input, weight, options.skip_bias_add() ? torch::Tensor() : bias, *group_);
   if (!options.gather_output()) {
     return y;
   }
@@ -213,12 +210,11 @@ RowParallelLinearImpl::RowParallelLinearImpl(RowParallelLinearOptions options_)
 }
 
 void RowParallelLinearImpl::reset() {
-  constexpr const char* kName = "torchtp::RowParallelLinear";
   group_ = detail::group_or_default(options.group());
-  check_positive(kName, options.in_features(), options.out_features(), *group_);
+  check_positive(kRow, options.in_features(), options.out_features(), *group_);
   partition_ = Partition(
       options.in_features(), group_->size(), group_->rank(),
-      std::string(kName) + ": in_features");
+      std::string(kRow) + ": in_features");
   const auto dtype = detail::dtype_or_default(options.dtype());
   register_weight_and_bias(
       *this, weight, bias, {options.out_features(), partition_->local_size()},
@@ -235,33 +231,29 @@ void RowParallelLinearImpl::reset_parameters() {
 
 void RowParallelLinearImpl::load_full_weights(
     const torch::Tensor& w, const torch::Tensor& b) {
-  constexpr const char* kName = "torchtp::RowParallelLinear";
   check_full(
-      kName, "weight", w, {options.out_features(), options.in_features()},
+      kRow, "weight", w, {options.out_features(), options.in_features()},
       *group_);
   torch::NoGradGuard no_grad;
   weight.copy_(partition_->narrow(w, 1));
   if (bias.defined()) {
-    check_full(kName, "bias", b, {options.out_features()}, *group_);
+    check_full(kRow, "bias", b, {options.out_features()}, *group_);
     bias.copy_(b);
   } else {
-    TORCH_CHECK(
-        !b.defined(), kName,
-        "::load_full_weights: got a bias for a "
-        "layer built with bias(false) ",
-        group_->rank_label());
+    TORCHTP_CHECK(
+        !b.defined(), std::string(kRow) + "::load_full_weights", *group_,
+        "got a bias for a layer built with bias(false)");
   }
 }
 
 torch::Tensor RowParallelLinearImpl::forward(const torch::Tensor& input) {
-  constexpr const char* kName = "torchtp::RowParallelLinear";
   if (options.input_is_parallel()) {
     check_input(
-        kName, input, partition_->local_size(),
+        kRow, input, partition_->local_size(),
         "in_features / world_size, input_is_parallel", weight, *group_);
   } else {
     check_input(
-        kName, input, options.in_features(), "in_features", weight, *group_);
+        kRow, input, options.in_features(), "in_features", weight, *group_);
   }
   auto x = options.input_is_parallel() ? input
                                        : scatter_to_tp_region(input, *group_);

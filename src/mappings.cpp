@@ -1,5 +1,6 @@
 #include "torchtp/mappings.h"
 
+#include "torchtp/detail/check.h"
 #include "torchtp/partition.h"
 
 #include <torch/autograd.h>
@@ -156,11 +157,11 @@ struct CopyToTpAndLinear : torch::autograd::Function<CopyToTpAndLinear> {
 };
 
 void check_input(const char* who, const at::Tensor& x, const Group& g) {
-  TORCH_CHECK(x.defined(), "torchtp::", who, ": undefined input ", g.rank_label());
-  TORCH_CHECK(
-      x.dim() >= 1, "torchtp::", who,
-      ": expected a tensor with at least one dim, got shape ", x.sizes(), " ",
-      g.rank_label());
+  TORCHTP_CHECK(
+      x.defined(), std::string("torchtp::") + who, g, "undefined input");
+  TORCHTP_CHECK(
+      x.dim() >= 1, std::string("torchtp::") + who, g,
+      "expected a tensor with at least one dim, got shape ", x.sizes());
 }
 
 } // namespace
@@ -213,7 +214,8 @@ at::Tensor copy_to_tp_region_and_linear(
       bias.defined() ? c10::optional<at::Tensor>(bias) : c10::nullopt, group);
 }
 
-at::Tensor reduce_from_tp_region_in_place(at::Tensor input, const Group& group) {
+at::Tensor reduce_from_tp_region_in_place(
+    at::Tensor input, const Group& group) {
   check_input("reduce_from_tp_region", input, group);
   return group.size() == 1 ? input : ReduceFromTpInPlace::apply(input, group);
 }

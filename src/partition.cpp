@@ -50,10 +50,10 @@ bool Partition::is_even() const {
 }
 
 at::Tensor Partition::narrow(const at::Tensor& full, int64_t dim) const {
-  TORCH_CHECK(
-      full.size(dim) == full_size_, "torchtp::Partition: expected size ",
-      full_size_, " along dim ", dim, ", got ", full.sizes(), " ",
-      detail::rank_label(rank_, parts()));
+  TORCHTP_CHECK(
+      full.size(dim) == full_size_, "torchtp::Partition",
+      detail::RankOf(rank_, parts()), "expected size ", full_size_,
+      " along dim ", dim, ", got ", full.sizes());
   return full.narrow(dim, local_offset(), local_size());
 }
 

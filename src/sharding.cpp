@@ -1,5 +1,6 @@
 #include "torchtp/sharding.h"
 
+#include "torchtp/detail/check.h"
 #include "torchtp/partition.h"
 
 namespace torchtp {
@@ -42,10 +43,9 @@ at::Tensor shard_of(
   // [.., n, ..] -> [.., segments, n / segments, ..]: narrow every block at
   // once, then fold the blocks back.
   const int64_t d = spec.dim;
-  TORCH_CHECK(
-      full.size(d) % spec.segments == 0, what, ": size ", full.size(d),
-      " along dim ", d, " is not divisible by segments (", spec.segments, ") ",
-      group.rank_label());
+  TORCHTP_CHECK(
+      full.size(d) % spec.segments == 0, what, group, "size ", full.size(d),
+      " along dim ", d, " is not divisible by segments (", spec.segments, ")");
   auto blocks = full.sizes().vec();
   blocks[d] /= spec.segments;
   blocks.insert(blocks.begin() + d, spec.segments);
@@ -81,12 +81,10 @@ Group shard_group(const torch::nn::Module& model) {
         if (!group.has_value()) {
           group = s.shard_group();
         }
-        TORCH_CHECK(
+        TORCHTP_CHECK(
             group->communicator().get() == s.shard_group().communicator().get(),
-            "torchtp: module '", prefix,
-            "' is split over another group than "
-            "the rest of the model ",
-            group->rank_label());
+            "torchtp", *group, "module '", prefix,
+            "' is split over another group than the rest of the model");
       });
   return group.has_value() ? *group : default_group();
 }

@@ -1,5 +1,6 @@
 #include "torchtp/transformer.h"
 
+#include "torchtp/detail/check.h"
 #include "torchtp/detail/options.h"
 
 #include <cmath>
@@ -7,6 +8,8 @@
 
 namespace torchtp {
 namespace {
+
+constexpr const char* kAttention = "torchtp::ParallelSelfAttention";
 
 std::shared_ptr<RngTracker> resolve_rng(
     const std::shared_ptr<RngTracker>& rng, const Group& group) {
@@ -59,17 +62,16 @@ ParallelSelfAttentionImpl::ParallelSelfAttentionImpl(
 }
 
 void ParallelSelfAttentionImpl::reset() {
-  constexpr const char* kName = "torchtp::ParallelSelfAttention";
   Group group = detail::group_or_default(options.group());
   const int64_t d = options.d_model(), heads = options.num_heads();
-  TORCH_CHECK(
-      heads > 0 && d > 0 && d % heads == 0, kName, ": d_model (", d,
-      ") is not divisible by num_heads (", heads, ") ", group.rank_label());
+  TORCHTP_CHECK(
+      heads > 0 && d > 0 && d % heads == 0, kAttention, group, "d_model (", d,
+      ") is not divisible by num_heads (", heads, ")");
   // Checked here, before the projections, so the message speaks of heads.
-  local_heads_ =
-      Partition(
-          heads, group.size(), group.rank(), std::string(kName) + ": num_heads")
-          .local_size();
+  local_heads_ = Partition(
+                     heads, group.size(), group.rank(),
+                     std::string(kAttention) + ": num_heads")
+                     .local_size();
   rng_ = resolve_rng(options.rng(), group);
   qkv = register_module(
       "qkv", ColumnParallelLinear(ColumnParallelLinearOptions(d, 3 * d)
@@ -86,11 +88,10 @@ void ParallelSelfAttentionImpl::reset() {
 }
 
 torch::Tensor ParallelSelfAttentionImpl::forward(const torch::Tensor& x) {
-  constexpr const char* kName = "torchtp::ParallelSelfAttention";
-  TORCH_CHECK(
-      x.dim() == 3 && x.size(2) == options.d_model(), kName,
-      ": expected input [batch, seq, ", options.d_model(), "] but got ",
-      x.sizes(), " ", qkv->group().rank_label());
+  TORCHTP_CHECK(
+      x.dim() == 3 && x.size(2) == options.d_model(), kAttention, qkv->group(),
+      "expected input [batch, seq, ", options.d_model(), "] but got ",
+      x.sizes());
   const int64_t b = x.size(0), s = x.size(1);
   const int64_t hd = options.d_model() / options.num_heads();
   // [b, s, 3 * local_heads * hd] -> 3 x [b, local_heads, s, hd]
