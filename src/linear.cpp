@@ -1,6 +1,7 @@
 #include "torchtp/linear.h"
 
 #include "torchtp/detail/check.h"
+#include "torchtp/detail/linear_init.h"
 #include "torchtp/detail/options.h"
 #include "torchtp/mappings.h"
 

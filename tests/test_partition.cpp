@@ -1,5 +1,6 @@
 // Single-process tests of Partition and of the layers' initialisation.
 
+#include <torchtp/detail/linear_init.h>
 #include <torchtp/torchtp.h>
 
 #include <gtest/gtest.h>

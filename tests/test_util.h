@@ -3,6 +3,7 @@
 // Helpers shared by the distributed tests: every rank builds the same full
 // (unsharded) reference from the same seed and compares its own slice.
 
+#include <torchtp/detail/linear_init.h>
 #include <torchtp/torchtp.h>
 
 #include <gtest/gtest.h>

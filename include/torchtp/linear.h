@@ -198,14 +198,4 @@ class RowParallelLinearImpl
 };
 TORCH_MODULE(RowParallelLinear);
 
-namespace detail {
-
-/// The full weight `[out, in]` and bias `[out]` (undefined without bias) that
-/// `torch::nn::Linear(in, out)` would draw from the global generator now.
-/// Reduced-precision dtypes are drawn in float32 and rounded, as
-/// `torch::nn::Linear(...)->to(dtype)` would give.
-std::pair<torch::Tensor, torch::Tensor> linear_init(
-    int64_t in_features, int64_t out_features, bool bias, torch::Dtype dtype);
-
-} // namespace detail
 } // namespace torchtp
