@@ -3,12 +3,10 @@
 #include "comm/connector.h"
 #include "torchtp/detail/blas_core.h"
 #include "torchtp/detail/check.h"
+#include "torchtp/detail/threads.h"
 
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
-
-#include <sched.h>
-#include <unistd.h>
 
 #include <cstdlib>
 #include <mutex>
@@ -42,14 +40,6 @@ int parse_int(const char* name, const std::string& text) {
 int env_int(const char* name, int fallback) {
   auto v = env(name);
   return v ? parse_int(name, *v) : fallback;
-}
-
-int available_cores() {
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
-    return std::max(1, CPU_COUNT(&set));
-  }
-  return std::max(1L, sysconf(_SC_NPROCESSORS_ONLN));
 }
 
 // torchtp-run selects the right OpenBLAS kernels before the ranks load
@@ -161,8 +151,7 @@ Group init(const InitOptions& o) {
   // cores.
   int threads = o.num_threads();
   if (threads <= 0) {
-    threads =
-        std::max(1, available_cores() / std::max(1, o.local_world_size()));
+    threads = detail::threads_per_local_rank(o.local_world_size());
   }
   at::set_num_threads(threads);
   warn_on_generic_blas(o);

@@ -2,6 +2,7 @@
 // programs. Plain POSIX + CLI11 so it builds without libtorch.
 
 #include "torchtp/detail/blas_core.h"
+#include "torchtp/detail/threads.h"
 
 #include <CLI/CLI.hpp>
 
@@ -9,7 +10,6 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
-#include <sched.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -100,19 +100,6 @@ void on_signal(int signo) {
   unsigned char byte = static_cast<unsigned char>(signo);
   (void)!write(g_signal_pipe, &byte, 1);
   errno = saved;
-}
-
-/// CPUs this process may run on; the affinity mask is what a container or
-/// taskset actually grants, unlike the machine-wide count.
-int usable_cpus() {
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
-    int n = CPU_COUNT(&set);
-    if (n > 0)
-      return n;
-  }
-  long n = sysconf(_SC_NPROCESSORS_ONLN);
-  return n > 0 ? static_cast<int>(n) : 1;
 }
 
 /// Asks the kernel for an unused port on 127.0.0.1. The port is released
@@ -380,54 +367,97 @@ void select_blas_core() {
   }
 }
 
-/// Starts all ranks, relays their output and enforces the failure
-/// policy. Returns the launcher's exit code.
-int run(const Options& opts) {
-  std::string omp;
+/// OMP_NUM_THREADS for every rank: --omp-threads, else the launcher's own
+/// value, else the ranks' share of this host's cores.
+std::string omp_num_threads(const Options& opts) {
+  if (opts.omp_threads > 0)
+    return std::to_string(opts.omp_threads);
   const char* env_omp = getenv("OMP_NUM_THREADS");
-  if (opts.omp_threads > 0) {
-    omp = std::to_string(opts.omp_threads);
-  } else if (env_omp && *env_omp) {
-    omp = env_omp;
-  } else {
-    omp = std::to_string(std::max(1, usable_cpus() / opts.nproc_per_node));
-  }
-  select_blas_core();
+  if (env_omp && *env_omp)
+    return env_omp;
+  return std::to_string(
+      torchtp::detail::threads_per_local_rank(opts.nproc_per_node));
+}
 
-  int sig_pipe[2];
-  if (pipe2(sig_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
-    log_line(std::string("pipe: ") + strerror(errno));
-    return 1;
+/// How a reaped rank ended, for the failure message.
+std::string describe_exit(int status) {
+  if (WIFSIGNALED(status)) {
+    return "was killed by signal " + std::to_string(WTERMSIG(status)) + " (" +
+           strsignal(WTERMSIG(status)) + ")";
   }
-  g_signal_pipe = sig_pipe[1];
-  // Blocked while forking so a child never runs our handler; the pending
-  // signals are delivered once all ranks exist.
-  sigset_t handled, orig_mask;
-  sigemptyset(&handled);
-  for (int sig : {SIGINT, SIGTERM, SIGCHLD})
-    sigaddset(&handled, sig);
-  sigprocmask(SIG_BLOCK, &handled, &orig_mask);
-  struct sigaction sa {};
-  sa.sa_handler = on_signal;
-  sa.sa_flags = SA_RESTART;
-  for (int sig : {SIGINT, SIGTERM, SIGCHLD})
-    sigaction(sig, &sa, nullptr);
-  // A closed stdout must not kill the launcher before it reaps the ranks.
-  signal(SIGPIPE, SIG_IGN);
+  return "exited with code " + std::to_string(WEXITSTATUS(status));
+}
 
-  std::vector<Child> children;
-  std::vector<Stream> streams;
-  for (int local = 0; local < opts.nproc_per_node; ++local) {
-    int rank = opts.node_rank * opts.nproc_per_node + local;
+/// The ranks of this host, their output and the failure policy: run() is
+/// the steps in order, each a method below.
+class Job {
+ public:
+  explicit Job(const Options& opts) : opts_(opts) {}
+
+  /// Starts all ranks, relays their output and enforces the failure
+  /// policy. Returns the launcher's exit code.
+  int run() {
+    omp_ = omp_num_threads(opts_);
+    select_blas_core();
+    if (!install_signal_handlers())
+      return 1;
+    spawn_ranks();
+    // Signals that came while forking are delivered now, to the loop.
+    sigprocmask(SIG_SETMASK, &orig_mask_, nullptr);
+    wait_for_ranks();
+    // Descendants that ignored SIGTERM would keep the pipes open forever.
+    if (stopping_)
+      signal_all(children_, SIGKILL);
+    drain_output();
+    return exit_code_;
+  }
+
+ private:
+  /// Routes SIGINT, SIGTERM and SIGCHLD through the self-pipe to the wait
+  /// loop, and leaves them blocked until run() has all ranks.
+  bool install_signal_handlers() {
+    int sig_pipe[2];
+    if (pipe2(sig_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
+      log_line(std::string("pipe: ") + strerror(errno));
+      return false;
+    }
+    g_signal_pipe = sig_pipe[1];
+    signal_fd_ = sig_pipe[0];
+    // Blocked while forking so a child never runs our handler.
+    sigset_t handled;
+    sigemptyset(&handled);
+    for (int sig : {SIGINT, SIGTERM, SIGCHLD})
+      sigaddset(&handled, sig);
+    sigprocmask(SIG_BLOCK, &handled, &orig_mask_);
+    struct sigaction sa {};
+    sa.sa_handler = on_signal;
+    sa.sa_flags = SA_RESTART;
+    for (int sig : {SIGINT, SIGTERM, SIGCHLD})
+      sigaction(sig, &sa, nullptr);
+    // A closed stdout must not kill the launcher before it reaps the ranks.
+    signal(SIGPIPE, SIG_IGN);
+    return true;
+  }
+
+  void spawn_ranks() {
+    for (int local = 0; local < opts_.nproc_per_node; ++local)
+      spawn_rank(local);
+  }
+
+  /// Forks and execs one rank with its stdout and stderr on two pipes.
+  /// A launcher that cannot start every rank kills those it started and
+  /// exits 1 at once.
+  void spawn_rank(int local) {
+    int rank = opts_.node_rank * opts_.nproc_per_node + local;
     int out[2], err[2];
     if (pipe2(out, O_CLOEXEC) != 0 || pipe2(err, O_CLOEXEC) != 0) {
       log_line(std::string("pipe: ") + strerror(errno));
-      signal_all(children, SIGKILL);
+      signal_all(children_, SIGKILL);
       _exit(1); // The kernel reaps; the children die with their group.
     }
     pid_t pid = fork();
     if (pid == 0)
-      exec_rank(opts, local, out[1], err[1], omp, orig_mask);
+      exec_rank(opts_, local, out[1], err[1], omp_, orig_mask_);
     // Also set here: a kill before the child runs setpgid must not miss.
     if (pid > 0)
       setpgid(pid, pid);
@@ -435,103 +465,136 @@ int run(const Options& opts) {
     close(err[1]);
     if (pid < 0) {
       log_line(std::string("fork: ") + strerror(errno));
-      signal_all(children, SIGKILL);
+      signal_all(children_, SIGKILL);
       _exit(1);
     }
-    std::string tag = opts.no_tag ? "" : "[rank " + std::to_string(rank) + "] ";
-    children.push_back({pid, rank, false});
+    std::string tag =
+        opts_.no_tag ? "" : "[rank " + std::to_string(rank) + "] ";
+    children_.push_back({pid, rank, false});
     for (auto [fd, out_fd] : {std::pair{out[0], 1}, std::pair{err[0], 2}}) {
       fcntl(fd, F_SETFL, O_NONBLOCK);
-      streams.push_back({fd, out_fd, tag, ""});
+      streams_.push_back({fd, out_fd, tag, ""});
     }
   }
-  sigprocmask(SIG_SETMASK, &orig_mask, nullptr);
 
-  int exit_code = 0;
-  bool stopping = false, killed = false;
-  Clock::time_point deadline;
-  auto begin_stop = [&] {
-    stopping = true;
-    deadline =
-        Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                           std::chrono::duration<double>(opts.grace_seconds));
-  };
-  size_t alive = children.size();
-  while (alive > 0) {
-    int timeout = -1;
-    if (stopping && !killed) {
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-          deadline - Clock::now());
-      timeout = static_cast<int>(std::max<long long>(0, left.count()) + 1);
+  /// Relays output and acts on signals and exits until every rank is
+  /// reaped.
+  void wait_for_ranks() {
+    alive_ = children_.size();
+    while (alive_ > 0) {
+      poll_streams(streams_, signal_fd_, poll_timeout_ms());
+      forward_signals();
+      reap();
+      kill_after_grace();
     }
-    poll_streams(streams, sig_pipe[0], timeout);
+  }
 
+  /// While stopping, poll() must wake by the deadline so the SIGKILL is
+  /// not late; otherwise output, a signal or an exit wakes it.
+  int poll_timeout_ms() const {
+    if (!stopping_ || killed_)
+      return -1;
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline_ - Clock::now());
+    return static_cast<int>(std::max<long long>(0, left.count()) + 1);
+  }
+
+  /// Passes SIGINT/SIGTERM sent to the launcher on to every rank.
+  void forward_signals() {
     unsigned char sig;
-    while (read(sig_pipe[0], &sig, 1) == 1) {
+    while (read(signal_fd_, &sig, 1) == 1) {
       if (sig == SIGCHLD)
-        continue;     // Reaping below covers it.
-      if (stopping) { // A second Ctrl-C means "now".
-        signal_all(children, SIGKILL);
-        killed = true;
+        continue;      // reap() covers it.
+      if (stopping_) { // A second Ctrl-C means "now".
+        kill_all();
         continue;
       }
       log_line(
           std::string("received ") + strsignal(sig) + "; stopping all ranks");
-      signal_all(children, sig);
-      exit_code = 128 + sig;
-      begin_stop();
+      signal_all(children_, sig);
+      exit_code_ = 128 + sig;
+      start_grace_period();
     }
+  }
 
+  /// Collects the ranks that exited; the first that failed sets the exit
+  /// code and stops the others.
+  void reap() {
     int status;
     pid_t pid;
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
       auto it = std::find_if(
-          children.begin(), children.end(),
+          children_.begin(), children_.end(),
           [pid](const Child& c) { return c.pid == pid; });
-      if (it == children.end())
+      if (it == children_.end())
         continue;
       it->reaped = true;
-      --alive;
+      --alive_;
       bool signaled = WIFSIGNALED(status);
       int code = signaled ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
-      if (code == 0 || stopping)
+      if (code == 0 || stopping_)
         continue; // Only the first cause counts.
-      std::string how = signaled ? "was killed by signal " +
-                                       std::to_string(WTERMSIG(status)) + " (" +
-                                       strsignal(WTERMSIG(status)) + ")"
-                                 : "exited with code " + std::to_string(code);
       log_line(
           "rank " + std::to_string(it->rank) + " (pid " + std::to_string(pid) +
-          ") " + how + "; stopping the other ranks");
-      exit_code = code;
-      for (const auto& c : children) {
-        if (!c.reaped)
-          killpg(c.pid, SIGTERM);
-      }
-      begin_stop();
-    }
-    if (stopping && !killed && Clock::now() >= deadline && alive > 0) {
-      signal_all(children, SIGKILL);
-      killed = true;
+          ") " + describe_exit(status) + "; stopping the other ranks");
+      exit_code_ = code;
+      stop_others();
     }
   }
 
-  // Descendants that ignored SIGTERM would keep the pipes open forever.
-  if (stopping)
-    signal_all(children, SIGKILL);
-  // Ranks are gone; drain what they wrote, but a stray grandchild holding
-  // a pipe open must not keep the launcher alive, so bound the wait.
-  auto drain_end = Clock::now() + std::chrono::seconds(1);
-  while (Clock::now() < drain_end && poll_streams(streams, -1, 50) > 0) {
+  /// SIGTERM to the ranks still running, SIGKILL after the grace period.
+  void stop_others() {
+    for (const auto& c : children_) {
+      if (!c.reaped)
+        killpg(c.pid, SIGTERM);
+    }
+    start_grace_period();
   }
-  for (auto& s : streams) {
-    if (s.fd < 0)
-      continue;
-    emit_lines(s, true);
-    close(s.fd);
+
+  void start_grace_period() {
+    stopping_ = true;
+    deadline_ =
+        Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                           std::chrono::duration<double>(opts_.grace_seconds));
   }
-  return exit_code;
-}
+
+  void kill_after_grace() {
+    if (stopping_ && !killed_ && Clock::now() >= deadline_ && alive_ > 0)
+      kill_all();
+  }
+
+  void kill_all() {
+    signal_all(children_, SIGKILL);
+    killed_ = true;
+  }
+
+  /// Ranks are gone; relays what they wrote, but a stray grandchild
+  /// holding a pipe open must not keep the launcher alive, so the wait is
+  /// bounded.
+  void drain_output() {
+    auto drain_end = Clock::now() + std::chrono::seconds(1);
+    while (Clock::now() < drain_end && poll_streams(streams_, -1, 50) > 0) {
+    }
+    for (auto& s : streams_) {
+      if (s.fd < 0)
+        continue;
+      emit_lines(s, true);
+      close(s.fd);
+    }
+  }
+
+  const Options& opts_;
+  std::string omp_;      ///< OMP_NUM_THREADS of every rank.
+  int signal_fd_ = -1;   ///< Read end of the self-pipe.
+  sigset_t orig_mask_{}; ///< The mask to restore once the ranks exist.
+  std::vector<Child> children_;
+  std::vector<Stream> streams_;
+  size_t alive_ = 0;
+  int exit_code_ = 0;
+  bool stopping_ = false;      ///< A failure or signal is being acted on.
+  bool killed_ = false;        ///< Every rank was sent SIGKILL.
+  Clock::time_point deadline_; ///< When stopping turns into SIGKILL.
+};
 
 } // namespace
 
@@ -540,5 +603,5 @@ int main(int argc, char** argv) {
   int code = parse_args(argc, argv, opts);
   if (code >= 0)
     return code;
-  return run(opts);
+  return Job(opts).run();
 }
