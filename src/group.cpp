@@ -1,6 +1,7 @@
 #include "torchtp/group.h"
 
 #include "torchtp/detail/check.h"
+#include "torchtp/detail/communicator.h"
 #include "torchtp/partition.h"
 
 #include <ATen/ATen.h>
@@ -67,6 +68,16 @@ Work in_place(at::Tensor& tensor, Issue&& issue) {
 Group::Group(c10::intrusive_ptr<detail::Communicator> comm)
     : comm_(std::move(comm)) {
   TORCH_CHECK(comm_, "torchtp::Group: no communicator");
+}
+
+Group::Group(const Group&) = default;
+Group::Group(Group&&) noexcept = default;
+Group& Group::operator=(const Group&) = default;
+Group& Group::operator=(Group&&) noexcept = default;
+Group::~Group() = default;
+
+bool Group::operator==(const Group& other) const {
+  return comm_.get() == other.comm_.get();
 }
 
 Group Group::self() {
@@ -306,4 +317,16 @@ bool has_default_group() {
   return default_group_.has_value();
 }
 
+namespace detail {
+
+Group GroupAccess::make(c10::intrusive_ptr<Communicator> comm) {
+  return Group(std::move(comm));
+}
+
+const c10::intrusive_ptr<Communicator>& GroupAccess::communicator(
+    const Group& group) {
+  return group.comm_;
+}
+
+} // namespace detail
 } // namespace torchtp

@@ -162,7 +162,7 @@ Group init(const InitOptions& o) {
     return *initialized;
   }
 
-  Group world(detail::connect_world(
+  Group world = detail::GroupAccess::make(detail::connect_world(
       o.rank(), o.world_size(), o.master_addr(), o.master_port(), o.timeout(),
       detail::parse_backend(o.backend()), o.socket_ifname()));
   initialized = world;

@@ -1,6 +1,7 @@
 #include "torchtp/mappings.h"
 
 #include "torchtp/detail/check.h"
+#include "torchtp/detail/communicator.h"
 #include "torchtp/partition.h"
 
 #include <torch/autograd.h>
@@ -15,11 +16,12 @@ using Comm = detail::Communicator;
 // The group travels into backward as a capsule in saved_data: IValues cannot
 // hold a Group, but they hold any CustomClassHolder, which the communicator is.
 void save_group(AutogradContext* ctx, const Group& group) {
-  ctx->saved_data["group"] = c10::IValue::make_capsule(group.communicator());
+  ctx->saved_data["group"] =
+      c10::IValue::make_capsule(detail::GroupAccess::communicator(group));
 }
 
 Group saved_group(AutogradContext* ctx) {
-  return Group(c10::static_intrusive_pointer_cast<Comm>(
+  return detail::GroupAccess::make(c10::static_intrusive_pointer_cast<Comm>(
       ctx->saved_data["group"].toCapsule()));
 }
 

@@ -82,8 +82,7 @@ Group shard_group(const torch::nn::Module& model) {
           group = s.shard_group();
         }
         TORCHTP_CHECK(
-            group->communicator().get() == s.shard_group().communicator().get(),
-            "torchtp", *group, "module '", prefix,
+            *group == s.shard_group(), "torchtp", *group, "module '", prefix,
             "' is split over another group than the rest of the model");
       });
   return group.has_value() ? *group : default_group();

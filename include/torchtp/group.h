@@ -1,13 +1,18 @@
 #pragma once
 
-#include "torchtp/detail/communicator.h"
+#include "torchtp/reduce_op.h"
 #include "torchtp/work.h"
 
 #include <ATen/core/Tensor.h>
+#include <c10/util/intrusive_ptr.h>
 
 #include <string>
 
 namespace torchtp {
+namespace detail {
+class Communicator;
+struct GroupAccess;
+} // namespace detail
 
 /// A set of ranks and the collectives between them: the only thing above the
 /// communicators that knows about ranks. A small value type; copies share the
@@ -29,7 +34,11 @@ namespace torchtp {
 /// ```
 class Group {
  public:
-  explicit Group(c10::intrusive_ptr<detail::Communicator> comm);
+  Group(const Group&);
+  Group(Group&&) noexcept;
+  Group& operator=(const Group&);
+  Group& operator=(Group&&) noexcept;
+  ~Group();
 
   /// A group of this process alone (rank 0 of 1).
   static Group self();
@@ -74,12 +83,17 @@ class Group {
 
   /// "[rank r/ws]": how every torchtp error message ends.
   std::string rank_label() const;
-  /// The communicator, for autograd functions that keep it for backward.
-  const c10::intrusive_ptr<detail::Communicator>& communicator() const {
-    return comm_;
+
+  /// True for copies of one group (the same communicator), false for two
+  /// groups of the same ranks made separately.
+  bool operator==(const Group& other) const;
+  bool operator!=(const Group& other) const {
+    return !(*this == other);
   }
 
  private:
+  friend struct detail::GroupAccess;
+  explicit Group(c10::intrusive_ptr<detail::Communicator> comm);
   void check_same_everywhere(const char* op, const at::Tensor& t) const;
 
   c10::intrusive_ptr<detail::Communicator> comm_;

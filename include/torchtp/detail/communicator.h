@@ -1,5 +1,6 @@
 #pragma once
 
+#include "torchtp/reduce_op.h"
 #include "torchtp/work.h"
 
 #include <ATen/core/Tensor.h>
@@ -12,8 +13,7 @@
 
 namespace torchtp {
 
-/// Reductions a collective can apply.
-enum class ReduceOp { sum, max, min };
+class Group;
 
 namespace detail {
 
@@ -75,6 +75,15 @@ class Communicator : public torch::CustomClassHolder {
  private:
   std::string name_;
   int64_t splits_ = 0;
+};
+
+/// How the library (and only it) builds a Group from a communicator and
+/// reaches a Group's communicator: users make groups with `init_from_env`,
+/// `Group::self()` and `Group::split`.
+struct GroupAccess {
+  static Group make(c10::intrusive_ptr<Communicator> comm);
+  static const c10::intrusive_ptr<Communicator>& communicator(
+      const Group& group);
 };
 
 /// The communicator of a one-process group: every collective is the identity
