@@ -15,6 +15,7 @@
 #include "torchtp/partition.h"
 #include "torchtp/random.h"
 #include "torchtp/safetensors.h"
+#include "torchtp/sampling.h"
 #include "torchtp/sharding.h"
 #include "torchtp/transformer.h"
 #include "torchtp/work.h"
