@@ -85,6 +85,59 @@ torch::Tensor GPTImpl::forward(const torch::Tensor& ids) {
   return lm_head(final_norm(h));
 }
 
+GPTCache GPTImpl::make_cache() const {
+  GPTCache cache;
+  cache.capacity_ = options.max_seq_len();
+  cache.layers.assign(options.num_layers(), KVCache(cache.capacity_));
+  return cache;
+}
+
+torch::Tensor GPTImpl::forward_cached(
+    const torch::Tensor& ids, GPTCache& cache, const torch::Tensor& mask) {
+  TORCHTP_CHECK(
+      ids.dim() == 2 && ids.scalar_type() == torch::kLong, kName, *group_,
+      "expected int64 ids [batch, seq] but got ", ids.sizes(), " ",
+      ids.scalar_type());
+  const int64_t b = ids.size(0), s = ids.size(1);
+  TORCHTP_CHECK(
+      static_cast<int64_t>(cache.layers.size()) == options.num_layers() &&
+          cache.capacity() > 0,
+      kName, *group_, "the cache was not made by this model's make_cache()");
+  TORCHTP_CHECK(
+      cache.length() + s <= cache.capacity(), kName, *group_,
+      "the context holds ", cache.capacity(), " positions (max_seq_len); ",
+      cache.length(), " are used and ", s, " more were given");
+  auto real = mask.defined() ? mask : torch::ones({b, s}, torch::kBool);
+  TORCHTP_CHECK(
+      real.scalar_type() == torch::kBool && real.sizes() == ids.sizes(), kName,
+      *group_, "expected a bool mask of shape ", ids.sizes(), " but got ",
+      real.sizes(), " ", real.scalar_type());
+  if (!cache.next_position.defined()) {
+    cache.next_position = torch::zeros({b}, torch::kLong);
+    cache.key_mask = torch::empty({b, 0}, torch::kBool);
+  }
+  TORCHTP_CHECK(
+      cache.next_position.size(0) == b, kName, *group_,
+      "the cache holds a batch of ", cache.next_position.size(0), ", not ", b);
+  TORCHTP_CHECK(
+      ids.masked_select(real).numel() == 0 ||
+          ids.masked_select(real).max().item<int64_t>() < options.vocab_size(),
+      kName, *group_, "ids must be below vocab_size (", options.vocab_size(),
+      ")");
+  // Padding takes no position: a sequence's positions count its real tokens.
+  auto positions =
+      (cache.next_position.unsqueeze(1) + real.cumsum(1) - 1).clamp_min(0);
+  cache.next_position = cache.next_position + real.sum(1);
+  cache.key_mask = torch::cat({cache.key_mask, real}, 1);
+  auto h = token_embedding(ids.masked_fill(real.logical_not(), 0)) +
+           position_embedding(positions);
+  for (size_t i = 0; i < cache.layers.size(); ++i) {
+    h = layers[i]->as<TransformerLayerImpl>()->forward_cached(
+        h, cache.layers[i], cache.key_mask);
+  }
+  return lm_head(final_norm(h));
+}
+
 torch::Tensor GPTImpl::loss(
     const torch::Tensor& ids,
     const torch::Tensor& targets,

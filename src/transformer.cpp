@@ -87,34 +87,103 @@ void ParallelSelfAttentionImpl::reset() {
                                     .dtype(options.dtype())));
 }
 
-torch::Tensor ParallelSelfAttentionImpl::forward(const torch::Tensor& x) {
+void ParallelSelfAttentionImpl::check_input(const torch::Tensor& x) const {
   TORCHTP_CHECK(
       x.dim() == 3 && x.size(2) == options.d_model(), kAttention, qkv->group(),
       "expected input [batch, seq, ", options.d_model(), "] but got ",
       x.sizes());
+}
+
+std::array<torch::Tensor, 3> ParallelSelfAttentionImpl::project(
+    const torch::Tensor& x) {
   const int64_t b = x.size(0), s = x.size(1);
   const int64_t hd = options.d_model() / options.num_heads();
   // [b, s, 3 * local_heads * hd] -> 3 x [b, local_heads, s, hd]
   auto parts =
       qkv(x).view({b, s, 3, local_heads_, hd}).permute({2, 0, 3, 1, 4});
-  auto q = parts[0], k = parts[1], v = parts[2];
+  return {parts[0], parts[1], parts[2]};
+}
+
+torch::Tensor ParallelSelfAttentionImpl::attend(
+    const torch::Tensor& q,
+    const torch::Tensor& k,
+    const torch::Tensor& v,
+    const torch::Tensor& allowed,
+    bool with_dropout) {
+  const int64_t b = q.size(0), s = q.size(2), hd = q.size(3);
   auto scores = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(double(hd));
-  if (options.causal()) {
-    auto future = torch::ones({s, s}, torch::kBool).triu(1);
-    scores =
-        scores.masked_fill(future, -std::numeric_limits<float>::infinity());
+  if (allowed.defined()) {
+    scores = scores.masked_fill(
+        allowed.logical_not(), -std::numeric_limits<float>::infinity());
   }
   // Reduced-precision scores are normalised in float32.
   const bool widen = scores.scalar_type() == torch::kBFloat16 ||
                      scores.scalar_type() == torch::kHalf;
   auto probs = torch::softmax(widen ? scores.to(torch::kFloat) : scores, -1)
-                   .to(x.scalar_type());
-  probs = dropout(
-      probs, options.attention_dropout(), is_training(), rng_->sharded());
+                   .to(q.scalar_type());
+  if (with_dropout) {
+    probs = dropout(
+        probs, options.attention_dropout(), is_training(), rng_->sharded());
+  }
   auto context = torch::matmul(probs, v)    // [b, lh, s, hd]
                      .permute({0, 2, 1, 3}) // [b, s, lh, hd]
                      .reshape({b, s, local_heads_ * hd});
   return proj(context);
+}
+
+torch::Tensor ParallelSelfAttentionImpl::forward(const torch::Tensor& x) {
+  check_input(x);
+  auto [q, k, v] = project(x);
+  torch::Tensor allowed;
+  if (options.causal()) {
+    const int64_t s = x.size(1);
+    allowed = torch::ones({s, s}, torch::kBool).tril();
+  }
+  return attend(q, k, v, allowed, /*with_dropout=*/true);
+}
+
+torch::Tensor ParallelSelfAttentionImpl::forward_cached(
+    const torch::Tensor& x, KVCache& cache, const torch::Tensor& key_mask) {
+  check_input(x);
+  const int64_t b = x.size(0), s = x.size(1);
+  const int64_t past = cache.length, total = past + s;
+  TORCHTP_CHECK(
+      total <= cache.capacity, kAttention, qkv->group(), "the cache holds ",
+      cache.capacity, " positions; ", past, " are used and ", s,
+      " more were given");
+  TORCHTP_CHECK(
+      key_mask.defined() && key_mask.scalar_type() == torch::kBool &&
+          key_mask.sizes() == torch::IntArrayRef({b, total}),
+      kAttention, qkv->group(), "expected a bool key_mask [", b, ", ", total,
+      "] (cached plus new positions) but got ",
+      key_mask.defined() ? c10::str(key_mask.sizes()) : "none");
+  auto [q, k, v] = project(x);
+  if (!cache.k.defined()) {
+    TORCHTP_CHECK(
+        past == 0, kAttention, qkv->group(), "the cache claims ", past,
+        " positions but holds no tensors");
+    cache.k =
+        torch::empty({b, local_heads_, cache.capacity, k.size(3)}, k.options());
+    cache.v = torch::empty_like(cache.k);
+  }
+  TORCHTP_CHECK(
+      cache.k.size(0) == b, kAttention, qkv->group(),
+      "the cache was filled "
+      "for a batch of ",
+      cache.k.size(0), ", not ", b);
+  cache.k.narrow(2, past, s).copy_(k);
+  cache.v.narrow(2, past, s).copy_(v);
+  cache.length = total;
+  // New position i (slot past + i) sees the real slots up to its own, and
+  // always itself, so that a padding row stays finite.
+  auto slot = torch::arange(total, torch::kLong);
+  auto query_slot = torch::arange(past, total, torch::kLong).unsqueeze(1);
+  auto causal = slot.unsqueeze(0) <= query_slot;          // [s, total]
+  auto self = slot.unsqueeze(0) == query_slot;            // [s, total]
+  auto allowed = causal & (key_mask.unsqueeze(1) | self); // [b, s, total]
+  return attend(
+      q, cache.k.narrow(2, 0, total), cache.v.narrow(2, 0, total),
+      allowed.unsqueeze(1), /*with_dropout=*/false);
 }
 
 void ParallelSelfAttentionImpl::pretty_print(std::ostream& stream) const {
@@ -161,6 +230,12 @@ void TransformerLayerImpl::reset() {
                              .bias(options.bias())
                              .group(group)
                              .dtype(options.dtype())));
+}
+
+torch::Tensor TransformerLayerImpl::forward_cached(
+    const torch::Tensor& x, KVCache& cache, const torch::Tensor& key_mask) {
+  auto h = x + attention->forward_cached(ln1(x), cache, key_mask);
+  return h + mlp(ln2(h));
 }
 
 torch::Tensor TransformerLayerImpl::forward(const torch::Tensor& x) {

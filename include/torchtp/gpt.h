@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 namespace torchtp {
 
@@ -41,6 +42,30 @@ struct GPTOptions {
   /// Tensor-parallel group; default: the group of `init_from_env()`.
   TORCH_ARG(c10::optional<Group>, group) = c10::nullopt;
   TORCH_ARG(c10::optional<torch::Dtype>, dtype) = c10::nullopt;
+};
+
+/// What a `GPT` has seen while it generates: every layer's `KVCache` (this
+/// rank's heads), which cached positions are real tokens, and each
+/// sequence's next position. Made by `GPTImpl::make_cache`.
+struct GPTCache {
+  std::vector<KVCache> layers;
+  /// `[batch, length]` bool: false for padding.
+  torch::Tensor key_mask;
+  /// `[batch]` int64: the position the next real token of each sequence
+  /// gets (its real tokens so far).
+  torch::Tensor next_position;
+  /// Positions filled (real or padding), at most `capacity()`.
+  int64_t length() const {
+    return layers.empty() ? key_mask.defined() ? key_mask.size(1) : 0
+                          : layers.front().length;
+  }
+  int64_t capacity() const {
+    return capacity_;
+  }
+
+ private:
+  friend class GPTImpl;
+  int64_t capacity_ = 0;
 };
 
 /// A GPT-style decoder built from torchtp blocks: a `VocabParallelEmbedding`
@@ -73,6 +98,20 @@ class GPTImpl : public torch::nn::Cloneable<GPTImpl> {
       const torch::Tensor& ids,
       const torch::Tensor& targets,
       double label_smoothing = 0.0);
+  /// An empty cache for `forward_cached`, holding up to `max_seq_len`
+  /// positions.
+  GPTCache make_cache() const;
+  /// Inference: this rank's logits `[batch, s, V_padded / ws]` for new ids
+  /// `[batch, s]` that follow those in `cache` (which they join). `mask`
+  /// `[batch, s]` (bool; default all true) marks the real tokens: padding
+  /// takes no position and is never attended to, so left-padded prompts of
+  /// different lengths decode as each would alone. Each sequence's
+  /// positions count its real tokens. No dropout; run it under
+  /// `torch::InferenceMode` or `torch::NoGradGuard`.
+  torch::Tensor forward_cached(
+      const torch::Tensor& ids,
+      GPTCache& cache,
+      const torch::Tensor& mask = {});
   /// Full logits over the real vocabulary, `[batch, seq, vocab_size]`, the
   /// same on every rank (all-gathers; for sampling and tests).
   torch::Tensor full_logits(const torch::Tensor& ids);

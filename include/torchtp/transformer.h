@@ -9,6 +9,7 @@
 #include <torch/nn/pimpl.h>
 #include <torch/types.h>
 
+#include <array>
 #include <cstdint>
 #include <memory>
 
@@ -47,6 +48,18 @@ class ParallelMLPImpl : public torch::nn::Cloneable<ParallelMLPImpl> {
 };
 TORCH_MODULE(ParallelMLP);
 
+/// The keys and values one `ParallelSelfAttention` has seen, for decoding a
+/// token at a time: this rank's heads only, in buffers of `capacity`
+/// positions allocated on first use.
+struct KVCache {
+  explicit KVCache(int64_t capacity = 0) : capacity(capacity) {}
+  int64_t capacity;
+  /// Positions filled so far.
+  int64_t length = 0;
+  /// `[batch, local_heads, capacity, head_dim]`.
+  torch::Tensor k, v;
+};
+
 /// Options of `ParallelSelfAttention`.
 struct ParallelSelfAttentionOptions {
   ParallelSelfAttentionOptions(int64_t d_model, int64_t num_heads)
@@ -80,6 +93,13 @@ class ParallelSelfAttentionImpl
   void reset() override;
   void pretty_print(std::ostream& stream) const override;
   torch::Tensor forward(const torch::Tensor& x);
+  /// Inference on new positions `x [batch, s, d_model]` after the ones held
+  /// in `cache`, which they join. `key_mask [batch, cache.length + s]`
+  /// (bool) says which positions, old and new, are real tokens: padding is
+  /// never attended to. Causal attention (the option is ignored), no
+  /// dropout. Equals `forward` on the whole sequence, for the new rows.
+  torch::Tensor forward_cached(
+      const torch::Tensor& x, KVCache& cache, const torch::Tensor& key_mask);
 
   /// Heads on this rank.
   int64_t local_heads() const {
@@ -91,6 +111,18 @@ class ParallelSelfAttentionImpl
   RowParallelLinear proj{nullptr};
 
  private:
+  void check_input(const torch::Tensor& x) const;
+  // Q, K, V of x, each [batch, local_heads, seq, head_dim].
+  std::array<torch::Tensor, 3> project(const torch::Tensor& x);
+  // Attention of q over k, v where `allowed` [.., s_q, s_k] is true, then
+  // the output projection.
+  torch::Tensor attend(
+      const torch::Tensor& q,
+      const torch::Tensor& k,
+      const torch::Tensor& v,
+      const torch::Tensor& allowed,
+      bool with_dropout);
+
   int64_t local_heads_ = 0;
   std::shared_ptr<RngTracker> rng_;
 };
@@ -128,6 +160,10 @@ class TransformerLayerImpl : public torch::nn::Cloneable<TransformerLayerImpl> {
   explicit TransformerLayerImpl(TransformerLayerOptions options);
   void reset() override;
   torch::Tensor forward(const torch::Tensor& x);
+  /// Inference with the attention's `cache` (see
+  /// `ParallelSelfAttentionImpl::forward_cached`); no dropout.
+  torch::Tensor forward_cached(
+      const torch::Tensor& x, KVCache& cache, const torch::Tensor& key_mask);
 
   TransformerLayerOptions options;
   torch::nn::LayerNorm ln1{nullptr}, ln2{nullptr};

@@ -5,6 +5,7 @@
 #include "torchtp/detail/check.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
 #include <c10/util/Exception.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -37,8 +38,29 @@ bool needs_widening(const at::Tensor& t) {
   return t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf;
 }
 
+// Gloo runs collectives on its own thread, outside the caller's
+// torch::InferenceMode, where writing into an inference tensor is refused:
+// those travel through ordinary tensors too.
+bool needs_staging(const at::Tensor& t) {
+  return needs_widening(t) || t.is_inference();
+}
+
+at::Tensor wire_tensor(at::IntArrayRef sizes, at::ScalarType dtype) {
+  c10::InferenceMode ordinary(false);
+  return at::empty(sizes, at::TensorOptions().dtype(dtype));
+}
+
+at::ScalarType wire_dtype(const at::Tensor& t) {
+  return needs_widening(t) ? at::kFloat : t.scalar_type();
+}
+
 at::Tensor on_wire(const at::Tensor& t) {
-  return needs_widening(t) ? t.to(at::kFloat) : t;
+  if (!needs_staging(t)) {
+    return t;
+  }
+  auto wire = wire_tensor(t.sizes(), wire_dtype(t));
+  wire.copy_(t);
+  return wire;
 }
 
 // The step after an in-place collective on `wire`: round a widened copy back
@@ -64,8 +86,8 @@ class GlooCommunicator final : public ConnectedCommunicator {
     options->devices = {connector_->gloo_device()};
     options->threads = 1;
     // Keys of this group live under its unique name.
-    auto store =
-        c10::make_intrusive<c10d::PrefixStore>(this->name(), connector_->store());
+    auto store = c10::make_intrusive<c10d::PrefixStore>(
+        this->name(), connector_->store());
     guarded("connect", [&] {
       pg_ = c10::make_intrusive<c10d::ProcessGroupGloo>(
           store, rank_, size_, options);
@@ -89,10 +111,9 @@ class GlooCommunicator final : public ConnectedCommunicator {
 
   Work all_gather(const at::Tensor& input, at::Tensor& output) override {
     auto wire_in = on_wire(input);
-    auto wire_out =
-        needs_widening(output)
-            ? at::empty(output.sizes(), output.options().dtype(at::kFloat))
-            : output;
+    auto wire_out = needs_staging(output)
+                        ? wire_tensor(output.sizes(), wire_dtype(output))
+                        : output;
     // Gloo gathers into one tensor per rank; chunks of `wire_out` along dim 0
     // are contiguous views, so the blocks land in place.
     std::vector<std::vector<at::Tensor>> outputs{wire_out.chunk(size_, 0)};
@@ -114,7 +135,7 @@ class GlooCommunicator final : public ConnectedCommunicator {
     auto wire_in = on_wire(input);
     auto sizes = output.sizes().vec();
     sizes.insert(sizes.begin(), size_);
-    auto received = at::empty(sizes, wire_in.options());
+    auto received = wire_tensor(sizes, wire_in.scalar_type());
     std::vector<int64_t> counts; // empty: equal blocks
     c10d::AllToAllOptions opts;
     opts.timeout = timeout_;
