@@ -1,0 +1,185 @@
+// bench_generate: serving latency of a GPT-2-small-shaped model (d_model
+// 768, 12 layers, 12 heads, vocabulary 50257, random weights) at the world
+// size it is started with: prefill of a prompt, then greedy decoding with
+// the key/value cache. Prints a table on rank 0 and writes JSON.
+//
+//   torchtp-run --nproc-per-node N ./bench_generate [--batches 1,8]
+//       [--dtypes float32,bfloat16] [--backends shm,gloo] [--prompt 128]
+//       [--new-tokens 64] [--repeats 3] [--json F]
+//
+// Per row: prefill time and tokens/s, the median ms per generated token
+// (every step after the first), and the largest resident memory of any rank
+// (peak and now, from /proc/self/status). Every communicator runs the same
+// model on the same ranks (Group::with_backend); repeats alternate them.
+// bench/generate_latency.sh runs it at TP=1, 2 and 4 and puts the rows side
+// by side.
+
+#include <torchtp/torchtp.h>
+
+#include "bench_util.h"
+#include "guarded_main.h"
+
+#include <torch/torch.h>
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace {
+
+// VmHWM (peak) or VmRSS (now) of this process, in MiB.
+double resident_mib(const char* field) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(field, 0) == 0) {
+      std::istringstream fields(line.substr(line.find(':') + 1));
+      double kib = 0;
+      fields >> kib;
+      return kib / 1024;
+    }
+  }
+  return 0;
+}
+
+std::vector<std::string> split(const std::string& text) {
+  std::vector<std::string> out;
+  std::stringstream in(text);
+  for (std::string item; std::getline(in, item, ',');) {
+    out.push_back(item);
+  }
+  return out;
+}
+
+int run(int argc, char** argv) {
+  std::string batches_arg = "1,8", dtypes_arg = "float32,bfloat16";
+  std::string backends_arg = "shm,gloo", json_path = "bench_generate.json";
+  int64_t prompt = 128, new_tokens = 64;
+  int repeats = 3;
+  CLI::App app(
+      "Prefill and decode latency of a GPT-2-small-shaped model (random "
+      "weights) at this world size");
+  app.add_option("--batches", batches_arg, "prompts per batch")
+      ->capture_default_str();
+  app.add_option("--dtypes", dtypes_arg, "float32, bfloat16, float64")
+      ->capture_default_str();
+  app.add_option("--backends", backends_arg, "communicators (world size > 1)")
+      ->capture_default_str();
+  app.add_option("--prompt", prompt, "prompt tokens")->capture_default_str();
+  app.add_option("--new-tokens", new_tokens, "generated tokens")
+      ->capture_default_str();
+  app.add_option("--repeats", repeats, "runs per row (median)")
+      ->capture_default_str();
+  app.add_option("--json", json_path, "output file")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+
+  torchtp::Group world = torchtp::init_from_env();
+  const bool root = world.rank() == 0;
+  std::vector<std::string> backends = world.size() == 1
+                                          ? std::vector<std::string>{"self"}
+                                          : split(backends_arg);
+  std::vector<torchtp::Group> groups;
+  for (const auto& b : backends) {
+    groups.push_back(world.size() == 1 ? world : world.with_backend(b));
+  }
+  if (root) {
+    torchtp::bench::print_header("bench_generate", world.size());
+    std::printf(
+        "# GPT-2-small shape (d 768, 12 layers, 12 heads, vocab 50257), "
+        "prompt %lld, %lld new tokens, greedy, median of %d\n",
+        static_cast<long long>(prompt), static_cast<long long>(new_tokens),
+        repeats);
+    std::printf(
+        "%-9s %5s %-5s %11s %14s %12s %13s %12s\n", "dtype", "batch", "comm",
+        "prefill_ms", "prefill_tok/s", "ms/token", "peak_rss_MiB", "rss_MiB");
+  }
+  nlohmann::json rows = nlohmann::json::array();
+  for (const auto& dtype_name : split(dtypes_arg)) {
+    const auto dtype = torchtp::bench::parse_dtype(dtype_name);
+    // One model per communicator, the same full weights.
+    std::vector<torchtp::GPT> models;
+    for (const auto& g : groups) {
+      torch::manual_seed(0);
+      models.emplace_back(torchtp::GPTOptions(50257, 1024)
+                              .d_model(768)
+                              .num_heads(12)
+                              .num_layers(12)
+                              .group(g)
+                              .dtype(dtype));
+    }
+    for (const auto& batch_text : split(batches_arg)) {
+      const int64_t batch = std::stoll(batch_text);
+      torch::manual_seed(1);
+      auto ids = torch::randint(50257, {batch, prompt}, torch::kLong);
+      std::vector<std::vector<int64_t>> prompts(batch);
+      for (int64_t i = 0; i < batch; ++i) {
+        auto row = ids[i];
+        prompts[i].assign(
+            row.data_ptr<int64_t>(), row.data_ptr<int64_t>() + prompt);
+      }
+      std::vector<std::vector<double>> prefill(groups.size()),
+          step(groups.size());
+      for (int r = 0; r < repeats; ++r) {
+        for (size_t b = 0; b < groups.size(); ++b) {
+          groups[b].barrier();
+          auto gen = torchtp::generate(
+              *models[b], prompts,
+              torchtp::GenerateOptions().max_new_tokens(new_tokens));
+          // The slowest rank's times.
+          auto t = torch::tensor(
+              {gen.prefill_seconds, torchtp::bench::median(gen.step_seconds)},
+              torch::kDouble);
+          world.all_reduce(t, torchtp::ReduceOp::max);
+          prefill[b].push_back(t[0].item<double>());
+          step[b].push_back(t[1].item<double>());
+        }
+      }
+      auto mem = torch::tensor(
+          {resident_mib("VmHWM"), resident_mib("VmRSS")}, torch::kDouble);
+      world.all_reduce(mem, torchtp::ReduceOp::max);
+      for (size_t b = 0; b < groups.size(); ++b) {
+        const double prefill_s = torchtp::bench::median(prefill[b]);
+        const double step_ms = 1e3 * torchtp::bench::median(step[b]);
+        const double tok_s = batch * prompt / prefill_s;
+        rows.push_back(
+            {{"dtype", dtype_name},
+             {"batch", batch},
+             {"backend", backends[b]},
+             {"prefill_ms", 1e3 * prefill_s},
+             {"prefill_tokens_per_s", tok_s},
+             {"ms_per_token", step_ms},
+             {"peak_rss_mib", mem[0].item<double>()},
+             {"rss_mib", mem[1].item<double>()}});
+        if (root) {
+          std::printf(
+              "%-9s %5lld %-5s %11.1f %14.0f %12.2f %13.0f %12.0f\n",
+              dtype_name.c_str(), static_cast<long long>(batch),
+              backends[b].c_str(), 1e3 * prefill_s, tok_s, step_ms,
+              mem[0].item<double>(), mem[1].item<double>());
+          std::fflush(stdout);
+        }
+      }
+    }
+  }
+  if (root) {
+    nlohmann::json out = torchtp::bench::header_json(world.size());
+    out["prompt"] = prompt;
+    out["new_tokens"] = new_tokens;
+    out["repeats"] = repeats;
+    out["rows"] = rows;
+    std::ofstream(json_path) << out.dump(2) << "\n";
+    std::printf("wrote %s\n", json_path.c_str());
+  }
+  return 0;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  return torchtp::tools::guarded_main(
+      "bench_generate", [&] { return run(argc, argv); });
+}
