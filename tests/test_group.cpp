@@ -31,6 +31,19 @@ TEST(Group, RankAndSizeMatchTheLauncher) {
   EXPECT_LT(g.rank(), g.size());
 }
 
+TEST(Group, SelfGroupIsTheIdentity) {
+  auto g = torchtp::Group::self();
+  EXPECT_EQ(g.rank(), 0);
+  EXPECT_EQ(g.size(), 1);
+  auto t = torch::arange(6.0).reshape({2, 3});
+  auto before = t.clone();
+  g.all_reduce(t);
+  EXPECT_TRUE(torch::equal(t, before));
+  EXPECT_TRUE(torch::equal(g.all_gather(t, 1), before));
+  EXPECT_TRUE(torch::equal(g.reduce_scatter(t, 0), before));
+  EXPECT_EQ(g.split(5).size(), 1);
+}
+
 TEST(Group, AllReduceSumIsTheSumOfRanks) {
   auto g = world();
   for (auto dt : kDtypes) {
@@ -428,7 +441,8 @@ TEST(Group, ConcurrentAsyncCollectivesOnTwoGroups) {
   auto wz = a.all_gather_async(torch::full({2}, double(g.rank())), 0);
   // Waited in another order than issued.
   EXPECT_TRUE(torch::equal(wy.wait(), torch::full({300007}, double(g.size()))));
-  EXPECT_TRUE(torch::equal(wz.wait(), g.all_gather(torch::full({2}, double(g.rank())), 0)));
+  EXPECT_TRUE(torch::equal(
+      wz.wait(), g.all_gather(torch::full({2}, double(g.rank())), 0)));
   const double ranks = g.size() * (g.size() - 1) / 2.0;
   EXPECT_TRUE(torch::equal(wx.wait(), torch::full({1000}, ranks)));
 }

@@ -2,11 +2,13 @@
 // linear with the full weight, forward and backward, for every option
 // combination, dtype and number of leading batch dims.
 
-#include "test_util.h"
+#include "reference.h"
 
 #include <random>
 
 using torchtp::testing::all_close;
+using torchtp::testing::mlp_ref;
+using torchtp::testing::own;
 using torchtp::testing::raises_with;
 using torchtp::testing::tolerance_for;
 using torchtp::testing::world;
@@ -57,11 +59,6 @@ struct Reference {
     grad_b = bias ? br.grad() : torch::Tensor();
   }
 };
-
-torch::Tensor own(const torch::Tensor& full, int64_t dim) {
-  auto g = world();
-  return full.chunk(g.size(), dim)[g.rank()];
-}
 
 void check_column(
     int64_t in,
@@ -231,13 +228,11 @@ TEST(ParallelLinear, ColumnThenRowIsTheUnshardedMlp) {
   auto b2 = torch::randn({d}, torch::kDouble);
   auto x0 = torch::randn({4, 3, d}, torch::kDouble);
 
-  namespace F = torch::nn::functional;
   std::vector<torch::Tensor> ref = {w1, b1, w2, b2, x0};
   for (auto& t : ref) {
     t = t.clone().requires_grad_();
   }
-  auto yr =
-      F::linear(torch::gelu(F::linear(ref[4], ref[0], ref[1])), ref[2], ref[3]);
+  auto yr = mlp_ref(ref[4], ref[0], ref[1], ref[2], ref[3]);
   yr.square().sum().backward();
 
   torchtp::ColumnParallelLinear fc1(
@@ -256,6 +251,30 @@ TEST(ParallelLinear, ColumnThenRowIsTheUnshardedMlp) {
   EXPECT_TRUE(all_close(fc1->bias.grad(), own(ref[1].grad(), 0)));
   EXPECT_TRUE(all_close(fc2->weight.grad(), own(ref[2].grad(), 1)));
   EXPECT_TRUE(all_close(fc2->bias.grad(), ref[3].grad()));
+}
+
+TEST(LinearInit, EqualsTorchNnLinearForTheSameSeed) {
+  for (bool bias : {true, false}) {
+    torch::manual_seed(1234);
+    torch::nn::Linear ref(torch::nn::LinearOptions(12, 20).bias(bias));
+    torch::manual_seed(1234);
+    auto [w, b] = torchtp::detail::linear_init(12, 20, bias, torch::kFloat);
+    EXPECT_TRUE(torch::equal(w, ref->weight));
+    EXPECT_EQ(b.defined(), bias);
+    if (bias) {
+      EXPECT_TRUE(torch::equal(b, ref->bias));
+    }
+  }
+}
+
+TEST(LinearInit, ReducedPrecisionIsTheRoundedFloatDraw) {
+  torch::manual_seed(7);
+  auto [wf, bf] = torchtp::detail::linear_init(8, 4, true, torch::kFloat);
+  torch::manual_seed(7);
+  auto [wb, bb] = torchtp::detail::linear_init(8, 4, true, torch::kBFloat16);
+  EXPECT_EQ(wb.scalar_type(), torch::kBFloat16);
+  EXPECT_TRUE(torch::equal(wb, wf.to(torch::kBFloat16)));
+  EXPECT_TRUE(torch::equal(bb, bf.to(torch::kBFloat16)));
 }
 
 TEST(ParallelLinear, DefaultInitIsTorchNnLinearSlicedForTheSameSeed) {
@@ -373,7 +392,8 @@ TEST(ParallelLinearErrors, WrongInputWidthNamesBothShapes) {
       {"RowParallelLinear", "[*, " + std::to_string(4 * ws) + "]", "[2, 3]",
        g.rank_label()}));
   EXPECT_TRUE(raises_with(
-      [&] { col(torch::randn({})); }, {"ColumnParallelLinear", "[]", g.rank_label()}));
+      [&] { col(torch::randn({})); },
+      {"ColumnParallelLinear", "[]", g.rank_label()}));
 }
 
 TEST(ParallelLinearErrors, WrongDtypeNamesBothDtypes) {

@@ -2,6 +2,7 @@
 
 // Helpers shared by the distributed tests: every rank builds the same full
 // (unsharded) reference from the same seed and compares its own slice.
+// The references themselves, and the slicing helpers, are in reference.h.
 
 #include <torchtp/detail/linear_init.h>
 #include <torchtp/torchtp.h>

@@ -1,0 +1,169 @@
+#pragma once
+
+// The unsharded references the distributed tests compare against, and the
+// helpers that take a rank's slice of them: every rank builds the same full
+// reference from the same seeds with plain LibTorch (deliberately not the
+// library's fused code paths) and compares its own slice of outputs and
+// gradients.
+
+#include "test_util.h"
+
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+namespace torchtp::testing {
+
+namespace F = torch::nn::functional;
+
+// A leaf copy of `t` for the reference graph, so its gradient is separate
+// from the one of the tensor under test.
+inline torch::Tensor leaf(const torch::Tensor& t) {
+  return t.detach().clone().requires_grad_();
+}
+
+// This rank's equal chunk of `full` along `dim` (what Partition gives for
+// even splits).
+inline torch::Tensor own(
+    const torch::Tensor& full, int64_t dim, const torchtp::Group& g = world()) {
+  return full.chunk(g.size(), dim)[g.rank()];
+}
+
+// Rows of a full fused [Wq; Wk; Wv] tensor ([3 d, ...]) that rank `rank` of
+// `ws` holds: its part of each of the Q, K and V blocks, in block order.
+inline torch::Tensor pick_qkv_rows(
+    const torch::Tensor& full, int64_t rank, int64_t ws) {
+  auto sizes = full.sizes().vec();
+  const int64_t block = sizes[0] / 3;
+  std::vector<int64_t> split = {3, ws, block / ws};
+  split.insert(split.end(), sizes.begin() + 1, sizes.end());
+  auto out = sizes;
+  out[0] = sizes[0] / ws;
+  return full.reshape(split).select(1, rank).reshape(out);
+}
+
+// The inverse of pick_qkv_rows over the group: the all-gather is rank-major
+// [r0: q k v, r1: q k v, ..], the full tensor is block-major.
+inline torch::Tensor gather_qkv(
+    const torchtp::Group& g, const torch::Tensor& shard) {
+  auto gathered = g.all_gather(shard.detach(), 0);
+  auto sizes = shard.sizes().vec();
+  std::vector<int64_t> split = {g.size(), 3, sizes[0] / 3};
+  split.insert(split.end(), sizes.begin() + 1, sizes.end());
+  auto full = sizes;
+  full[0] = sizes[0] * g.size();
+  return gathered.reshape(split).transpose(0, 1).reshape(full);
+}
+
+// Whether a parameter name is a fused [q; k; v] weight or bias.
+inline bool is_qkv(const std::string& name) {
+  auto ends_with = [&](const std::string& suffix) {
+    return name.size() >= suffix.size() &&
+           name.compare(name.size() - suffix.size(), suffix.size(), suffix) ==
+               0;
+  };
+  return ends_with("qkv.weight") || ends_with("qkv.bias");
+}
+
+// Unsharded causal multi-head self-attention from the stacked
+// [Wq; Wk; Wv] weight, one head at a time: deliberately not the library's
+// fused reshapes.
+inline torch::Tensor attention_ref(
+    const torch::Tensor& x,
+    const torch::Tensor& w_qkv,
+    const torch::Tensor& b_qkv,
+    const torch::Tensor& w_o,
+    const torch::Tensor& b_o,
+    int64_t heads,
+    bool causal) {
+  const int64_t s = x.size(1), d = x.size(2), hd = d / heads;
+  auto project = [&](int64_t block) {
+    return F::linear(
+        x, w_qkv.narrow(0, block * d, d), b_qkv.narrow(0, block * d, d));
+  };
+  auto q_all = project(0), k_all = project(1), v_all = project(2);
+  auto future = torch::ones({s, s}, torch::kBool).triu(1);
+  std::vector<torch::Tensor> context;
+  for (int64_t h = 0; h < heads; ++h) {
+    auto q = q_all.narrow(-1, h * hd, hd);
+    auto k = k_all.narrow(-1, h * hd, hd);
+    auto v = v_all.narrow(-1, h * hd, hd);
+    auto scores = torch::bmm(q, k.transpose(1, 2)) / std::sqrt(double(hd));
+    if (causal) {
+      scores =
+          scores.masked_fill(future, -std::numeric_limits<double>::infinity());
+    }
+    context.push_back(torch::bmm(torch::softmax(scores, -1), v));
+  }
+  return F::linear(torch::cat(context, -1), w_o, b_o);
+}
+
+// Unsharded ParallelMLP: fc2(gelu(fc1(x))).
+inline torch::Tensor mlp_ref(
+    const torch::Tensor& x,
+    const torch::Tensor& w1,
+    const torch::Tensor& b1,
+    const torch::Tensor& w2,
+    const torch::Tensor& b2) {
+  return F::linear(torch::gelu(F::linear(x, w1, b1)), w2, b2);
+}
+
+// torch::nn::LayerNorm over the last dim with the layer's default eps.
+inline torch::Tensor layer_norm_ref(
+    const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
+  return F::layer_norm(
+      x, F::LayerNormFuncOptions({x.size(-1)}).weight(w).bias(b).eps(1e-5));
+}
+
+// Every parameter gradient of the sharded `model` against the unsharded
+// `full` model's: replicated parameters directly, split ones after
+// gathering the shards over `tp` along the dim whose size differs (the
+// fused qkv reordered into block order). Every rank calls the same gathers
+// in the same order: the parameter lists are the same on every rank.
+inline void expect_grads_match(
+    torch::nn::Module& model,
+    torch::nn::Module& full,
+    const torchtp::Group& tp) {
+  auto params = model.named_parameters();
+  auto full_params = full.named_parameters();
+  EXPECT_FALSE(params.is_empty());
+  EXPECT_EQ(params.size(), full_params.size());
+  for (const auto& item : params) {
+    SCOPED_TRACE(item.key());
+    const auto* ref = full_params.find(item.key());
+    EXPECT_NE(ref, nullptr) << "no parameter " << item.key();
+    if (ref == nullptr || !item.value().grad().defined()) {
+      EXPECT_TRUE(item.value().grad().defined()) << "no gradient";
+      continue;
+    }
+    const auto grad = item.value().grad();
+    const auto full_grad = ref->grad();
+    if (grad.sizes() == full_grad.sizes()) {
+      EXPECT_TRUE(all_close(grad, full_grad));
+      continue;
+    }
+    if (is_qkv(item.key())) {
+      EXPECT_TRUE(all_close(gather_qkv(tp, grad), full_grad));
+      continue;
+    }
+    int64_t dim = 0;
+    while (dim < grad.dim() && grad.size(dim) == full_grad.size(dim)) {
+      ++dim;
+    }
+    EXPECT_TRUE(all_close(tp.all_gather(grad, dim), full_grad));
+  }
+}
+
+// The GPT of the invariance tests: sizes fixed across world sizes 1-4 (12
+// heads, padded vocabulary 24), so its full weights are the same at each.
+inline torchtp::GPTOptions small_gpt() {
+  return torchtp::GPTOptions(/*vocab_size=*/13, /*max_seq_len=*/8)
+      .d_model(48)
+      .num_heads(12)
+      .num_layers(2)
+      .vocab_pad_multiple(12)
+      .dtype(torch::kDouble);
+}
+
+} // namespace torchtp::testing

@@ -1,0 +1,90 @@
+// GPT sharded over the world against the same GPT on one rank
+// (Group::self()): logits, loss and every parameter gradient, with label
+// smoothing, and dropout that stays identical on every rank.
+
+#include "reference.h"
+
+using torchtp::testing::all_close;
+using torchtp::testing::expect_grads_match;
+using torchtp::testing::small_gpt;
+using torchtp::testing::world;
+
+namespace F = torch::nn::functional;
+
+TEST(GPT, ShardedEqualsUnshardedLogitsLossAndGradients) {
+  auto g = world();
+  torch::manual_seed(42);
+  torchtp::GPT gpt(small_gpt());
+  torch::manual_seed(42);
+  torchtp::GPT full(small_gpt().group(torchtp::Group::self()));
+  EXPECT_EQ(gpt->padded_vocab_size(), 24);
+
+  torch::manual_seed(43);
+  auto ids = torch::randint(0, 13, {2, 8}, torch::kLong);
+  auto targets = torch::randint(0, 13, {2, 8}, torch::kLong);
+  targets.index_put_({0, 3}, -100);
+
+  auto logits = gpt->full_logits(ids);
+  auto full_logits = full->full_logits(ids);
+  // The padded ids never appear.
+  EXPECT_EQ(logits.sizes(), torch::IntArrayRef({2, 8, 13}));
+  EXPECT_EQ(
+      gpt->forward(ids).sizes(), torch::IntArrayRef({2, 8, 24 / g.size()}));
+  EXPECT_TRUE(all_close(logits, full_logits));
+
+  auto loss = gpt->loss(ids, targets);
+  auto full_loss = full->loss(ids, targets);
+  EXPECT_TRUE(all_close(loss, full_loss));
+  // The loss is plain cross-entropy over the 13 real ids.
+  EXPECT_TRUE(all_close(
+      full_loss, F::cross_entropy(
+                     full_logits.reshape({-1, 13}), targets.reshape({-1}),
+                     F::CrossEntropyFuncOptions().ignore_index(-100))));
+  loss.backward();
+  full_loss.backward();
+  expect_grads_match(*gpt, *full, g);
+}
+
+TEST(GPT, LabelSmoothedLossEqualsUnsharded) {
+  torch::manual_seed(42);
+  torchtp::GPT gpt(small_gpt());
+  torch::manual_seed(42);
+  torchtp::GPT full(small_gpt().group(torchtp::Group::self()));
+  torch::manual_seed(44);
+  auto ids = torch::randint(0, 13, {2, 8}, torch::kLong);
+  auto targets = torch::randint(0, 13, {2, 8}, torch::kLong);
+  auto loss = gpt->loss(ids, targets, 0.1);
+  auto full_loss = full->loss(ids, targets, 0.1);
+  EXPECT_TRUE(all_close(loss, full_loss));
+  // Smoothing over the 13 real ids only, as torch does on real logits.
+  EXPECT_TRUE(all_close(
+      full_loss,
+      F::cross_entropy(
+          full->full_logits(ids).reshape({-1, 13}), targets.reshape({-1}),
+          F::CrossEntropyFuncOptions().label_smoothing(0.1))));
+  loss.backward();
+  full_loss.backward();
+  expect_grads_match(*gpt, *full, world());
+}
+
+TEST(GPT, DropoutStepIsTheSameOnEveryRankAndReplaysAfterReseed) {
+  auto g = world();
+  torch::manual_seed(45);
+  torchtp::GPT gpt(small_gpt().hidden_dropout(0.2).attention_dropout(0.2));
+  torch::manual_seed(46);
+  auto ids = torch::randint(0, 13, {2, 8}, torch::kLong);
+  auto targets = torch::randint(0, 13, {2, 8}, torch::kLong);
+  gpt->rng().reseed(500);
+  auto first = gpt->loss(ids, targets).detach();
+  auto second = gpt->loss(ids, targets).detach();
+  gpt->rng().reseed(500);
+  auto replay = gpt->loss(ids, targets).detach();
+  EXPECT_TRUE(torch::equal(replay, first)) << "reseed must replay the step";
+  EXPECT_FALSE(torch::equal(second, first)) << "the streams must advance";
+  // The loss every rank computes is the same number.
+  auto all = g.all_gather(first.reshape({1}), 0);
+  EXPECT_TRUE(torch::equal(all, first.reshape({1}).expand({g.size()})));
+  gpt->eval();
+  auto clean = gpt->loss(ids, targets).detach();
+  EXPECT_FALSE(torch::equal(clean, first)) << "training mode dropped nothing";
+}
