@@ -1,0 +1,192 @@
+// generate: text generation at any tensor-parallel size from a checkpoint of
+// the main job (train_gpt), which may have been saved at another TP size.
+//
+//   torchtp-run --nproc-per-node 2 ./generate --checkpoint out/demo/tp2/checkpoint \
+//       --prompt "First Citizen:" --max-new-tokens 200 --top-k 10 --seed 1
+//
+// Each rank holds its slices of the model and caches the keys and values of
+// its own heads; only each rank's best candidates for a token are exchanged,
+// never the vocabulary. Rank 0 streams the text as it comes, then prints the
+// prefill time and ms per generated token; --json writes the ids and the
+// five largest logits of every step, for checking from outside.
+
+#include <torchtp/torchtp.h>
+
+#include "guarded_main.h"
+
+#include <torch/torch.h>
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace {
+
+struct Args {
+  std::string checkpoint;
+  std::string prompt;
+  std::string prompt_ids;
+  int64_t max_new_tokens = 64;
+  bool greedy = false;
+  double temperature = 1.0;
+  int64_t top_k = 0;
+  double top_p = 1.0;
+  uint64_t seed = 0;
+  std::string dtype = "float32";
+  std::string json;
+};
+
+int64_t setting(
+    const std::map<std::string, std::string>& extra, const std::string& key) {
+  auto it = extra.find(key);
+  TORCH_CHECK(
+      it != extra.end(), "generate: the checkpoint does not record '", key,
+      "' (it was not written by train_gpt)");
+  return std::stoll(it->second);
+}
+
+std::vector<int64_t> parse_ids(const std::string& text) {
+  std::vector<int64_t> ids;
+  std::stringstream in(text);
+  for (std::string item; std::getline(in, item, ',');) {
+    size_t used = 0;
+    ids.push_back(std::stoll(item, &used));
+    TORCH_CHECK(used == item.size(), "generate: bad id '", item, "'");
+  }
+  return ids;
+}
+
+int run(int argc, char** argv) {
+  Args a;
+  CLI::App app(
+      "Generate text from a torchtp checkpoint of the main job, at any "
+      "tensor-parallel size (the world size)");
+  app.add_option("--checkpoint", a.checkpoint, "checkpoint directory")
+      ->required();
+  auto* text = app.add_option(
+      "--prompt", a.prompt, "prompt text (the model's character vocabulary)");
+  app.add_option("--prompt-ids", a.prompt_ids, "prompt as ids: 1,2,3")
+      ->excludes(text);
+  app.add_option("--max-new-tokens", a.max_new_tokens, "tokens to generate")
+      ->capture_default_str();
+  app.add_flag("--greedy", a.greedy, "always the most likely token");
+  app.add_option("--temperature", a.temperature, "divides the logits")
+      ->capture_default_str();
+  app.add_option("--top-k", a.top_k, "sample among the k best (0: all)")
+      ->capture_default_str();
+  app.add_option("--top-p", a.top_p, "nucleus: smallest mass >= p (1: all)")
+      ->capture_default_str();
+  app.add_option("--seed", a.seed, "sampling seed")->capture_default_str();
+  app.add_option("--dtype", a.dtype, "float32, float64 or bfloat16")
+      ->capture_default_str();
+  app.add_option("--json", a.json, "write ids and top-5 logits per step");
+  CLI11_PARSE(app, argc, argv);
+
+  torchtp::Group world = torchtp::init_from_env();
+  const bool lead = world.rank() == 0;
+  const auto dtype = a.dtype == "float64"    ? torch::kDouble
+                     : a.dtype == "bfloat16" ? torch::kBFloat16
+                     : a.dtype == "float32"
+                         ? torch::kFloat
+                         : throw std::invalid_argument(
+                               "--dtype must be float32, float64 or bfloat16");
+
+  // The model is the one train_gpt trained: its shape is in the checkpoint.
+  const auto info = torchtp::read_checkpoint_extra(a.checkpoint);
+  const std::string vocab = info.count("vocab") ? info.at("vocab") : "";
+  TORCH_CHECK(!vocab.empty(), "generate: the checkpoint has no vocabulary");
+  torchtp::GPT gpt(
+      torchtp::GPTOptions(static_cast<int64_t>(vocab.size()), setting(info, "seq"))
+          .d_model(setting(info, "d_model"))
+          .num_heads(setting(info, "heads"))
+          .num_layers(setting(info, "layers"))
+          .group(world)
+          .dtype(dtype));
+  torchtp::load_checkpoint(a.checkpoint, *gpt);
+
+  std::vector<int64_t> prompt;
+  if (!a.prompt_ids.empty()) {
+    prompt = parse_ids(a.prompt_ids);
+  } else {
+    const std::string p = a.prompt.empty() ? std::string("\n") : a.prompt;
+    for (char c : p) {
+      const auto at = vocab.find(c);
+      TORCH_CHECK(
+          at != std::string::npos, "generate: the prompt's character '", c,
+          "' is not in the model's vocabulary");
+      prompt.push_back(static_cast<int64_t>(at));
+    }
+  }
+
+  auto options = torchtp::GenerateOptions()
+                     .max_new_tokens(a.max_new_tokens)
+                     .seed(a.seed)
+                     .top_logits(5)
+                     .sampling(torchtp::SamplingOptions()
+                                   .greedy(a.greedy)
+                                   .temperature(a.temperature)
+                                   .top_k(a.top_k)
+                                   .top_p(a.top_p));
+  if (lead) {
+    std::printf("%s", a.prompt_ids.empty() ? a.prompt.c_str() : "");
+    std::fflush(stdout);
+  }
+  auto gen = torchtp::generate(
+      *gpt, {prompt}, options, [&](int64_t, const at::Tensor& ids) {
+        if (lead) {
+          const int64_t id = ids[0].item<int64_t>();
+          if (a.prompt_ids.empty()) {
+            std::printf("%c", vocab[id]);
+          } else {
+            std::printf("%lld ", static_cast<long long>(id));
+          }
+          std::fflush(stdout);
+        }
+      });
+
+  const auto& steps = gen.step_seconds;
+  double decode = 0;
+  for (double s : steps) {
+    decode += s;
+  }
+  if (lead) {
+    std::printf(
+        "\n\nTP=%d: prompt %zu tokens, prefill + first token %.1f ms; "
+        "%zu more tokens at %.2f ms/token (%.0f tokens/s)\n",
+        world.size(), prompt.size(), 1e3 * gen.prefill_seconds, steps.size(),
+        steps.empty() ? 0.0 : 1e3 * decode / steps.size(),
+        decode > 0 ? steps.size() / decode : 0.0);
+  }
+  if (lead && !a.json.empty()) {
+    nlohmann::json out = {
+        {"prompt_ids", prompt},
+        {"generated_ids", gen.tokens[0]},
+        {"steps", nlohmann::json::array()}};
+    for (const auto& top : gen.top) {
+      nlohmann::json pairs = nlohmann::json::array();
+      auto values = top.values.to(torch::kDouble);
+      for (int64_t j = 0; j < top.ids.size(1); ++j) {
+        if (top.ids[0][j].item<int64_t>() >= 0) {
+          pairs.push_back(
+              {top.ids[0][j].item<int64_t>(), values[0][j].item<double>()});
+        }
+      }
+      out["steps"].push_back({{"top", pairs}});
+    }
+    std::ofstream(a.json) << out.dump(1) << "\n";
+    std::printf("wrote %s\n", a.json.c_str());
+  }
+  return 0;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  return torchtp::tools::guarded_main(
+      "generate", [&] { return run(argc, argv); });
+}
