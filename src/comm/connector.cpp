@@ -383,6 +383,7 @@ void Connector::join() {
   std::map<std::string, std::vector<int>> on_loopback;
   for (int r = 0; r < world_size_; ++r) {
     host_of_.push_back(records[r].host_key);
+    address_of_.push_back(records[r].address);
     if (!records[r].address.empty() && is_loopback(records[r].address)) {
       on_loopback[records[r].host() + " at " + records[r].address].push_back(r);
     }
@@ -429,6 +430,33 @@ c10::intrusive_ptr<Communicator> Connector::connect(
     return make_shm_communicator(shared_from_this(), world_ranks, name);
   }
   return make_gloo_communicator(shared_from_this(), world_ranks, name);
+}
+
+PeerAddresses Connector::peer_addresses(
+    const std::vector<int>& world_ranks) const {
+  std::map<std::string, std::vector<int>> at;
+  for (int r : world_ranks) {
+    if (r != world_rank_ && !address_of_[r].empty()) {
+      at[address_of_[r]].push_back(r);
+    }
+  }
+  PeerAddresses peers;
+  for (const auto& [address, ranks] : at) {
+    const std::string& host = host_of_[ranks[0]];
+    peers.add(
+        address,
+        "world " + ranks_text(ranks) + " on " + host.substr(0, host.find('|')));
+  }
+  return peers;
+}
+
+std::string PeerAddresses::named_in(const std::string& message) const {
+  for (const auto& [address, who] : peers_) {
+    if (message.find("[" + address + "]") != std::string::npos) {
+      return " (" + who + ")";
+    }
+  }
+  return "";
 }
 
 std::shared_ptr<gloo::transport::Device> Connector::gloo_device() {

@@ -27,6 +27,22 @@ std::string store_get(c10d::Store& store, const std::string& key);
 void store_set(
     c10d::Store& store, const std::string& key, const std::string& value);
 
+/// Where the members of a Gloo group listen, to name the peer of a broken
+/// connection: Gloo's errors give only its address ("Connection closed by
+/// peer [10.0.0.2]:4321").
+class PeerAddresses {
+ public:
+  void add(const std::string& address, const std::string& who) {
+    peers_.emplace_back(address, who);
+  }
+  /// " (world rank 3 on hostB)" when `message` holds the address of a
+  /// member, else "".
+  std::string named_in(const std::string& message) const;
+
+ private:
+  std::vector<std::pair<std::string, std::string>> peers_;
+};
+
 /// Which communicator carries a group's collectives.
 enum class Backend {
   automatic, ///< shm when every member is on this host, else gloo
@@ -76,6 +92,8 @@ class Connector : public std::enable_shared_from_this<Connector> {
   }
   /// The Gloo device of this process, opened on first use.
   std::shared_ptr<gloo::transport::Device> gloo_device();
+  /// Where the members of `world_ranks` other than this process listen.
+  PeerAddresses peer_addresses(const std::vector<int>& world_ranks) const;
 
  private:
   void join();
@@ -87,8 +105,9 @@ class Connector : public std::enable_shared_from_this<Connector> {
   Backend backend_;
   std::string interface_;
   std::string master_addr_;
-  std::string gloo_address_;         // when no interface is named
-  std::vector<std::string> host_of_; // per world rank
+  std::string gloo_address_;            // when no interface is named
+  std::vector<std::string> host_of_;    // per world rank
+  std::vector<std::string> address_of_; // per world rank; "": an interface
   bool spans_hosts_ = false;
   std::mutex device_mutex_;
   std::shared_ptr<gloo::transport::Device> device_;
