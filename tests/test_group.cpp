@@ -4,6 +4,8 @@
 #include "test_util.h"
 
 #include <chrono>
+#include <cstdlib>
+#include <iostream>
 #include <thread>
 
 using torchtp::testing::all_close;
@@ -20,6 +22,17 @@ torch::Tensor contribution(int r, torch::IntArrayRef shape, torch::Dtype dt) {
 
 const std::vector<torch::Dtype> kDtypes = {
     torch::kFloat, torch::kDouble, torch::kBFloat16, torch::kLong};
+
+// Ranks per host as the launcher lays them out (consecutive ranks on one
+// host); the multi-host test bed runs this file on 2 hosts x 2 ranks.
+int ranks_per_host(const torchtp::Group& g) {
+  const char* local = std::getenv("LOCAL_WORLD_SIZE");
+  return local ? std::atoi(local) : g.size();
+}
+
+bool spans_hosts(const torchtp::Group& g) {
+  return ranks_per_host(g) < g.size();
+}
 
 } // namespace
 
@@ -325,6 +338,8 @@ TEST(Group, BackendIsTheOneAskedFor) {
     EXPECT_EQ(g.backend(), "self");
   } else if (asked != nullptr && std::string(asked) == "gloo") {
     EXPECT_EQ(g.backend(), "gloo");
+  } else if (spans_hosts(g)) {
+    EXPECT_EQ(g.backend(), "gloo"); // auto, across hosts
   } else {
     // auto or shm, every rank on this host: shared memory.
     EXPECT_EQ(g.backend(), "shm");
@@ -332,6 +347,35 @@ TEST(Group, BackendIsTheOneAskedFor) {
   // Sub-groups are connected the same way.
   auto half = g.split(g.rank() % 2);
   EXPECT_EQ(half.backend(), half.size() == 1 ? "self" : g.backend());
+}
+
+TEST(Group, SharedMemoryWithinAHostGlooAcross) {
+  auto g = world();
+  const char* asked = std::getenv("TORCHTP_BACKEND");
+  if (asked != nullptr && *asked != '\0' && std::string(asked) != "auto") {
+    GTEST_SKIP() << "TORCHTP_BACKEND=" << asked << " forces one communicator";
+  }
+  const int local = ranks_per_host(g);
+  auto host = g.split(g.rank() / local);   // the ranks of this host
+  auto across = g.split(g.rank() % local); // one rank of each host
+  auto expected = [](const torchtp::Group& group, bool one_host) {
+    return group.size() == 1 ? "self" : one_host ? "shm" : "gloo";
+  };
+  EXPECT_EQ(g.backend(), expected(g, !spans_hosts(g)));
+  EXPECT_EQ(host.backend(), expected(host, true));
+  EXPECT_EQ(across.backend(), expected(across, false));
+  for (auto* group : {&host, &across}) {
+    auto t = torch::full({5}, double(g.rank()));
+    group->all_reduce(t);
+    auto ranks = group->all_gather(torch::full({1}, double(g.rank())), 0);
+    EXPECT_TRUE(torch::equal(t, torch::full({5}, ranks.sum().item<double>())))
+        << group->backend();
+  }
+  if (g.rank() == 0) {
+    std::cout << "backends: world " << g.backend() << ", within a host "
+              << host.backend() << ", across hosts " << across.backend()
+              << std::endl;
+  }
 }
 
 TEST(Group, EveryCollectiveOfEveryDtypeAndOddSize) {
@@ -414,6 +458,11 @@ TEST(Group, BFloat16SumsInFloat32) {
 TEST(Group, WithBackendGivesEachCommunicatorTheSameResults) {
   auto g = world();
   for (const std::string b : {"gloo", "shm"}) {
+    if (b == "shm" && spans_hosts(g)) {
+      EXPECT_TRUE(raises_with(
+          [&] { g.with_backend(b); }, {"spans hosts", g.rank_label()}));
+      continue;
+    }
     auto other = g.with_backend(b);
     EXPECT_EQ(other.size(), g.size());
     EXPECT_EQ(other.rank(), g.rank());
@@ -432,7 +481,7 @@ TEST(Group, WithBackendGivesEachCommunicatorTheSameResults) {
 
 TEST(Group, ConcurrentAsyncCollectivesOnTwoGroups) {
   auto g = world();
-  auto a = g.with_backend("shm");
+  auto a = g.with_backend(spans_hosts(g) ? "gloo" : "shm");
   auto b = g.split(0); // the job's choice of communicator
   auto x = torch::full({1000}, double(g.rank()));
   auto y = torch::full({300007}, 1.0);

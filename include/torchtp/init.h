@@ -24,10 +24,12 @@ struct InitOptions {
   /// Host and port of rank 0's TCPStore, where every rank meets.
   TORCH_ARG(std::string, master_addr) = "127.0.0.1";
   TORCH_ARG(int, master_port) = 29500;
-  /// Limit for the rendezvous and for every collective (TORCHTP_TIMEOUT_S).
+  /// Limit for every wait of the rendezvous (the ranks that have not joined
+  /// by then are named) and for every collective (TORCHTP_TIMEOUT_S).
   TORCH_ARG(std::chrono::milliseconds, timeout) = std::chrono::seconds(300);
-  /// Network interface for Gloo (GLOO_SOCKET_IFNAME); empty: loopback when the
-  /// master is on this host, else the address the host name resolves to.
+  /// Network interface for Gloo (GLOO_SOCKET_IFNAME); empty: the local
+  /// address of the route to `master_addr` (loopback when the master is on
+  /// this host and named by a loopback address).
   TORCH_ARG(std::string, socket_ifname) = "";
   /// Communicator of each group (TORCHTP_BACKEND): "auto" uses shared memory
   /// for a group whose ranks are all on one host and Gloo otherwise; "shm"
@@ -41,7 +43,8 @@ struct InitOptions {
 /// LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT; else mpirun's
 /// OMPI_COMM_WORLD_RANK/SIZE (or PMI_RANK/PMI_SIZE); else Slurm's
 /// SLURM_PROCID/SLURM_NTASKS; else a single process. Also TORCHTP_TIMEOUT_S,
-/// TORCHTP_BACKEND, GLOO_SOCKET_IFNAME and OMP_NUM_THREADS. Bad values raise `c10::Error`.
+/// TORCHTP_BACKEND, GLOO_SOCKET_IFNAME and OMP_NUM_THREADS. Bad values raise
+/// `c10::Error`.
 InitOptions options_from_env();
 
 /// Joins the job described by `options` (rendezvous through a TCPStore on

@@ -24,7 +24,24 @@ std::vector<int> world_ranks_of(
 
 /// The store's bytes as text, and back.
 std::string store_get(c10d::Store& store, const std::string& key);
-void store_set(c10d::Store& store, const std::string& key, const std::string& value);
+void store_set(
+    c10d::Store& store, const std::string& key, const std::string& value);
+
+/// Where the members of a Gloo group listen, to name the peer of a broken
+/// connection: Gloo's errors give only its address ("Connection closed by
+/// peer [10.0.0.2]:4321").
+class PeerAddresses {
+ public:
+  void add(const std::string& address, const std::string& who) {
+    peers_.emplace_back(address, who);
+  }
+  /// " (world rank 3 on hostB)" when `message` holds the address of a
+  /// member, else "".
+  std::string named_in(const std::string& message) const;
+
+ private:
+  std::vector<std::pair<std::string, std::string>> peers_;
+};
 
 /// Which communicator carries a group's collectives.
 enum class Backend {
@@ -43,6 +60,10 @@ Backend parse_backend(const std::string& text);
 /// shared memory even when its parent spans hosts.
 class Connector : public std::enable_shared_from_this<Connector> {
  public:
+  /// Collective over the world: joins the job through `store`, waiting at
+  /// most `timeout` for every rank, and checks that all ranks were started
+  /// for the same world. Gloo runs on `interface` when it is not empty, else
+  /// on the local address that reaches `master_addr`.
   Connector(
       c10::intrusive_ptr<c10d::Store> store,
       int world_rank,
@@ -50,7 +71,7 @@ class Connector : public std::enable_shared_from_this<Connector> {
       std::chrono::milliseconds timeout,
       Backend backend,
       std::string interface,
-      bool loopback);
+      const std::string& master_addr);
 
   /// Collective over `world_ranks` (ascending by group rank, this process
   /// among them): the communicator of a group named `name`, unique in the job.
@@ -71,16 +92,23 @@ class Connector : public std::enable_shared_from_this<Connector> {
   }
   /// The Gloo device of this process, opened on first use.
   std::shared_ptr<gloo::transport::Device> gloo_device();
+  /// Where the members of `world_ranks` other than this process listen.
+  PeerAddresses peer_addresses(const std::vector<int>& world_ranks) const;
 
  private:
+  void join();
+
   c10::intrusive_ptr<c10d::Store> store_;
   int world_rank_;
   int world_size_;
   std::chrono::milliseconds timeout_;
   Backend backend_;
   std::string interface_;
-  bool loopback_;
-  std::vector<std::string> host_of_; // per world rank
+  std::string master_addr_;
+  std::string gloo_address_;            // when no interface is named
+  std::vector<std::string> host_of_;    // per world rank
+  std::vector<std::string> address_of_; // per world rank; "": an interface
+  bool spans_hosts_ = false;
   std::mutex device_mutex_;
   std::shared_ptr<gloo::transport::Device> device_;
 };

@@ -84,6 +84,8 @@ class GlooCommunicator final : public ConnectedCommunicator {
             std::move(connector), std::move(world_ranks), std::move(name)) {
     auto options = c10d::ProcessGroupGloo::Options::create(timeout_);
     options->devices = {connector_->gloo_device()};
+    peers_ = std::make_shared<const PeerAddresses>(
+        connector_->peer_addresses(world_ranks_));
     options->threads = 1;
     // Keys of this group live under its unique name.
     auto store = c10::make_intrusive<c10d::PrefixStore>(
@@ -191,15 +193,23 @@ class GlooCommunicator final : public ConnectedCommunicator {
   }
 
   // Gloo reports a dead peer as gloo::IoException, which is no c10::Error and
-  // would terminate the process if it escaped; every call goes through here.
+  // would terminate the process if it escaped; every call goes through
+  // here. Its message gives the peer's address; the error names the rank.
+  static void raise(
+      const std::string& prefix,
+      const std::exception& e,
+      const PeerAddresses& peers) {
+    const auto* error = dynamic_cast<const c10::Error*>(&e);
+    const std::string what = error ? error->what_without_backtrace() : e.what();
+    TORCH_CHECK(false, prefix, what, peers.named_in(what));
+  }
+
   template <typename F>
   void guarded(const char* op, F&& f) const {
     try {
       f();
-    } catch (const c10::Error& e) {
-      TORCH_CHECK(false, failure(op), e.what_without_backtrace());
     } catch (const std::exception& e) {
-      TORCH_CHECK(false, failure(op), e.what());
+      raise(failure(op), e, *peers_);
     }
   }
 
@@ -209,20 +219,20 @@ class GlooCommunicator final : public ConnectedCommunicator {
     // Captures values only: the handle may outlive this communicator.
     auto timeout = timeout_;
     auto prefix = failure(op);
+    auto peers = peers_;
     return Work(
-        [work, timeout, prefix, then]() mutable {
+        [work, timeout, prefix, peers, then]() mutable {
           try {
             work->wait(timeout);
-          } catch (const c10::Error& e) {
-            TORCH_CHECK(false, prefix, e.what_without_backtrace());
           } catch (const std::exception& e) {
-            TORCH_CHECK(false, prefix, e.what());
+            raise(prefix, e, *peers);
           }
           return then();
         },
         [work] { return work->isCompleted(); });
   }
 
+  std::shared_ptr<const PeerAddresses> peers_;
   c10::intrusive_ptr<c10d::ProcessGroupGloo> pg_;
 };
 
