@@ -1,6 +1,7 @@
 #include "torchtp/embedding.h"
 
 #include "torchtp/detail/check.h"
+#include "torchtp/detail/dtype.h"
 #include "torchtp/detail/options.h"
 #include "torchtp/mappings.h"
 
@@ -38,11 +39,9 @@ void VocabParallelEmbeddingImpl::reset() {
 void VocabParallelEmbeddingImpl::reset_parameters() {
   torch::NoGradGuard no_grad;
   // torch::nn::Embedding's draw, in float32 for reduced-precision tables.
-  const bool exact = weight.scalar_type() == torch::kFloat ||
-                     weight.scalar_type() == torch::kDouble;
   auto full = torch::empty(
       {options.num_embeddings(), options.embedding_dim()},
-      exact ? weight.scalar_type() : torch::kFloat);
+      detail::compute_dtype(weight.scalar_type()));
   torch::nn::init::normal_(full);
   load_full_weights(full.to(weight.scalar_type()));
 }

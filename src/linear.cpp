@@ -1,6 +1,7 @@
 #include "torchtp/linear.h"
 
 #include "torchtp/detail/check.h"
+#include "torchtp/detail/dtype.h"
 #include "torchtp/detail/linear_init.h"
 #include "torchtp/detail/options.h"
 #include "torchtp/mappings.h"
@@ -16,8 +17,7 @@ namespace detail {
 std::pair<torch::Tensor, torch::Tensor> linear_init(
     int64_t in_features, int64_t out_features, bool bias, torch::Dtype dtype) {
   torch::NoGradGuard no_grad;
-  const bool exact = dtype == torch::kFloat || dtype == torch::kDouble;
-  const auto draw = exact ? dtype : torch::kFloat;
+  const auto draw = compute_dtype(dtype);
   // The same draws, in the same order, as torch::nn::LinearImpl: the weight
   // first, then the bias from the weight's fan-in.
   auto w = torch::empty({out_features, in_features}, draw);
@@ -30,7 +30,7 @@ std::pair<torch::Tensor, torch::Tensor> linear_init(
     const auto bound = 1 / std::sqrt(fan_in);
     torch::nn::init::uniform_(b, -bound, bound);
   }
-  if (!exact) {
+  if (draw != dtype) {
     w = w.to(dtype);
     b = b.defined() ? b.to(dtype) : b;
   }

@@ -1,6 +1,7 @@
 #include "torchtp/transformer.h"
 
 #include "torchtp/detail/check.h"
+#include "torchtp/detail/dtype.h"
 #include "torchtp/detail/options.h"
 
 #include <cmath>
@@ -117,10 +118,9 @@ torch::Tensor ParallelSelfAttentionImpl::attend(
         allowed.logical_not(), -std::numeric_limits<float>::infinity());
   }
   // Reduced-precision scores are normalised in float32.
-  const bool widen = scores.scalar_type() == torch::kBFloat16 ||
-                     scores.scalar_type() == torch::kHalf;
-  auto probs = torch::softmax(widen ? scores.to(torch::kFloat) : scores, -1)
-                   .to(q.scalar_type());
+  auto probs =
+      torch::softmax(scores.to(detail::compute_dtype(scores.scalar_type())), -1)
+          .to(q.scalar_type());
   if (with_dropout) {
     probs = dropout(
         probs, options.attention_dropout(), is_training(), rng_->sharded());
