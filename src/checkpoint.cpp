@@ -314,7 +314,7 @@ void load_tensor(
     return reader.read(name, shard.at("crc32").get<uint32_t>());
   };
   torch::NoGradGuard no_grad;
-  if (spec.dim < 0) {
+  if (spec.is_replicated()) {
     auto t = read(0);
     TORCHTP_CHECK(
         t.sizes() == dest.sizes(), kLoad, g, "'", name, "' in ",
@@ -326,28 +326,22 @@ void load_tensor(
   const int64_t saved_size = static_cast<int64_t>(shards.size());
   const int64_t seg_len = shape[spec.dim] / spec.segments;
   Partition now(seg_len, g.size(), g.rank(), name);
+  Partition then(seg_len, saved_size, 0, name);
   for (int64_t k = 0; k < saved_size; ++k) {
-    Partition then(seg_len, saved_size, k, name);
-    const int64_t lo = std::max(now.local_offset(), then.local_offset());
-    const int64_t hi = std::min(
-        now.local_offset() + now.local_size(),
-        then.local_offset() + then.local_size());
-    if (lo >= hi) {
+    const auto ranges = overlap_ranges(then, k, now, spec.segments);
+    if (ranges.empty()) {
       continue; // shard k holds nothing of this rank's slice
     }
     auto src = read(k);
     auto src_expected = shape;
-    src_expected[spec.dim] = spec.segments * then.local_size();
+    src_expected[spec.dim] = spec.segments * then.size(k);
     TORCHTP_CHECK(
         src.sizes() == at::IntArrayRef(src_expected), kLoad, g, "'", name,
         "' in ", files.get(shards.at(k).at("file")).path(), " has shape ",
         src.sizes(), ", expected ", at::IntArrayRef(src_expected));
-    for (int64_t s = 0; s < spec.segments; ++s) {
-      dest.narrow(
-              spec.dim, s * now.local_size() + lo - now.local_offset(), hi - lo)
-          .copy_(src.narrow(
-              spec.dim, s * then.local_size() + lo - then.local_offset(),
-              hi - lo));
+    for (const auto& range : ranges) {
+      dest.narrow(spec.dim, range.to, range.length)
+          .copy_(src.narrow(spec.dim, range.from, range.length));
     }
   }
 }
@@ -539,14 +533,10 @@ void load_full_state(const std::string& path, torch::nn::Module& model) {
     for (auto& p : model.named_parameters()) {
       auto full = reader ? reader->read(p.key())
                          : read_from_archive(archive, p.key(), path);
-      const auto& spec = specs.at(p.key());
-      const auto expected = full_shape(p.value().sizes(), spec, g);
-      TORCHTP_CHECK(
-          full.sizes() == at::IntArrayRef(expected), kLoadFull, g, "'", p.key(),
-          "' in ", path, " has shape ", full.sizes(),
-          ", the model's full shape is ", at::IntArrayRef(expected));
       auto value = at::empty_like(p.value().detach());
-      value.copy_(shard_of(full, spec, g, p.key()));
+      copy_shard_of(
+          value, full, specs.at(p.key()), g, kLoadFull,
+          "'" + p.key() + "' in " + path);
       params.emplace_back(p.value(), value);
     }
   });

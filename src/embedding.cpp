@@ -47,16 +47,9 @@ void VocabParallelEmbeddingImpl::reset_parameters() {
 }
 
 void VocabParallelEmbeddingImpl::load_full_weights(const torch::Tensor& full) {
-  TORCHTP_CHECK(
-      full.defined() && full.sizes() == torch::IntArrayRef(
-                                            {options.num_embeddings(),
-                                             options.embedding_dim()}),
-      std::string(kName) + "::load_full_weights", *group_,
-      "expected a full table of shape [", options.num_embeddings(), ", ",
-      options.embedding_dim(), "] but got ",
-      full.defined() ? c10::str(full.sizes()) : "undefined");
-  torch::NoGradGuard no_grad;
-  weight.copy_(partition_->narrow(full, 0));
+  copy_shard_of(
+      weight, full, shard_spec("weight"), *group_,
+      std::string(kName) + "::load_full_weights", "table");
 }
 
 torch::Tensor VocabParallelEmbeddingImpl::forward(const torch::Tensor& ids) {
