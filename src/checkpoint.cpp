@@ -78,7 +78,7 @@ void save_checkpoint(
     const std::string& dir,
     const torch::nn::Module& model,
     torch::optim::Optimizer* optimizer,
-    const nlohmann::json& extra) {
+    const std::map<std::string, std::string>& extra) {
   Group g = shard_group(model);
   const detail::AtomicDirectory out(dir);
   const fs::path tmp = out.staging();
@@ -134,7 +134,10 @@ void save_checkpoint(
       meta["format"] = "torchtp-checkpoint";
       meta["format_version"] = kCheckpointFormatVersion;
       meta["tensor_parallel_size"] = g.size();
-      meta["extra"] = extra;
+      meta["extra"] = nlohmann::json::object();
+      for (const auto& [key, value] : extra) {
+        meta["extra"][key] = value;
+      }
       meta["optimizer"] = {{"kind", kind}, {"step", steps}};
       nlohmann::json entries = nlohmann::json::object();
       for (size_t i = 0; i < items.size(); ++i) {
@@ -285,14 +288,36 @@ nlohmann::json read_meta(const fs::path& dir) {
   return meta;
 }
 
+// meta.json's "extra" as strings. Version 1 files written before extra
+// became a map of strings may hold any JSON value: those come back as their
+// JSON text.
+std::map<std::string, std::string> read_extra(
+    const nlohmann::json& meta, const fs::path& dir) {
+  std::map<std::string, std::string> extra;
+  const auto it = meta.find("extra");
+  if (it == meta.end() || it->is_null()) {
+    return extra;
+  }
+  if (!it->is_object()) {
+    TORCH_WARN(
+        kLoad, ": the extra of ", (dir / kMeta).string(),
+        " is not a JSON object; ignoring it");
+    return extra;
+  }
+  for (const auto& [key, value] : it->items()) {
+    extra[key] = value.is_string() ? value.get<std::string>() : value.dump();
+  }
+  return extra;
+}
+
 } // namespace
 
-nlohmann::json load_checkpoint(
+std::map<std::string, std::string> load_checkpoint(
     const std::string& dir,
     torch::nn::Module& model,
     torch::optim::Optimizer* optimizer) {
   Group g = shard_group(model);
-  nlohmann::json extra;
+  std::map<std::string, std::string> extra;
   // Everything is read into temporaries first and copied into the model
   // only once every rank has read its part: a failed load leaves the model
   // and the optimizer as they were.
@@ -347,7 +372,7 @@ nlohmann::json load_checkpoint(
       }
       states.emplace_back(p.value(), st);
     }
-    extra = meta.value("extra", nlohmann::json::object());
+    extra = read_extra(meta, path);
   });
   agree(g, error, std::string(kLoad) + " from " + dir);
 
