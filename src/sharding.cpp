@@ -26,6 +26,22 @@ void for_each_sharded(const torch::nn::Module& model, F&& f) {
   }
 }
 
+// `dim` of `t` made non-negative, checked to hold `segments` blocks of
+// `part.full_size()`.
+int64_t split_dim(
+    const at::Tensor& t,
+    int64_t dim,
+    int64_t segments,
+    const Partition& part,
+    const char* component) {
+  const int64_t d = c10::maybe_wrap_dim(dim, t.dim());
+  TORCHTP_CHECK(
+      t.size(d) == segments * part.full_size(), component,
+      detail::RankOf(part.rank(), part.parts()), "expected size ",
+      segments * part.full_size(), " along dim ", d, ", got ", t.sizes());
+  return d;
+}
+
 } // namespace
 
 std::vector<int64_t> full_shape(
@@ -81,11 +97,7 @@ at::Tensor shard_of(
     int64_t dim,
     int64_t segments,
     const Partition& part) {
-  const int64_t d = c10::maybe_wrap_dim(dim, full.dim());
-  TORCHTP_CHECK(
-      full.size(d) == segments * part.full_size(), "torchtp::shard_of",
-      detail::RankOf(part.rank(), part.parts()), "expected size ",
-      segments * part.full_size(), " along dim ", d, ", got ", full.sizes());
+  const int64_t d = split_dim(full, dim, segments, part, "torchtp::shard_of");
   const auto ranges = shard_ranges(part, segments, part.rank());
   if (ranges.size() == 1) {
     return full.narrow(d, ranges[0].from, ranges[0].length);
@@ -102,12 +114,8 @@ at::Tensor full_from_gathered(
     int64_t dim,
     int64_t segments,
     const Partition& part) {
-  const int64_t d = c10::maybe_wrap_dim(dim, gathered.dim());
-  TORCHTP_CHECK(
-      gathered.size(d) == segments * part.full_size(),
-      "torchtp::full_from_gathered", detail::RankOf(part.rank(), part.parts()),
-      "expected size ", segments * part.full_size(), " along dim ", d, ", got ",
-      gathered.sizes());
+  const int64_t d =
+      split_dim(gathered, dim, segments, part, "torchtp::full_from_gathered");
   if (segments == 1) {
     return gathered; // rank-major is block-major with one block
   }
