@@ -27,6 +27,7 @@ namespace {
 
 constexpr const char* kSave = "torchtp::save_checkpoint";
 constexpr const char* kLoad = "torchtp::load_checkpoint";
+constexpr const char* kReadExtra = "torchtp::read_checkpoint_extra";
 constexpr const char* kLoadFull = "torchtp::load_full_state";
 constexpr const char* kMeta = "meta.json";
 
@@ -250,21 +251,21 @@ void load_tensor(
 
 // The directory to load: DIR, or DIR.old when a crash between the two
 // renames of a save left only that (the previous, complete checkpoint).
-fs::path directory_to_load(const std::string& dir) {
+fs::path directory_to_load(const std::string& dir, const char* component) {
   const detail::AtomicDirectory d(dir);
   const auto p = d.committed(kMeta);
   if (p != d.path()) {
     TORCH_WARN(
-        kLoad, ": ", d.path().string(), " is missing; loading ", p.string(),
+        component, ": ", d.path().string(), " is missing; loading ", p.string(),
         ", the checkpoint an interrupted save was replacing");
   }
   return p;
 }
 
-nlohmann::json read_meta(const fs::path& dir) {
+nlohmann::json read_meta(const fs::path& dir, const char* component) {
   const auto path = dir / kMeta;
   TORCH_CHECK(
-      fs::exists(path), kLoad, ": ", path.string(),
+      fs::exists(path), component, ": ", path.string(),
       " not found: not a torchtp checkpoint, or an interrupted save");
   std::ifstream in(path);
   nlohmann::json meta;
@@ -272,18 +273,19 @@ nlohmann::json read_meta(const fs::path& dir) {
     in >> meta;
   } catch (const nlohmann::json::exception& e) {
     TORCH_CHECK(
-        false, kLoad, ": ", path.string(), " is not valid JSON: ", e.what());
+        false, component, ": ", path.string(),
+        " is not valid JSON: ", e.what());
   }
   TORCH_CHECK(
       meta.is_object() && meta.value("format", "") == "torchtp-checkpoint",
-      kLoad, ": ", path.string(), " is not a torchtp checkpoint");
+      component, ": ", path.string(), " is not a torchtp checkpoint");
   const int version = meta.value("format_version", -1);
   TORCH_CHECK(
-      version == kCheckpointFormatVersion, kLoad, ": ", path.string(),
+      version == kCheckpointFormatVersion, component, ": ", path.string(),
       " has format version ", version, "; this torchtp reads version ",
       kCheckpointFormatVersion);
   TORCH_CHECK(
-      meta.contains("tensors") && meta["tensors"].is_object(), kLoad, ": ",
+      meta.contains("tensors") && meta["tensors"].is_object(), component, ": ",
       path.string(), " lists no tensors");
   return meta;
 }
@@ -292,7 +294,7 @@ nlohmann::json read_meta(const fs::path& dir) {
 // became a map of strings may hold any JSON value: those come back as their
 // JSON text.
 std::map<std::string, std::string> read_extra(
-    const nlohmann::json& meta, const fs::path& dir) {
+    const nlohmann::json& meta, const fs::path& dir, const char* component) {
   std::map<std::string, std::string> extra;
   const auto it = meta.find("extra");
   if (it == meta.end() || it->is_null()) {
@@ -300,7 +302,7 @@ std::map<std::string, std::string> read_extra(
   }
   if (!it->is_object()) {
     TORCH_WARN(
-        kLoad, ": the extra of ", (dir / kMeta).string(),
+        component, ": the extra of ", (dir / kMeta).string(),
         " is not a JSON object; ignoring it");
     return extra;
   }
@@ -325,8 +327,8 @@ std::map<std::string, std::string> load_checkpoint(
   std::vector<std::pair<at::Tensor, detail::AdamState>> states;
   std::string kind;
   const std::string error = attempt([&] {
-    const fs::path path = directory_to_load(dir);
-    const auto meta = read_meta(path);
+    const fs::path path = directory_to_load(dir, kLoad);
+    const auto meta = read_meta(path, kLoad);
     auto specs = shard_specs(model);
     ShardFiles files(path);
     const auto& tensors = meta["tensors"];
@@ -372,7 +374,7 @@ std::map<std::string, std::string> load_checkpoint(
       }
       states.emplace_back(p.value(), st);
     }
-    extra = read_extra(meta, path);
+    extra = read_extra(meta, path, kLoad);
   });
   agree(g, error, std::string(kLoad) + " from " + dir);
 
@@ -384,6 +386,12 @@ std::map<std::string, std::string> load_checkpoint(
     detail::write_adam_state(*optimizer, kind, param, st);
   }
   return extra;
+}
+
+std::map<std::string, std::string> read_checkpoint_extra(
+    const std::string& dir) {
+  const fs::path path = directory_to_load(dir, kReadExtra);
+  return read_extra(read_meta(path, kReadExtra), path, kReadExtra);
 }
 
 void load_full_state(const std::string& path, torch::nn::Module& model) {

@@ -154,6 +154,17 @@ TEST_F(Checkpoint, MetadataNamesShapesSplitsAndChecksums) {
   EXPECT_FALSE(fs::exists(dir_ + "/c.tmp")) << "temporary directory left";
 }
 
+TEST_F(Checkpoint, ExtraIsReadWithoutAModel) {
+  auto model = build(world(), 1);
+  const std::map<std::string, std::string> extra = {
+      {"d_model", "24"}, {"vocab", "abc"}};
+  torchtp::save_checkpoint(dir_ + "/e/", *model, nullptr, extra);
+  EXPECT_EQ(torchtp::read_checkpoint_extra(dir_ + "/e"), extra);
+  EXPECT_TRUE(torchtp::testing::raises_with(
+      [&] { torchtp::read_checkpoint_extra(dir_ + "/none"); },
+      {"read_checkpoint_extra", "meta.json"}));
+}
+
 TEST_F(Checkpoint, ExtraValuesThatAreNotStringsLoadAsTheirJsonText) {
   auto g = world();
   const auto dir = dir_ + "/x";
@@ -180,6 +191,7 @@ TEST_F(Checkpoint, ExtraValuesThatAreNotStringsLoadAsTheirJsonText) {
       {"lr", "0.5"},
       {"tags", "[\"a\",\"b\"]"}};
   EXPECT_EQ(extra, expected);
+  EXPECT_EQ(torchtp::read_checkpoint_extra(dir), expected);
   EXPECT_TRUE(all_close(
       loaded->full_logits(batch_ids(4)), model->full_logits(batch_ids(4)),
       {0, 0}));

@@ -49,6 +49,14 @@ std::map<std::string, std::string> load_checkpoint(
     torch::nn::Module& model,
     torch::optim::Optimizer* optimizer = nullptr);
 
+/// The `extra` saved with the checkpoint in `dir` (or in DIR.old, as
+/// `load_checkpoint` finds it), read from its meta.json alone: no model and
+/// no collective, so any process can call it, e.g. to build the model the
+/// checkpoint holds before loading it. Values as `load_checkpoint` returns
+/// them; a missing or malformed meta.json raises a `c10::Error` naming it.
+std::map<std::string, std::string> read_checkpoint_extra(
+    const std::string& dir);
+
 /// Loads a full, unsharded state into `model`, keeping this rank's slices:
 /// a `.safetensors` file, or a file written by `torch::save(module, path)`
 /// for the unsharded model (e.g. the same model built on
