@@ -174,8 +174,9 @@ int run(int argc, char** argv) {
 
   int start = 0;
   if (!a.resume.empty()) {
-    auto extra = torchtp::load_checkpoint(a.resume, *gpt, &opt);
-    start = extra.value("step", 0);
+    const auto extra = torchtp::load_checkpoint(a.resume, *gpt, &opt);
+    const auto step = extra.find("step");
+    start = step == extra.end() ? 0 : std::stoi(step->second);
     if (lead) {
       std::printf("resumed from %s at step %d\n", a.resume.c_str(), start);
     }
@@ -207,8 +208,8 @@ int run(int argc, char** argv) {
     if (pg.data.rank() == 0) { // one replica writes; the TP group joins in
       torchtp::save_checkpoint(
           (std::filesystem::path(a.out) / "checkpoint").string(), *gpt, &opt,
-          {{"step", step},
-           {"seed", a.seed},
+          {{"step", std::to_string(step)},
+           {"seed", std::to_string(a.seed)},
            {"vocab", std::string(itos.begin(), itos.end())}});
     }
     world.barrier();

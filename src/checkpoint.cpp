@@ -1,27 +1,35 @@
 #include "torchtp/checkpoint.h"
 
+#include "checkpoint/atomic_directory.h"
+#include "checkpoint/optimizer_state.h"
+#include "checkpoint/rank_agreement.h"
+#include "checkpoint/reshard.h"
+#include "checkpoint/torch_archive.h"
 #include "torchtp/detail/check.h"
 #include "torchtp/partition.h"
 #include "torchtp/safetensors.h"
 #include "torchtp/sharding.h"
 
-#include <torch/optim/adam.h>
-#include <torch/optim/adamw.h>
-#include <torch/serialize.h>
+#include <nlohmann/json.hpp>
 
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <memory>
 
 namespace torchtp {
 namespace fs = std::filesystem;
+using detail::agree;
+using detail::attempt;
 
 namespace {
 
 constexpr const char* kSave = "torchtp::save_checkpoint";
 constexpr const char* kLoad = "torchtp::load_checkpoint";
+constexpr const char* kReadExtra = "torchtp::read_checkpoint_extra";
 constexpr const char* kLoadFull = "torchtp::load_full_state";
+constexpr const char* kMeta = "meta.json";
 
 std::string shard_file(int rank, int size) {
   char name[64];
@@ -37,46 +45,10 @@ struct Item {
   ShardSpec spec;
 };
 
-// The state an Adam-like optimizer keeps for one parameter.
-struct AdamState {
-  at::Tensor exp_avg, exp_avg_sq, max_exp_avg_sq;
-  int64_t step = 0;
-};
-
-std::string state_key(const at::Tensor& p) {
-  return c10::guts::to_string(p.unsafeGetTensorImpl());
-}
-
-template <typename S>
-bool read_adam_state(torch::optim::OptimizerParamState* s, AdamState& out) {
-  auto* st = dynamic_cast<S*>(s);
-  if (st == nullptr) {
-    return false;
-  }
-  out = {st->exp_avg(), st->exp_avg_sq(), st->max_exp_avg_sq(), st->step()};
-  return true;
-}
-
-std::string optimizer_kind(torch::optim::Optimizer* opt) {
-  if (opt == nullptr) {
-    return "";
-  }
-  if (dynamic_cast<torch::optim::AdamW*>(opt)) {
-    return "adamw";
-  }
-  if (dynamic_cast<torch::optim::Adam*>(opt)) {
-    return "adam";
-  }
-  TORCH_CHECK(
-      false,
-      "torchtp checkpoints save the state of Adam and AdamW "
-      "optimizers; got another kind");
-}
-
 // Collects the model's parameters and the optimizer's per-parameter tensors.
 std::vector<Item> collect(
     const torch::nn::Module& model,
-    torch::optim::Optimizer* opt,
+    const torch::optim::Optimizer* opt,
     nlohmann::json& steps) {
   auto specs = shard_specs(model);
   std::vector<Item> items;
@@ -85,72 +57,20 @@ std::vector<Item> collect(
     if (opt == nullptr) {
       continue;
     }
-    auto it = opt->state().find(state_key(p.value()));
-    if (it == opt->state().end()) {
+    auto st = detail::read_adam_state(*opt, p.value());
+    if (!st.has_value()) {
       continue; // never stepped
     }
-    AdamState st;
-    TORCH_CHECK(
-        read_adam_state<torch::optim::AdamWParamState>(it->second.get(), st) ||
-            read_adam_state<torch::optim::AdamParamState>(it->second.get(), st),
-        "torchtp checkpoints save Adam and AdamW state only");
     const auto base = "optimizer." + p.key() + ".";
-    items.push_back({base + "exp_avg", st.exp_avg, specs.at(p.key())});
-    items.push_back({base + "exp_avg_sq", st.exp_avg_sq, specs.at(p.key())});
-    if (st.max_exp_avg_sq.defined()) {
+    items.push_back({base + "exp_avg", st->exp_avg, specs.at(p.key())});
+    items.push_back({base + "exp_avg_sq", st->exp_avg_sq, specs.at(p.key())});
+    if (st->max_exp_avg_sq.defined()) {
       items.push_back(
-          {base + "max_exp_avg_sq", st.max_exp_avg_sq, specs.at(p.key())});
+          {base + "max_exp_avg_sq", st->max_exp_avg_sq, specs.at(p.key())});
     }
-    steps[p.key()] = st.step;
+    steps[p.key()] = st->step;
   }
   return items;
-}
-
-// Every rank learns whether any rank failed, and which (the lowest), then
-// all raise together: no rank is left waiting in a collective for one that
-// gave up. `error` is this rank's failure ("" when it did not fail).
-void agree(const Group& g, const std::string& error, const std::string& what) {
-  auto first = at::full({1}, error.empty() ? g.size() : g.rank(), at::kLong);
-  g.all_reduce(first, ReduceOp::min);
-  const int64_t failed = first.item<int64_t>();
-  if (failed == g.size()) {
-    return;
-  }
-  TORCH_CHECK(error.empty(), detail::with_rank_label(error, g.rank_label()));
-  TORCHTP_CHECK(
-      false, what, g, "rank ", failed, " failed (its message says why)");
-}
-
-// Runs `f`, returning its error message ("" when it succeeded).
-template <typename F>
-std::string attempt(F&& f) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
-
-// "ckpt/" and "ckpt" name the same directory; the temporary and old names
-// must be siblings of it, not children.
-fs::path checkpoint_path(const std::string& dir) {
-  auto p = fs::path(dir).lexically_normal();
-  if (p.filename().empty()) {
-    p = p.parent_path();
-  }
-  TORCH_CHECK(!p.empty(), "torchtp: empty checkpoint directory name");
-  return p;
-}
-
-void fsync_path(const fs::path& p) {
-  FILE* f = std::fopen(p.c_str(), "r");
-  if (f != nullptr) {
-    ::fsync(fileno(f));
-    std::fclose(f);
-  }
 }
 
 } // namespace
@@ -159,19 +79,18 @@ void save_checkpoint(
     const std::string& dir,
     const torch::nn::Module& model,
     torch::optim::Optimizer* optimizer,
-    const nlohmann::json& extra) {
+    const std::map<std::string, std::string>& extra) {
   Group g = shard_group(model);
-  const fs::path final_dir = checkpoint_path(dir);
-  const fs::path tmp = final_dir.string() + ".tmp";
-  const fs::path old = final_dir.string() + ".old";
-  const std::string what = std::string(kSave) + " to " + final_dir.string();
+  const detail::AtomicDirectory out(dir);
+  const fs::path tmp = out.staging();
+  const std::string what = std::string(kSave) + " to " + out.path().string();
 
   nlohmann::json steps = nlohmann::json::object();
   std::string kind;
   std::vector<Item> items;
   agree(
       g, attempt([&] {
-        kind = optimizer_kind(optimizer);
+        kind = detail::optimizer_kind(optimizer);
         items = collect(model, optimizer, steps);
       }),
       what);
@@ -187,10 +106,7 @@ void save_checkpoint(
 
   std::string error;
   if (g.rank() == 0) {
-    error = attempt([&] {
-      fs::remove_all(tmp);
-      fs::create_directories(tmp);
-    });
+    error = attempt([&] { out.begin(); });
   }
   agree(g, error, what);
 
@@ -219,7 +135,10 @@ void save_checkpoint(
       meta["format"] = "torchtp-checkpoint";
       meta["format_version"] = kCheckpointFormatVersion;
       meta["tensor_parallel_size"] = g.size();
-      meta["extra"] = extra;
+      meta["extra"] = nlohmann::json::object();
+      for (const auto& [key, value] : extra) {
+        meta["extra"][key] = value;
+      }
       meta["optimizer"] = {{"kind", kind}, {"step", steps}};
       nlohmann::json entries = nlohmann::json::object();
       for (size_t i = 0; i < items.size(); ++i) {
@@ -238,25 +157,15 @@ void save_checkpoint(
             {"shards", shards}};
       }
       meta["tensors"] = entries;
-      const auto meta_path = tmp / "meta.json";
+      const auto meta_path = tmp / kMeta;
       {
-        std::ofstream out(meta_path);
-        out << meta.dump(1) << "\n";
-        TORCH_CHECK(out.good(), "cannot write ", meta_path.string());
+        std::ofstream file(meta_path);
+        file << meta.dump(1) << "\n";
+        TORCH_CHECK(file.good(), "cannot write ", meta_path.string());
       }
-      fsync_path(meta_path);
-      fsync_path(tmp);
-      // Swap in: the old checkpoint stays whole until the new one is. A
-      // crash between the two renames leaves DIR.old, which load finds.
-      fs::remove_all(old);
-      if (fs::exists(final_dir)) {
-        fs::rename(final_dir, old);
-      }
-      fs::rename(tmp, final_dir);
-      fsync_path(
-          final_dir.parent_path().empty() ? fs::path(".")
-                                          : final_dir.parent_path());
-      fs::remove_all(old);
+      detail::fsync_path(meta_path);
+      // A crash during the swap leaves DIR.old, which load finds.
+      out.commit();
     });
   }
   agree(g, error, what);
@@ -314,7 +223,7 @@ void load_tensor(
     return reader.read(name, shard.at("crc32").get<uint32_t>());
   };
   torch::NoGradGuard no_grad;
-  if (spec.dim < 0) {
+  if (spec.is_replicated()) {
     auto t = read(0);
     TORCHTP_CHECK(
         t.sizes() == dest.sizes(), kLoad, g, "'", name, "' in ",
@@ -323,53 +232,40 @@ void load_tensor(
     dest.copy_(t);
     return;
   }
-  const int64_t saved_size = static_cast<int64_t>(shards.size());
-  const int64_t seg_len = shape[spec.dim] / spec.segments;
-  Partition now(seg_len, g.size(), g.rank(), name);
-  for (int64_t k = 0; k < saved_size; ++k) {
-    Partition then(seg_len, saved_size, k, name);
-    const int64_t lo = std::max(now.local_offset(), then.local_offset());
-    const int64_t hi = std::min(
-        now.local_offset() + now.local_size(),
-        then.local_offset() + then.local_size());
-    if (lo >= hi) {
-      continue; // shard k holds nothing of this rank's slice
-    }
-    auto src = read(k);
-    auto src_expected = shape;
-    src_expected[spec.dim] = spec.segments * then.local_size();
+  const detail::SavedLayout saved{
+      shape, spec, static_cast<int64_t>(shards.size())};
+  const Partition now(
+      shape[spec.dim] / spec.segments, g.size(), g.rank(), name);
+  for (const auto& r : detail::plan_reshard(saved, now, name)) {
+    auto src = read(r.shard);
     TORCHTP_CHECK(
-        src.sizes() == at::IntArrayRef(src_expected), kLoad, g, "'", name,
-        "' in ", files.get(shards.at(k).at("file")).path(), " has shape ",
-        src.sizes(), ", expected ", at::IntArrayRef(src_expected));
-    for (int64_t s = 0; s < spec.segments; ++s) {
-      dest.narrow(
-              spec.dim, s * now.local_size() + lo - now.local_offset(), hi - lo)
-          .copy_(src.narrow(
-              spec.dim, s * then.local_size() + lo - then.local_offset(),
-              hi - lo));
+        src.sizes() == at::IntArrayRef(r.shape), kLoad, g, "'", name, "' in ",
+        files.get(shards.at(r.shard).at("file")).path(), " has shape ",
+        src.sizes(), ", expected ", at::IntArrayRef(r.shape));
+    for (const auto& range : r.ranges) {
+      dest.narrow(spec.dim, range.to, range.length)
+          .copy_(src.narrow(spec.dim, range.from, range.length));
     }
   }
 }
 
 // The directory to load: DIR, or DIR.old when a crash between the two
 // renames of a save left only that (the previous, complete checkpoint).
-fs::path directory_to_load(const std::string& dir) {
-  const auto p = checkpoint_path(dir);
-  const fs::path old = p.string() + ".old";
-  if (!fs::exists(p / "meta.json") && fs::exists(old / "meta.json")) {
+fs::path directory_to_load(const std::string& dir, const char* component) {
+  const detail::AtomicDirectory d(dir);
+  const auto p = d.committed(kMeta);
+  if (p != d.path()) {
     TORCH_WARN(
-        kLoad, ": ", p.string(), " is missing; loading ", old.string(),
+        component, ": ", d.path().string(), " is missing; loading ", p.string(),
         ", the checkpoint an interrupted save was replacing");
-    return old;
   }
   return p;
 }
 
-nlohmann::json read_meta(const fs::path& dir) {
-  const auto path = dir / "meta.json";
+nlohmann::json read_meta(const fs::path& dir, const char* component) {
+  const auto path = dir / kMeta;
   TORCH_CHECK(
-      fs::exists(path), kLoad, ": ", path.string(),
+      fs::exists(path), component, ": ", path.string(),
       " not found: not a torchtp checkpoint, or an interrupted save");
   std::ifstream in(path);
   nlohmann::json meta;
@@ -377,62 +273,72 @@ nlohmann::json read_meta(const fs::path& dir) {
     in >> meta;
   } catch (const nlohmann::json::exception& e) {
     TORCH_CHECK(
-        false, kLoad, ": ", path.string(), " is not valid JSON: ", e.what());
+        false, component, ": ", path.string(),
+        " is not valid JSON: ", e.what());
   }
   TORCH_CHECK(
       meta.is_object() && meta.value("format", "") == "torchtp-checkpoint",
-      kLoad, ": ", path.string(), " is not a torchtp checkpoint");
+      component, ": ", path.string(), " is not a torchtp checkpoint");
   const int version = meta.value("format_version", -1);
   TORCH_CHECK(
-      version == kCheckpointFormatVersion, kLoad, ": ", path.string(),
+      version == kCheckpointFormatVersion, component, ": ", path.string(),
       " has format version ", version, "; this torchtp reads version ",
       kCheckpointFormatVersion);
   TORCH_CHECK(
-      meta.contains("tensors") && meta["tensors"].is_object(), kLoad, ": ",
+      meta.contains("tensors") && meta["tensors"].is_object(), component, ": ",
       path.string(), " lists no tensors");
   return meta;
 }
 
-template <typename S>
-void write_adam_state(
-    torch::optim::Optimizer& opt, const at::Tensor& p, AdamState st) {
-  auto state = std::make_unique<S>();
-  state->step(st.step);
-  state->exp_avg(st.exp_avg);
-  state->exp_avg_sq(st.exp_avg_sq);
-  if (st.max_exp_avg_sq.defined()) {
-    state->max_exp_avg_sq(st.max_exp_avg_sq);
+// meta.json's "extra" as strings. Version 1 files written before extra
+// became a map of strings may hold any JSON value: those come back as their
+// JSON text.
+std::map<std::string, std::string> read_extra(
+    const nlohmann::json& meta, const fs::path& dir, const char* component) {
+  std::map<std::string, std::string> extra;
+  const auto it = meta.find("extra");
+  if (it == meta.end() || it->is_null()) {
+    return extra;
   }
-  opt.state()[state_key(p)] = std::move(state);
+  if (!it->is_object()) {
+    TORCH_WARN(
+        component, ": the extra of ", (dir / kMeta).string(),
+        " is not a JSON object; ignoring it");
+    return extra;
+  }
+  for (const auto& [key, value] : it->items()) {
+    extra[key] = value.is_string() ? value.get<std::string>() : value.dump();
+  }
+  return extra;
 }
 
 } // namespace
 
-nlohmann::json load_checkpoint(
+std::map<std::string, std::string> load_checkpoint(
     const std::string& dir,
     torch::nn::Module& model,
     torch::optim::Optimizer* optimizer) {
   Group g = shard_group(model);
-  nlohmann::json meta;
+  std::map<std::string, std::string> extra;
   // Everything is read into temporaries first and copied into the model
   // only once every rank has read its part: a failed load leaves the model
   // and the optimizer as they were.
   std::vector<std::pair<at::Tensor, at::Tensor>> params; // (param, value)
-  std::vector<std::pair<at::Tensor, AdamState>> states;
+  std::vector<std::pair<at::Tensor, detail::AdamState>> states;
   std::string kind;
   const std::string error = attempt([&] {
-    const fs::path path = directory_to_load(dir);
-    meta = read_meta(path);
+    const fs::path path = directory_to_load(dir, kLoad);
+    const auto meta = read_meta(path, kLoad);
     auto specs = shard_specs(model);
     ShardFiles files(path);
     const auto& tensors = meta["tensors"];
     auto find = [&](const std::string& name) -> const nlohmann::json& {
       TORCHTP_CHECK(
-          tensors.contains(name), kLoad, g, (path / "meta.json").string(),
+          tensors.contains(name), kLoad, g, (path / kMeta).string(),
           " has no tensor '", name, "'");
       return tensors.at(name);
     };
-    kind = optimizer_kind(optimizer);
+    kind = detail::optimizer_kind(optimizer);
     const auto saved_opt = meta.value("optimizer", nlohmann::json::object());
     if (optimizer != nullptr) {
       const auto saved_kind = saved_opt.value("kind", std::string());
@@ -450,7 +356,7 @@ nlohmann::json load_checkpoint(
           !saved_opt.at("step").contains(p.key())) {
         continue;
       }
-      AdamState st;
+      detail::AdamState st;
       st.step = saved_opt.at("step").at(p.key()).get<int64_t>();
       const auto base = "optimizer." + p.key() + ".";
       const std::pair<const char*, at::Tensor*> slots[] = {
@@ -468,6 +374,7 @@ nlohmann::json load_checkpoint(
       }
       states.emplace_back(p.value(), st);
     }
+    extra = read_extra(meta, path, kLoad);
   });
   agree(g, error, std::string(kLoad) + " from " + dir);
 
@@ -476,43 +383,16 @@ nlohmann::json load_checkpoint(
     param.copy_(value);
   }
   for (auto& [param, st] : states) {
-    if (kind == "adamw") {
-      write_adam_state<torch::optim::AdamWParamState>(*optimizer, param, st);
-    } else {
-      write_adam_state<torch::optim::AdamParamState>(*optimizer, param, st);
-    }
+    detail::write_adam_state(*optimizer, kind, param, st);
   }
-  return meta.value("extra", nlohmann::json::object());
+  return extra;
 }
 
-namespace {
-
-// Reads a tensor by its dotted name from an archive written by
-// torch::save(module): each submodule is a nested archive.
-at::Tensor read_from_archive(
-    torch::serialize::InputArchive& root,
-    const std::string& name,
-    const std::string& path) {
-  torch::serialize::InputArchive* archive = &root;
-  std::vector<std::unique_ptr<torch::serialize::InputArchive>> nested;
-  std::string rest = name;
-  for (auto dot = rest.find('.'); dot != std::string::npos;
-       dot = rest.find('.')) {
-    nested.push_back(std::make_unique<torch::serialize::InputArchive>());
-    TORCH_CHECK(
-        archive->try_read(rest.substr(0, dot), *nested.back()),
-        "torchtp::load_full_state: ", path, " has no module for '", name, "'");
-    archive = nested.back().get();
-    rest = rest.substr(dot + 1);
-  }
-  at::Tensor t;
-  TORCH_CHECK(
-      archive->try_read(rest, t), "torchtp::load_full_state: ", path,
-      " has no tensor '", name, "'");
-  return t;
+std::map<std::string, std::string> read_checkpoint_extra(
+    const std::string& dir) {
+  const fs::path path = directory_to_load(dir, kReadExtra);
+  return read_extra(read_meta(path, kReadExtra), path, kReadExtra);
 }
-
-} // namespace
 
 void load_full_state(const std::string& path, torch::nn::Module& model) {
   Group g = shard_group(model);
@@ -523,30 +403,21 @@ void load_full_state(const std::string& path, torch::nn::Module& model) {
     TORCHTP_CHECK(fs::exists(path), kLoadFull, g, path, " not found");
     const bool safetensors =
         path.size() > 12 && path.substr(path.size() - 12) == ".safetensors";
+    std::function<at::Tensor(const std::string&)> read_full;
     std::unique_ptr<SafetensorsReader> reader;
-    torch::serialize::InputArchive archive;
+    std::unique_ptr<detail::TorchArchiveReader> archive;
     if (safetensors) {
       reader = std::make_unique<SafetensorsReader>(path);
+      read_full = [&](const std::string& name) { return reader->read(name); };
     } else {
-      try {
-        archive.load_from(path);
-      } catch (const c10::Error& e) {
-        TORCH_CHECK(
-            false, kLoadFull, ": cannot read ", path,
-            " as a torch::save archive: ", e.what_without_backtrace());
-      }
+      archive = std::make_unique<detail::TorchArchiveReader>(path, kLoadFull);
+      read_full = [&](const std::string& name) { return archive->read(name); };
     }
     for (auto& p : model.named_parameters()) {
-      auto full = reader ? reader->read(p.key())
-                         : read_from_archive(archive, p.key(), path);
-      const auto& spec = specs.at(p.key());
-      const auto expected = full_shape(p.value().sizes(), spec, g);
-      TORCHTP_CHECK(
-          full.sizes() == at::IntArrayRef(expected), kLoadFull, g, "'", p.key(),
-          "' in ", path, " has shape ", full.sizes(),
-          ", the model's full shape is ", at::IntArrayRef(expected));
       auto value = at::empty_like(p.value().detach());
-      value.copy_(shard_of(full, spec, g, p.key()));
+      copy_shard_of(
+          value, read_full(p.key()), specs.at(p.key()), g, kLoadFull,
+          "'" + p.key() + "' in " + path);
       params.emplace_back(p.value(), value);
     }
   });

@@ -1,6 +1,7 @@
 #include "torchtp/cross_entropy.h"
 
 #include "torchtp/detail/check.h"
+#include "torchtp/detail/dtype.h"
 #include "torchtp/detail/options.h"
 #include "torchtp/partition.h"
 
@@ -29,8 +30,7 @@ struct VocabParallelCrossEntropy
       double smoothing,
       int64_t vocab_size) {
     const auto in_dtype = logits.scalar_type();
-    auto x =
-        logits.scalar_type() == at::kDouble ? logits : logits.to(at::kFloat);
+    auto x = logits.to(detail::compute_dtype(in_dtype));
     Partition part(
         x.size(-1) * group.size(), group.size(), group.rank(),
         std::string(kName) + ": vocabulary");

@@ -52,10 +52,10 @@ double clip_grad_norm(torch::nn::Module& module, double max_norm) {
     }
     grads.push_back(g);
     const double sq = g.to(torch::kDouble).square().sum().item<double>();
-    if (specs.at(p.key()).dim >= 0) {
-      split += sq;
-    } else {
+    if (specs.at(p.key()).is_replicated()) {
       replicated += sq;
+    } else {
+      split += sq;
     }
   }
   group.all_reduce(split);

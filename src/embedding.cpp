@@ -1,6 +1,7 @@
 #include "torchtp/embedding.h"
 
 #include "torchtp/detail/check.h"
+#include "torchtp/detail/dtype.h"
 #include "torchtp/detail/options.h"
 #include "torchtp/mappings.h"
 
@@ -38,26 +39,17 @@ void VocabParallelEmbeddingImpl::reset() {
 void VocabParallelEmbeddingImpl::reset_parameters() {
   torch::NoGradGuard no_grad;
   // torch::nn::Embedding's draw, in float32 for reduced-precision tables.
-  const bool exact = weight.scalar_type() == torch::kFloat ||
-                     weight.scalar_type() == torch::kDouble;
   auto full = torch::empty(
       {options.num_embeddings(), options.embedding_dim()},
-      exact ? weight.scalar_type() : torch::kFloat);
+      detail::compute_dtype(weight.scalar_type()));
   torch::nn::init::normal_(full);
   load_full_weights(full.to(weight.scalar_type()));
 }
 
 void VocabParallelEmbeddingImpl::load_full_weights(const torch::Tensor& full) {
-  TORCHTP_CHECK(
-      full.defined() && full.sizes() == torch::IntArrayRef(
-                                            {options.num_embeddings(),
-                                             options.embedding_dim()}),
-      std::string(kName) + "::load_full_weights", *group_,
-      "expected a full table of shape [", options.num_embeddings(), ", ",
-      options.embedding_dim(), "] but got ",
-      full.defined() ? c10::str(full.sizes()) : "undefined");
-  torch::NoGradGuard no_grad;
-  weight.copy_(partition_->narrow(full, 0));
+  copy_shard_of(
+      weight, full, shard_spec("weight"), *group_,
+      std::string(kName) + "::load_full_weights", "table");
 }
 
 torch::Tensor VocabParallelEmbeddingImpl::forward(const torch::Tensor& ids) {

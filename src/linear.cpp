@@ -1,6 +1,7 @@
 #include "torchtp/linear.h"
 
 #include "torchtp/detail/check.h"
+#include "torchtp/detail/dtype.h"
 #include "torchtp/detail/linear_init.h"
 #include "torchtp/detail/options.h"
 #include "torchtp/mappings.h"
@@ -16,8 +17,7 @@ namespace detail {
 std::pair<torch::Tensor, torch::Tensor> linear_init(
     int64_t in_features, int64_t out_features, bool bias, torch::Dtype dtype) {
   torch::NoGradGuard no_grad;
-  const bool exact = dtype == torch::kFloat || dtype == torch::kDouble;
-  const auto draw = exact ? dtype : torch::kFloat;
+  const auto draw = compute_dtype(dtype);
   // The same draws, in the same order, as torch::nn::LinearImpl: the weight
   // first, then the bias from the weight's fan-in.
   auto w = torch::empty({out_features, in_features}, draw);
@@ -30,7 +30,7 @@ std::pair<torch::Tensor, torch::Tensor> linear_init(
     const auto bound = 1 / std::sqrt(fan_in);
     torch::nn::init::uniform_(b, -bound, bound);
   }
-  if (!exact) {
+  if (draw != dtype) {
     w = w.to(dtype);
     b = b.defined() ? b.to(dtype) : b;
   }
@@ -64,19 +64,6 @@ void check_input(
       input.scalar_type(), " for input of shape ", input.sizes());
 }
 
-void check_full(
-    const char* layer,
-    const char* what,
-    const torch::Tensor& given,
-    torch::IntArrayRef expected,
-    const Group& g) {
-  TORCHTP_CHECK(
-      given.defined() && given.sizes() == expected,
-      std::string(layer) + "::load_full_weights", g, "expected full ", what,
-      " of shape ", expected, " but got ",
-      given.defined() ? c10::str(given.sizes()) : "undefined");
-}
-
 // Registers `weight` and, when `has_bias`, `bias` (else an undefined bias,
 // as torch::nn::Linear does).
 void register_weight_and_bias(
@@ -93,6 +80,28 @@ void register_weight_and_bias(
       has_bias
           ? module.register_parameter("bias", torch::empty({bias_size}, dtype))
           : module.register_parameter("bias", {}, /*requires_grad=*/false);
+}
+
+// Both layers' load_full_weights: each tensor through its ShardSpec.
+void load_weight_and_bias(
+    const char* layer,
+    const Sharded& module,
+    torch::Tensor& weight,
+    torch::Tensor& bias,
+    const torch::Tensor& full_weight,
+    const torch::Tensor& full_bias,
+    const Group& g) {
+  const std::string component = std::string(layer) + "::load_full_weights";
+  copy_shard_of(
+      weight, full_weight, module.shard_spec("weight"), g, component, "weight");
+  if (bias.defined()) {
+    copy_shard_of(
+        bias, full_bias, module.shard_spec("bias"), g, component, "bias");
+  } else {
+    TORCHTP_CHECK(
+        !full_bias.defined(), component, g,
+        "got a bias for a layer built with bias(false)");
+  }
 }
 
 void check_positive(
@@ -143,20 +152,7 @@ void ColumnParallelLinearImpl::reset_parameters() {
 
 void ColumnParallelLinearImpl::load_full_weights(
     const torch::Tensor& w, const torch::Tensor& b) {
-  check_full(
-      kColumn, "weight", w, {options.out_features(), options.in_features()},
-      *group_);
-  torch::NoGradGuard no_grad;
-  const std::string what = std::string(kColumn) + ": out_features";
-  weight.copy_(shard_of(w, shard_spec("weight"), *group_, what));
-  if (bias.defined()) {
-    check_full(kColumn, "bias", b, {options.out_features()}, *group_);
-    bias.copy_(shard_of(b, shard_spec("bias"), *group_, what));
-  } else {
-    TORCHTP_CHECK(
-        !b.defined(), std::string(kColumn) + "::load_full_weights", *group_,
-        "got a bias for a layer built with bias(false)");
-  }
+  load_weight_and_bias(kColumn, *this, weight, bias, w, b, *group_);
 }
 
 torch::Tensor ColumnParallelLinearImpl::forward(const torch::Tensor& input) {
@@ -172,16 +168,8 @@ torch::Tensor ColumnParallelLinearImpl::forward(const torch::Tensor& input) {
   if (segments == 1) {
     return y;
   }
-  // The gather is rank-major [r0: s0 s1 .., r1: s0 s1 ..]; the full output is
-  // block-major [s0: r0 r1 .., s1: ..].
-  TORCH_INTERNAL_ASSERT(partition_->is_even(), "uneven segments not built");
-  auto lead = y.sizes().vec();
-  lead.pop_back();
-  auto shape = lead;
-  shape.insert(
-      shape.end(), {group_->size(), segments, partition_->local_size()});
-  lead.push_back(options.out_features());
-  return y.reshape(shape).transpose(-3, -2).reshape(lead);
+  // The gather is rank-major; the full output is block-major.
+  return full_from_gathered(y, -1, segments, *partition_);
 }
 
 ShardSpec ColumnParallelLinearImpl::shard_spec(const std::string&) const {
@@ -232,19 +220,7 @@ void RowParallelLinearImpl::reset_parameters() {
 
 void RowParallelLinearImpl::load_full_weights(
     const torch::Tensor& w, const torch::Tensor& b) {
-  check_full(
-      kRow, "weight", w, {options.out_features(), options.in_features()},
-      *group_);
-  torch::NoGradGuard no_grad;
-  weight.copy_(partition_->narrow(w, 1));
-  if (bias.defined()) {
-    check_full(kRow, "bias", b, {options.out_features()}, *group_);
-    bias.copy_(b);
-  } else {
-    TORCHTP_CHECK(
-        !b.defined(), std::string(kRow) + "::load_full_weights", *group_,
-        "got a bias for a layer built with bias(false)");
-  }
+  load_weight_and_bias(kRow, *this, weight, bias, w, b, *group_);
 }
 
 torch::Tensor RowParallelLinearImpl::forward(const torch::Tensor& input) {
@@ -270,7 +246,7 @@ torch::Tensor RowParallelLinearImpl::forward(const torch::Tensor& input) {
 }
 
 ShardSpec RowParallelLinearImpl::shard_spec(const std::string& name) const {
-  return name == "weight" ? ShardSpec{1, 1} : ShardSpec{-1, 1};
+  return name == "weight" ? ShardSpec{1, 1} : ShardSpec::replicated();
 }
 
 void RowParallelLinearImpl::pretty_print(std::ostream& stream) const {

@@ -1,6 +1,7 @@
 #include "torchtp/sampling.h"
 
 #include "torchtp/detail/check.h"
+#include "torchtp/detail/dtype.h"
 #include "torchtp/detail/options.h"
 
 #include <ATen/ATen.h>
@@ -40,7 +41,11 @@ LocalLogits local_logits(
       ") must be in [0, ", full, "], the logits' full vocabulary");
   const int64_t offset = g.rank() * local;
   auto x = logits_shard.reshape({-1, local});
-  x = x.scalar_type() == at::kDouble ? x.clone() : x.to(at::kFloat);
+  // Always a copy (the padding is filled in below, not in the caller's
+  // logits), in float32 for reduced-precision logits.
+  x = x.to(
+      detail::compute_dtype(x.scalar_type()), /*non_blocking=*/false,
+      /*copy=*/true);
   const int64_t real = vocab_size > 0 ? vocab_size : full;
   const int64_t local_real = std::clamp<int64_t>(real - offset, 0, local);
   if (local_real < local) {

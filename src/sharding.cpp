@@ -1,7 +1,12 @@
 #include "torchtp/sharding.h"
 
 #include "torchtp/detail/check.h"
-#include "torchtp/partition.h"
+
+#include <ATen/WrapDimUtils.h>
+#include <ATen/ops/cat.h>
+
+#include <algorithm>
+#include <utility>
 
 namespace torchtp {
 namespace {
@@ -21,15 +26,117 @@ void for_each_sharded(const torch::nn::Module& model, F&& f) {
   }
 }
 
+// `dim` of `t` made non-negative, checked to hold `segments` blocks of
+// `part.full_size()`.
+int64_t split_dim(
+    const at::Tensor& t,
+    int64_t dim,
+    int64_t segments,
+    const Partition& part,
+    const char* component) {
+  const int64_t d = c10::maybe_wrap_dim(dim, t.dim());
+  TORCHTP_CHECK(
+      t.size(d) == segments * part.full_size(), component,
+      detail::RankOf(part.rank(), part.parts()), "expected size ",
+      segments * part.full_size(), " along dim ", d, ", got ", t.sizes());
+  return d;
+}
+
 } // namespace
 
 std::vector<int64_t> full_shape(
     at::IntArrayRef local, const ShardSpec& spec, const Group& group) {
   auto shape = local.vec();
-  if (spec.dim >= 0) {
+  if (!spec.is_replicated()) {
     shape[spec.dim] *= group.size(); // even splits: Partition checks
   }
   return shape;
+}
+
+std::vector<SegmentRange> shard_ranges(
+    const Partition& part, int64_t segments, int64_t rank) {
+  TORCH_INTERNAL_ASSERT(segments >= 1, "segments must be positive");
+  TORCH_INTERNAL_ASSERT(
+      segments == 1 || part.is_even(), "uneven segments not built");
+  std::vector<SegmentRange> ranges;
+  for (int64_t s = 0; s < segments; ++s) {
+    ranges.push_back(
+        {s * part.full_size() + part.offset(rank), s * part.size(rank),
+         part.size(rank)});
+  }
+  return ranges;
+}
+
+std::vector<SegmentRange> overlap_ranges(
+    const Partition& then,
+    int64_t rank,
+    const Partition& now,
+    int64_t segments) {
+  TORCHTP_CHECK(
+      then.full_size() == now.full_size(), "torchtp::overlap_ranges",
+      detail::RankOf(now.rank(), now.parts()), "segments of size ",
+      then.full_size(), " and ", now.full_size(), " split different dims");
+  // Both shards in the full dim's indices; every pair that overlaps is one
+  // copy.
+  std::vector<SegmentRange> ranges;
+  for (const auto& src : shard_ranges(then, segments, rank)) {
+    for (const auto& dst : shard_ranges(now, segments, now.rank())) {
+      const int64_t lo = std::max(src.from, dst.from);
+      const int64_t hi = std::min(src.from + src.length, dst.from + dst.length);
+      if (lo < hi) {
+        ranges.push_back(
+            {src.to + lo - src.from, dst.to + lo - dst.from, hi - lo});
+      }
+    }
+  }
+  return ranges;
+}
+
+at::Tensor shard_of(
+    const at::Tensor& full,
+    int64_t dim,
+    int64_t segments,
+    const Partition& part) {
+  const int64_t d = split_dim(full, dim, segments, part, "torchtp::shard_of");
+  const auto ranges = shard_ranges(part, segments, part.rank());
+  if (ranges.size() == 1) {
+    return full.narrow(d, ranges[0].from, ranges[0].length);
+  }
+  std::vector<at::Tensor> pieces;
+  for (const auto& r : ranges) {
+    pieces.push_back(full.narrow(d, r.from, r.length));
+  }
+  return at::cat(pieces, d);
+}
+
+at::Tensor full_from_gathered(
+    const at::Tensor& gathered,
+    int64_t dim,
+    int64_t segments,
+    const Partition& part) {
+  const int64_t d =
+      split_dim(gathered, dim, segments, part, "torchtp::full_from_gathered");
+  if (segments == 1) {
+    return gathered; // rank-major is block-major with one block
+  }
+  // Shard r starts at segments * offset(r) in the gathered tensor; each of
+  // its ranges goes to its place in the full dim.
+  std::vector<std::pair<int64_t, at::Tensor>> pieces; // (full index, piece)
+  for (int64_t r = 0; r < part.parts(); ++r) {
+    const int64_t start = segments * part.offset(r);
+    for (const auto& range : shard_ranges(part, segments, r)) {
+      pieces.emplace_back(
+          range.from, gathered.narrow(d, start + range.to, range.length));
+    }
+  }
+  std::sort(pieces.begin(), pieces.end(), [](const auto& a, const auto& b) {
+    return a.first < b.first;
+  });
+  std::vector<at::Tensor> ordered;
+  for (auto& piece : pieces) {
+    ordered.push_back(std::move(piece.second));
+  }
+  return at::cat(ordered, d);
 }
 
 at::Tensor shard_of(
@@ -37,30 +144,38 @@ at::Tensor shard_of(
     const ShardSpec& spec,
     const Group& group,
     const std::string& what) {
-  if (spec.dim < 0) {
+  if (spec.is_replicated()) {
     return full;
   }
-  // [.., n, ..] -> [.., segments, n / segments, ..]: narrow every block at
-  // once, then fold the blocks back.
   const int64_t d = spec.dim;
   TORCHTP_CHECK(
       full.size(d) % spec.segments == 0, what, group, "size ", full.size(d),
       " along dim ", d, " is not divisible by segments (", spec.segments, ")");
-  auto blocks = full.sizes().vec();
-  blocks[d] /= spec.segments;
-  blocks.insert(blocks.begin() + d, spec.segments);
-  Partition part(blocks[d + 1], group.size(), group.rank(), what);
-  auto mine = part.narrow(full.reshape(blocks), d + 1);
-  auto folded = mine.sizes().vec();
-  folded.erase(folded.begin() + d);
-  folded[d] *= spec.segments;
-  return mine.reshape(folded);
+  Partition part(
+      full.size(d) / spec.segments, group.size(), group.rank(), what);
+  return shard_of(full, d, spec.segments, part);
+}
+
+void copy_shard_of(
+    at::Tensor& shard,
+    const at::Tensor& full,
+    const ShardSpec& spec,
+    const Group& group,
+    const std::string& component,
+    const std::string& what) {
+  const auto expected = full_shape(shard.sizes(), spec, group);
+  TORCHTP_CHECK(
+      full.defined() && full.sizes() == at::IntArrayRef(expected), component,
+      group, "expected full ", what, " of shape ", at::IntArrayRef(expected),
+      " but got ", full.defined() ? c10::str(full.sizes()) : "undefined");
+  at::NoGradGuard no_grad;
+  shard.copy_(shard_of(full, spec, group, component + ": " + what));
 }
 
 std::map<std::string, ShardSpec> shard_specs(const torch::nn::Module& model) {
   std::map<std::string, ShardSpec> specs;
   for (const auto& p : model.named_parameters()) {
-    specs[p.key()] = ShardSpec{};
+    specs[p.key()] = ShardSpec::replicated();
   }
   for_each_sharded(
       model, [&](const std::string& prefix, const torch::nn::Module& m,

@@ -1,6 +1,7 @@
 #include "torchtp/transformer.h"
 
 #include "torchtp/detail/check.h"
+#include "torchtp/detail/dtype.h"
 #include "torchtp/detail/options.h"
 
 #include <cmath>
@@ -89,9 +90,9 @@ void ParallelSelfAttentionImpl::reset() {
 
 void ParallelSelfAttentionImpl::check_input(const torch::Tensor& x) const {
   TORCHTP_CHECK(
-      x.dim() == 3 && x.size(2) == options.d_model(), kAttention, qkv->group(),
-      "expected input [batch, seq, ", options.d_model(), "] but got ",
-      x.sizes());
+      x.dim() == 3 && x.size(2) == options.d_model(), kAttention,
+      qkv->shard_group(), "expected input [batch, seq, ", options.d_model(),
+      "] but got ", x.sizes());
 }
 
 std::array<torch::Tensor, 3> ParallelSelfAttentionImpl::project(
@@ -117,10 +118,9 @@ torch::Tensor ParallelSelfAttentionImpl::attend(
         allowed.logical_not(), -std::numeric_limits<float>::infinity());
   }
   // Reduced-precision scores are normalised in float32.
-  const bool widen = scores.scalar_type() == torch::kBFloat16 ||
-                     scores.scalar_type() == torch::kHalf;
-  auto probs = torch::softmax(widen ? scores.to(torch::kFloat) : scores, -1)
-                   .to(q.scalar_type());
+  auto probs =
+      torch::softmax(scores.to(detail::compute_dtype(scores.scalar_type())), -1)
+          .to(q.scalar_type());
   if (with_dropout) {
     probs = dropout(
         probs, options.attention_dropout(), is_training(), rng_->sharded());
@@ -148,26 +148,26 @@ torch::Tensor ParallelSelfAttentionImpl::forward_cached(
   const int64_t b = x.size(0), s = x.size(1);
   const int64_t past = cache.length, total = past + s;
   TORCHTP_CHECK(
-      total <= cache.capacity, kAttention, qkv->group(), "the cache holds ",
-      cache.capacity, " positions; ", past, " are used and ", s,
-      " more were given");
+      total <= cache.capacity, kAttention, qkv->shard_group(),
+      "the cache holds ", cache.capacity, " positions; ", past,
+      " are used and ", s, " more were given");
   TORCHTP_CHECK(
       key_mask.defined() && key_mask.scalar_type() == torch::kBool &&
           key_mask.sizes() == torch::IntArrayRef({b, total}),
-      kAttention, qkv->group(), "expected a bool key_mask [", b, ", ", total,
-      "] (cached plus new positions) but got ",
+      kAttention, qkv->shard_group(), "expected a bool key_mask [", b, ", ",
+      total, "] (cached plus new positions) but got ",
       key_mask.defined() ? c10::str(key_mask.sizes()) : "none");
   auto [q, k, v] = project(x);
   if (!cache.k.defined()) {
     TORCHTP_CHECK(
-        past == 0, kAttention, qkv->group(), "the cache claims ", past,
+        past == 0, kAttention, qkv->shard_group(), "the cache claims ", past,
         " positions but holds no tensors");
     cache.k =
         torch::empty({b, local_heads_, cache.capacity, k.size(3)}, k.options());
     cache.v = torch::empty_like(cache.k);
   }
   TORCHTP_CHECK(
-      cache.k.size(0) == b, kAttention, qkv->group(),
+      cache.k.size(0) == b, kAttention, qkv->shard_group(),
       "the cache was filled "
       "for a batch of ",
       cache.k.size(0), ", not ", b);

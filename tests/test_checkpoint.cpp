@@ -5,8 +5,12 @@
 
 #include "test_util.h"
 
+#include <nlohmann/json.hpp>
+
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <string>
 
 #include <stdlib.h>
 
@@ -32,6 +36,12 @@ torchtp::GPTOptions small_gpt(const torchtp::Group& g) {
 torchtp::GPT build(const torchtp::Group& g, uint64_t seed) {
   torch::manual_seed(seed);
   return torchtp::GPT(small_gpt(g));
+}
+
+// The saved extra's "step" as a number, `fallback` when it has none.
+int step_of(const std::map<std::string, std::string>& extra, int fallback) {
+  const auto it = extra.find("step");
+  return it == extra.end() ? fallback : std::stoi(it->second);
 }
 
 torch::Tensor batch_ids(uint64_t seed) {
@@ -69,7 +79,7 @@ void save_from_replica0(
     const torch::nn::Module& m,
     torch::optim::Optimizer* opt = nullptr) {
   if (pg.data.rank() == 0) {
-    torchtp::save_checkpoint(dir, m, opt, {{"step", 3}});
+    torchtp::save_checkpoint(dir, m, opt, {{"step", "3"}});
   }
   world().barrier();
 }
@@ -105,7 +115,7 @@ TEST_F(Checkpoint, SavedAtOneTpSizeLoadsAtEveryOtherWithIdenticalLogits) {
       auto lpg = torchtp::make_parallel_groups(world(), load_tp);
       auto loaded = build(lpg.tensor, 999); // different weights until loaded
       auto extra = torchtp::load_checkpoint(dir, *loaded);
-      EXPECT_EQ(extra.value("step", -1), 3);
+      EXPECT_EQ(step_of(extra, -1), 3);
       // Bit for bit what the same model built at this TP size computes...
       auto native = build(lpg.tensor, 21)->full_logits(ids);
       EXPECT_TRUE(all_close(loaded->full_logits(ids), native, {0, 0}))
@@ -142,6 +152,49 @@ TEST_F(Checkpoint, MetadataNamesShapesSplitsAndChecksums) {
     EXPECT_TRUE(fs::exists(dir_ + "/c/" + name)) << name;
   }
   EXPECT_FALSE(fs::exists(dir_ + "/c.tmp")) << "temporary directory left";
+}
+
+TEST_F(Checkpoint, ExtraIsReadWithoutAModel) {
+  auto model = build(world(), 1);
+  const std::map<std::string, std::string> extra = {
+      {"d_model", "24"}, {"vocab", "abc"}};
+  torchtp::save_checkpoint(dir_ + "/e/", *model, nullptr, extra);
+  EXPECT_EQ(torchtp::read_checkpoint_extra(dir_ + "/e"), extra);
+  EXPECT_TRUE(torchtp::testing::raises_with(
+      [&] { torchtp::read_checkpoint_extra(dir_ + "/none"); },
+      {"read_checkpoint_extra", "meta.json"}));
+}
+
+TEST_F(Checkpoint, ExtraValuesThatAreNotStringsLoadAsTheirJsonText) {
+  auto g = world();
+  const auto dir = dir_ + "/x";
+  auto model = build(g, 1);
+  torchtp::save_checkpoint(dir, *model, nullptr, {{"name", "run 1"}});
+  // What a version-1 checkpoint saved when extra took any JSON holds.
+  if (g.rank() == 0) {
+    nlohmann::json meta;
+    {
+      std::ifstream in(dir + "/meta.json");
+      meta = nlohmann::json::parse(in);
+    }
+    meta["extra"]["step"] = 3;
+    meta["extra"]["lr"] = 0.5;
+    meta["extra"]["tags"] = nlohmann::json::array({"a", "b"});
+    std::ofstream(dir + "/meta.json") << meta.dump();
+  }
+  g.barrier();
+  auto loaded = build(g, 2);
+  const auto extra = torchtp::load_checkpoint(dir, *loaded);
+  const std::map<std::string, std::string> expected = {
+      {"name", "run 1"},
+      {"step", "3"},
+      {"lr", "0.5"},
+      {"tags", "[\"a\",\"b\"]"}};
+  EXPECT_EQ(extra, expected);
+  EXPECT_EQ(torchtp::read_checkpoint_extra(dir), expected);
+  EXPECT_TRUE(all_close(
+      loaded->full_logits(batch_ids(4)), model->full_logits(batch_ids(4)),
+      {0, 0}));
 }
 
 TEST_F(Checkpoint, LoadsAFullUnshardedStateFromTorchSaveAndSafetensors) {
@@ -194,11 +247,11 @@ TEST_F(Checkpoint, ResumeEqualsAnUninterruptedRunAndTheUnshardedRun) {
   auto first = build(world(), 8);
   auto opt2 = adamw(first);
   auto before = step_losses(first, opt2, 0, 3);
-  torchtp::save_checkpoint(dir_ + "/resume", *first, &opt2, {{"step", 3}});
+  torchtp::save_checkpoint(dir_ + "/resume", *first, &opt2, {{"step", "3"}});
   auto second = build(world(), 4242);
   auto opt3 = adamw(second);
   auto extra = torchtp::load_checkpoint(dir_ + "/resume", *second, &opt3);
-  auto after = step_losses(second, opt3, extra.value("step", 0), 6);
+  auto after = step_losses(second, opt3, step_of(extra, 0), 6);
   before.insert(before.end(), after.begin(), after.end());
 
   auto unsharded = build(torchtp::Group::self(), 8);
@@ -350,9 +403,8 @@ struct TwoLayers : torch::nn::Module {
       : fc1(register_module(
             "fc1",
             torchtp::ColumnParallelLinear(
-                torchtp::ColumnParallelLinearOptions(4, 4 * 12)
-                    .group(g)
-                    .dtype(torch::kDouble)))),
+                torchtp::ColumnParallelLinearOptions(4, 4 * 12).group(g).dtype(
+                    torch::kDouble)))),
         fc2(register_module(
             "fc2",
             torchtp::RowParallelLinear(

@@ -4,8 +4,8 @@
 
 #include <torch/nn/module.h>
 #include <torch/optim/optimizer.h>
-#include <nlohmann/json.hpp>
 
+#include <map>
 #include <string>
 
 namespace torchtp {
@@ -22,6 +22,10 @@ constexpr int kCheckpointFormatVersion = 1;
 ///                                         CRC-32; `extra` as given
 ///   DIR/rank-00000-of-00002.safetensors   each rank's shards (safetensors)
 ///
+/// `extra` is the caller's own metadata, string keys to string values, kept
+/// in meta.json as a JSON object of strings, e.g.
+/// `{{"step", std::to_string(step)}}`; `load_checkpoint` returns it.
+///
 /// Collective over the model's tensor-parallel group (with data parallelism,
 /// call it on one data-parallel replica only). Everything is written under
 /// `DIR.tmp` and renamed into place at the end, so a crash leaves the old
@@ -30,18 +34,28 @@ void save_checkpoint(
     const std::string& dir,
     const torch::nn::Module& model,
     torch::optim::Optimizer* optimizer = nullptr,
-    const nlohmann::json& extra = nlohmann::json::object());
+    const std::map<std::string, std::string>& extra = {});
 
 /// Loads a checkpoint written by `save_checkpoint` at the same or another
 /// tensor-parallel degree into `model` (and `optimizer`'s state): each rank
 /// reads only the shard files that hold its slices, and checks their
-/// checksums. Returns the `extra` saved with it. A missing or truncated file,
-/// an altered shard, a wrong format version or a shape that does not match
-/// the model raises a `c10::Error` naming the file.
-nlohmann::json load_checkpoint(
+/// checksums. Returns the `extra` saved with it (a value that is not a JSON
+/// string, as an earlier torchtp could save, comes back as its JSON text:
+/// `3` as "3"). A missing or truncated file, an altered shard, a wrong format
+/// version or a shape that does not match the model raises a `c10::Error`
+/// naming the file.
+std::map<std::string, std::string> load_checkpoint(
     const std::string& dir,
     torch::nn::Module& model,
     torch::optim::Optimizer* optimizer = nullptr);
+
+/// The `extra` saved with the checkpoint in `dir` (or in DIR.old, as
+/// `load_checkpoint` finds it), read from its meta.json alone: no model and
+/// no collective, so any process can call it, e.g. to build the model the
+/// checkpoint holds before loading it. Values as `load_checkpoint` returns
+/// them; a missing or malformed meta.json raises a `c10::Error` naming it.
+std::map<std::string, std::string> read_checkpoint_extra(
+    const std::string& dir);
 
 /// Loads a full, unsharded state into `model`, keeping this rank's slices:
 /// a `.safetensors` file, or a file written by `torch::save(module, path)`

@@ -77,9 +77,6 @@ class VocabParallelEmbeddingImpl
   const Partition& vocab_partition() const {
     return *partition_;
   }
-  const Group& group() const {
-    return *group_;
-  }
 
   VocabParallelEmbeddingOptions options;
   /// `[V/ws, dim]`

@@ -126,9 +126,6 @@ class ColumnParallelLinearImpl
   const Partition& output_partition() const {
     return *partition_;
   }
-  const Group& group() const {
-    return *group_;
-  }
 
   ColumnParallelLinearOptions options;
   /// `[out/ws, in]`
@@ -181,9 +178,6 @@ class RowParallelLinearImpl
   /// The split of in_features.
   const Partition& input_partition() const {
     return *partition_;
-  }
-  const Group& group() const {
-    return *group_;
   }
 
   RowParallelLinearOptions options;

@@ -1,6 +1,7 @@
 #pragma once
 
 #include "torchtp/group.h"
+#include "torchtp/partition.h"
 
 #include <torch/nn/module.h>
 
@@ -11,13 +12,22 @@
 
 namespace torchtp {
 
-/// How one parameter is split over a tensor-parallel group: along `dim`
-/// (-1: replicated, every rank holds it whole), with that dim made of
-/// `segments` equal blocks each split by a `Partition` (a fused Q, K, V
-/// weight has 3). Checkpoints use it to save, reshard and load.
+/// How one parameter is split over a tensor-parallel group: along `dim`, with
+/// that dim made of `segments` equal blocks each split by a `Partition` (a
+/// fused Q, K, V weight has 3); or replicated, every rank holding it whole.
+/// Checkpoints use it to save, reshard and load.
 struct ShardSpec {
+  /// The split dim; -1 when replicated (see `replicated()`).
   int64_t dim = -1;
   int64_t segments = 1;
+
+  /// Every rank holds the whole tensor.
+  static ShardSpec replicated() {
+    return ShardSpec{};
+  }
+  bool is_replicated() const {
+    return dim < 0;
+  }
 };
 
 /// Implemented by every torchtp module that holds split parameters.
@@ -34,14 +44,79 @@ class Sharded {
 std::vector<int64_t> full_shape(
     at::IntArrayRef local, const ShardSpec& spec, const Group& group);
 
-/// This rank's shard of the full tensor `full` (a view when it can be): along
-/// `spec.dim`, its part of each of the `spec.segments` blocks, blocks kept in
-/// order; `full` itself when replicated. `what` names the tensor in the
+// ---------------------------------------------------------------------------
+// The fused-segment layout: the one home of how a split dim made of
+// `segments` blocks, each split by a Partition `part`, is laid out. With
+// blocks s0 s1 .. and ranks r0 r1 .., along the split dim:
+//
+//   full      (block-major)  [s0: r0 r1 .., s1: r0 r1 .., ..]
+//   shard of r               [s0: r, s1: r, ..]
+//   gathered  (rank-major)   [r0: s0 s1 .., r1: s0 s1 .., ..]
+//
+// "gathered" is what an all-gather of every rank's shard along the dim
+// holds. Everything below is computed from the per-rank sizes and offsets
+// of `part`; uneven segmented splits are not built yet (an internal assert).
+
+/// `length` consecutive indices along the split dim, from index `from` of
+/// one tensor to index `to` of another.
+struct SegmentRange {
+  int64_t from;
+  int64_t to;
+  int64_t length;
+};
+
+/// Where shard `rank` comes from: one range per segment, `from` an index of
+/// the full dim, `to` an index of the shard.
+std::vector<SegmentRange> shard_ranges(
+    const Partition& part, int64_t segments, int64_t rank);
+
+/// Where the shard of `now.rank()` under `now` overlaps shard `rank` under
+/// `then`, two splits of the same segments: `from` an index of shard `rank`
+/// of `then`, `to` an index of the new shard. Empty when they do not
+/// overlap. This is what resharding a checkpoint copies.
+std::vector<SegmentRange> overlap_ranges(
+    const Partition& then,
+    int64_t rank,
+    const Partition& now,
+    int64_t segments);
+
+/// This rank's (`part.rank()`'s) shard of `full` along `dim`: its part of
+/// each of the `segments` blocks, blocks kept in order. A view when
+/// `segments` is 1.
+at::Tensor shard_of(
+    const at::Tensor& full,
+    int64_t dim,
+    int64_t segments,
+    const Partition& part);
+
+/// Opposite of `shard_of`: the full tensor from `gathered`, every rank's
+/// shard concatenated in rank order along `dim`.
+at::Tensor full_from_gathered(
+    const at::Tensor& gathered,
+    int64_t dim,
+    int64_t segments,
+    const Partition& part);
+
+/// This rank's shard of the full tensor `full` under `spec` over `group`
+/// (see above); `full` itself when replicated. `what` names the tensor in the
 /// error raised when a block does not divide.
 at::Tensor shard_of(
     const at::Tensor& full,
     const ShardSpec& spec,
     const Group& group,
+    const std::string& what);
+
+/// Copies this rank's shard of the full tensor `full` into `shard`, a tensor
+/// split by `spec` over `group`: the one way a full weight is loaded, by the
+/// layers' `load_full_weights` and by `load_full_state`. Raises a
+/// `c10::Error` "<component>: expected full <what> of shape .. but got .."
+/// when `full` is undefined or does not have the full shape of `shard`.
+void copy_shard_of(
+    at::Tensor& shard,
+    const at::Tensor& full,
+    const ShardSpec& spec,
+    const Group& group,
+    const std::string& component,
     const std::string& what);
 
 /// Every parameter of `model` (named as `named_parameters()` names them) with
