@@ -1,7 +1,8 @@
 // generate: text generation at any tensor-parallel size from a checkpoint of
 // the main job (train_gpt), which may have been saved at another TP size.
 //
-//   torchtp-run --nproc-per-node 2 ./generate --checkpoint out/demo/tp2/checkpoint \
+//   torchtp-run --nproc-per-node 2 ./generate --checkpoint
+//   out/demo/tp2/checkpoint \
 //       --prompt "First Citizen:" --max-new-tokens 200 --top-k 10 --seed 1
 //
 // Each rank holds its slices of the model and caches the keys and values of
@@ -100,13 +101,13 @@ int run(int argc, char** argv) {
   const auto info = torchtp::read_checkpoint_extra(a.checkpoint);
   const std::string vocab = info.count("vocab") ? info.at("vocab") : "";
   TORCH_CHECK(!vocab.empty(), "generate: the checkpoint has no vocabulary");
-  torchtp::GPT gpt(
-      torchtp::GPTOptions(static_cast<int64_t>(vocab.size()), setting(info, "seq"))
-          .d_model(setting(info, "d_model"))
-          .num_heads(setting(info, "heads"))
-          .num_layers(setting(info, "layers"))
-          .group(world)
-          .dtype(dtype));
+  torchtp::GPT gpt(torchtp::GPTOptions(
+                       static_cast<int64_t>(vocab.size()), setting(info, "seq"))
+                       .d_model(setting(info, "d_model"))
+                       .num_heads(setting(info, "heads"))
+                       .num_layers(setting(info, "layers"))
+                       .group(world)
+                       .dtype(dtype));
   torchtp::load_checkpoint(a.checkpoint, *gpt);
 
   std::vector<int64_t> prompt;

@@ -210,7 +210,12 @@ int run(int argc, char** argv) {
           (std::filesystem::path(a.out) / "checkpoint").string(), *gpt, &opt,
           {{"step", std::to_string(step)},
            {"seed", std::to_string(a.seed)},
-           {"vocab", std::string(itos.begin(), itos.end())}});
+           {"vocab", std::string(itos.begin(), itos.end())},
+           // The model's shape, for examples/generate.
+           {"seq", std::to_string(a.seq)},
+           {"d_model", std::to_string(a.d_model)},
+           {"heads", std::to_string(a.heads)},
+           {"layers", std::to_string(a.layers)}});
     }
     world.barrier();
   };

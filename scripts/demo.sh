@@ -50,3 +50,12 @@ echo "   amplifies those rounding differences over many steps; --dtype float64"
 echo "   in train_gpt keeps the curves equal to ~1e-9)"
 echo "both curves: $out/loss.png   (CSV: $out/tp1/loss.csv, $out/tp2/loss.csv)"
 echo "sharded checkpoint: $out/tp2/checkpoint   sample: $out/tp2/sample.txt"
+
+# Serving: generate from the TP=2 checkpoint just saved, at TP=2, with the
+# key/value cache and vocabulary-parallel sampling.
+echo
+echo "== generating from $out/tp2/checkpoint at TP=2 =="
+"$run" --nproc-per-node 2 "$build/examples/generate" \
+  --checkpoint "$out/tp2/checkpoint" --prompt "MENENIUS:" \
+  --max-new-tokens 48 --top-k 10 --temperature 0.8 --seed 1 \
+  --json "$out/generate.json"
