@@ -44,6 +44,8 @@ bench: build
 	./$(BUILD)/torchtp-run --nproc-per-node $(NPROC) ./$(BUILD)/bench/bench_layers --cases ParallelMLP --shapes 128x8,1024x64,1024x512,4096x64 --json out/bench_mlp.json
 	./$(BUILD)/torchtp-run --nproc-per-node $(NPROC) ./$(BUILD)/bench/bench_layers --json out/bench_layers.json
 	bash bench/train_throughput.sh $(BUILD) 5 40 out/train_throughput.json
+	./$(BUILD)/torchtp-run --nproc-per-node 1 ./$(BUILD)/bench/bench_generate --json out/bench_generate_tp1.json
+	./$(BUILD)/torchtp-run --nproc-per-node $(NPROC) ./$(BUILD)/bench/bench_generate --json out/bench_generate_tp$(NPROC).json
 
 # The shared-memory communicator's tests under ThreadSanitizer and
 # AddressSanitizer, each in its own build directory. libtorch itself is not
