@@ -46,28 +46,24 @@ double resident_mib(const char* field) {
   return 0;
 }
 
-std::vector<std::string> split(const std::string& text) {
-  std::vector<std::string> out;
-  std::stringstream in(text);
-  for (std::string item; std::getline(in, item, ',');) {
-    out.push_back(item);
-  }
-  return out;
-}
-
 int run(int argc, char** argv) {
-  std::string batches_arg = "1,8", dtypes_arg = "float32,bfloat16";
-  std::string backends_arg = "shm,gloo", json_path = "bench_generate.json";
+  std::vector<int64_t> batches{1, 8};
+  std::vector<std::string> dtypes{"float32", "bfloat16"};
+  std::vector<std::string> backend_names{"shm", "gloo"};
+  std::string json_path = "bench_generate.json";
   int64_t prompt = 128, new_tokens = 64;
   int repeats = 3;
   CLI::App app(
       "Prefill and decode latency of a GPT-2-small-shaped model (random "
       "weights) at this world size");
-  app.add_option("--batches", batches_arg, "prompts per batch")
+  app.add_option("--batches", batches, "prompts per batch")
+      ->delimiter(',')
       ->capture_default_str();
-  app.add_option("--dtypes", dtypes_arg, "float32, bfloat16, float64")
+  app.add_option("--dtypes", dtypes, "float32, bfloat16, float64")
+      ->delimiter(',')
       ->capture_default_str();
-  app.add_option("--backends", backends_arg, "communicators (world size > 1)")
+  app.add_option("--backends", backend_names, "communicators (world size > 1)")
+      ->delimiter(',')
       ->capture_default_str();
   app.add_option("--prompt", prompt, "prompt tokens")->capture_default_str();
   app.add_option("--new-tokens", new_tokens, "generated tokens")
@@ -79,9 +75,8 @@ int run(int argc, char** argv) {
 
   torchtp::Group world = torchtp::init_from_env();
   const bool root = world.rank() == 0;
-  std::vector<std::string> backends = world.size() == 1
-                                          ? std::vector<std::string>{"self"}
-                                          : split(backends_arg);
+  std::vector<std::string> backends =
+      world.size() == 1 ? std::vector<std::string>{"self"} : backend_names;
   std::vector<torchtp::Group> groups;
   for (const auto& b : backends) {
     groups.push_back(world.size() == 1 ? world : world.with_backend(b));
@@ -98,7 +93,7 @@ int run(int argc, char** argv) {
         "prefill_ms", "prefill_tok/s", "ms/token", "peak_rss_MiB", "rss_MiB");
   }
   nlohmann::json rows = nlohmann::json::array();
-  for (const auto& dtype_name : split(dtypes_arg)) {
+  for (const auto& dtype_name : dtypes) {
     const auto dtype = torchtp::bench::parse_dtype(dtype_name);
     // One model per communicator, the same full weights.
     std::vector<torchtp::GPT> models;
@@ -111,8 +106,7 @@ int run(int argc, char** argv) {
                               .group(g)
                               .dtype(dtype));
     }
-    for (const auto& batch_text : split(batches_arg)) {
-      const int64_t batch = std::stoll(batch_text);
+    for (const int64_t batch : batches) {
       torch::manual_seed(1);
       auto ids = torch::randint(50257, {batch, prompt}, torch::kLong);
       std::vector<std::vector<int64_t>> prompts(batch);

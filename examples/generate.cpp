@@ -22,7 +22,6 @@
 #include <cstdio>
 #include <fstream>
 #include <map>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -31,7 +30,7 @@ namespace {
 struct Args {
   std::string checkpoint;
   std::string prompt;
-  std::string prompt_ids;
+  std::vector<int64_t> prompt_ids;
   int64_t max_new_tokens = 64;
   bool greedy = false;
   double temperature = 1.0;
@@ -51,17 +50,6 @@ int64_t setting(
   return std::stoll(it->second);
 }
 
-std::vector<int64_t> parse_ids(const std::string& text) {
-  std::vector<int64_t> ids;
-  std::stringstream in(text);
-  for (std::string item; std::getline(in, item, ',');) {
-    size_t used = 0;
-    ids.push_back(std::stoll(item, &used));
-    TORCH_CHECK(used == item.size(), "generate: bad id '", item, "'");
-  }
-  return ids;
-}
-
 int run(int argc, char** argv) {
   Args a;
   CLI::App app(
@@ -72,6 +60,7 @@ int run(int argc, char** argv) {
   auto* text = app.add_option(
       "--prompt", a.prompt, "prompt text (the model's character vocabulary)");
   app.add_option("--prompt-ids", a.prompt_ids, "prompt as ids: 1,2,3")
+      ->delimiter(',')
       ->excludes(text);
   app.add_option("--max-new-tokens", a.max_new_tokens, "tokens to generate")
       ->capture_default_str();
@@ -112,7 +101,7 @@ int run(int argc, char** argv) {
 
   std::vector<int64_t> prompt;
   if (!a.prompt_ids.empty()) {
-    prompt = parse_ids(a.prompt_ids);
+    prompt = a.prompt_ids;
   } else {
     const std::string p = a.prompt.empty() ? std::string("\n") : a.prompt;
     for (char c : p) {

@@ -119,9 +119,10 @@ torch::Tensor GPTImpl::forward_cached(
   TORCHTP_CHECK(
       cache.next_position.size(0) == b, kName, *group_,
       "the cache holds a batch of ", cache.next_position.size(0), ", not ", b);
+  const auto real_ids = ids.masked_select(real);
   TORCHTP_CHECK(
-      ids.masked_select(real).numel() == 0 ||
-          ids.masked_select(real).max().item<int64_t>() < options.vocab_size(),
+      real_ids.numel() == 0 ||
+          real_ids.max().item<int64_t>() < options.vocab_size(),
       kName, *group_, "ids must be below vocab_size (", options.vocab_size(),
       ")");
   // Padding takes no position: a sequence's positions count its real tokens.
