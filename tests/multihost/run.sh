@@ -370,6 +370,9 @@ case_freeze_host() {
 }
 
 rendezvous_timeout=15
+# The bounds of the cases below catch hangs, not slowness: on a loaded
+# machine each rank takes seconds just to start (libtorch), so they leave
+# room for that beyond the timeout.
 quick=("$train" "${small[@]}" --steps 1)
 
 # pair_result NAME LIMIT: waits for both launches; sets A B SA SB.
@@ -392,7 +395,7 @@ both_failed_within() {
 case_wrong_addr() {
   JOB_ENV=(TORCHTP_TIMEOUT_S=$rendezvous_timeout)
   next_port
-  local t0 ok=0 bound=$((rendezvous_timeout + 10))
+  local t0 ok=0 bound=$((2 * rendezvous_timeout + 15))
   t0=$(now)
   launch wrong_addr A 120 $(nodes 0 $port) "${quick[@]}" --out "$work/wa"
   launch wrong_addr B 120 --nnodes 2 --node-rank 1 --master-addr 10.77.0.3 \
@@ -409,7 +412,7 @@ case_wrong_addr() {
 case_port_taken() {
   JOB_ENV=(TORCHTP_TIMEOUT_S=$rendezvous_timeout)
   next_port
-  local t0 ok=0 bound=$((rendezvous_timeout + 10))
+  local t0 ok=0 bound=$((2 * rendezvous_timeout + 15))
   on_host A "$work/hold.pid" "$hold" 0.0.0.0 $port > "$work/hold.log" 2>&1 &
   local deadline=$((SECONDS + 10))
   until grep -q listening "$work/hold.log" || [ $SECONDS -ge $deadline ]; do
@@ -429,7 +432,7 @@ case_port_taken() {
 case_nnodes_mismatch() {
   JOB_ENV=(TORCHTP_TIMEOUT_S=$rendezvous_timeout)
   next_port
-  local t0 ok=0 bound=$((rendezvous_timeout + 10))
+  local t0 ok=0 bound=$((2 * rendezvous_timeout + 15))
   t0=$(now)
   launch nnodes_mismatch A 120 $(nodes 0 $port) "${quick[@]}" --out "$work/nm"
   launch nnodes_mismatch B 120 --nnodes 3 --node-rank 1 \
@@ -466,7 +469,7 @@ case_interface() {
 case_master_by_name() {
   JOB_ENV=(TORCHTP_TIMEOUT_S=$rendezvous_timeout)
   next_port
-  local t0 ok=0 bound=10
+  local t0 ok=0 bound=30
   t0=$(now)
   launch master_by_name A 120 $(nodes 0 $port | sed 's/10.77.0.1/hostA/') \
     "${quick[@]}" --out "$work/mn"
