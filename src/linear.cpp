@@ -6,7 +6,6 @@
 #include "torchtp/detail/options.h"
 #include "torchtp/mappings.h"
 
-#include <torch/nn/functional/linear.h>
 #include <torch/nn/init.h>
 
 #include <cmath>
@@ -234,7 +233,7 @@ torch::Tensor RowParallelLinearImpl::forward(const torch::Tensor& input) {
   }
   auto x = options.input_is_parallel() ? input
                                        : scatter_to_tp_region(input, *group_);
-  auto partial = torch::nn::functional::linear(x, weight);
+  auto partial = detail::linear(x, weight, torch::Tensor());
   // `partial` is a fresh temporary: reduced in place, no copy.
   auto y = detail::reduce_from_tp_region_in_place(partial, *group_);
   // Added after the reduction, once: adding it before would count it

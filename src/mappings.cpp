@@ -131,7 +131,7 @@ struct CopyToTpAndLinear : torch::autograd::Function<CopyToTpAndLinear> {
     save_group(ctx, g);
     ctx->save_for_backward({x, weight});
     ctx->saved_data["has_bias"] = bias.has_value();
-    return at::linear(x, weight, bias);
+    return detail::linear(x, weight, bias.has_value() ? *bias : at::Tensor());
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
@@ -203,13 +203,32 @@ at::Tensor reduce_scatter_to_sequence_region(
 
 namespace detail {
 
+at::Tensor linear(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const at::Tensor& bias) {
+  const auto dtype = input.scalar_type();
+  const bool one_row = input.dim() >= 1 && input.numel() == input.size(-1) &&
+      input.numel() > 0 && weight.dim() == 2 &&
+      weight.scalar_type() == dtype &&
+      (dtype == at::kFloat || dtype == at::kDouble);
+  if (!one_row) {
+    return at::linear(input, weight, bias);
+  }
+  auto shape = input.sizes().vec();
+  shape.back() = weight.size(0);
+  auto y = bias.defined() ? at::addmv(bias, weight, input.reshape({-1}))
+                          : at::mv(weight, input.reshape({-1}));
+  return y.view(shape);
+}
+
 at::Tensor copy_to_tp_region_and_linear(
     const at::Tensor& input,
     const at::Tensor& weight,
     const at::Tensor& bias,
     const Group& group) {
   if (group.size() == 1) {
-    return at::linear(input, weight, bias);
+    return linear(input, weight, bias);
   }
   return CopyToTpAndLinear::apply(
       input, weight,

@@ -18,8 +18,10 @@ namespace {
 const std::vector<torch::Dtype> kDtypes = {
     torch::kFloat, torch::kDouble, torch::kBFloat16};
 
-// Leading batch dims to test: none, one, two.
-const std::vector<std::vector<int64_t>> kBatches = {{}, {5}, {2, 3}};
+// Leading batch dims to test: none, one, two; and one row with one or two
+// leading dims (decoding one token at batch 1, which takes gemv).
+const std::vector<std::vector<int64_t>> kBatches = {
+    {}, {5}, {2, 3}, {1}, {1, 1}};
 
 std::vector<int64_t> with_last(std::vector<int64_t> lead, int64_t last) {
   lead.push_back(last);

@@ -45,6 +45,15 @@ at::Tensor reduce_scatter_to_sequence_region(
 
 namespace detail {
 
+/// `input W^T + bias` (`bias` may be undefined), as `at::linear`, except that
+/// a single float32 or float64 row goes through gemv: OpenBLAS's sgemm packs
+/// the whole weight on every call, which is most of the time of decoding
+/// one token at batch 1. Used by every torchtp linear layer.
+at::Tensor linear(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const at::Tensor& bias);
+
 /// copy_to_tp_region followed by `linear(input, weight, bias)`, as one
 /// autograd function (Megatron's LinearWithGradAccumulationAndAsync...):
 /// backward starts the all-reduce of the input gradient, computes the weight
