@@ -1,18 +1,19 @@
 // bench_generate: serving latency of a GPT-2-small-shaped model (d_model
-// 768, 12 layers, 12 heads, vocabulary 50257, random weights) at the world
-// size it is started with: prefill of a prompt, then greedy decoding with
-// the key/value cache. Prints a table on rank 0 and writes JSON.
+// 768, 12 layers, 12 heads, vocabulary 50257, random weights), or of a
+// GPT-2 directory loaded with load_gpt2 (--model), at the world size it is
+// started with: prefill of a prompt, then greedy decoding with the
+// key/value cache. Prints a table on rank 0 and writes JSON.
 //
 //   torchtp-run --nproc-per-node N ./bench_generate [--batches 1,8]
 //       [--dtypes float32,bfloat16] [--backends shm,gloo] [--prompt 128]
-//       [--new-tokens 64] [--repeats 3] [--json F]
+//       [--new-tokens 64] [--repeats 3] [--model DIR] [--json F]
 //
 // Per row: prefill time and tokens/s, the median ms per generated token
 // (every step after the first), and the largest resident memory of any rank
 // (peak and now, from /proc/self/status). Every communicator runs the same
 // model on the same ranks (Group::with_backend); repeats alternate them.
-// bench/generate_latency.sh runs it at TP=1, 2 and 4 and puts the rows side
-// by side.
+// The peak is the process's: for one model's memory, run one dtype and one
+// backend (and with --model, the peak after loading is printed too).
 
 #include <torchtp/torchtp.h>
 
@@ -23,6 +24,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -53,6 +55,7 @@ int run(int argc, char** argv) {
   std::string json_path = "bench_generate.json";
   int64_t prompt = 128, new_tokens = 64;
   int repeats = 3;
+  std::string model_dir;
   CLI::App app(
       "Prefill and decode latency of a GPT-2-small-shaped model (random "
       "weights) at this world size");
@@ -70,6 +73,10 @@ int run(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--repeats", repeats, "runs per row (median)")
       ->capture_default_str();
+  app.add_option(
+      "--model", model_dir,
+      "GPT-2 directory (config.json + safetensors) instead of random "
+      "weights; its load time and peak memory are reported");
   app.add_option("--json", json_path, "output file")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
@@ -84,31 +91,64 @@ int run(int argc, char** argv) {
   if (root) {
     torchtp::bench::print_header("bench_generate", world.size());
     std::printf(
-        "# GPT-2-small shape (d 768, 12 layers, 12 heads, vocab 50257), "
-        "prompt %lld, %lld new tokens, greedy, median of %d\n",
+        "# %s, prompt %lld, %lld new tokens, greedy, median of %d\n",
+        model_dir.empty()
+            ? "GPT-2-small shape (d 768, 12 layers, 12 heads, vocab 50257)"
+            : model_dir.c_str(),
         static_cast<long long>(prompt), static_cast<long long>(new_tokens),
         repeats);
-    std::printf(
-        "%-9s %5s %-5s %11s %14s %12s %13s %12s\n", "dtype", "batch", "comm",
-        "prefill_ms", "prefill_tok/s", "ms/token", "peak_rss_MiB", "rss_MiB");
   }
   nlohmann::json rows = nlohmann::json::array();
+  nlohmann::json loads = nlohmann::json::array();
   for (const auto& dtype_name : dtypes) {
     const auto dtype = torchtp::bench::parse_dtype(dtype_name);
     // One model per communicator, the same full weights.
     std::vector<torchtp::GPT> models;
-    for (const auto& g : groups) {
-      torch::manual_seed(0);
-      models.emplace_back(torchtp::GPTOptions(50257, 1024)
-                              .d_model(768)
-                              .num_heads(12)
-                              .num_layers(12)
-                              .group(g)
-                              .dtype(dtype));
+    for (size_t b = 0; b < groups.size(); ++b) {
+      const auto& g = groups[b];
+      if (model_dir.empty()) {
+        torch::manual_seed(0);
+        models.emplace_back(torchtp::GPTOptions(50257, 1024)
+                                .d_model(768)
+                                .num_heads(12)
+                                .num_layers(12)
+                                .group(g)
+                                .dtype(dtype));
+        continue;
+      }
+      world.barrier();
+      const auto start = std::chrono::steady_clock::now();
+      models.push_back(torchtp::load_gpt2(
+          model_dir, torchtp::LoadGPT2Options().group(g).dtype(dtype)));
+      auto t = torch::tensor(
+          {std::chrono::duration<double>(std::chrono::steady_clock::now() -
+                                         start)
+               .count(),
+           resident_mib("VmHWM")},
+          torch::kDouble);
+      world.all_reduce(t, torchtp::ReduceOp::max);
+      loads.push_back(
+          {{"dtype", dtype_name},
+           {"backend", backends[b]},
+           {"load_s", t[0].item<double>()},
+           {"peak_rss_mib", t[1].item<double>()}});
+      if (root) {
+        std::printf(
+            "# %s %s: loaded in %.2f s, peak RSS after loading %.0f MiB "
+            "(largest rank)\n",
+            dtype_name.c_str(), backends[b].c_str(), t[0].item<double>(),
+            t[1].item<double>());
+      }
     }
+    if (root && dtype_name == dtypes.front()) {
+      std::printf(
+        "%-9s %5s %-5s %11s %14s %12s %13s %12s\n", "dtype", "batch", "comm",
+        "prefill_ms", "prefill_tok/s", "ms/token", "peak_rss_MiB", "rss_MiB");
+    }
+    const int64_t vocab = models.front()->options.vocab_size();
     for (const int64_t batch : batches) {
       torch::manual_seed(1);
-      auto ids = torch::randint(50257, {batch, prompt}, torch::kLong);
+      auto ids = torch::randint(vocab, {batch, prompt}, torch::kLong);
       std::vector<std::vector<int64_t>> prompts(batch);
       for (int64_t i = 0; i < batch; ++i) {
         auto row = ids[i];
@@ -164,7 +204,9 @@ int run(int argc, char** argv) {
     out["prompt"] = prompt;
     out["new_tokens"] = new_tokens;
     out["repeats"] = repeats;
+    out["model"] = model_dir.empty() ? "random GPT-2 small shape" : model_dir;
     out["rows"] = rows;
+    out["loads"] = loads;
     std::ofstream(json_path) << out.dump(2) << "\n";
     std::printf("wrote %s\n", json_path.c_str());
   }

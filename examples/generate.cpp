@@ -1,9 +1,12 @@
 // generate: text generation at any tensor-parallel size from a checkpoint of
-// the main job (train_gpt), which may have been saved at another TP size.
+// the main job (train_gpt), which may have been saved at another TP size,
+// or from a Hugging Face GPT-2 directory (config.json + safetensors).
 //
 //   torchtp-run --nproc-per-node 2 ./generate --checkpoint
 //   out/demo/tp2/checkpoint \
 //       --prompt "First Citizen:" --max-new-tokens 200 --top-k 10 --seed 1
+//   torchtp-run --nproc-per-node 2 ./generate --model gpt2 \
+//       --prompt-ids 464,2068,7586,21831 --max-new-tokens 20 --greedy
 //
 // Each rank holds its slices of the model and caches the keys and values of
 // its own heads; only each rank's best candidates for a token are exchanged,
@@ -29,6 +32,7 @@ namespace {
 
 struct Args {
   std::string checkpoint;
+  std::string model;
   std::string prompt;
   std::vector<int64_t> prompt_ids;
   int64_t max_new_tokens = 64;
@@ -37,6 +41,7 @@ struct Args {
   int64_t top_k = 0;
   double top_p = 1.0;
   uint64_t seed = 0;
+  int64_t eos_id = -1;
   std::string dtype = "float32";
   std::string json;
 };
@@ -53,12 +58,20 @@ int64_t setting(
 int run(int argc, char** argv) {
   Args a;
   CLI::App app(
-      "Generate text from a torchtp checkpoint of the main job, at any "
-      "tensor-parallel size (the world size)");
-  app.add_option("--checkpoint", a.checkpoint, "checkpoint directory")
-      ->required();
+      "Generate text from a torchtp checkpoint of the main job or from a "
+      "Hugging Face GPT-2 directory, at any tensor-parallel size (the world "
+      "size)");
+  auto* checkpoint = app.add_option(
+      "--checkpoint", a.checkpoint,
+      "torchtp checkpoint of train_gpt (character vocabulary)");
+  app.add_option(
+         "--model", a.model,
+         "GPT-2 directory: config.json and model.safetensors (or "
+         "model.safetensors.index.json); prompts as --prompt-ids")
+      ->excludes(checkpoint);
   auto* text = app.add_option(
-      "--prompt", a.prompt, "prompt text (the model's character vocabulary)");
+      "--prompt", a.prompt,
+      "prompt text (the --checkpoint model's character vocabulary)");
   app.add_option("--prompt-ids", a.prompt_ids, "prompt as ids: 1,2,3")
       ->delimiter(',')
       ->excludes(text);
@@ -72,10 +85,24 @@ int run(int argc, char** argv) {
   app.add_option("--top-p", a.top_p, "nucleus: smallest mass >= p (1: all)")
       ->capture_default_str();
   app.add_option("--seed", a.seed, "sampling seed")->capture_default_str();
+  auto* eos = app.add_option(
+      "--eos-id", a.eos_id,
+      "stop after this id (default: --model's eos_token_id; -1: never)");
   app.add_option("--dtype", a.dtype, "float32, float64 or bfloat16")
       ->capture_default_str();
   app.add_option("--json", a.json, "write ids and top-5 logits per step");
   CLI11_PARSE(app, argc, argv);
+  if (a.checkpoint.empty() == a.model.empty()) {
+    std::fprintf(stderr, "generate: give --checkpoint or --model\n");
+    return 2;
+  }
+  if (!a.model.empty() && a.prompt_ids.empty()) {
+    std::fprintf(
+        stderr,
+        "generate: --model needs --prompt-ids (no GPT-2 tokenizer here: "
+        "tokenize elsewhere, e.g. tiktoken's gpt2 encoding)\n");
+    return 2;
+  }
 
   torchtp::Group world = torchtp::init_from_env();
   const bool lead = world.rank() == 0;
@@ -86,18 +113,30 @@ int run(int argc, char** argv) {
                          : throw std::invalid_argument(
                                "--dtype must be float32, float64 or bfloat16");
 
-  // The model is the one train_gpt trained: its shape is in the checkpoint.
-  const auto info = torchtp::read_checkpoint_extra(a.checkpoint);
-  const std::string vocab = info.count("vocab") ? info.at("vocab") : "";
-  TORCH_CHECK(!vocab.empty(), "generate: the checkpoint has no vocabulary");
-  torchtp::GPT gpt(torchtp::GPTOptions(
-                       static_cast<int64_t>(vocab.size()), setting(info, "seq"))
-                       .d_model(setting(info, "d_model"))
-                       .num_heads(setting(info, "heads"))
-                       .num_layers(setting(info, "layers"))
-                       .group(world)
-                       .dtype(dtype));
-  torchtp::load_checkpoint(a.checkpoint, *gpt);
+  torchtp::GPT gpt{nullptr};
+  std::string vocab; // the checkpoint's characters
+  int64_t eos_id = a.eos_id;
+  if (!a.model.empty() && eos->count() == 0) {
+    eos_id = torchtp::read_gpt2_config(a.model).eos_token_id;
+  }
+  if (!a.model.empty()) {
+    gpt = torchtp::load_gpt2(
+        a.model, torchtp::LoadGPT2Options().group(world).dtype(dtype));
+  } else {
+    // The model is the one train_gpt trained: its shape is in the checkpoint.
+    const auto info = torchtp::read_checkpoint_extra(a.checkpoint);
+    vocab = info.count("vocab") ? info.at("vocab") : "";
+    TORCH_CHECK(!vocab.empty(), "generate: the checkpoint has no vocabulary");
+    gpt = torchtp::GPT(torchtp::GPTOptions(
+                           static_cast<int64_t>(vocab.size()),
+                           setting(info, "seq"))
+                           .d_model(setting(info, "d_model"))
+                           .num_heads(setting(info, "heads"))
+                           .num_layers(setting(info, "layers"))
+                           .group(world)
+                           .dtype(dtype));
+    torchtp::load_checkpoint(a.checkpoint, *gpt);
+  }
 
   std::vector<int64_t> prompt;
   if (!a.prompt_ids.empty()) {
@@ -116,6 +155,7 @@ int run(int argc, char** argv) {
   auto options = torchtp::GenerateOptions()
                      .max_new_tokens(a.max_new_tokens)
                      .seed(a.seed)
+                     .eos_id(eos_id)
                      .top_logits(5)
                      .sampling(torchtp::SamplingOptions()
                                    .greedy(a.greedy)

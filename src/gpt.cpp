@@ -46,6 +46,8 @@ void GPTImpl::reset() {
     layers->push_back(
         TransformerLayer(TransformerLayerOptions(d, options.num_heads())
                              .ffn_hidden(options.ffn_hidden())
+                             .activation(options.activation())
+                             .layer_norm_eps(options.layer_norm_eps())
                              .hidden_dropout(options.hidden_dropout())
                              .attention_dropout(options.attention_dropout())
                              .rng(rng_)
@@ -53,14 +55,18 @@ void GPTImpl::reset() {
                              .dtype(options.dtype())));
   }
   final_norm = register_module(
-      "final_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d})));
-  lm_head = register_module(
-      "lm_head",
-      ColumnParallelLinear(ColumnParallelLinearOptions(d, padded_vocab_)
-                               .bias(false)
-                               .gather_output(false)
-                               .group(*group_)
-                               .dtype(options.dtype())));
+      "final_norm",
+      torch::nn::LayerNorm(
+          torch::nn::LayerNormOptions({d}).eps(options.layer_norm_eps())));
+  if (!options.tie_embeddings()) {
+    lm_head = register_module(
+        "lm_head",
+        ColumnParallelLinear(ColumnParallelLinearOptions(d, padded_vocab_)
+                                 .bias(false)
+                                 .gather_output(false)
+                                 .group(*group_)
+                                 .dtype(options.dtype())));
+  }
   if (options.dtype().has_value()) {
     position_embedding->to(*options.dtype());
     final_norm->to(*options.dtype());
@@ -82,7 +88,18 @@ torch::Tensor GPTImpl::forward(const torch::Tensor& ids) {
   for (const auto& layer : *layers) {
     h = layer->as<TransformerLayerImpl>()->forward(h);
   }
-  return lm_head(final_norm(h));
+  return output(h);
+}
+
+torch::Tensor GPTImpl::output(const torch::Tensor& h) {
+  auto x = final_norm(h);
+  if (lm_head) {
+    return lm_head(x);
+  }
+  // What a ColumnParallelLinear without gather does, with the embedding's
+  // rows as its output features.
+  return detail::copy_to_tp_region_and_linear(
+      x, token_embedding->weight, torch::Tensor(), *group_);
 }
 
 GPTCache GPTImpl::make_cache() const {
@@ -136,7 +153,7 @@ torch::Tensor GPTImpl::forward_cached(
     h = layers[i]->as<TransformerLayerImpl>()->forward_cached(
         h, cache.layers[i], cache.key_mask);
   }
-  return lm_head(final_norm(h));
+  return output(h);
 }
 
 torch::Tensor GPTImpl::loss(
@@ -162,6 +179,7 @@ void GPTImpl::pretty_print(std::ostream& stream) const {
          << ", d_model=" << options.d_model()
          << ", num_heads=" << options.num_heads()
          << ", num_layers=" << options.num_layers()
+         << (options.tie_embeddings() ? ", tied embeddings" : "")
          << ", world_size=" << group_->size() << ")";
 }
 

@@ -263,6 +263,40 @@ at::Tensor SafetensorsReader::read(const std::string& name) const {
   return t;
 }
 
+at::Tensor SafetensorsReader::read_narrow(
+    const std::string& name, int64_t dim, int64_t start, int64_t length) const {
+  const auto& e = entry(name);
+  const int64_t rank = static_cast<int64_t>(e.shape.size());
+  TORCH_CHECK(
+      dim >= 0 && dim < rank && start >= 0 && length >= 0 &&
+          start + length <= e.shape[dim],
+      "torchtp: ", path_, ": cannot read indices [", start, ", ",
+      start + length, ") of dim ", dim, " of tensor '", name, "' of shape ",
+      at::IntArrayRef(e.shape));
+  // The slice is `outer` runs of `length * inner` contiguous elements, one
+  // per index of the dims before `dim`.
+  int64_t outer = 1, inner = 1;
+  for (int64_t i = 0; i < dim; ++i) {
+    outer *= e.shape[i];
+  }
+  for (int64_t i = dim + 1; i < rank; ++i) {
+    inner *= e.shape[i];
+  }
+  auto shape = e.shape;
+  shape[dim] = length;
+  auto t = at::empty(shape, at::TensorOptions().dtype(e.dtype));
+  const uint64_t element = at::elementSize(e.dtype);
+  const uint64_t run = static_cast<uint64_t>(length * inner) * element;
+  const uint64_t stride = static_cast<uint64_t>(e.shape[dim] * inner) * element;
+  const uint64_t first =
+      data_start_ + e.begin + static_cast<uint64_t>(start * inner) * element;
+  auto* out = static_cast<char*>(t.data_ptr());
+  for (int64_t o = 0; o < outer && run > 0; ++o) {
+    read_all(fd_, out + o * run, run, first + o * stride, path_);
+  }
+  return t;
+}
+
 at::Tensor SafetensorsReader::read(
     const std::string& name, uint32_t expected_crc) const {
   auto t = read(name);

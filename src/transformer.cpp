@@ -45,7 +45,9 @@ void ParallelMLPImpl::reset() {
 }
 
 torch::Tensor ParallelMLPImpl::forward(const torch::Tensor& x) {
-  return fc2(torch::gelu(fc1(x)));
+  const char* approximate =
+      options.activation() == Activation::gelu_tanh ? "tanh" : "none";
+  return fc2(torch::gelu(fc1(x), approximate));
 }
 
 void ParallelMLPImpl::pretty_print(std::ostream& stream) const {
@@ -228,6 +230,7 @@ void TransformerLayerImpl::reset() {
   mlp = register_module(
       "mlp", ParallelMLP(ParallelMLPOptions(d, ffn)
                              .bias(options.bias())
+                             .activation(options.activation())
                              .group(group)
                              .dtype(options.dtype())));
 }

@@ -49,19 +49,6 @@ torch::Tensor batch_ids(uint64_t seed) {
   return torch::randint(kVocab, {2, kSeq}, torch::kLong);
 }
 
-// A directory every rank agrees on: rank 0 makes it, broadcasts its name.
-std::string shared_tmpdir() {
-  auto g = world();
-  auto buf = torch::zeros({256}, torch::kByte);
-  if (g.rank() == 0) {
-    char tmpl[] = "/tmp/torchtp-ckpt-XXXXXX";
-    TORCH_CHECK(mkdtemp(tmpl) != nullptr, "mkdtemp failed");
-    std::memcpy(buf.data_ptr(), tmpl, std::strlen(tmpl));
-  }
-  g.broadcast(buf, 0);
-  return std::string(reinterpret_cast<const char*>(buf.data_ptr()));
-}
-
 std::vector<int> tp_sizes() {
   std::vector<int> sizes;
   for (int tp = 1; tp <= world().size(); ++tp) {
@@ -87,7 +74,7 @@ void save_from_replica0(
 class Checkpoint : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = shared_tmpdir();
+    dir_ = torchtp::testing::shared_tmpdir("ckpt");
   }
   void TearDown() override {
     world().barrier();

@@ -45,6 +45,53 @@ TEST(GPT, ShardedEqualsUnshardedLogitsLossAndGradients) {
   expect_grads_match(*gpt, *full, g);
 }
 
+// GPT-2's options: the output layer tied to the token embedding (whose
+// gradient then sums both uses), tanh GELU, another LayerNorm epsilon.
+TEST(GPT, TiedEmbeddingsAndTanhGeluEqualUnsharded) {
+  auto g = world();
+  auto options = small_gpt()
+                     .tie_embeddings(true)
+                     .activation(torchtp::Activation::gelu_tanh)
+                     .layer_norm_eps(1e-3);
+  torch::manual_seed(42);
+  torchtp::GPT gpt(options);
+  torch::manual_seed(42);
+  torchtp::GPT full(options.group(torchtp::Group::self()));
+  EXPECT_FALSE(gpt->lm_head);
+  EXPECT_EQ(
+      gpt->named_parameters().size() + 1,
+      torchtp::GPT(small_gpt())->named_parameters().size());
+
+  torch::manual_seed(43);
+  auto ids = torch::randint(0, 13, {2, 8}, torch::kLong);
+  auto targets = torch::randint(0, 13, {2, 8}, torch::kLong);
+  auto full_logits = full->full_logits(ids);
+  EXPECT_TRUE(all_close(gpt->full_logits(ids), full_logits));
+  // Tied: the logits are the final hidden states times the embedding.
+  {
+    torch::NoGradGuard no_grad;
+    auto h = full->token_embedding(ids) +
+             full->position_embedding(torch::arange(8, torch::kLong));
+    for (const auto& layer : *full->layers) {
+      h = layer->as<torchtp::TransformerLayerImpl>()->forward(h);
+    }
+    auto expected = torch::matmul(
+        F::layer_norm(
+            h, F::LayerNormFuncOptions({h.size(-1)})
+                   .weight(full->final_norm->weight)
+                   .bias(full->final_norm->bias)
+                   .eps(1e-3)),
+        full->token_embedding->weight.narrow(0, 0, 13).t());
+    EXPECT_TRUE(all_close(full_logits, expected));
+  }
+  auto loss = gpt->loss(ids, targets);
+  auto full_loss = full->loss(ids, targets);
+  EXPECT_TRUE(all_close(loss, full_loss));
+  loss.backward();
+  full_loss.backward();
+  expect_grads_match(*gpt, *full, g);
+}
+
 TEST(GPT, LabelSmoothedLossEqualsUnsharded) {
   torch::manual_seed(42);
   torchtp::GPT gpt(small_gpt());

@@ -10,6 +10,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <string>
 
 namespace torchtp::testing {
@@ -17,6 +19,21 @@ namespace torchtp::testing {
 /// The world group set up by the tests' main().
 inline Group world() {
   return default_group();
+}
+
+/// A new directory under /tmp that every rank agrees on: rank 0 makes it
+/// and broadcasts its name. The caller removes it.
+inline std::string shared_tmpdir(const std::string& what) {
+  auto g = world();
+  auto buf = torch::zeros({256}, torch::kByte);
+  if (g.rank() == 0) {
+    std::string name = "/tmp/torchtp-" + what + "-XXXXXX";
+    TORCH_CHECK(name.size() < 255 && mkdtemp(name.data()) != nullptr,
+                "mkdtemp failed for ", name);
+    std::memcpy(buf.data_ptr(), name.data(), name.size());
+  }
+  g.broadcast(buf, 0);
+  return std::string(reinterpret_cast<const char*>(buf.data_ptr()));
 }
 
 /// Tolerances for comparing a sharded result with the unsharded one: the

@@ -33,6 +33,14 @@ struct GPTOptions {
   TORCH_ARG(int64_t, num_layers) = 4;
   /// 0: 4 x d_model.
   TORCH_ARG(int64_t, ffn_hidden) = 0;
+  TORCH_ARG(Activation, activation) = Activation::gelu;
+  /// Epsilon of every LayerNorm.
+  TORCH_ARG(double, layer_norm_eps) = 1e-5;
+  /// The output layer reuses the token embedding's weight (GPT-2's
+  /// layout): no `lm_head` is made, and the shared weight gets the
+  /// gradients of both uses. Both are split the same way over the
+  /// vocabulary, so the tie needs no communication.
+  TORCH_ARG(bool, tie_embeddings) = false;
   TORCH_ARG(double, hidden_dropout) = 0.0;
   TORCH_ARG(double, attention_dropout) = 0.0;
   TORCH_ARG(int64_t, vocab_pad_multiple) = 64;
@@ -71,8 +79,10 @@ struct GPTCache {
 /// A GPT-style decoder built from torchtp blocks: a `VocabParallelEmbedding`
 /// plus a replicated position embedding, `num_layers` pre-norm
 /// `TransformerLayer`s, a final LayerNorm, and a `ColumnParallelLinear`
-/// output layer that leaves the logits split over the vocabulary, for
-/// `vocab_parallel_cross_entropy`.
+/// output layer (or, with `tie_embeddings`, the token embedding's weight)
+/// that leaves the logits split over the vocabulary, for
+/// `vocab_parallel_cross_entropy`. `load_gpt2` (gpt2.h) builds one from a
+/// Hugging Face GPT-2 checkpoint.
 ///
 /// Built after the same `torch::manual_seed`, its full weights are the same
 /// at every tensor-parallel size, and so are its logits and gradients.
@@ -132,9 +142,13 @@ class GPTImpl : public torch::nn::Cloneable<GPTImpl> {
   torch::nn::Embedding position_embedding{nullptr};
   torch::nn::ModuleList layers{nullptr};
   torch::nn::LayerNorm final_norm{nullptr};
+  /// Empty with `tie_embeddings`.
   ColumnParallelLinear lm_head{nullptr};
 
  private:
+  // This rank's logits of the final hidden states.
+  torch::Tensor output(const torch::Tensor& h);
+
   c10::optional<Group> group_;
   int64_t padded_vocab_ = 0;
   std::shared_ptr<RngTracker> rng_;

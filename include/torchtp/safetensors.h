@@ -42,6 +42,15 @@ class SafetensorsReader {
   /// not have that CRC-32.
   at::Tensor read(const std::string& name) const;
   at::Tensor read(const std::string& name, uint32_t expected_crc) const;
+  /// Reads `length` indices of tensor `name` along `dim` from index `start`
+  /// (a `narrow` of it, made contiguous) with positioned reads of just those
+  /// bytes: the rest of the tensor is never read. This is how a rank loads
+  /// its shard of a full weight.
+  at::Tensor read_narrow(
+      const std::string& name,
+      int64_t dim,
+      int64_t start,
+      int64_t length) const;
   const std::map<std::string, std::string>& metadata() const {
     return metadata_;
   }

@@ -9,6 +9,7 @@
 #include "torchtp/embedding.h"
 #include "torchtp/generation.h"
 #include "torchtp/gpt.h"
+#include "torchtp/gpt2.h"
 #include "torchtp/group.h"
 #include "torchtp/init.h"
 #include "torchtp/linear.h"

@@ -15,6 +15,14 @@
 
 namespace torchtp {
 
+/// The MLP's nonlinearity.
+enum class Activation {
+  /// The exact GELU, `x * Phi(x)` (torch's default).
+  gelu,
+  /// GELU's tanh approximation (GPT-2's "gelu_new").
+  gelu_tanh,
+};
+
 /// Options of `ParallelMLP`.
 struct ParallelMLPOptions {
   ParallelMLPOptions(int64_t d_model, int64_t ffn_hidden)
@@ -25,12 +33,13 @@ struct ParallelMLPOptions {
   /// Width of the hidden layer; split over the ranks.
   TORCH_ARG(int64_t, ffn_hidden);
   TORCH_ARG(bool, bias) = true;
+  TORCH_ARG(Activation, activation) = Activation::gelu;
   /// Ranks to split over; default: the group of `init_from_env()`.
   TORCH_ARG(c10::optional<Group>, group) = c10::nullopt;
   TORCH_ARG(c10::optional<torch::Dtype>, dtype) = c10::nullopt;
 };
 
-/// The transformer feed-forward block: `fc2(gelu(fc1(x)))` with `fc1` a
+/// The transformer feed-forward block: `fc2(act(fc1(x)))` with `fc1` a
 /// `ColumnParallelLinear` (d_model -> ffn_hidden/ws, no gather) and `fc2` a
 /// `RowParallelLinear` (ffn_hidden/ws -> d_model). Input and output
 /// `[*, d_model]`, the same on every rank; one all-reduce forward, one
@@ -139,6 +148,7 @@ struct TransformerLayerOptions {
   TORCH_ARG(int64_t, ffn_hidden) = 0;
   TORCH_ARG(bool, causal) = true;
   TORCH_ARG(bool, bias) = true;
+  TORCH_ARG(Activation, activation) = Activation::gelu;
   /// Dropout on each residual branch (a replicated region: every rank draws
   /// the same mask).
   TORCH_ARG(double, hidden_dropout) = 0.0;

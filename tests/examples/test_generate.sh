@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# End to end: generate --model on a random GPT-2 directory in Hugging Face's
+# layout (written by random_gpt2) gives the same greedy tokens at TP=1, 2
+# and 3, and refuses bad input with a clear message.
+# Usage: test_generate.sh TORCHTP_RUN GENERATE RANDOM_GPT2
+set -euo pipefail
+run=$1 generate=$2 random_gpt2=$3
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+passed=0 failed=0
+check() { # name, condition
+  if eval "$2"; then echo "PASS: $1"; passed=$((passed + 1));
+  else echo "FAIL: $1"; failed=$((failed + 1)); fi
+}
+
+# A vocabulary no TP size divides; 12 heads over 1, 2 or 3 ranks.
+"$random_gpt2" --out "$work/gpt2" --vocab 101 --positions 24 --embd 48 \
+  --layers 2 --heads 12 --std 0.5 --seed 3
+args=(--model "$work/gpt2" --prompt-ids 5,17,42,99,0 --max-new-tokens 12
+      --greedy --dtype float64 --eos-id -1)
+for tp in 1 2 3; do
+  "$run" --nproc-per-node "$tp" "$generate" "${args[@]}" \
+    --json "$work/tp$tp.json" > "$work/tp$tp.log"
+  # Rank 0 streams the ids on one line (the launcher tags it "[rank 0]").
+  sed -n -E 's/^(\[rank 0\] )?([0-9]+( [0-9]+)*) ?$/\2/p' "$work/tp$tp.log" |
+    head -n 1 > "$work/ids$tp"
+done
+echo "TP=1 tokens: $(cat "$work/ids1")"
+check "12 tokens generated" "[ \$(wc -w < '$work/ids1') -eq 12 ]"
+check "TP=2 gives TP=1's tokens" "cmp -s '$work/ids1' '$work/ids2'"
+check "TP=3 gives TP=1's tokens" "cmp -s '$work/ids1' '$work/ids3'"
+check "every token is in the real vocabulary" \
+  "awk '{ for (i = 1; i <= NF; i++) if (\$i >= 101) exit 1 }' '$work/ids1'"
+check "the JSON holds the steps" "grep -q '\"generated_ids\"' '$work/tp2.json'"
+check "rank 0 reports the decode speed" "grep -q 'ms/token' '$work/tp2.log'"
+
+# Bad input: each ends the job with a non-zero exit and a clear message.
+refused() { # name, expected message, command...
+  local name=$1 want=$2; shift 2
+  if timeout 120 "$@" > "$work/bad.log" 2>&1; then
+    check "$name" false
+  else
+    check "$name" "grep -q -- '$want' '$work/bad.log'"
+  fi
+}
+refused "--model without --prompt-ids is refused" "needs --prompt-ids" \
+  "$run" --nproc-per-node 1 "$generate" --model "$work/gpt2" --prompt hi
+refused "a prompt beyond the context is refused" "context" \
+  "$run" --nproc-per-node 2 "$generate" --model "$work/gpt2" \
+  --prompt-ids 1,2,3,4,5 --max-new-tokens 20
+cp -r "$work/gpt2" "$work/cut"
+truncate -s -64 "$work/cut/model.safetensors"
+refused "a truncated model.safetensors is named" "cut/model.safetensors" \
+  "$run" --nproc-per-node 2 "$generate" --model "$work/cut" --prompt-ids 1,2
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
