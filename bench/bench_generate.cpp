@@ -88,8 +88,16 @@ int run(int argc, char** argv) {
   for (const auto& b : backends) {
     groups.push_back(world.size() == 1 ? world : world.with_backend(b));
   }
+  // What a rank holds before any model (libtorch, OpenBLAS, communicators):
+  // the part of every memory figure below that no split shrinks.
+  auto base = torch::tensor({resident_mib("VmHWM")}, torch::kDouble);
+  world.all_reduce(base, torchtp::ReduceOp::max);
+  const double baseline_mib = base.item<double>();
   if (root) {
     torchtp::bench::print_header("bench_generate", world.size());
+    std::printf(
+        "# peak RSS before any model: %.0f MiB (largest rank)\n",
+        baseline_mib);
     std::printf(
         "# %s, prompt %lld, %lld new tokens, greedy, median of %d\n",
         model_dir.empty()
@@ -207,6 +215,7 @@ int run(int argc, char** argv) {
     out["model"] = model_dir.empty() ? "random GPT-2 small shape" : model_dir;
     out["rows"] = rows;
     out["loads"] = loads;
+    out["baseline_peak_rss_mib"] = baseline_mib;
     std::ofstream(json_path) << out.dump(2) << "\n";
     std::printf("wrote %s\n", json_path.c_str());
   }

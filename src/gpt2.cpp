@@ -138,7 +138,8 @@ void load_parameter(
     const ShardSpec& spec,
     const Group& group,
     const GPT2Files& files,
-    const Source& source) {
+    const Source& source,
+    uint64_t block_bytes) {
   const auto [file, stored_name] = files.find(source.name);
   auto full = full_shape(param.sizes(), spec, group);
   if (source.stored_rows >= 0) {
@@ -154,17 +155,38 @@ void load_parameter(
       at::IntArrayRef(file->shape(stored_name)), ", expected ",
       at::IntArrayRef(expected), " from config.json");
   at::NoGradGuard no_grad;
+  const uint64_t element = at::elementSize(file->dtype(stored_name));
+  // Indices [from, from + length) of the full parameter's `dim` into
+  // [to, to + length) of the shard, in blocks of at most block_bytes along
+  // the file's dim 0, so that nothing but the shard is ever held whole.
   auto place = [&](int64_t dim, int64_t from, int64_t to, int64_t length) {
     // Rows past the stored vocabulary are padding.
     const int64_t stored = std::max<int64_t>(
         0, std::min<int64_t>(length, full[dim] - from));
-    if (stored > 0) {
-      auto t = file->read_narrow(
-          stored_name, source.conv1d ? 1 - dim : dim, from, stored);
-      param.narrow(dim, to, stored).copy_(source.conv1d ? t.t() : t);
-    }
     if (stored < length) {
       param.narrow(dim, to + stored, length - stored).zero_();
+    }
+    if (stored == 0) {
+      return;
+    }
+    auto target = param.narrow(dim, to, stored);
+    std::vector<int64_t> start(expected.size(), 0), size = expected;
+    start[source.conv1d ? 1 - dim : dim] = from;
+    size[source.conv1d ? 1 - dim : dim] = stored;
+    uint64_t row_bytes = element;
+    for (size_t d = 1; d < size.size(); ++d) {
+      row_bytes *= static_cast<uint64_t>(size[d]);
+    }
+    const int64_t rows =
+        std::max<int64_t>(1, static_cast<int64_t>(block_bytes / std::max<uint64_t>(row_bytes, 1)));
+    const int64_t first = start[0], total = size[0];
+    for (int64_t r = 0; r < total; r += rows) {
+      start[0] = first + r;
+      size[0] = std::min(rows, total - r);
+      auto block = file->read_block(stored_name, start, size);
+      // The file's dim 0 is the parameter's dim 1 when stored transposed.
+      target.narrow(source.conv1d ? 1 : 0, r, size[0])
+          .copy_(source.conv1d ? block.t() : block);
     }
   };
   if (spec.is_replicated()) {
@@ -288,6 +310,8 @@ GPTOptions gpt2_options(const GPT2Config& c, const Group& group) {
 
 GPT load_gpt2(const std::string& dir, const LoadGPT2Options& options) {
   const Group group = detail::group_or_default(options.group());
+  TORCHTP_CHECK(
+      options.block_bytes() > 0, kName, group, "block_bytes must be positive");
   const auto config = read_gpt2_config(dir);
   // Open and check every file before the model takes memory.
   GPT2Files files(dir, group);
@@ -309,7 +333,9 @@ GPT load_gpt2(const std::string& dir, const LoadGPT2Options& options) {
     auto it = from.find(p.key());
     TORCH_INTERNAL_ASSERT(
         it != from.end(), "no GPT-2 tensor for parameter ", p.key());
-    load_parameter(p.value(), specs.at(p.key()), group, files, it->second);
+    load_parameter(
+        p.value(), specs.at(p.key()), group, files, it->second,
+        static_cast<uint64_t>(options.block_bytes()));
   }
   return gpt;
 }

@@ -263,38 +263,74 @@ at::Tensor SafetensorsReader::read(const std::string& name) const {
   return t;
 }
 
-at::Tensor SafetensorsReader::read_narrow(
-    const std::string& name, int64_t dim, int64_t start, int64_t length) const {
+at::Tensor SafetensorsReader::read_block(
+    const std::string& name,
+    at::IntArrayRef start,
+    at::IntArrayRef length) const {
   const auto& e = entry(name);
   const int64_t rank = static_cast<int64_t>(e.shape.size());
+  bool inside = static_cast<int64_t>(start.size()) == rank &&
+      static_cast<int64_t>(length.size()) == rank;
+  for (int64_t d = 0; inside && d < rank; ++d) {
+    inside = start[d] >= 0 && length[d] >= 0 &&
+        start[d] + length[d] <= e.shape[d];
+  }
   TORCH_CHECK(
-      dim >= 0 && dim < rank && start >= 0 && length >= 0 &&
-          start + length <= e.shape[dim],
-      "torchtp: ", path_, ": cannot read indices [", start, ", ",
-      start + length, ") of dim ", dim, " of tensor '", name, "' of shape ",
+      inside, "torchtp: ", path_, ": cannot read the block of ", length,
+      " from ", start, " of tensor '", name, "' of shape ",
       at::IntArrayRef(e.shape));
-  // The slice is `outer` runs of `length * inner` contiguous elements, one
-  // per index of the dims before `dim`.
-  int64_t outer = 1, inner = 1;
-  for (int64_t i = 0; i < dim; ++i) {
-    outer *= e.shape[i];
+  auto t = at::empty(length, at::TensorOptions().dtype(e.dtype));
+  if (t.numel() == 0) {
+    return t;
   }
-  for (int64_t i = dim + 1; i < rank; ++i) {
-    inner *= e.shape[i];
+  // The trailing dims read whole, with the one before them (`outer`),
+  // make one contiguous run; every index of the dims before `outer` is one
+  // positioned read.
+  int64_t outer = rank - 1;
+  while (outer > 0 && length[outer] == e.shape[outer]) {
+    --outer;
   }
-  auto shape = e.shape;
-  shape[dim] = length;
-  auto t = at::empty(shape, at::TensorOptions().dtype(e.dtype));
   const uint64_t element = at::elementSize(e.dtype);
-  const uint64_t run = static_cast<uint64_t>(length * inner) * element;
-  const uint64_t stride = static_cast<uint64_t>(e.shape[dim] * inner) * element;
-  const uint64_t first =
-      data_start_ + e.begin + static_cast<uint64_t>(start * inner) * element;
-  auto* out = static_cast<char*>(t.data_ptr());
-  for (int64_t o = 0; o < outer && run > 0; ++o) {
-    read_all(fd_, out + o * run, run, first + o * stride, path_);
+  std::vector<uint64_t> stride(rank); // bytes, in the file
+  uint64_t s = element;
+  for (int64_t d = rank - 1; d >= 0; --d) {
+    stride[d] = s;
+    s *= static_cast<uint64_t>(e.shape[d]);
   }
-  return t;
+  const uint64_t run =
+      rank == 0 ? element : static_cast<uint64_t>(length[outer]) * stride[outer];
+  std::vector<int64_t> index(start.begin(), start.end());
+  auto* out = static_cast<char*>(t.data_ptr());
+  for (;;) {
+    uint64_t offset = data_start_ + e.begin;
+    for (int64_t d = 0; d < rank; ++d) {
+      offset += static_cast<uint64_t>(index[d]) * stride[d];
+    }
+    read_all(fd_, out, run, offset, path_);
+    out += run;
+    // The next index of the dims before `outer`, last dim fastest.
+    int64_t d = outer - 1;
+    while (d >= 0 && ++index[d] == start[d] + length[d]) {
+      index[d] = start[d];
+      --d;
+    }
+    if (d < 0) {
+      return t;
+    }
+  }
+}
+
+at::Tensor SafetensorsReader::read_narrow(
+    const std::string& name, int64_t dim, int64_t start, int64_t length) const {
+  auto shape = entry(name).shape;
+  TORCH_CHECK(
+      dim >= 0 && dim < static_cast<int64_t>(shape.size()), "torchtp: ",
+      path_, ": tensor '", name, "' of shape ", at::IntArrayRef(shape),
+      " has no dim ", dim);
+  std::vector<int64_t> starts(shape.size(), 0);
+  starts[dim] = start;
+  shape[dim] = length;
+  return read_block(name, starts, shape);
 }
 
 at::Tensor SafetensorsReader::read(

@@ -44,6 +44,9 @@ struct LoadGPT2Options {
   TORCH_ARG(c10::optional<Group>, group) = c10::nullopt;
   /// Dtype of the model; default float32, whatever the files hold.
   TORCH_ARG(c10::optional<torch::Dtype>, dtype) = c10::nullopt;
+  /// The most read from a file at once: the loader's only memory beyond the
+  /// model's own shards (fewer, larger reads with more).
+  TORCH_ARG(int64_t, block_bytes) = 8 << 20;
 };
 
 /// A GPT built from a Hugging Face GPT-2 directory: `config.json` plus

@@ -42,10 +42,16 @@ class SafetensorsReader {
   /// not have that CRC-32.
   at::Tensor read(const std::string& name) const;
   at::Tensor read(const std::string& name, uint32_t expected_crc) const;
-  /// Reads `length` indices of tensor `name` along `dim` from index `start`
-  /// (a `narrow` of it, made contiguous) with positioned reads of just those
-  /// bytes: the rest of the tensor is never read. This is how a rank loads
-  /// its shard of a full weight.
+  /// Reads the block of tensor `name` that spans `length[d]` indices from
+  /// `start[d]` along every dim d (a `narrow` on each dim, made contiguous)
+  /// with positioned reads of just those bytes: the rest of the tensor is
+  /// never read. This is how a rank loads its shard of a full weight, a
+  /// bounded block at a time.
+  at::Tensor read_block(
+      const std::string& name,
+      at::IntArrayRef start,
+      at::IntArrayRef length) const;
+  /// `read_block` narrowing only `dim`.
   at::Tensor read_narrow(
       const std::string& name,
       int64_t dim,
