@@ -36,7 +36,8 @@ test: build
 
 # Collectives per communicator next to memcpy (and a PNG of bus bandwidth),
 # the MLP from latency- to compute-bound and every layer and block next to
-# the unsharded module, and the main job's tokens/s; tables + JSON in out/.
+# the unsharded module, the main job's tokens/s, decoding latency and the
+# memory of building the GPT; tables + JSON in out/.
 bench: build
 	mkdir -p out
 	./$(BUILD)/torchtp-run --nproc-per-node $(NPROC) ./$(BUILD)/bench/bench_collectives --json out/bench_collectives.json --csv out/bench_collectives.csv
@@ -46,6 +47,8 @@ bench: build
 	bash bench/train_throughput.sh $(BUILD) 5 40 out/train_throughput.json
 	./$(BUILD)/torchtp-run --nproc-per-node 1 ./$(BUILD)/bench/bench_generate --json out/bench_generate_tp1.json
 	./$(BUILD)/torchtp-run --nproc-per-node $(NPROC) ./$(BUILD)/bench/bench_generate --json out/bench_generate_tp$(NPROC).json
+	./$(BUILD)/torchtp-run --nproc-per-node 1 ./$(BUILD)/bench/bench_init --json out/bench_init_tp1.json
+	./$(BUILD)/torchtp-run --nproc-per-node $(NPROC) ./$(BUILD)/bench/bench_init --json out/bench_init_tp$(NPROC).json
 
 # The shared-memory communicator's tests under ThreadSanitizer and
 # AddressSanitizer, each in its own build directory. libtorch itself is not

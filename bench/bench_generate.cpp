@@ -27,26 +27,10 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
 namespace {
-
-// VmHWM (peak) or VmRSS (now) of this process, in MiB.
-double resident_mib(const char* field) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(field, 0) == 0) {
-      std::istringstream fields(line.substr(line.find(':') + 1));
-      double kib = 0;
-      fields >> kib;
-      return kib / 1024;
-    }
-  }
-  return 0;
-}
 
 int run(int argc, char** argv) {
   std::vector<int64_t> batches{1, 8};
@@ -181,7 +165,9 @@ int run(int argc, char** argv) {
         }
       }
       auto mem = torch::tensor(
-          {resident_mib("VmHWM"), resident_mib("VmRSS")}, torch::kDouble);
+          {torchtp::bench::resident_mib("VmHWM"),
+           torchtp::bench::resident_mib("VmRSS")},
+          torch::kDouble);
       world.all_reduce(mem, torchtp::ReduceOp::max);
       for (size_t b = 0; b < groups.size(); ++b) {
         const double prefill_s = torchtp::bench::median(prefill[b]);

@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -60,6 +61,30 @@ inline std::string cpu_model() {
     }
   }
   return "unknown";
+}
+
+/// VmHWM (peak) or VmRSS (now) of this process, in MiB.
+inline double resident_mib(const char* field) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(field, 0) == 0) {
+      std::istringstream fields(line.substr(line.find(':') + 1));
+      double kib = 0;
+      fields >> kib;
+      return kib / 1024;
+    }
+  }
+  return 0;
+}
+
+/// Starts a new peak: VmHWM drops to the current VmRSS (Linux's
+/// /proc/self/clear_refs "5"). False where the kernel refuses.
+inline bool reset_peak_resident() {
+  std::ofstream out("/proc/self/clear_refs");
+  out << "5";
+  out.flush();
+  return static_cast<bool>(out);
 }
 
 inline nlohmann::json header_json(int world_size) {

@@ -3,6 +3,7 @@
 #include "torchtp/detail/check.h"
 #include "torchtp/detail/dtype.h"
 #include "torchtp/detail/options.h"
+#include "torchtp/detail/shard_init.h"
 #include "torchtp/mappings.h"
 
 #include <torch/nn/functional/embedding.h>
@@ -37,13 +38,15 @@ void VocabParallelEmbeddingImpl::reset() {
 }
 
 void VocabParallelEmbeddingImpl::reset_parameters() {
-  torch::NoGradGuard no_grad;
-  // torch::nn::Embedding's draw, in float32 for reduced-precision tables.
-  auto full = torch::empty(
-      {options.num_embeddings(), options.embedding_dim()},
-      detail::compute_dtype(weight.scalar_type()));
-  torch::nn::init::normal_(full);
-  load_full_weights(full.to(weight.scalar_type()));
+  // torch::nn::Embedding's draw, in float32 for reduced-precision tables,
+  // this rank's rows only. normal_ turns its uniforms into normals 16 at a
+  // time and redraws the last 16 of a size that is not a multiple of 16, so
+  // the full draw's values need blocks of a multiple of 16 elements.
+  detail::draw_shard(
+      weight, {options.num_embeddings(), options.embedding_dim()},
+      shard_spec("weight"), *group_,
+      detail::compute_dtype(weight.scalar_type()), /*element_multiple=*/16,
+      [](torch::Tensor& block) { torch::nn::init::normal_(block); });
 }
 
 void VocabParallelEmbeddingImpl::load_full_weights(const torch::Tensor& full) {

@@ -2,8 +2,8 @@
 
 #include "torchtp/detail/check.h"
 #include "torchtp/detail/dtype.h"
-#include "torchtp/detail/linear_init.h"
 #include "torchtp/detail/options.h"
+#include "torchtp/detail/shard_init.h"
 #include "torchtp/mappings.h"
 
 #include <torch/nn/init.h>
@@ -15,25 +15,38 @@ namespace detail {
 
 std::pair<torch::Tensor, torch::Tensor> linear_init(
     int64_t in_features, int64_t out_features, bool bias, torch::Dtype dtype) {
-  torch::NoGradGuard no_grad;
-  const auto draw = compute_dtype(dtype);
-  // The same draws, in the same order, as torch::nn::LinearImpl: the weight
-  // first, then the bias from the weight's fan-in.
-  auto w = torch::empty({out_features, in_features}, draw);
-  torch::nn::init::kaiming_uniform_(w, std::sqrt(5));
-  torch::Tensor b;
-  if (bias) {
-    b = torch::empty({out_features}, draw);
-    const auto fan_in =
-        std::get<0>(torch::nn::init::_calculate_fan_in_and_fan_out(w));
-    const auto bound = 1 / std::sqrt(fan_in);
-    torch::nn::init::uniform_(b, -bound, bound);
-  }
-  if (draw != dtype) {
-    w = w.to(dtype);
-    b = b.defined() ? b.to(dtype) : b;
-  }
+  auto w = torch::empty({out_features, in_features}, dtype);
+  auto b = bias ? torch::empty({out_features}, dtype) : torch::Tensor();
+  linear_init_shard(
+      w, b, ShardSpec::replicated(), ShardSpec::replicated(), Group::self());
   return {w, b};
+}
+
+void linear_init_shard(
+    torch::Tensor& weight,
+    torch::Tensor& bias,
+    const ShardSpec& weight_spec,
+    const ShardSpec& bias_spec,
+    const Group& group) {
+  const auto full = full_shape(weight.sizes(), weight_spec, group);
+  const auto draw = compute_dtype(weight.scalar_type());
+  // The same draws, in the same order, as torch::nn::LinearImpl: the weight
+  // first, then the bias from the weight's fan-in. A block of whole rows
+  // has the weight's fan-in, so kaiming_uniform_ gives it the same bound;
+  // uniform_ is elementwise, so any blocks give the full draw's values.
+  draw_shard(
+      weight, full, weight_spec, group, draw, /*element_multiple=*/1,
+      [](torch::Tensor& block) {
+        torch::nn::init::kaiming_uniform_(block, std::sqrt(5));
+      });
+  if (bias.defined()) {
+    const auto bound = 1 / std::sqrt(full[1]);
+    draw_shard(
+        bias, full_shape(bias.sizes(), bias_spec, group), bias_spec, group,
+        draw, /*element_multiple=*/1, [bound](torch::Tensor& block) {
+          torch::nn::init::uniform_(block, -bound, bound);
+        });
+  }
 }
 
 } // namespace detail
@@ -143,10 +156,8 @@ void ColumnParallelLinearImpl::reset() {
 }
 
 void ColumnParallelLinearImpl::reset_parameters() {
-  auto [w, b] = detail::linear_init(
-      options.in_features(), options.out_features(), options.bias(),
-      weight.scalar_type());
-  load_full_weights(w, b);
+  detail::linear_init_shard(
+      weight, bias, shard_spec("weight"), shard_spec("bias"), *group_);
 }
 
 void ColumnParallelLinearImpl::load_full_weights(
@@ -211,10 +222,8 @@ void RowParallelLinearImpl::reset() {
 }
 
 void RowParallelLinearImpl::reset_parameters() {
-  auto [w, b] = detail::linear_init(
-      options.in_features(), options.out_features(), options.bias(),
-      weight.scalar_type());
-  load_full_weights(w, b);
+  detail::linear_init_shard(
+      weight, bias, shard_spec("weight"), shard_spec("bias"), *group_);
 }
 
 void RowParallelLinearImpl::load_full_weights(

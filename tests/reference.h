@@ -155,6 +155,74 @@ inline void expect_grads_match(
   }
 }
 
+// The initialisation as it was before any layer was split: the full
+// tensors an unsharded module draws from the global generator, written here
+// from the documented rule (torch::nn::Linear, torch::nn::Embedding), in
+// `dtype`, or in float32 and rounded for a reduced-precision dtype. Every
+// rank draws the whole of each and keeps its slice.
+struct FullLinearDraw {
+  torch::Tensor w, b;
+};
+
+inline torch::Dtype draw_dtype_of(torch::Dtype dtype) {
+  return dtype == torch::kBFloat16 || dtype == torch::kHalf ? torch::kFloat
+                                                            : dtype;
+}
+
+// torch::nn::Linear(in, out): kaiming_uniform_(a = sqrt(5)) on the weight,
+// then the bias uniform in +-1/sqrt(in).
+inline FullLinearDraw full_linear_draw(
+    int64_t in, int64_t out, bool bias, torch::Dtype dtype) {
+  torch::NoGradGuard no_grad;
+  auto w = torch::empty({out, in}, draw_dtype_of(dtype));
+  torch::nn::init::kaiming_uniform_(w, std::sqrt(5));
+  torch::Tensor b;
+  if (bias) {
+    b = torch::empty({out}, draw_dtype_of(dtype));
+    const auto bound = 1 / std::sqrt(in);
+    torch::nn::init::uniform_(b, -bound, bound);
+    b = b.to(dtype);
+  }
+  return {w.to(dtype), b};
+}
+
+// torch::nn::Embedding(num, dim): normal_(0, 1).
+inline torch::Tensor full_embedding_draw(
+    int64_t num, int64_t dim, torch::Dtype dtype) {
+  torch::NoGradGuard no_grad;
+  auto t = torch::empty({num, dim}, draw_dtype_of(dtype));
+  torch::nn::init::normal_(t);
+  return t.to(dtype);
+}
+
+// The next numbers of the global generator, uniform and normal (the normal
+// ones through both of normal_'s paths): equal after two draws when the
+// draws left the generator in the same state.
+inline torch::Tensor next_numbers() {
+  return torch::cat(
+      {torch::rand({3}, torch::kDouble), torch::randn({5}, torch::kDouble),
+       torch::randn({20}, torch::kDouble)});
+}
+
+// Sets the block of the sharded initialisation for a scope.
+struct InitBlockBytes {
+  explicit InitBlockBytes(int64_t bytes)
+      : previous(torchtp::detail::set_init_block_bytes(bytes)) {}
+  ~InitBlockBytes() {
+    torchtp::detail::set_init_block_bytes(previous);
+  }
+  InitBlockBytes(const InitBlockBytes&) = delete;
+  InitBlockBytes& operator=(const InitBlockBytes&) = delete;
+  int64_t previous;
+};
+
+// The blocks the initialisation tests draw in: one row (or 16 elements) at
+// a time, a few rows that straddle the shards' edges, and the default (one
+// block for layers this small).
+inline std::vector<int64_t> init_block_sizes() {
+  return {1, 100, torchtp::detail::init_block_bytes()};
+}
+
 // The GPT of the invariance tests: sizes fixed across world sizes 1-4 (12
 // heads, padded vocabulary 24), so its full weights are the same at each.
 inline torchtp::GPTOptions small_gpt() {

@@ -135,3 +135,74 @@ TEST(GPT, DropoutStepIsTheSameOnEveryRankAndReplaysAfterReseed) {
   auto clean = gpt->loss(ids, targets).detach();
   EXPECT_FALSE(torch::equal(clean, first)) << "training mode dropped nothing";
 }
+
+// The whole model built after a seed: every shard bit-equal to its slice of
+// the full draws an unsharded GPT makes, in construction order (token
+// table, position table, per layer qkv, proj, fc1, fc2, then the output
+// layer), and the generator left where those draws leave it.
+TEST(GPT, InitDrawsEachShardOfTheFullDrawsAndAdvancesTheGenerator) {
+  using torchtp::testing::full_embedding_draw;
+  using torchtp::testing::full_linear_draw;
+  using torchtp::testing::InitBlockBytes;
+  using torchtp::testing::next_numbers;
+  using torchtp::testing::own;
+  using torchtp::testing::pick_qkv_rows;
+  auto g = world();
+  const int64_t ws = g.size(), r = g.rank();
+  const int64_t d = 48, ffn = 4 * d, vocab_padded = 24, seq = 8;
+  for (const auto dtype : {torch::kFloat, torch::kDouble, torch::kBFloat16}) {
+    for (const int64_t bytes : {int64_t{100}, int64_t{16} << 20}) {
+      SCOPED_TRACE(
+          std::string(c10::toString(dtype)) + ", block " +
+          std::to_string(bytes) + " bytes");
+      InitBlockBytes blocks(bytes);
+      torch::manual_seed(81);
+      std::map<std::string, torch::Tensor> expected;
+      expected["token_embedding.weight"] =
+          own(full_embedding_draw(vocab_padded, d, dtype), 0);
+      // Replicated, drawn by torch in float32 and converted.
+      torch::nn::Embedding position(seq, d);
+      expected["position_embedding.weight"] =
+          position->weight.detach().to(dtype);
+      const auto ones = torch::ones({d}, dtype),
+                 zeros = torch::zeros({d}, dtype);
+      for (int i = 0; i < 2; ++i) {
+        const std::string p = "layers." + std::to_string(i) + ".";
+        const auto qkv = full_linear_draw(d, 3 * d, true, dtype);
+        const auto proj = full_linear_draw(d, d, true, dtype);
+        const auto fc1 = full_linear_draw(d, ffn, true, dtype);
+        const auto fc2 = full_linear_draw(ffn, d, true, dtype);
+        expected[p + "attention.qkv.weight"] = pick_qkv_rows(qkv.w, r, ws);
+        expected[p + "attention.qkv.bias"] = pick_qkv_rows(qkv.b, r, ws);
+        expected[p + "attention.proj.weight"] = own(proj.w, 1);
+        expected[p + "attention.proj.bias"] = proj.b;
+        expected[p + "mlp.fc1.weight"] = own(fc1.w, 0);
+        expected[p + "mlp.fc1.bias"] = own(fc1.b, 0);
+        expected[p + "mlp.fc2.weight"] = own(fc2.w, 1);
+        expected[p + "mlp.fc2.bias"] = fc2.b;
+        for (const char* ln : {"ln1.", "ln2."}) {
+          expected[p + ln + "weight"] = ones;
+          expected[p + ln + "bias"] = zeros;
+        }
+      }
+      expected["final_norm.weight"] = ones;
+      expected["final_norm.bias"] = zeros;
+      expected["lm_head.weight"] =
+          own(full_linear_draw(d, vocab_padded, false, dtype).w, 0);
+      const auto next = next_numbers();
+
+      torch::manual_seed(81);
+      torchtp::GPT gpt(small_gpt().dtype(dtype));
+      const auto after = next_numbers();
+      const auto params = gpt->named_parameters();
+      EXPECT_EQ(params.size(), expected.size());
+      for (const auto& item : params) {
+        SCOPED_TRACE(item.key());
+        const auto it = expected.find(item.key());
+        ASSERT_NE(it, expected.end()) << "unexpected parameter";
+        EXPECT_TRUE(torch::equal(item.value(), it->second));
+      }
+      EXPECT_TRUE(torch::equal(after, next));
+    }
+  }
+}

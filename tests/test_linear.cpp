@@ -7,8 +7,13 @@
 #include <random>
 
 using torchtp::testing::all_close;
+using torchtp::testing::full_linear_draw;
+using torchtp::testing::init_block_sizes;
+using torchtp::testing::InitBlockBytes;
 using torchtp::testing::mlp_ref;
+using torchtp::testing::next_numbers;
 using torchtp::testing::own;
+using torchtp::testing::pick_qkv_rows;
 using torchtp::testing::raises_with;
 using torchtp::testing::tolerance_for;
 using torchtp::testing::world;
@@ -295,6 +300,79 @@ TEST(ParallelLinear, DefaultInitIsTorchNnLinearSlicedForTheSameSeed) {
   torchtp::RowParallelLinear row(out, in);
   EXPECT_TRUE(torch::equal(row->weight, own(full2->weight, 1)));
   EXPECT_TRUE(torch::equal(row->bias, full2->bias));
+}
+
+// Each rank draws only its slice, in blocks of rows (here down to one row,
+// and blocks that straddle the shards' edges): bit-equal to the slice of the
+// full draw, and the generator ends where the full draw leaves it.
+TEST(ParallelLinear, InitDrawsTheShardOfTheFullDrawAndAdvancesTheGenerator) {
+  auto g = world();
+  const int64_t ws = g.size(), r = g.rank();
+  for (const auto dtype : kDtypes) {
+    for (const int64_t bytes : init_block_sizes()) {
+      InitBlockBytes blocks(bytes);
+      for (const bool bias : {true, false}) {
+        SCOPED_TRACE(
+            std::string(c10::toString(dtype)) + ", block " +
+            std::to_string(bytes) + " bytes, bias " + std::to_string(bias));
+        for (const int64_t segments : {1, 3}) {
+          SCOPED_TRACE("segments " + std::to_string(segments));
+          const int64_t in = 7, out = segments * 5 * ws;
+          torch::manual_seed(61);
+          const auto full = full_linear_draw(in, out, bias, dtype);
+          const auto next = next_numbers();
+          torch::manual_seed(61);
+          torchtp::ColumnParallelLinear col(
+              torchtp::ColumnParallelLinearOptions(in, out)
+                  .bias(bias)
+                  .segments(segments)
+                  .dtype(dtype));
+          const auto after = next_numbers();
+          auto rows = [&](const torch::Tensor& t) {
+            return segments == 1 ? own(t, 0) : pick_qkv_rows(t, r, ws);
+          };
+          EXPECT_TRUE(torch::equal(col->weight, rows(full.w)));
+          EXPECT_EQ(col->bias.defined(), bias);
+          if (bias) {
+            EXPECT_TRUE(torch::equal(col->bias, rows(full.b)));
+          }
+          EXPECT_TRUE(torch::equal(after, next));
+        }
+        const int64_t in = 5 * ws, out = 9;
+        torch::manual_seed(62);
+        const auto full = full_linear_draw(in, out, bias, dtype);
+        const auto next = next_numbers();
+        torch::manual_seed(62);
+        torchtp::RowParallelLinear row(
+            torchtp::RowParallelLinearOptions(in, out).bias(bias).dtype(dtype));
+        const auto after = next_numbers();
+        EXPECT_TRUE(torch::equal(row->weight, own(full.w, 1)));
+        EXPECT_EQ(row->bias.defined(), bias);
+        if (bias) {
+          EXPECT_TRUE(torch::equal(row->bias, full.b));
+        }
+        EXPECT_TRUE(torch::equal(after, next));
+      }
+    }
+  }
+}
+
+TEST(ParallelLinear, ResetParametersDrawsAgainFromTheGenerator) {
+  auto g = world();
+  const int64_t in = 6, out = 4 * g.size();
+  torchtp::ColumnParallelLinear col(in, out);
+  torch::manual_seed(63);
+  const auto full = full_linear_draw(in, out, true, torch::kFloat);
+  torch::manual_seed(63);
+  col->reset_parameters();
+  EXPECT_TRUE(torch::equal(col->weight, own(full.w, 0)));
+  EXPECT_TRUE(torch::equal(col->bias, own(full.b, 0)));
+}
+
+TEST(ParallelLinear, NonPositiveInitBlockRaises) {
+  EXPECT_TRUE(raises_with(
+      [] { torchtp::detail::set_init_block_bytes(0); },
+      {"set_init_block_bytes", "positive", "got 0"}));
 }
 
 TEST(ParallelLinear, ParametersHaveTheShardShapes) {

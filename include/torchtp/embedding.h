@@ -38,8 +38,10 @@ struct VocabParallelEmbeddingOptions {
 /// it owns, gives zero rows for the others, and all-reduces (sum); backward:
 /// no communication, each rank's gradient lands in its own rows.
 ///
-/// Initialisation draws the full table as `torch::nn::Embedding` does
-/// (N(0, 1)) and keeps this rank's rows.
+/// Initialisation gives this rank its rows of the table
+/// `torch::nn::Embedding` would draw (N(0, 1)), bit for bit, drawing the
+/// full table in blocks of rows and keeping only its own, and leaves the
+/// global generator as the full draw would.
 class VocabParallelEmbeddingImpl
     : public torch::nn::Cloneable<VocabParallelEmbeddingImpl>,
       public Sharded {

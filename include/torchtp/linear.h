@@ -88,10 +88,12 @@ struct RowParallelLinearOptions {
 /// `[*, out]` with `gather_output`. Forward: no communication (all-gather with
 /// `gather_output`); backward: the input gradient is all-reduced.
 ///
-/// Initialisation draws the full weight exactly as `torch::nn::Linear` does
-/// and keeps this rank's rows, so the same seed gives the same full weight at
-/// every world size. With `segments(k)` the rank's rows are its part of each
-/// of the k blocks, in block order.
+/// Initialisation gives this rank its rows of the weight `torch::nn::Linear`
+/// would draw, bit for bit, drawing the full weight in blocks of rows and
+/// keeping only its own (no rank holds the whole weight), and leaves the
+/// global generator as the full draw would: the same seed gives the same
+/// full weight at every world size. With `segments(k)` the rank's rows are its
+/// part of each of the k blocks, in block order.
 class ColumnParallelLinearImpl
     : public torch::nn::Cloneable<ColumnParallelLinearImpl>,
       public Sharded {
@@ -102,8 +104,8 @@ class ColumnParallelLinearImpl
   explicit ColumnParallelLinearImpl(ColumnParallelLinearOptions options);
 
   void reset() override;
-  /// Draws the full weight and bias as `torch::nn::Linear` does and keeps
-  /// this rank's shard.
+  /// Fills this rank's shard of the weight and bias `torch::nn::Linear`
+  /// would draw from the global generator now (see above).
   void reset_parameters();
   void pretty_print(std::ostream& stream) const override;
 
@@ -156,8 +158,10 @@ class RowParallelLinearImpl
   explicit RowParallelLinearImpl(RowParallelLinearOptions options);
 
   void reset() override;
-  /// Draws the full weight and bias as `torch::nn::Linear` does and keeps
-  /// this rank's shard.
+  /// Fills this rank's columns of the weight, and the bias, that
+  /// `torch::nn::Linear` would draw from the global generator now, bit for
+  /// bit: the full weight is drawn in blocks of rows, each narrowed to this
+  /// rank's columns, and the generator ends as after the full draw.
   void reset_parameters();
   void pretty_print(std::ostream& stream) const override;
 
