@@ -74,7 +74,7 @@ int run(int argc, char** argv) {
   }
   // What a rank holds before any model (libtorch, OpenBLAS, communicators):
   // the part of every memory figure below that no split shrinks.
-  auto base = torch::tensor({resident_mib("VmHWM")}, torch::kDouble);
+  auto base = torch::tensor({torchtp::bench::resident_mib("VmHWM")}, torch::kDouble);
   world.all_reduce(base, torchtp::ReduceOp::max);
   const double baseline_mib = base.item<double>();
   if (root) {
@@ -116,7 +116,7 @@ int run(int argc, char** argv) {
           {std::chrono::duration<double>(std::chrono::steady_clock::now() -
                                          start)
                .count(),
-           resident_mib("VmHWM")},
+           torchtp::bench::resident_mib("VmHWM")},
           torch::kDouble);
       world.all_reduce(t, torchtp::ReduceOp::max);
       loads.push_back(
