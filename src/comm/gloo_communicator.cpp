@@ -164,8 +164,17 @@ void wait_bounded(
           std::chrono::milliseconds(1), std::min(left, kPollEvery)));
       return;
     } catch (const std::exception& e) {
-      // Completed: the collective's own error. Else the slice ran out.
-      if (work.isCompleted() || Clock::now() >= deadline) {
+      // The slice ran out, but the collective may have completed since:
+      // then waiting again returns at once, with its own result or error.
+      if (work.isCompleted()) {
+        try {
+          work.wait(kPollEvery);
+          return;
+        } catch (const std::exception& error) {
+          raise_failure(prefix, error, state);
+        }
+      }
+      if (Clock::now() >= deadline) {
         raise_failure(prefix, e, state);
       }
     }
