@@ -123,8 +123,16 @@ int bad_input(const torchtp::Group& world, bool uncaught, int victim) {
   } catch (const c10::Error& e) {
     return failed(e);
   }
-  if (world.rank() == victim && uncaught) {
-    row(x); // raises; nothing catches it
+  if (world.rank() == victim) {
+    // When the failure happens, for the test to time the job's end from.
+    const auto now = std::chrono::system_clock::now().time_since_epoch();
+    std::cout << "failing at epoch ms "
+              << std::chrono::duration_cast<std::chrono::milliseconds>(now)
+                     .count()
+              << std::endl;
+    if (uncaught) {
+      row(x); // raises; nothing catches it
+    }
   }
   try {
     for (int i = 0; i < 3; ++i) {
