@@ -4,6 +4,7 @@
 #include "torchtp/detail/blas_core.h"
 #include "torchtp/detail/check.h"
 #include "torchtp/detail/threads.h"
+#include "torchtp/failure.h"
 
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
@@ -155,6 +156,8 @@ Group init(const InitOptions& o) {
   }
   at::set_num_threads(threads);
   warn_on_generic_blas(o);
+  // An error that escapes main still tells the other ranks.
+  detail::install_terminate_report();
 
   if (o.world_size() == 1) {
     initialized = Group::self();

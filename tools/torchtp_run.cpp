@@ -1,10 +1,12 @@
 // torchtp-run: starts one process per rank, like torchrun, for torchtp
-// programs. Plain POSIX + CLI11 so it builds without libtorch.
+// programs. Plain POSIX + CLI11 (+ nlohmann-json for the ranks' error
+// files) so it builds without libtorch.
 
 #include "torchtp/detail/blas_core.h"
 #include "torchtp/detail/threads.h"
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -22,7 +24,9 @@
 #include <cerrno>
 #include <chrono>
 #include <climits>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -65,6 +69,10 @@ constexpr int kExitUsage = 2;
 constexpr int kExitExecFailed = 127;
 /// Lines longer than this are cut so one rank cannot exhaust memory.
 constexpr size_t kMaxLine = 1 << 16;
+/// How long the other ranks may take to exit by themselves after a rank
+/// that reported its failure (torchtp::report_failure) exits: they were
+/// told, and say so, before SIGTERM would cut them short.
+constexpr auto kSettle = std::chrono::seconds(2);
 
 /// Usage line that shows the wrapped command, which CLI11 cannot infer.
 class UsageFormatter : public CLI::Formatter {
@@ -181,6 +189,10 @@ int parse_args(int argc, char** argv, Options& opts) {
       "Failure: when a rank exits non-zero or dies from a signal, the\n"
       "others get SIGTERM, then SIGKILL after --grace-seconds, and\n"
       "torchtp-run exits with that rank's code (128+N for signal N).\n"
+      "A rank that reported its error (torchtp::report_failure, in the\n"
+      "file TORCHTP_ERROR_FILE names) gives the others up to 2 s to exit\n"
+      "first; at the end torchtp-run prints the job's root cause (the\n"
+      "first failure any rank recorded) once.\n"
       "SIGINT/SIGTERM sent to torchtp-run are forwarded to all ranks.\n"
       "Bad usage exits 2; a PROGRAM that cannot be run exits 127.\n"
       "\n"
@@ -242,6 +254,7 @@ int parse_args(int argc, char** argv, Options& opts) {
     int out_fd,
     int err_fd,
     const std::string& omp,
+    const std::string& error_file,
     const sigset_t& orig_mask) {
   // Own group, so one killpg() reaches the rank's descendants too.
   setpgid(0, 0);
@@ -272,6 +285,8 @@ int parse_args(int argc, char** argv, Options& opts) {
   set("TORCHTP_RUN", 1);
   setenv("MASTER_ADDR", opts.master_addr.c_str(), 1);
   setenv("OMP_NUM_THREADS", omp.c_str(), 1);
+  if (!error_file.empty())
+    setenv("TORCHTP_ERROR_FILE", error_file.c_str(), 1);
   std::vector<char*> argv;
   for (const auto& arg : opts.command) {
     argv.push_back(const_cast<char*>(arg.c_str()));
@@ -379,6 +394,29 @@ std::string omp_num_threads(const Options& opts) {
       torchtp::detail::threads_per_local_rank(opts.nproc_per_node));
 }
 
+/// What a rank wrote to its TORCHTP_ERROR_FILE, when it did.
+struct ErrorReport {
+  bool present = false;
+  std::string root_cause;
+  long long timestamp_us = 0;
+};
+
+ErrorReport read_error_file(const std::string& path) {
+  ErrorReport r;
+  std::ifstream in(path);
+  if (path.empty() || !in)
+    return r;
+  try {
+    auto j = nlohmann::json::parse(in);
+    r.root_cause = j.value("root_cause", j.value("message", ""));
+    r.timestamp_us = j.value("timestamp_us", 0LL);
+    r.present = !r.root_cause.empty();
+  } catch (const std::exception&) {
+    // A half-written or foreign file: no report.
+  }
+  return r;
+}
+
 /// How a reaped rank ended, for the failure message.
 std::string describe_exit(int status) {
   if (WIFSIGNALED(status)) {
@@ -401,6 +439,7 @@ class Job {
     select_blas_core();
     if (!install_signal_handlers())
       return 1;
+    make_error_dir();
     spawn_ranks();
     // Signals that came while forking are delivered now, to the loop.
     sigprocmask(SIG_SETMASK, &orig_mask_, nullptr);
@@ -409,6 +448,8 @@ class Job {
     if (stopping_)
       signal_all(children_, SIGKILL);
     drain_output();
+    report_root_cause();
+    remove_error_dir();
     return exit_code_;
   }
 
@@ -439,6 +480,49 @@ class Job {
     return true;
   }
 
+  /// A directory for the ranks' error files, removed at the end; without
+  /// one the ranks simply write none.
+  void make_error_dir() {
+    const char* tmp = getenv("TMPDIR");
+    std::string templ =
+        std::string(tmp && *tmp ? tmp : "/tmp") + "/torchtp-run.XXXXXX";
+    if (mkdtemp(templ.data()) != nullptr)
+      error_dir_ = templ;
+  }
+
+  std::string error_file(int rank) const {
+    return error_dir_.empty()
+               ? ""
+               : error_dir_ + "/rank" + std::to_string(rank) + ".json";
+  }
+
+  void remove_error_dir() {
+    if (error_dir_.empty())
+      return;
+    for (const auto& c : children_) {
+      unlink(error_file(c.rank).c_str());
+      unlink((error_file(c.rank) + ".tmp").c_str());
+    }
+    rmdir(error_dir_.c_str());
+  }
+
+  /// Once, at the end of a failed job: the first failure any rank recorded
+  /// (every rank's file carries the job's, read from the store, so the
+  /// earliest is the root cause), else how the first failed rank ended.
+  void report_root_cause() {
+    if (first_failure_.empty())
+      return;
+    ErrorReport first;
+    for (const auto& c : children_) {
+      ErrorReport r = read_error_file(error_file(c.rank));
+      if (r.present && (!first.present || r.timestamp_us < first.timestamp_us))
+        first = r;
+    }
+    log_line(
+        "root cause (first failure in the job): " +
+        (first.present ? first.root_cause : first_failure_));
+  }
+
   void spawn_ranks() {
     for (int local = 0; local < opts_.nproc_per_node; ++local)
       spawn_rank(local);
@@ -457,7 +541,8 @@ class Job {
     }
     pid_t pid = fork();
     if (pid == 0)
-      exec_rank(opts_, local, out[1], err[1], omp_, orig_mask_);
+      exec_rank(
+          opts_, local, out[1], err[1], omp_, error_file(rank), orig_mask_);
     // Also set here: a kill before the child runs setpgid must not miss.
     if (pid > 0)
       setpgid(pid, pid);
@@ -485,6 +570,7 @@ class Job {
       poll_streams(streams_, signal_fd_, poll_timeout_ms());
       forward_signals();
       reap();
+      stop_after_settling();
       kill_after_grace();
     }
   }
@@ -492,10 +578,10 @@ class Job {
   /// While stopping, poll() must wake by the deadline so the SIGKILL is
   /// not late; otherwise output, a signal or an exit wakes it.
   int poll_timeout_ms() const {
-    if (!stopping_ || killed_)
+    if (!(stopping_ || settling_) || killed_)
       return -1;
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-        deadline_ - Clock::now());
+        (stopping_ ? deadline_ : settle_deadline_) - Clock::now());
     return static_cast<int>(std::max<long long>(0, left.count()) + 1);
   }
 
@@ -532,14 +618,28 @@ class Job {
       --alive_;
       bool signaled = WIFSIGNALED(status);
       int code = signaled ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
-      if (code == 0 || stopping_)
+      if (code == 0 || stopping_ || settling_)
         continue; // Only the first cause counts.
-      log_line(
-          "rank " + std::to_string(it->rank) + " (pid " + std::to_string(pid) +
-          ") " + describe_exit(status) + "; stopping the other ranks");
+      first_failure_ = "rank " + std::to_string(it->rank) + " (pid " +
+                       std::to_string(pid) + ") " + describe_exit(status);
       exit_code_ = code;
+      if (read_error_file(error_file(it->rank)).present) {
+        // The rank told the others; they end by themselves, soon.
+        log_line(first_failure_ + "; the other ranks were told, stopping them");
+        settling_ = true;
+        settle_deadline_ = Clock::now() + kSettle;
+        continue;
+      }
+      log_line(first_failure_ + "; stopping the other ranks");
       stop_others();
     }
+  }
+
+  /// Stops the ranks that did not exit by themselves while settling.
+  void stop_after_settling() {
+    if (settling_ && !stopping_ && Clock::now() >= settle_deadline_ &&
+        alive_ > 0)
+      stop_others();
   }
 
   /// SIGTERM to the ranks still running, SIGKILL after the grace period.
@@ -591,9 +691,13 @@ class Job {
   std::vector<Stream> streams_;
   size_t alive_ = 0;
   int exit_code_ = 0;
+  bool settling_ = false;      ///< A rank that reported failed: see kSettle.
   bool stopping_ = false;      ///< A failure or signal is being acted on.
   bool killed_ = false;        ///< Every rank was sent SIGKILL.
   Clock::time_point deadline_; ///< When stopping turns into SIGKILL.
+  Clock::time_point settle_deadline_; ///< When settling turns into SIGTERM.
+  std::string error_dir_;     ///< Where the ranks' error files go.
+  std::string first_failure_; ///< How the first failed rank ended.
 };
 
 } // namespace

@@ -7,6 +7,7 @@
 #include "torchtp/cross_entropy.h"
 #include "torchtp/data_parallel.h"
 #include "torchtp/embedding.h"
+#include "torchtp/failure.h"
 #include "torchtp/generation.h"
 #include "torchtp/gpt.h"
 #include "torchtp/gpt2.h"

@@ -1,6 +1,7 @@
 #include "connector.h"
 
 #include "gloo_communicator.h"
+#include "job_failure.h"
 #include "shm_communicator.h"
 #include "torchtp/detail/check.h"
 
@@ -402,6 +403,18 @@ void Connector::join() {
       "or GLOO_SOCKET_IFNAME to the network interface");
 }
 
+namespace {
+
+// Every communicator of the job is broken when this process reports a
+// failure (torchtp::report_failure).
+c10::intrusive_ptr<Communicator> registered(
+    c10::intrusive_ptr<Communicator> comm) {
+  JobFailure::get().add(comm);
+  return comm;
+}
+
+} // namespace
+
 c10::intrusive_ptr<Communicator> Connector::connect(
     const std::vector<int>& world_ranks,
     const std::string& name,
@@ -427,9 +440,11 @@ c10::intrusive_ptr<Communicator> Connector::connect(
           "); shared memory works within one host: use auto or gloo ",
           rank_label(world_rank_, world_size_));
     }
-    return make_shm_communicator(shared_from_this(), world_ranks, name);
+    return registered(
+        make_shm_communicator(shared_from_this(), world_ranks, name));
   }
-  return make_gloo_communicator(shared_from_this(), world_ranks, name);
+  return registered(
+      make_gloo_communicator(shared_from_this(), world_ranks, name));
 }
 
 PeerAddresses Connector::peer_addresses(
@@ -516,6 +531,8 @@ c10::intrusive_ptr<Communicator> connect_world(
         timeout.count() / 1000,
         " s): ", error ? error->what_without_backtrace() : e.what());
   }
+  // From here a failure of this rank reaches the others through the store.
+  JobFailure::get().attach(store, rank, world_size);
   auto connector = std::make_shared<Connector>(
       store, rank, world_size, timeout, backend, interface, master_addr);
   std::vector<int> everyone(world_size);

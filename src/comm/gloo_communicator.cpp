@@ -1,6 +1,8 @@
 #include "gloo_communicator.h"
 
 #include "connector.h"
+#include "job_failure.h"
+#include "signature.h"
 
 #include "torchtp/detail/check.h"
 
@@ -11,12 +13,38 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <exception>
 #include <memory>
+#include <mutex>
 #include <utility>
 
 namespace torchtp::detail {
 namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// How often a rank blocked in a collective looks for the job's first
+// failure in the store: a peer that raised is then noticed within this,
+// not at the timeout. Costs one store round trip per slice, only while
+// blocked.
+constexpr auto kPollEvery = std::chrono::milliseconds(50);
+constexpr const char* kFirstFailure = "first failure in the job: ";
+constexpr int64_t kSignatureWords = 5;
+
+// What the waits of a communicator and of its pending handles share; the
+// handles may outlive the communicator.
+struct GlooState {
+  std::string name;
+  std::chrono::milliseconds timeout;
+  std::shared_ptr<const PeerAddresses> peers;
+  int world_rank = 0;
+  // A collective failed or the job failed: the worker thread may be stuck
+  // in a collective that will never complete, so the process group is not
+  // joined at destruction.
+  std::atomic<bool> broken{false};
+  std::atomic<bool> aborted{false}; // torchtp::report_failure on this rank
+};
 
 c10d::ReduceOp to_c10d(ReduceOp op) {
   switch (op) {
@@ -74,6 +102,86 @@ auto copy_back(at::Tensor wire, at::Tensor dest) {
   };
 }
 
+// "torchtp::Group::all_reduce failed [rank 0/2] (backend gloo, group world,
+// timeout 300 s"; the caller closes the parenthesis.
+std::string failure_prefix(const char* op, int rank, int size,
+                           const GlooState& state) {
+  return std::string("torchtp::Group::") + op + " failed " +
+         rank_label(rank, size) + " (backend gloo, group " + state.name +
+         ", timeout " + std::to_string(state.timeout.count() / 1000) + " s";
+}
+
+// Gloo reports a dead peer as gloo::IoException, which is no c10::Error and
+// would terminate the process if it escaped; every call goes through here.
+// Its message gives the peer's address; the error names the rank. When the
+// job's first failure is known (a peer reported it), that is the cause.
+[[noreturn]] void raise_failure(
+    const std::string& prefix,
+    const std::exception& e,
+    GlooState& state) {
+  state.broken = true;
+  const auto* error = dynamic_cast<const c10::Error*>(&e);
+  const std::string what = error ? error->what_without_backtrace() : e.what();
+  const std::string first = JobFailure::get().known(/*ask_store=*/true);
+  if (!first.empty()) {
+    TORCH_CHECK(
+        false, prefix, "): ", kFirstFailure, first, " (here: ", what,
+        state.peers->named_in(what), ")");
+  }
+  const std::string message = prefix +
+      "; a peer rank may have exited, stopped responding, or raised an "
+      "error before joining this collective): " +
+      what + state.peers->named_in(what);
+  JobFailure::get().record(
+      "rank " + std::to_string(state.world_rank) + " raised: " + message);
+  TORCH_CHECK(false, message);
+}
+
+// Raises when the job's first failure is known here or, with `ask_store`,
+// in the store.
+void raise_if_job_failed(
+    const std::string& prefix, GlooState& state, bool ask_store) {
+  if (!ask_store && !state.aborted.load(std::memory_order_acquire)) {
+    return;
+  }
+  const std::string first = JobFailure::get().known(ask_store);
+  if (!first.empty()) {
+    state.broken = true;
+    TORCH_CHECK(false, prefix, "): ", kFirstFailure, first);
+  }
+}
+
+// Waits for `work` at most the timeout, in slices: between two, the job's
+// first failure is looked for, so that a peer that raised ends this wait.
+void wait_bounded(
+    c10d::Work& work, const std::string& prefix, GlooState& state) {
+  const auto deadline = Clock::now() + state.timeout;
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - Clock::now());
+    try {
+      work.wait(std::max(
+          std::chrono::milliseconds(1), std::min(left, kPollEvery)));
+      return;
+    } catch (const std::exception& e) {
+      // The slice ran out, but the collective may have completed since:
+      // then waiting again returns at once, with its own result or error.
+      if (work.isCompleted()) {
+        try {
+          work.wait(kPollEvery);
+          return;
+        } catch (const std::exception& error) {
+          raise_failure(prefix, error, state);
+        }
+      }
+      if (Clock::now() >= deadline) {
+        raise_failure(prefix, e, state);
+      }
+    }
+    raise_if_job_failed(prefix, state, /*ask_store=*/true);
+  }
+}
+
 class GlooCommunicator final : public ConnectedCommunicator {
  public:
   GlooCommunicator(
@@ -81,11 +189,15 @@ class GlooCommunicator final : public ConnectedCommunicator {
       std::vector<int> world_ranks,
       std::string name)
       : ConnectedCommunicator(
-            std::move(connector), std::move(world_ranks), std::move(name)) {
+            std::move(connector), std::move(world_ranks), std::move(name)),
+        state_(std::make_shared<GlooState>()) {
+    state_->name = this->name();
+    state_->timeout = timeout_;
+    state_->peers = std::make_shared<const PeerAddresses>(
+        connector_->peer_addresses(world_ranks_));
+    state_->world_rank = world_ranks_[rank_];
     auto options = c10d::ProcessGroupGloo::Options::create(timeout_);
     options->devices = {connector_->gloo_device()};
-    peers_ = std::make_shared<const PeerAddresses>(
-        connector_->peer_addresses(world_ranks_));
     options->threads = 1;
     // Keys of this group live under its unique name.
     auto store = c10::make_intrusive<c10d::PrefixStore>(
@@ -96,11 +208,27 @@ class GlooCommunicator final : public ConnectedCommunicator {
     });
   }
 
+  ~GlooCommunicator() override {
+    // Joining a worker stuck in a collective that will never complete
+    // would hold the process until the timeout: leave it to the exit.
+    if (state_->broken || state_->aborted) {
+      (void)pg_.release();
+    }
+  }
+
   std::string backend() const override {
     return "gloo";
   }
 
+  void abort(const std::string&) override {
+    state_->aborted = true;
+    state_->broken = true;
+  }
+
   Work all_reduce(at::Tensor& tensor, ReduceOp op) override {
+    std::lock_guard<std::mutex> lock(issue_mutex_);
+    agree("all_reduce",
+          Signature::of(Op::all_reduce, tensor.scalar_type(), tensor.nbytes(), op));
     auto wire = on_wire(tensor);
     std::vector<at::Tensor> tensors{wire};
     c10d::AllreduceOptions opts;
@@ -112,6 +240,9 @@ class GlooCommunicator final : public ConnectedCommunicator {
   }
 
   Work all_gather(const at::Tensor& input, at::Tensor& output) override {
+    std::lock_guard<std::mutex> lock(issue_mutex_);
+    agree("all_gather",
+          Signature::of(Op::all_gather, input.scalar_type(), input.nbytes()));
     auto wire_in = on_wire(input);
     auto wire_out = needs_staging(output)
                         ? wire_tensor(output.sizes(), wire_dtype(output))
@@ -134,6 +265,10 @@ class GlooCommunicator final : public ConnectedCommunicator {
   // all-reduce followed by a slice would move.
   Work reduce_scatter(
       const at::Tensor& input, at::Tensor& output, ReduceOp op) override {
+    std::lock_guard<std::mutex> lock(issue_mutex_);
+    agree("reduce_scatter",
+          Signature::of(
+              Op::reduce_scatter, input.scalar_type(), input.nbytes(), op));
     auto wire_in = on_wire(input);
     auto sizes = output.sizes().vec();
     sizes.insert(sizes.begin(), size_);
@@ -164,6 +299,11 @@ class GlooCommunicator final : public ConnectedCommunicator {
   }
 
   Work broadcast(at::Tensor& tensor, int root) override {
+    std::lock_guard<std::mutex> lock(issue_mutex_);
+    agree("broadcast",
+          Signature::of(
+              Op::broadcast, tensor.scalar_type(), tensor.nbytes(),
+              c10::nullopt, root));
     auto wire = on_wire(tensor);
     std::vector<at::Tensor> tensors{wire};
     c10d::BroadcastOptions opts;
@@ -175,33 +315,82 @@ class GlooCommunicator final : public ConnectedCommunicator {
     return pending("broadcast", work, copy_back(wire, tensor));
   }
 
+  // The signature exchange completes only once every rank made it: it is
+  // the barrier.
   Work barrier() override {
-    c10d::BarrierOptions opts;
-    opts.timeout = timeout_;
-    c10::intrusive_ptr<c10d::Work> work;
-    guarded("barrier", [&] { work = pg_->barrier(opts); });
-    return pending("barrier", work, [] { return at::Tensor(); });
+    std::lock_guard<std::mutex> lock(issue_mutex_);
+    agree("barrier", Signature::of(Op::barrier));
+    return Work();
   }
 
  private:
-  std::string failure(const char* op) const {
-    return std::string("torchtp::Group::") + op + " failed " +
-           rank_label(rank_, size_) + " (backend gloo, group " + name() +
-           ", timeout " + std::to_string(timeout_.count() / 1000) +
-           " s; a peer rank may have exited, stopped responding, or raised an "
-           "error before joining this collective): ";
+  // Before every collective, the ranks check that they agree on what they
+  // are about to do (operation, dtype, byte count, reduction, root). Gloo
+  // cannot be given different sizes: its I/O thread throws
+  // gloo::EnforceNotMet where nothing catches it, and the process aborts.
+  // With this, every rank raises a c10::Error naming both calls, no data
+  // moves, and the group stays usable. The check is one all-reduce (max) of
+  // the signature and its negation, 80 bytes: all agree when the max of
+  // every field equals its min. Only when they do not, an all-gather tells
+  // who called what. Its price, one small round trip per collective, is in
+  // README "Performance".
+  void agree(const char* op, const Signature& mine) {
+    const std::string prefix = failure_prefix(op, rank_, size_, *state_);
+    raise_if_job_failed(prefix, *state_, /*ask_store=*/false);
+    const int64_t words[kSignatureWords] = {
+        mine.op, mine.dtype, mine.reduce, mine.root,
+        static_cast<int64_t>(mine.bytes)};
+    auto range = wire_tensor({2 * kSignatureWords}, at::kLong);
+    auto* r = range.data_ptr<int64_t>();
+    for (int64_t i = 0; i < kSignatureWords; ++i) {
+      r[i] = words[i];
+      r[kSignatureWords + i] = -words[i];
+    }
+    run_now(op, prefix, [&] {
+      std::vector<at::Tensor> tensors{range};
+      c10d::AllreduceOptions opts;
+      opts.reduceOp = c10d::ReduceOp::MAX;
+      opts.timeout = timeout_;
+      return pg_->allreduce(tensors, opts);
+    });
+    bool same = true;
+    for (int64_t i = 0; i < kSignatureWords; ++i) {
+      same = same && r[i] == -r[kSignatureWords + i];
+    }
+    if (same) {
+      return;
+    }
+    // Every rank saw the same max and min, so all of them are here.
+    auto header = wire_tensor({kSignatureWords}, at::kLong);
+    std::copy(words, words + kSignatureWords, header.data_ptr<int64_t>());
+    auto all = wire_tensor({size_ * kSignatureWords}, at::kLong);
+    run_now(op, prefix, [&] {
+      std::vector<std::vector<at::Tensor>> outputs{all.chunk(size_, 0)};
+      std::vector<at::Tensor> inputs{header};
+      c10d::AllgatherOptions opts;
+      opts.timeout = timeout_;
+      return pg_->allgather(outputs, inputs, opts);
+    });
+    const auto* a = all.data_ptr<int64_t>();
+    for (int j = 0; j < size_; ++j) {
+      const int64_t* w = a + j * kSignatureWords;
+      Signature theirs;
+      theirs.op = static_cast<uint32_t>(w[0]);
+      theirs.dtype = static_cast<int32_t>(w[1]);
+      theirs.reduce = static_cast<int32_t>(w[2]);
+      theirs.root = static_cast<int32_t>(w[3]);
+      theirs.bytes = static_cast<uint64_t>(w[4]);
+      TORCH_CHECK(theirs == mine, prefix, "): ", mine.mismatch(j, theirs));
+    }
+    TORCH_INTERNAL_ASSERT(false, "signatures differ, yet every rank's is ours");
   }
 
-  // Gloo reports a dead peer as gloo::IoException, which is no c10::Error and
-  // would terminate the process if it escaped; every call goes through
-  // here. Its message gives the peer's address; the error names the rank.
-  static void raise(
-      const std::string& prefix,
-      const std::exception& e,
-      const PeerAddresses& peers) {
-    const auto* error = dynamic_cast<const c10::Error*>(&e);
-    const std::string what = error ? error->what_without_backtrace() : e.what();
-    TORCH_CHECK(false, prefix, what, peers.named_in(what));
+  // Issues the collective `issue` returns and waits for it.
+  template <typename Issue>
+  void run_now(const char* op, const std::string& prefix, Issue&& issue) {
+    c10::intrusive_ptr<c10d::Work> work;
+    guarded(op, [&] { work = issue(); });
+    wait_bounded(*work, prefix, *state_);
   }
 
   template <typename F>
@@ -209,7 +398,7 @@ class GlooCommunicator final : public ConnectedCommunicator {
     try {
       f();
     } catch (const std::exception& e) {
-      raise(failure(op), e, *peers_);
+      raise_failure(failure_prefix(op, rank_, size_, *state_), e, *state_);
     }
   }
 
@@ -217,22 +406,21 @@ class GlooCommunicator final : public ConnectedCommunicator {
   Work pending(
       const char* op, c10::intrusive_ptr<c10d::Work> work, F&& then) const {
     // Captures values only: the handle may outlive this communicator.
-    auto timeout = timeout_;
-    auto prefix = failure(op);
-    auto peers = peers_;
+    auto prefix = failure_prefix(op, rank_, size_, *state_);
+    auto state = state_;
     return Work(
-        [work, timeout, prefix, peers, then]() mutable {
-          try {
-            work->wait(timeout);
-          } catch (const std::exception& e) {
-            raise(prefix, e, *peers);
-          }
+        [work, prefix, state, then]() mutable {
+          wait_bounded(*work, prefix, *state);
           return then();
         },
         [work] { return work->isCompleted(); });
   }
 
-  std::shared_ptr<const PeerAddresses> peers_;
+  std::shared_ptr<GlooState> state_;
+  // The signature exchange and the collective it announces are issued
+  // together: two threads' collectives would otherwise interleave
+  // differently on different ranks.
+  std::mutex issue_mutex_;
   c10::intrusive_ptr<c10d::ProcessGroupGloo> pg_;
 };
 

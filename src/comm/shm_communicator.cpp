@@ -1,7 +1,9 @@
 #include "shm_communicator.h"
 
 #include "connector.h"
+#include "job_failure.h"
 #include "reduce_kernels.h"
+#include "signature.h"
 #include "torchtp/detail/check.h"
 
 #include <ATen/ATen.h>
@@ -47,7 +49,9 @@
 // then sleeps on a futex in the segment, woken by the next stamp. While it
 // sleeps it checks, a few times a second, that the ranks it waits for are
 // alive, have not left the group, and that no member has failed, and it
-// gives up at the group's timeout.
+// gives up at the group's timeout. A rank that reports a failure
+// (torchtp::report_failure) poisons the segment: every member's pending and
+// next collective raise at once, quoting the job's first failure.
 //
 // The segment is a memfd: it has no name, so a job that is killed leaves
 // nothing behind in /dev/shm; the other members open it through /proc.
@@ -70,75 +74,7 @@ constexpr auto kYieldFor = std::chrono::microseconds(500);
 constexpr auto kSleepSlice = std::chrono::milliseconds(20);
 constexpr auto kLivenessEvery = std::chrono::milliseconds(100);
 const std::string kJoinErrorKey = "shm/join_error";
-
-enum class Op : uint32_t {
-  join = 1,
-  barrier,
-  all_reduce,
-  all_gather,
-  reduce_scatter,
-  broadcast,
-};
-
-const char* op_name(uint32_t op) {
-  switch (static_cast<Op>(op)) {
-    case Op::join:
-      return "join";
-    case Op::barrier:
-      return "barrier";
-    case Op::all_reduce:
-      return "all_reduce";
-    case Op::all_gather:
-      return "all_gather";
-    case Op::reduce_scatter:
-      return "reduce_scatter";
-    case Op::broadcast:
-      return "broadcast";
-  }
-  return "unknown";
-}
-
-const char* reduce_name(int32_t op) {
-  switch (static_cast<ReduceOp>(op)) {
-    case ReduceOp::sum:
-      return "sum";
-    case ReduceOp::max:
-      return "max";
-    case ReduceOp::min:
-      return "min";
-  }
-  return "?";
-}
-
-/// What a rank is about to do; every member must pass the same.
-struct Signature {
-  uint32_t op = 0;
-  int32_t dtype = -1;
-  int32_t reduce = -1;
-  int32_t root = -1;
-  uint64_t bytes = 0;
-
-  bool operator==(const Signature& o) const {
-    return op == o.op && dtype == o.dtype && reduce == o.reduce &&
-           root == o.root && bytes == o.bytes;
-  }
-  std::string describe() const {
-    std::ostringstream s;
-    s << op_name(op);
-    if (op != static_cast<uint32_t>(Op::barrier) &&
-        op != static_cast<uint32_t>(Op::join)) {
-      s << " of " << bytes << " bytes of "
-        << c10::toString(static_cast<c10::ScalarType>(dtype));
-    }
-    if (reduce >= 0) {
-      s << " (" << reduce_name(reduce) << ")";
-    }
-    if (root >= 0) {
-      s << " from root " << root;
-    }
-    return s.str();
-  }
-};
+constexpr const char* kFirstFailure = "first failure in the job: ";
 
 struct alignas(kLine) RankControl {
   std::atomic<uint64_t> stamp;
@@ -155,7 +91,8 @@ struct alignas(kLine) SegmentHeader {
   std::atomic<uint32_t> sleepers;
   alignas(kLine) std::atomic<int32_t> failure_claim; // -1 until one fails
   std::atomic<int32_t> failed_rank;                  // set once text is in
-  char failure[512];
+  std::atomic<uint32_t> aborted; // the failure is the job's first, reported
+  char failure[2048];
 };
 
 static_assert(std::atomic<uint64_t>::is_always_lock_free);
@@ -234,8 +171,7 @@ class ShmCommunicator final : public ConnectedCommunicator {
             std::move(connector), std::move(world_ranks), std::move(name)) {
     try {
       map_segment();
-      Signature join;
-      join.op = static_cast<uint32_t>(Op::join);
+      const Signature join = Signature::of(Op::join);
       run(join, [&] {
         begin_epoch(&join);
         sync_first(join);
@@ -266,12 +202,20 @@ class ShmCommunicator final : public ConnectedCommunicator {
     return "shm";
   }
 
+  // Lock-free: the collective that waits holds mutex_, and may be on
+  // another thread than the one reporting.
+  void abort(const std::string& reason) override {
+    if (base_ != nullptr) {
+      publish_failure(reason, /*aborted=*/true);
+    }
+  }
+
   Work all_reduce(at::Tensor& tensor, ReduceOp op) override {
     const auto dtype = tensor.scalar_type();
     const int64_t es = tensor.element_size();
     const int64_t count = tensor.numel();
     auto* data = static_cast<char*>(tensor.data_ptr());
-    const Signature sig = signature(Op::all_reduce, dtype, count * es, op);
+    const Signature sig = Signature::of(Op::all_reduce, dtype, count * es, op);
     run(sig, [&] {
       if (count * es <= std::min(kOneShotBytes, slot_bytes_)) {
         one_shot_all_reduce(sig, data, count, es, dtype, op);
@@ -320,7 +264,7 @@ class ShmCommunicator final : public ConnectedCommunicator {
     const auto* in = static_cast<const char*>(input.data_ptr());
     auto* out = static_cast<char*>(output.data_ptr());
     const Signature sig =
-        signature(Op::all_gather, input.scalar_type(), bytes);
+        Signature::of(Op::all_gather, input.scalar_type(), bytes);
     run(sig, [&] {
       for_each_chunk(bytes, slot_bytes_, sig, [&](int64_t off, int64_t len) {
         std::memcpy(slot(rank_), in + off, len);
@@ -343,7 +287,7 @@ class ShmCommunicator final : public ConnectedCommunicator {
     const auto* in = static_cast<const char*>(input.data_ptr());
     auto* out = static_cast<char*>(output.data_ptr());
     const Signature sig =
-        signature(Op::reduce_scatter, dtype, input.nbytes(), op);
+        Signature::of(Op::reduce_scatter, dtype, input.nbytes(), op);
     // An epoch carries, for every rank j, a piece of this rank's block j.
     const int64_t align = std::max<int64_t>(1, 64 / es);
     const int64_t piece =
@@ -373,8 +317,8 @@ class ShmCommunicator final : public ConnectedCommunicator {
   Work broadcast(at::Tensor& tensor, int root) override {
     const int64_t bytes = tensor.nbytes();
     auto* data = static_cast<char*>(tensor.data_ptr());
-    const Signature sig =
-        signature(Op::broadcast, tensor.scalar_type(), bytes, c10::nullopt, root);
+    const Signature sig = Signature::of(
+        Op::broadcast, tensor.scalar_type(), bytes, c10::nullopt, root);
     run(sig, [&] {
       for_each_chunk(bytes, slot_bytes_, sig, [&](int64_t off, int64_t len) {
         if (rank_ == root) {
@@ -391,8 +335,7 @@ class ShmCommunicator final : public ConnectedCommunicator {
   }
 
   Work barrier() override {
-    Signature sig;
-    sig.op = static_cast<uint32_t>(Op::barrier);
+    const Signature sig = Signature::of(Op::barrier);
     run(sig, [&] {
       begin_epoch(&sig);
       sync_first(sig);
@@ -463,6 +406,7 @@ class ShmCommunicator final : public ConnectedCommunicator {
       h.ranks = size_;
       h.failure_claim.store(-1);
       h.failed_rank.store(-1);
+      h.aborted.store(0);
       store_set(store, key, std::to_string(getpid()) + " " + std::to_string(fd));
     } else {
       std::string where;
@@ -530,21 +474,6 @@ class ShmCommunicator final : public ConnectedCommunicator {
 
   // --- epochs and waiting ---------------------------------------------------
 
-  static Signature signature(
-      Op op,
-      c10::ScalarType dtype,
-      int64_t bytes,
-      c10::optional<ReduceOp> reduce = c10::nullopt,
-      int root = -1) {
-    Signature s;
-    s.op = static_cast<uint32_t>(op);
-    s.dtype = static_cast<int32_t>(dtype);
-    s.reduce = reduce ? static_cast<int32_t>(*reduce) : -1;
-    s.root = root;
-    s.bytes = static_cast<uint64_t>(bytes);
-    return s;
-  }
-
   // Starts an epoch: selects its slots and, for a collective's first
   // epoch, publishes what this rank is about to do.
   void begin_epoch(const Signature* sig) {
@@ -576,11 +505,7 @@ class ShmCommunicator final : public ConnectedCommunicator {
     for (int j = 0; j < size_; ++j) {
       const Signature theirs = control(j).signature[parity_];
       TORCH_CHECK(
-          theirs == mine, prefix(op_name(mine.op)),
-          "ranks called different collectives: this rank called ",
-          mine.describe(), ", rank ", j, " called ", theirs.describe(),
-          ". Every rank of a group must make the same collectives in the "
-          "same order with the same sizes");
+          theirs == mine, prefix(op_name(mine.op)), mine.mismatch(j, theirs));
     }
   }
 
@@ -704,28 +629,51 @@ class ShmCommunicator final : public ConnectedCommunicator {
     }
   }
 
+  // A member's failure (this rank's too, when it was a reported one: a
+  // reported failure refuses every later collective) is this rank's.
   void raise_if_group_failed() {
     auto& h = header();
     const int32_t failed = h.failed_rank.load(std::memory_order_acquire);
-    if (failed >= 0 && failed != rank_) {
+    if (failed < 0) {
+      return;
+    }
+    const std::string text(h.failure, strnlen(h.failure, sizeof(h.failure)));
+    if (h.aborted.load(std::memory_order_acquire) != 0) {
+      // The store holds it whole; the segment's copy may be cut.
+      const std::string first = JobFailure::get().known(/*ask_store=*/true);
+      fail(kFirstFailure + (first.empty() ? text : first), /*report=*/false);
+    }
+    if (failed != rank_) {
       fail(
-          "rank " + std::to_string(failed) + " of the group failed: " +
-              std::string(h.failure, strnlen(h.failure, sizeof(h.failure))),
+          "rank " + std::to_string(failed) + " of the group failed: " + text,
           /*report=*/false);
     }
   }
 
-  // The group cannot be used after this: a peer is gone or out of step.
-  // `report` tells the other members, which then fail at once.
-  [[noreturn]] void fail(const std::string& why, bool report = true) {
-    broken_ = prefix(op_) + why;
+  // First claim wins; the other members then fail at once.
+  void publish_failure(const std::string& why, bool aborted) {
     auto& h = header();
     int32_t none = -1;
-    if (report && h.failure_claim.compare_exchange_strong(none, rank_)) {
+    if (h.failure_claim.compare_exchange_strong(none, rank_)) {
       std::strncpy(h.failure, why.c_str(), sizeof(h.failure) - 1);
+      h.aborted.store(aborted ? 1 : 0, std::memory_order_relaxed);
       h.failed_rank.store(rank_, std::memory_order_release);
       h.wake.fetch_add(1, std::memory_order_seq_cst);
       futex_wake_all(&h.wake);
+    }
+  }
+
+  // The group cannot be used after this: a peer is gone or out of step.
+  // `report` tells the other members, which then fail at once, and records
+  // the failure as the job's first unless one is known (a rank that has
+  // been told of an earlier failure only passes it on).
+  [[noreturn]] void fail(const std::string& why, bool report = true) {
+    broken_ = prefix(op_) + why;
+    if (report) {
+      publish_failure(why, /*aborted=*/false);
+      JobFailure::get().record(
+          "rank " + std::to_string(world_ranks_[rank_]) + " raised: " +
+          broken_);
     }
     TORCH_CHECK(false, broken_);
   }
@@ -745,6 +693,10 @@ class ShmCommunicator final : public ConnectedCommunicator {
     TORCH_CHECK(
         broken_.empty(), prefix(op_),
         "the group is unusable after an earlier failure: ", broken_);
+    // One load: a reported failure stops this collective before it starts.
+    if (header().failed_rank.load(std::memory_order_acquire) >= 0) {
+      raise_if_group_failed();
+    }
     op_start_ = Clock::now();
     body();
     // A member that gave up on this collective (timeout) may have stamped

@@ -11,25 +11,8 @@ RUN=$1
 HELPER=$2
 # Unique per run, so pgrep cannot confuse our ranks with anyone else's.
 MARKER="torchtp_launcher_test_$$_$RANDOM"
-passed=0
-failed=0
+source "$(dirname "$0")/check.sh"
 
-# check NAME CONDITION...: runs the condition, records PASS or FAIL.
-check() {
-  local name=$1
-  shift
-  if "$@"; then
-    echo "PASS: $name"
-    passed=$((passed + 1))
-  else
-    echo "FAIL: $name"
-    failed=$((failed + 1))
-    [[ -n "${out:-}" ]] && printf '  output was:\n%s\n' "$out" | head -20
-  fi
-}
-
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
-contains() { grep -qF -- "$2" <<<"$1"; }
 no_leftovers() { ! pgrep -f "$MARKER" >/dev/null; }
 
 # a) help
@@ -102,7 +85,28 @@ check "e) node 1 of 2: global ranks 2 and 3" \
 out=$("$RUN" --nproc-per-node 2 bash "$HELPER" 1 kill "$MARKER" 2>&1)
 rc=$?
 check "f) SIGKILLed rank: exit 137 (got $rc)" [ "$rc" -eq 137 ]
+# A rank that wrote no error file: the root cause is how it ended, once.
+check "f) root cause printed once" \
+  [ "$(grep -cF "torchtp-run: root cause" <<<"$out")" -eq 1 ]
+check "f) root cause names the killed rank" \
+  contains "$out" "root cause (first failure in the job): rank 1 (pid"
 check "f) no rank or descendant left running" no_leftovers
+
+# f2) a rank that reported its failure (wrote TORCHTP_ERROR_FILE, as
+# torchtp::report_failure does): its root cause is printed once, and the
+# others get a moment to exit by themselves before SIGTERM.
+out=$("$RUN" --nproc-per-node 2 bash -c '
+  if [[ $RANK == 1 ]]; then
+    printf "{\"rank\": 1, \"message\": \"m\", \"root_cause\": \"rank 1 raised: boom\", \"timestamp_us\": 1}\n" >"$TORCHTP_ERROR_FILE"
+    exit 3
+  fi
+  sleep 0.3; echo "rank 0 left by itself"' 2>&1)
+rc=$?
+check "f2) reported failure: exit 3 (got $rc)" [ "$rc" -eq 3 ]
+check "f2) the root cause from the error file, once" \
+  [ "$(grep -cF "torchtp-run: root cause (first failure in the job): rank 1 raised: boom" <<<"$out")" -eq 1 ]
+check "f2) the other rank was not cut short" \
+  contains "$out" "[rank 0] rank 0 left by itself"
 
 # g) arguments after PROGRAM are passed through untouched
 out=$("$RUN" --nproc-per-node 1 bash -c 'echo "args:$*"' x --foo -y 1 2>&1)

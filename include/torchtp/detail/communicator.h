@@ -63,6 +63,14 @@ class Communicator : public torch::CustomClassHolder {
   virtual Work broadcast(at::Tensor& tensor, int root) = 0;
   /// Returns once every rank has called it.
   virtual Work barrier() = 0;
+  /// Breaks the communicator because the job failed (`reason`, the job's
+  /// first failure): its pending and later collectives raise, on this rank
+  /// and on its peers, instead of waiting. Callable from any thread, during
+  /// a collective too; never raises. The default does nothing (one rank
+  /// waits for nobody).
+  virtual void abort(const std::string& reason) {
+    (void)reason;
+  }
   /// A communicator over `ranks` (ranks of this communicator, ascending by
   /// their new rank). Called by exactly the members, all with the same `name`,
   /// which must be unique for the life of the job. `backend` ("gloo", "shm")
