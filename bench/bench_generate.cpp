@@ -74,7 +74,8 @@ int run(int argc, char** argv) {
   }
   // What a rank holds before any model (libtorch, OpenBLAS, communicators):
   // the part of every memory figure below that no split shrinks.
-  auto base = torch::tensor({torchtp::bench::resident_mib("VmHWM")}, torch::kDouble);
+  auto base =
+      torch::tensor({torchtp::bench::resident_mib("VmHWM")}, torch::kDouble);
   world.all_reduce(base, torchtp::ReduceOp::max);
   const double baseline_mib = base.item<double>();
   if (root) {

@@ -177,8 +177,9 @@ void load_parameter(
     for (size_t d = 1; d < size.size(); ++d) {
       row_bytes *= static_cast<uint64_t>(size[d]);
     }
-    const int64_t rows =
-        std::max<int64_t>(1, static_cast<int64_t>(block_bytes / std::max<uint64_t>(row_bytes, 1)));
+    const int64_t rows = std::max<int64_t>(
+        1,
+        static_cast<int64_t>(block_bytes / std::max<uint64_t>(row_bytes, 1)));
     const int64_t first = start[0], total = size[0];
     for (int64_t r = 0; r < total; r += rows) {
       start[0] = first + r;

@@ -298,7 +298,8 @@ at::Tensor SafetensorsReader::read_block(
     s *= static_cast<uint64_t>(e.shape[d]);
   }
   const uint64_t run =
-      rank == 0 ? element : static_cast<uint64_t>(length[outer]) * stride[outer];
+      rank == 0 ? element
+                : static_cast<uint64_t>(length[outer]) * stride[outer];
   std::vector<int64_t> index(start.begin(), start.end());
   auto* out = static_cast<char*>(t.data_ptr());
   for (;;) {

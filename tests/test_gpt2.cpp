@@ -92,8 +92,9 @@ torch::Tensor gpt2_logits(const Tensors& w, const torch::Tensor& ids) {
   for (int64_t i = 0; i < kLayers; ++i) {
     const auto n = "h." + std::to_string(i) + ".";
     auto qkv = conv1d(ln(h, n + "ln_1"), n + "attn.c_attn").split(kEmbd, -1);
-    auto scores = torch::matmul(heads(qkv[0]), heads(qkv[1]).transpose(-2, -1)) /
-                  std::sqrt(static_cast<double>(hd));
+    auto scores =
+        torch::matmul(heads(qkv[0]), heads(qkv[1]).transpose(-2, -1)) /
+        std::sqrt(static_cast<double>(hd));
     scores = scores.masked_fill(future, -INFINITY);
     auto context = torch::matmul(torch::softmax(scores, -1), heads(qkv[2]))
                        .transpose(1, 2)
@@ -155,7 +156,8 @@ void write_split(const std::string& dir, const Tensors& t) {
   for (const auto& [name, tensor] : extra) {
     const int f = next++ % 2;
     files[f].emplace_back("transformer." + name, tensor);
-    map["transformer." + name] = "model-0000" + std::to_string(f + 1) + ".safetensors";
+    map["transformer." + name] =
+        "model-0000" + std::to_string(f + 1) + ".safetensors";
   }
   files[0].emplace_back("lm_head.weight", t.at("wte.weight"));
   map["lm_head.weight"] = "model-00001.safetensors";
@@ -242,7 +244,8 @@ TEST_F(GPT2Loader, AnUntiedOutputLayerIsLoaded) {
 TEST_F(GPT2Loader, PaddedVocabularyIsZeroAndNeverGenerated) {
   const auto weights = random_gpt2(/*tied=*/true);
   on_rank0([&] { write_single(dir_, weights, /*tied=*/true); });
-  auto gpt = torchtp::load_gpt2(dir_, torchtp::LoadGPT2Options().group(world()));
+  auto gpt =
+      torchtp::load_gpt2(dir_, torchtp::LoadGPT2Options().group(world()));
   const auto& emb = gpt->token_embedding;
   const int64_t start = emb->vocab_start_index(), end = emb->vocab_end_index();
   if (end > kGPT2Vocab) {
