@@ -79,7 +79,7 @@ torch::Tensor VocabParallelEmbeddingImpl::forward(const torch::Tensor& ids) {
   auto local = (ids - vocab_start_index()).masked_fill(outside, 0);
   auto rows = torch::nn::functional::embedding(local, weight);
   rows = rows.masked_fill(outside.unsqueeze(-1), 0);
-  return reduce_from_tp_region(rows, *group_);
+  return options.reduce_output() ? reduce_from_tp_region(rows, *group_) : rows;
 }
 
 void VocabParallelEmbeddingImpl::pretty_print(std::ostream& stream) const {

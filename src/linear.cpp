@@ -168,8 +168,10 @@ void ColumnParallelLinearImpl::load_full_weights(
 torch::Tensor ColumnParallelLinearImpl::forward(const torch::Tensor& input) {
   check_input(
       kColumn, input, options.in_features(), "in_features", weight, *group_);
-  auto y = detail::copy_to_tp_region_and_linear(
-      input, weight, options.skip_bias_add() ? torch::Tensor() : bias, *group_);
+  const auto b = options.skip_bias_add() ? torch::Tensor() : bias;
+  auto y = options.reduce_input_grad()
+               ? detail::copy_to_tp_region_and_linear(input, weight, b, *group_)
+               : detail::linear(input, weight, b);
   if (!options.gather_output()) {
     return y;
   }
@@ -193,6 +195,9 @@ void ColumnParallelLinearImpl::pretty_print(std::ostream& stream) const {
          << ", bias=" << std::boolalpha << options.bias()
          << ", gather_output=" << options.gather_output()
          << ", skip_bias_add=" << options.skip_bias_add();
+  if (!options.reduce_input_grad()) {
+    stream << ", reduce_input_grad=false";
+  }
   if (options.segments() > 1) {
     stream << ", segments=" << options.segments();
   }
@@ -243,6 +248,9 @@ torch::Tensor RowParallelLinearImpl::forward(const torch::Tensor& input) {
   auto x = options.input_is_parallel() ? input
                                        : scatter_to_tp_region(input, *group_);
   auto partial = detail::linear(x, weight, torch::Tensor());
+  if (!options.reduce_output()) {
+    return partial; // the caller reduces it and adds the bias
+  }
   // `partial` is a fresh temporary: reduced in place, no copy.
   auto y = detail::reduce_from_tp_region_in_place(partial, *group_);
   // Added after the reduction, once: adding it before would count it
@@ -263,8 +271,11 @@ void RowParallelLinearImpl::pretty_print(std::ostream& stream) const {
          << ", out_features=" << options.out_features()
          << ", bias=" << std::boolalpha << options.bias()
          << ", input_is_parallel=" << options.input_is_parallel()
-         << ", skip_bias_add=" << options.skip_bias_add()
-         << ", rank=" << group_->rank() << ", world_size=" << group_->size()
+         << ", skip_bias_add=" << options.skip_bias_add();
+  if (!options.reduce_output()) {
+    stream << ", reduce_output=false";
+  }
+  stream << ", rank=" << group_->rank() << ", world_size=" << group_->size()
          << ")";
 }
 

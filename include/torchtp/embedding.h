@@ -23,6 +23,12 @@ struct VocabParallelEmbeddingOptions {
   TORCH_ARG(int64_t, num_embeddings);
   /// Size of each embedding vector (not split).
   TORCH_ARG(int64_t, embedding_dim);
+  /// All-reduce the looked-up rows in `forward()`. False: `forward()`
+  /// returns this rank's partial lookup (its own rows, zero rows for ids it
+  /// does not own) for the caller to sum; sequence parallelism
+  /// reduce-scatters it along the sequence (Megatron's embedding does the
+  /// same).
+  TORCH_ARG(bool, reduce_output) = true;
   /// Ranks to split over; default: the group of `init_from_env()`.
   TORCH_ARG(c10::optional<Group>, group) = c10::nullopt;
   /// Parameter dtype; default: torch's default dtype.
@@ -35,8 +41,9 @@ struct VocabParallelEmbeddingOptions {
 ///
 /// Input: integer ids of any shape, the same on every rank. Output
 /// `[*ids, dim]`, the same on every rank. Forward: each rank looks up the ids
-/// it owns, gives zero rows for the others, and all-reduces (sum); backward:
-/// no communication, each rank's gradient lands in its own rows.
+/// it owns, gives zero rows for the others, and all-reduces (sum; left to
+/// the caller with `reduce_output(false)`); backward: no communication, each
+/// rank's gradient lands in its own rows.
 ///
 /// Initialisation gives this rank its rows of the table
 /// `torch::nn::Embedding` would draw (N(0, 1)), bit for bit, drawing the

@@ -44,6 +44,13 @@ struct ColumnParallelLinearOptions {
   /// holds its part of every block, so it holds whole heads of Q, K and V.
   /// The full weight is the usual `[Q; K; V]` stack at every world size.
   TORCH_ARG(int64_t, segments) = 1;
+  /// All-reduce the input gradient in backward: the input is the same on
+  /// every rank, so its gradient is the sum of every rank's. False when the
+  /// caller's own mapping sums it instead: with sequence parallelism the
+  /// input comes from `gather_from_sequence_region`, whose backward
+  /// reduce-scatters it (summing here as well would count it world_size
+  /// times).
+  TORCH_ARG(bool, reduce_input_grad) = true;
   /// Ranks to split over; default: the group of `init_from_env()`.
   TORCH_ARG(c10::optional<Group>, group) = c10::nullopt;
   /// Parameter dtype; default: torch's default dtype.
@@ -75,6 +82,15 @@ struct RowParallelLinearOptions {
   TORCH_ARG(bool, input_is_parallel) = false;
   /// Leave the bias out of `forward()` (see ColumnParallelLinearOptions).
   TORCH_ARG(bool, skip_bias_add) = false;
+  /// All-reduce the partial products in `forward()`, then add the bias.
+  /// False: `forward()` returns this rank's partial product `x_r W_r^T`,
+  /// without the bias, and the caller reduces it and adds `bias` once after
+  /// the reduction (adding it to every partial sum would count it
+  /// world_size times). Sequence parallelism reduce-scatters it with
+  /// `reduce_scatter_to_sequence_region` and adds the bias to the sequence
+  /// shard through `copy_to_tp_region`, so the bias gradient, computed on
+  /// the shard, is summed over the ranks.
+  TORCH_ARG(bool, reduce_output) = true;
   /// Ranks to split over; default: the group of `init_from_env()`.
   TORCH_ARG(c10::optional<Group>, group) = c10::nullopt;
   /// Parameter dtype; default: torch's default dtype.
@@ -86,7 +102,8 @@ struct RowParallelLinearOptions {
 ///
 /// Input `[*, in]`, the same on every rank. Output `[*, out/ws]`, or
 /// `[*, out]` with `gather_output`. Forward: no communication (all-gather with
-/// `gather_output`); backward: the input gradient is all-reduced.
+/// `gather_output`); backward: the input gradient is all-reduced (left to
+/// the caller with `reduce_input_grad(false)`).
 ///
 /// Initialisation gives this rank its rows of the weight `torch::nn::Linear`
 /// would draw, bit for bit, drawing the full weight in blocks of rows and
@@ -148,6 +165,8 @@ TORCH_MODULE(ColumnParallelLinear);
 /// split here. Output `[*, out]`, the same on every rank. Forward: the
 /// partial products are all-reduced, then the bias is added once; backward:
 /// no communication (the scatter of a full input all-gathers its gradient).
+/// With `reduce_output(false)` the output is this rank's partial product,
+/// for the caller to reduce.
 class RowParallelLinearImpl
     : public torch::nn::Cloneable<RowParallelLinearImpl>,
       public Sharded {
@@ -165,7 +184,8 @@ class RowParallelLinearImpl
   void reset_parameters();
   void pretty_print(std::ostream& stream) const override;
 
-  /// `[*, in/ws]` (or `[*, in]` without input_is_parallel) -> `[*, out]`.
+  /// `[*, in/ws]` (or `[*, in]` without input_is_parallel) -> `[*, out]`
+  /// (this rank's partial sum with `reduce_output(false)`).
   torch::Tensor forward(const torch::Tensor& input);
 
   /// Copies this rank's shard of a full `weight [out, in]` and the full
