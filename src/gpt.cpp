@@ -37,6 +37,7 @@ void GPTImpl::reset() {
   token_embedding = register_module(
       "token_embedding",
       VocabParallelEmbedding(VocabParallelEmbeddingOptions(padded_vocab_, d)
+                                 .reduce_output(!options.sequence_parallel())
                                  .group(*group_)
                                  .dtype(options.dtype())));
   position_embedding = register_module(
@@ -51,21 +52,25 @@ void GPTImpl::reset() {
                              .hidden_dropout(options.hidden_dropout())
                              .attention_dropout(options.attention_dropout())
                              .rng(rng_)
+                             .sequence_parallel(options.sequence_parallel())
+                             .recompute(options.recompute())
                              .group(*group_)
                              .dtype(options.dtype())));
   }
   final_norm = register_module(
-      "final_norm",
-      torch::nn::LayerNorm(
-          torch::nn::LayerNormOptions({d}).eps(options.layer_norm_eps())));
+      "final_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d}).eps(
+                        options.layer_norm_eps())));
   if (!options.tie_embeddings()) {
     lm_head = register_module(
-        "lm_head",
-        ColumnParallelLinear(ColumnParallelLinearOptions(d, padded_vocab_)
-                                 .bias(false)
-                                 .gather_output(false)
-                                 .group(*group_)
-                                 .dtype(options.dtype())));
+        "lm_head", ColumnParallelLinear(
+                       ColumnParallelLinearOptions(d, padded_vocab_)
+                           .bias(false)
+                           .gather_output(false)
+                           // Its input comes from the sequence gather,
+                           // whose backward sums the gradient.
+                           .reduce_input_grad(!options.sequence_parallel())
+                           .group(*group_)
+                           .dtype(options.dtype())));
   }
   if (options.dtype().has_value()) {
     position_embedding->to(*options.dtype());
@@ -82,6 +87,9 @@ torch::Tensor GPTImpl::forward(const torch::Tensor& ids) {
       ids.numel() == 0 || ids.max().item<int64_t>() < options.vocab_size(),
       kName, *group_, "ids must be below vocab_size (", options.vocab_size(),
       "), got ", ids.max().item<int64_t>());
+  if (options.sequence_parallel()) {
+    return forward_sequence_parallel(ids);
+  }
   auto positions = torch::arange(ids.size(1), torch::kLong);
   auto h = token_embedding(ids) + position_embedding(positions);
   h = dropout(h, options.hidden_dropout(), is_training(), rng_->replicated());
@@ -91,9 +99,37 @@ torch::Tensor GPTImpl::forward(const torch::Tensor& ids) {
   return output(h);
 }
 
+torch::Tensor GPTImpl::forward_sequence_parallel(const torch::Tensor& ids) {
+  const int64_t s = ids.size(1);
+  // Checked before the first collective, on every rank alike.
+  const auto seq = detail::sequence_partition(s, *group_, kName);
+  // The embedding's partial lookups, summed and split in one exchange.
+  auto h = detail::reduce_scatter_sequence(token_embedding(ids), *group_, seq);
+  // Each rank adds its own positions' rows; their gradients are summed.
+  auto table =
+      copy_to_tp_region(position_embedding->weight.narrow(0, 0, s), *group_);
+  h = h + seq.narrow(table, 0);
+  h = dropout(h, options.hidden_dropout(), is_training(), rng_->sharded());
+  for (const auto& layer : *layers) {
+    h = layer->as<TransformerLayerImpl>()->forward(h, s);
+  }
+  auto x = detail::gather_sequence(
+      detail::layer_norm_on_shard(*final_norm, h, *group_), *group_, seq);
+  if (lm_head) {
+    return lm_head(x);
+  }
+  // The gather's backward sums the input gradient: a plain linear.
+  return detail::linear(x, token_embedding->weight, torch::Tensor());
+}
+
 torch::Tensor GPTImpl::output(const torch::Tensor& h) {
   auto x = final_norm(h);
   if (lm_head) {
+    if (options.sequence_parallel()) {
+      // lm_head leaves the input gradient to its caller: sum it as the
+      // replicated input's gradient is.
+      x = copy_to_tp_region(x, *group_);
+    }
     return lm_head(x);
   }
   // What a ColumnParallelLinear without gather does, with the embedding's
@@ -147,8 +183,12 @@ torch::Tensor GPTImpl::forward_cached(
       (cache.next_position.unsqueeze(1) + real.cumsum(1) - 1).clamp_min(0);
   cache.next_position = cache.next_position + real.sum(1);
   cache.key_mask = torch::cat({cache.key_mask, real}, 1);
-  auto h = token_embedding(ids.masked_fill(real.logical_not(), 0)) +
-           position_embedding(positions);
+  auto tokens = token_embedding(ids.masked_fill(real.logical_not(), 0));
+  if (options.sequence_parallel()) {
+    // Built to leave the sum to its caller; here it is over whole sequences.
+    tokens = reduce_from_tp_region(tokens, *group_);
+  }
+  auto h = tokens + position_embedding(positions);
   for (size_t i = 0; i < cache.layers.size(); ++i) {
     h = layers[i]->as<TransformerLayerImpl>()->forward_cached(
         h, cache.layers[i], cache.key_mask);
@@ -180,6 +220,8 @@ void GPTImpl::pretty_print(std::ostream& stream) const {
          << ", num_heads=" << options.num_heads()
          << ", num_layers=" << options.num_layers()
          << (options.tie_embeddings() ? ", tied embeddings" : "")
+         << (options.sequence_parallel() ? ", sequence_parallel" : "")
+         << (options.recompute() ? ", recompute" : "")
          << ", world_size=" << group_->size() << ")";
 }
 

@@ -3,6 +3,9 @@
 #include "torchtp/detail/check.h"
 #include "torchtp/detail/dtype.h"
 #include "torchtp/detail/options.h"
+#include "torchtp/mappings.h"
+
+#include <torch/nn/functional/normalization.h>
 
 #include <cmath>
 #include <limits>
@@ -10,14 +13,113 @@
 namespace torchtp {
 namespace {
 
+constexpr const char* kMLP = "torchtp::ParallelMLP";
 constexpr const char* kAttention = "torchtp::ParallelSelfAttention";
+constexpr const char* kLayer = "torchtp::TransformerLayer";
 
 std::shared_ptr<RngTracker> resolve_rng(
     const std::shared_ptr<RngTracker>& rng, const Group& group) {
   return rng ? rng : std::make_shared<RngTracker>(0, group);
 }
 
+// A row-parallel layer's output when the caller reduces it (sequence
+// parallelism builds it with reduce_output(false)), for a whole sequence:
+// all-reduced, then the bias added once.
+torch::Tensor reduce_whole(
+    const torch::Tensor& partial, const RowParallelLinear& row) {
+  auto y = reduce_from_tp_region(partial, row->shard_group());
+  return row->bias.defined() ? y + row->bias : y;
+}
+
+// A row-parallel layer's output as a part of the sequence: reduce-scattered,
+// then the bias added once.
+torch::Tensor reduce_to_shard(
+    const torch::Tensor& partial,
+    const RowParallelLinear& row,
+    const Partition& seq) {
+  const auto& group = row->shard_group();
+  return detail::add_bias_on_shard(
+      detail::reduce_scatter_sequence(partial, group, seq), row->bias, group);
+}
+
 } // namespace
+
+// ---------------------------------------------------------------------------
+// Sequence parallelism
+
+namespace detail {
+
+Partition sequence_partition(
+    int64_t seq_len, const Group& group, const std::string& who) {
+  // Uneven splits: the one line to change when Partition grows them.
+  return Partition(
+      seq_len, group.size(), group.rank(),
+      who +
+          ": sequence_parallel splits the sequence (dim 1) over the ranks, "
+          "but its length");
+}
+
+Partition sequence_partition_of(
+    const torch::Tensor& x,
+    int64_t seq_len,
+    const Group& group,
+    const std::string& who) {
+  TORCHTP_CHECK(
+      x.dim() == 3, who, group,
+      "sequence_parallel: expected this rank's part of the sequence, "
+      "[batch, local_seq, d_model], but got ",
+      x.sizes());
+  TORCHTP_CHECK(
+      seq_len >= -1, who, group, "seq_len must be -1 or a length, got ",
+      seq_len);
+  auto seq = sequence_partition(
+      seq_len == -1 ? x.size(1) * group.size() : seq_len, group, who);
+  TORCHTP_CHECK(
+      x.size(1) == seq.local_size(), who, group,
+      "sequence_parallel: expected this rank's ", seq.local_size(), " of the ",
+      seq.full_size(), " positions (input [batch, ", seq.local_size(),
+      ", d_model]) but got ", x.sizes());
+  return seq;
+}
+
+// The mappings exchange dim 0; the sequence is dim 1 of [batch, seq, d]. The
+// transposes are views: Group moves the dim to the front for the exchange
+// anyway.
+torch::Tensor gather_sequence(
+    const torch::Tensor& x, const Group& group, const Partition& seq) {
+  TORCH_INTERNAL_ASSERT(x.size(1) == seq.local_size());
+  return gather_from_sequence_region(x.transpose(0, 1), group).transpose(0, 1);
+}
+
+torch::Tensor reduce_scatter_sequence(
+    const torch::Tensor& x, const Group& group, const Partition& seq) {
+  TORCH_INTERNAL_ASSERT(x.size(1) == seq.full_size());
+  return reduce_scatter_to_sequence_region(x.transpose(0, 1), group)
+      .transpose(0, 1);
+}
+
+torch::Tensor layer_norm_on_shard(
+    torch::nn::LayerNormImpl& norm,
+    const torch::Tensor& x,
+    const Group& group) {
+  namespace F = torch::nn::functional;
+  auto options = F::LayerNormFuncOptions(norm.options.normalized_shape())
+                     .eps(norm.options.eps());
+  if (norm.weight.defined()) {
+    options.weight(copy_to_tp_region(norm.weight, group));
+  }
+  if (norm.bias.defined()) {
+    options.bias(copy_to_tp_region(norm.bias, group));
+  }
+  return F::layer_norm(x, options);
+}
+
+torch::Tensor add_bias_on_shard(
+    const torch::Tensor& y, const torch::Tensor& bias, const Group& group) {
+  return bias.defined() ? y + copy_to_tp_region(bias, group) : y;
+}
+
+} // namespace detail
 
 // ---------------------------------------------------------------------------
 // ParallelMLP
@@ -28,11 +130,13 @@ ParallelMLPImpl::ParallelMLPImpl(ParallelMLPOptions options_)
 }
 
 void ParallelMLPImpl::reset() {
+  const bool sp = options.sequence_parallel();
   fc1 = register_module(
       "fc1", ColumnParallelLinear(ColumnParallelLinearOptions(
                                       options.d_model(), options.ffn_hidden())
                                       .bias(options.bias())
                                       .gather_output(false)
+                                      .reduce_input_grad(!sp)
                                       .group(options.group())
                                       .dtype(options.dtype())));
   fc2 = register_module(
@@ -40,19 +144,41 @@ void ParallelMLPImpl::reset() {
                                    options.ffn_hidden(), options.d_model())
                                    .bias(options.bias())
                                    .input_is_parallel(true)
+                                   .reduce_output(!sp)
                                    .group(options.group())
                                    .dtype(options.dtype())));
 }
 
-torch::Tensor ParallelMLPImpl::forward(const torch::Tensor& x) {
+torch::Tensor ParallelMLPImpl::hidden(const torch::Tensor& x) {
   const char* approximate =
       options.activation() == Activation::gelu_tanh ? "tanh" : "none";
   return fc2(torch::gelu(fc1(x), approximate));
 }
 
+torch::Tensor ParallelMLPImpl::forward(
+    const torch::Tensor& x, int64_t seq_len) {
+  if (!options.sequence_parallel()) {
+    return hidden(x);
+  }
+  const auto& group = fc1->shard_group();
+  auto seq = detail::sequence_partition_of(x, seq_len, group, kMLP);
+  return reduce_to_shard(
+      hidden(detail::gather_sequence(x, group, seq)), fc2, seq);
+}
+
+torch::Tensor ParallelMLPImpl::forward_replicated(const torch::Tensor& x) {
+  if (!options.sequence_parallel()) {
+    return hidden(x);
+  }
+  // fc1 leaves the input gradient to its caller here: sum it as the
+  // replicated input's gradient is.
+  return reduce_whole(hidden(copy_to_tp_region(x, fc1->shard_group())), fc2);
+}
+
 void ParallelMLPImpl::pretty_print(std::ostream& stream) const {
   stream << "torchtp::ParallelMLP(d_model=" << options.d_model()
-         << ", ffn_hidden=" << options.ffn_hidden() << ")";
+         << ", ffn_hidden=" << options.ffn_hidden()
+         << (options.sequence_parallel() ? ", sequence_parallel" : "") << ")";
 }
 
 // ---------------------------------------------------------------------------
@@ -76,16 +202,19 @@ void ParallelSelfAttentionImpl::reset() {
                      std::string(kAttention) + ": num_heads")
                      .local_size();
   rng_ = resolve_rng(options.rng(), group);
+  const bool sp = options.sequence_parallel();
   qkv = register_module(
       "qkv", ColumnParallelLinear(ColumnParallelLinearOptions(d, 3 * d)
                                       .bias(options.bias())
                                       .segments(3)
+                                      .reduce_input_grad(!sp)
                                       .group(group)
                                       .dtype(options.dtype())));
   proj = register_module(
       "proj", RowParallelLinear(RowParallelLinearOptions(d, d)
                                     .bias(options.bias())
                                     .input_is_parallel(true)
+                                    .reduce_output(!sp)
                                     .group(group)
                                     .dtype(options.dtype())));
 }
@@ -133,15 +262,24 @@ torch::Tensor ParallelSelfAttentionImpl::attend(
   return proj(context);
 }
 
-torch::Tensor ParallelSelfAttentionImpl::forward(const torch::Tensor& x) {
+torch::Tensor ParallelSelfAttentionImpl::forward(
+    const torch::Tensor& x, int64_t seq_len) {
   check_input(x);
-  auto [q, k, v] = project(x);
+  c10::optional<Partition> seq;
+  auto whole = x;
+  if (options.sequence_parallel()) {
+    const auto& group = qkv->shard_group();
+    seq = detail::sequence_partition_of(x, seq_len, group, kAttention);
+    whole = detail::gather_sequence(x, group, *seq);
+  }
+  auto [q, k, v] = project(whole);
   torch::Tensor allowed;
   if (options.causal()) {
-    const int64_t s = x.size(1);
+    const int64_t s = whole.size(1);
     allowed = torch::ones({s, s}, torch::kBool).tril();
   }
-  return attend(q, k, v, allowed, /*with_dropout=*/true);
+  auto y = attend(q, k, v, allowed, /*with_dropout=*/true);
+  return seq ? reduce_to_shard(y, proj, *seq) : y;
 }
 
 torch::Tensor ParallelSelfAttentionImpl::forward_cached(
@@ -183,16 +321,18 @@ torch::Tensor ParallelSelfAttentionImpl::forward_cached(
   auto causal = slot.unsqueeze(0) <= query_slot;          // [s, total]
   auto self = slot.unsqueeze(0) == query_slot;            // [s, total]
   auto allowed = causal & (key_mask.unsqueeze(1) | self); // [b, s, total]
-  return attend(
+  auto y = attend(
       q, cache.k.narrow(2, 0, total), cache.v.narrow(2, 0, total),
       allowed.unsqueeze(1), /*with_dropout=*/false);
+  // Sequence parallelism leaves proj's reduction to this block.
+  return options.sequence_parallel() ? reduce_whole(y, proj) : y;
 }
 
 void ParallelSelfAttentionImpl::pretty_print(std::ostream& stream) const {
   stream << "torchtp::ParallelSelfAttention(d_model=" << options.d_model()
          << ", num_heads=" << options.num_heads() << " (" << local_heads_
          << " on this rank), causal=" << std::boolalpha << options.causal()
-         << ")";
+         << (options.sequence_parallel() ? ", sequence_parallel" : "") << ")";
 }
 
 // ---------------------------------------------------------------------------
@@ -204,7 +344,8 @@ TransformerLayerImpl::TransformerLayerImpl(TransformerLayerOptions options_)
 }
 
 void TransformerLayerImpl::reset() {
-  Group group = detail::group_or_default(options.group());
+  group_ = detail::group_or_default(options.group());
+  const Group& group = *group_;
   rng_ = resolve_rng(options.rng(), group);
   const int64_t d = options.d_model();
   const int64_t ffn = options.ffn_hidden() > 0 ? options.ffn_hidden() : 4 * d;
@@ -224,6 +365,7 @@ void TransformerLayerImpl::reset() {
                                 .bias(options.bias())
                                 .attention_dropout(options.attention_dropout())
                                 .rng(rng_)
+                                .sequence_parallel(options.sequence_parallel())
                                 .group(group)
                                 .dtype(options.dtype())));
   ln2 = register_module("ln2", ln());
@@ -231,6 +373,7 @@ void TransformerLayerImpl::reset() {
       "mlp", ParallelMLP(ParallelMLPOptions(d, ffn)
                              .bias(options.bias())
                              .activation(options.activation())
+                             .sequence_parallel(options.sequence_parallel())
                              .group(group)
                              .dtype(options.dtype())));
 }
@@ -238,13 +381,52 @@ void TransformerLayerImpl::reset() {
 torch::Tensor TransformerLayerImpl::forward_cached(
     const torch::Tensor& x, KVCache& cache, const torch::Tensor& key_mask) {
   auto h = x + attention->forward_cached(ln1(x), cache, key_mask);
-  return h + mlp(ln2(h));
+  return h + mlp->forward_replicated(ln2(h));
 }
 
-torch::Tensor TransformerLayerImpl::forward(const torch::Tensor& x) {
+Partition TransformerLayerImpl::sequence_partition(int64_t seq_len) const {
+  return detail::sequence_partition(seq_len, *group_, kLayer);
+}
+
+torch::Tensor TransformerLayerImpl::forward(
+    const torch::Tensor& x, int64_t seq_len) {
+  TORCHTP_CHECK(
+      x.defined() && x.dim() == 3 && x.size(2) == options.d_model(), kLayer,
+      *group_, "expected input [batch, seq, ", options.d_model(), "] but got ",
+      x.defined() ? c10::str(x.sizes()) : "undefined");
+  if (options.sequence_parallel()) {
+    // Checked (and the length resolved) before any collective.
+    seq_len =
+        detail::sequence_partition_of(x, seq_len, *group_, kLayer).full_size();
+  }
+  if (!options.recompute()) {
+    return forward_once(x, seq_len);
+  }
+  // The graph holds the function until backward: keep the layer alive with
+  // it (a layer made outside a shared_ptr must outlive backward itself).
+  auto self = weak_from_this().lock();
+  return recompute(
+      [this, self, seq_len](const torch::Tensor& input) {
+        return forward_once(input, seq_len);
+      },
+      x, parameters(), rng_);
+}
+
+torch::Tensor TransformerLayerImpl::forward_once(
+    const torch::Tensor& x, int64_t seq_len) {
   const double p = options.hidden_dropout();
-  auto h = x + dropout(attention(ln1(x)), p, is_training(), rng_->replicated());
-  return h + dropout(mlp(ln2(h)), p, is_training(), rng_->replicated());
+  const bool training = is_training();
+  if (!options.sequence_parallel()) {
+    auto h = x + dropout(attention(ln1(x)), p, training, rng_->replicated());
+    return h + dropout(mlp(ln2(h)), p, training, rng_->replicated());
+  }
+  // Every rank holds different positions: its masks come from its own
+  // stream.
+  auto& stream = rng_->sharded();
+  auto a = attention(detail::layer_norm_on_shard(*ln1, x, *group_), seq_len);
+  auto h = x + dropout(a, p, training, stream);
+  auto m = mlp(detail::layer_norm_on_shard(*ln2, h, *group_), seq_len);
+  return h + dropout(m, p, training, stream);
 }
 
 } // namespace torchtp

@@ -47,6 +47,21 @@ struct GPTOptions {
   /// Seed of the dropout streams (the weights come from the global
   /// generator, like any torch module's).
   TORCH_ARG(uint64_t, dropout_seed) = 1234;
+  /// Sequence parallelism (see `TransformerLayerOptions`): between the
+  /// embedding and the output layer every rank holds only its part of the
+  /// sequence (which must divide by the world size). The token embedding's
+  /// partial sums are reduce-scattered along the sequence instead of
+  /// all-reduced, the embedding dropout draws from the sharded stream, the
+  /// layers and the final LayerNorm run on the part, and the output layer
+  /// all-gathers the sequence back. Inputs, logits and every gradient are
+  /// the same as without it; replicated parameters' gradients (LayerNorms,
+  /// position embedding, row-parallel biases) are summed over the group
+  /// within `backward()`.
+  TORCH_ARG(bool, sequence_parallel) = false;
+  /// Activation recomputation in every layer (see
+  /// `TransformerLayerOptions`): each keeps only its input and runs again in
+  /// backward, with the same dropout masks.
+  TORCH_ARG(bool, recompute) = false;
   /// Tensor-parallel group; default: the group of `init_from_env()`.
   TORCH_ARG(c10::optional<Group>, group) = c10::nullopt;
   TORCH_ARG(c10::optional<torch::Dtype>, dtype) = c10::nullopt;
@@ -146,8 +161,10 @@ class GPTImpl : public torch::nn::Cloneable<GPTImpl> {
   ColumnParallelLinear lm_head{nullptr};
 
  private:
-  // This rank's logits of the final hidden states.
+  // This rank's logits of the final hidden states of the whole sequence.
   torch::Tensor output(const torch::Tensor& h);
+  // forward() with sequence parallelism.
+  torch::Tensor forward_sequence_parallel(const torch::Tensor& ids);
 
   c10::optional<Group> group_;
   int64_t padded_vocab_ = 0;

@@ -5,6 +5,7 @@
 #include "torchtp/random.h"
 
 #include <torch/nn/cloneable.h>
+#include <torch/nn/modules/common.h>
 #include <torch/nn/modules/normalization.h>
 #include <torch/nn/pimpl.h>
 #include <torch/types.h>
@@ -12,6 +13,7 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <string>
 
 namespace torchtp {
 
@@ -34,6 +36,9 @@ struct ParallelMLPOptions {
   TORCH_ARG(int64_t, ffn_hidden);
   TORCH_ARG(bool, bias) = true;
   TORCH_ARG(Activation, activation) = Activation::gelu;
+  /// Sequence parallelism: `forward` takes and returns this rank's part of
+  /// the sequence, `[batch, seq / ws, d_model]` (see `TransformerLayer`).
+  TORCH_ARG(bool, sequence_parallel) = false;
   /// Ranks to split over; default: the group of `init_from_env()`.
   TORCH_ARG(c10::optional<Group>, group) = c10::nullopt;
   TORCH_ARG(c10::optional<torch::Dtype>, dtype) = c10::nullopt;
@@ -44,16 +49,34 @@ struct ParallelMLPOptions {
 /// `RowParallelLinear` (ffn_hidden/ws -> d_model). Input and output
 /// `[*, d_model]`, the same on every rank; one all-reduce forward, one
 /// backward.
+///
+/// With `sequence_parallel`: input and output `[batch, local_seq, d_model]`,
+/// this rank's part of the sequence; forward all-gathers the sequence before
+/// `fc1` and reduce-scatters `fc2`'s partial sums (then adds its bias),
+/// backward the reverse: the same bytes as the all-reduce, but nothing
+/// outside the two projections is held whole.
 class ParallelMLPImpl : public torch::nn::Cloneable<ParallelMLPImpl> {
  public:
   explicit ParallelMLPImpl(ParallelMLPOptions options);
   void reset() override;
   void pretty_print(std::ostream& stream) const override;
-  torch::Tensor forward(const torch::Tensor& x);
+  /// `seq_len` (sequence parallelism only): the full sequence length, of
+  /// which `x` holds this rank's part; -1: `x.size(1)` times the world size.
+  torch::Tensor forward(const torch::Tensor& x, int64_t seq_len = -1);
+  /// `[*, d_model]`, the same on every rank, to `[*, d_model]`, the same on
+  /// every rank, with or without `sequence_parallel` (for inference on
+  /// whole sequences, such as decoding with a cache).
+  torch::Tensor forward_replicated(const torch::Tensor& x);
 
   ParallelMLPOptions options;
   ColumnParallelLinear fc1{nullptr};
   RowParallelLinear fc2{nullptr};
+
+ protected:
+  FORWARD_HAS_DEFAULT_ARGS({1, torch::nn::AnyValue(int64_t{-1})})
+
+ private:
+  torch::Tensor hidden(const torch::Tensor& x);
 };
 TORCH_MODULE(ParallelMLP);
 
@@ -85,6 +108,9 @@ struct ParallelSelfAttentionOptions {
   TORCH_ARG(double, attention_dropout) = 0.0;
   /// Streams for dropout; default: a tracker seeded with 0.
   TORCH_ARG(std::shared_ptr<RngTracker>, rng) = nullptr;
+  /// Sequence parallelism: `forward` takes and returns this rank's part of
+  /// the sequence, `[batch, seq / ws, d_model]` (see `TransformerLayer`).
+  TORCH_ARG(bool, sequence_parallel) = false;
   TORCH_ARG(c10::optional<Group>, group) = c10::nullopt;
   TORCH_ARG(c10::optional<torch::Dtype>, dtype) = c10::nullopt;
 };
@@ -95,13 +121,20 @@ struct ParallelSelfAttentionOptions {
 /// world size, and rank r holds whole heads of each. The output projection
 /// is a `RowParallelLinear`. Input and output `[batch, seq, d_model]`, the
 /// same on every rank; one all-reduce forward, one backward.
+///
+/// With `sequence_parallel`: input and output `[batch, local_seq,
+/// d_model]`, this rank's part of the sequence; forward all-gathers the
+/// sequence before the Q, K, V projection and reduce-scatters the output
+/// projection's partial sums (then adds its bias); backward the reverse.
 class ParallelSelfAttentionImpl
     : public torch::nn::Cloneable<ParallelSelfAttentionImpl> {
  public:
   explicit ParallelSelfAttentionImpl(ParallelSelfAttentionOptions options);
   void reset() override;
   void pretty_print(std::ostream& stream) const override;
-  torch::Tensor forward(const torch::Tensor& x);
+  /// `seq_len` (sequence parallelism only): the full sequence length, of
+  /// which `x` holds this rank's part; -1: `x.size(1)` times the world size.
+  torch::Tensor forward(const torch::Tensor& x, int64_t seq_len = -1);
   /// Inference on new positions `x [batch, s, d_model]` after the ones held
   /// in `cache`, which they join. `key_mask [batch, cache.length + s]`
   /// (bool) says which positions, old and new, are real tokens: padding is
@@ -118,6 +151,9 @@ class ParallelSelfAttentionImpl
   ParallelSelfAttentionOptions options;
   ColumnParallelLinear qkv{nullptr};
   RowParallelLinear proj{nullptr};
+
+ protected:
+  FORWARD_HAS_DEFAULT_ARGS({1, torch::nn::AnyValue(int64_t{-1})})
 
  private:
   void check_input(const torch::Tensor& x) const;
@@ -155,6 +191,27 @@ struct TransformerLayerOptions {
   TORCH_ARG(double, attention_dropout) = 0.0;
   TORCH_ARG(double, layer_norm_eps) = 1e-5;
   TORCH_ARG(std::shared_ptr<RngTracker>, rng) = nullptr;
+  /// Sequence parallelism (Megatron's): the LayerNorms, dropouts and
+  /// residuals run on this rank's part of the sequence, so their
+  /// activations take 1/ws of the memory. `forward` takes and returns
+  /// `[batch, seq / ws, d_model]`, this rank's part as
+  /// `sequence_partition(seq)` splits it (the sequence length must divide
+  /// by the world size). The sequence is all-gathered before the Q, K, V
+  /// and fc1 projections and the output and fc2 projections' partial sums
+  /// are reduce-scattered instead of all-reduced: the same bytes moved.
+  /// Hidden dropout then draws from the sharded stream (each rank masks its
+  /// own positions). The LayerNorm weights and the row-parallel biases are
+  /// still replicated: their gradients, computed on a part of the sequence,
+  /// are summed over the group within `backward()` (they enter through
+  /// `copy_to_tp_region`), so nothing needs calling after it, and
+  /// accumulation and `clip_grad_norm` work unchanged. Same outputs and
+  /// gradients as without it.
+  TORCH_ARG(bool, sequence_parallel) = false;
+  /// Activation recomputation: keep only the layer's input and run its
+  /// forward again in backward (`torchtp::recompute`), with the dropout
+  /// streams set back so the masks are the same. Same outputs and
+  /// gradients; one more forward per step.
+  TORCH_ARG(bool, recompute) = false;
   TORCH_ARG(c10::optional<Group>, group) = c10::nullopt;
   TORCH_ARG(c10::optional<torch::Dtype>, dtype) = c10::nullopt;
 };
@@ -164,25 +221,88 @@ struct TransformerLayerOptions {
 /// are replicated (every rank holds and updates the same copy; their
 /// gradients agree across ranks without communication). Input and output
 /// `[batch, seq, d_model]`, the same on every rank: two all-reduces forward,
-/// two backward.
+/// two backward. With `sequence_parallel`, input and output are this
+/// rank's part of the sequence (see the option).
+///
+/// Example (sequence parallel):
+/// ```
+///   torchtp::TransformerLayer layer(
+///       torchtp::TransformerLayerOptions(1024, 16).sequence_parallel(true));
+///   auto part = layer->sequence_partition(x.size(1));
+///   auto y_part = layer(part.narrow(x, /*dim=*/1), x.size(1));
+/// ```
 class TransformerLayerImpl : public torch::nn::Cloneable<TransformerLayerImpl> {
  public:
   explicit TransformerLayerImpl(TransformerLayerOptions options);
   void reset() override;
-  torch::Tensor forward(const torch::Tensor& x);
+  /// `seq_len` (sequence parallelism only): the full sequence length, of
+  /// which `x` holds this rank's part; -1: `x.size(1)` times the world size.
+  torch::Tensor forward(const torch::Tensor& x, int64_t seq_len = -1);
   /// Inference with the attention's `cache` (see
-  /// `ParallelSelfAttentionImpl::forward_cached`); no dropout.
+  /// `ParallelSelfAttentionImpl::forward_cached`); no dropout. Whole
+  /// sequences, the same on every rank, with or without sequence
+  /// parallelism.
   torch::Tensor forward_cached(
       const torch::Tensor& x, KVCache& cache, const torch::Tensor& key_mask);
+  /// How sequence parallelism splits a sequence of `seq_len` positions over
+  /// this layer's group; raises a `c10::Error` naming the rank, the world
+  /// size and the length when it does not divide.
+  Partition sequence_partition(int64_t seq_len) const;
 
   TransformerLayerOptions options;
   torch::nn::LayerNorm ln1{nullptr}, ln2{nullptr};
   ParallelSelfAttention attention{nullptr};
   ParallelMLP mlp{nullptr};
 
+ protected:
+  FORWARD_HAS_DEFAULT_ARGS({1, torch::nn::AnyValue(int64_t{-1})})
+
  private:
+  torch::Tensor forward_once(const torch::Tensor& x, int64_t seq_len);
+
+  c10::optional<Group> group_;
   std::shared_ptr<RngTracker> rng_;
 };
 TORCH_MODULE(TransformerLayer);
 
+namespace detail {
+
+/// The split of a sequence of `seq_len` positions over `group` that
+/// sequence parallelism uses (the one place it is decided); `who` names the
+/// caller in the error when it does not divide.
+Partition sequence_partition(
+    int64_t seq_len, const Group& group, const std::string& who);
+
+/// The split of the sequence whose part on this rank is `x` (dim 1 of
+/// `[batch, seq, d_model]`): of `seq_len` positions, or `x.size(1)` times
+/// the world size when `seq_len` is -1. Checks that `x` holds this rank's
+/// part.
+Partition sequence_partition_of(
+    const torch::Tensor& x,
+    int64_t seq_len,
+    const Group& group,
+    const std::string& who);
+
+/// `gather_from_sequence_region` along dim 1: this rank's part of the
+/// sequence -> the whole sequence; backward reduce-scatters.
+torch::Tensor gather_sequence(
+    const torch::Tensor& x, const Group& group, const Partition& seq);
+
+/// `reduce_scatter_to_sequence_region` along dim 1: partial sums of the
+/// whole sequence -> this rank's part of their sum; backward all-gathers.
+torch::Tensor reduce_scatter_sequence(
+    const torch::Tensor& x, const Group& group, const Partition& seq);
+
+/// LayerNorm of this rank's part of the sequence with the replicated
+/// `norm`'s parameters, whose gradients are summed over `group` in backward
+/// (each rank's covers its own positions only).
+torch::Tensor layer_norm_on_shard(
+    torch::nn::LayerNormImpl& norm, const torch::Tensor& x, const Group& group);
+
+/// `y + bias` for `y` a part of the sequence and `bias` replicated (may be
+/// undefined): the bias gradient is summed over `group` in backward.
+torch::Tensor add_bias_on_shard(
+    const torch::Tensor& y, const torch::Tensor& bias, const Group& group);
+
+} // namespace detail
 } // namespace torchtp
