@@ -155,6 +155,21 @@ inline void expect_grads_match(
   }
 }
 
+// Whether every rank holds the same bits in `t` (a replicated parameter
+// or gradient: replicas that differ in the last bit drift apart).
+inline ::testing::AssertionResult same_on_every_rank(
+    const torch::Tensor& t, const torchtp::Group& g = world()) {
+  auto all = g.all_gather(t.detach().contiguous().unsqueeze(0), 0);
+  for (int64_t r = 1; r < g.size(); ++r) {
+    if (!torch::equal(all[r], all[0])) {
+      return ::testing::AssertionFailure()
+             << "rank " << r << " differs from rank 0 by up to "
+             << (all[r] - all[0]).abs().max().item<double>();
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
+
 // The initialisation as it was before any layer was split: the full
 // tensors an unsharded module draws from the global generator, written here
 // from the documented rule (torch::nn::Linear, torch::nn::Embedding), in

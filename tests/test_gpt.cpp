@@ -206,3 +206,130 @@ TEST(GPT, InitDrawsEachShardOfTheFullDrawsAndAdvancesTheGenerator) {
     }
   }
 }
+
+// ---------------------------------------------------------------------------
+// Sequence parallelism and recomputation
+
+namespace {
+
+// The replicated parameters' gradients (LayerNorms, position embedding,
+// row-parallel biases) hold the same bits on every rank.
+void expect_replicated_grads_identical(
+    torchtp::GPTImpl& gpt, const torchtp::Group& g) {
+  const auto specs = torchtp::shard_specs(gpt);
+  for (const auto& item : gpt.named_parameters()) {
+    if (specs.at(item.key()).is_replicated()) {
+      SCOPED_TRACE(item.key());
+      EXPECT_TRUE(torchtp::testing::same_on_every_rank(item.value().grad(), g));
+    }
+  }
+}
+
+} // namespace
+
+TEST(GPT, SequenceParallelAndRecomputeEqualUnsharded) {
+  auto g = world();
+  const int64_t seq = 12; // divides by 1, 2, 3 and 4
+  torch::manual_seed(47);
+  auto ids = torch::randint(0, 13, {2, seq}, torch::kLong);
+  auto targets = torch::randint(0, 13, {2, seq}, torch::kLong);
+  targets.index_put_({1, 5}, -100);
+  for (bool tied : {false, true}) {
+    SCOPED_TRACE(tied ? "tied embeddings" : "separate output layer");
+    const auto options = small_gpt().max_seq_len(seq).tie_embeddings(tied);
+    torch::manual_seed(42);
+    torchtp::GPT full(
+        torchtp::GPTOptions(options).group(torchtp::Group::self()));
+    auto full_logits = full->full_logits(ids);
+    auto full_loss = full->loss(ids, targets);
+    full_loss.backward();
+    for (const auto& [sp, recompute] : std::vector<std::pair<bool, bool>>{
+             {true, false}, {false, true}, {true, true}}) {
+      SCOPED_TRACE(
+          std::string(sp ? "sequence parallel " : "") +
+          (recompute ? "recompute" : ""));
+      torch::manual_seed(42);
+      torchtp::GPT gpt(
+          torchtp::GPTOptions(options).sequence_parallel(sp).recompute(
+              recompute));
+      EXPECT_TRUE(all_close(gpt->full_logits(ids), full_logits));
+      auto loss = gpt->loss(ids, targets);
+      EXPECT_TRUE(all_close(loss, full_loss));
+      loss.backward();
+      expect_grads_match(*gpt, *full, g);
+      expect_replicated_grads_identical(*gpt, g);
+    }
+  }
+}
+
+// Dropout everywhere (embedding, attention, both branches): with
+// recomputation the loss and gradients of two steps equal those without
+// it, at the same world size, with and without sequence parallelism.
+TEST(GPT, RecomputeWithDropoutEqualsNoRecompute) {
+  auto g = world();
+  const int64_t seq = 12;
+  torch::manual_seed(48);
+  auto ids = torch::randint(0, 13, {2, seq}, torch::kLong);
+  auto targets = torch::randint(0, 13, {2, seq}, torch::kLong);
+  for (bool sp : {false, true}) {
+    SCOPED_TRACE(sp ? "sequence parallel" : "not sequence parallel");
+    auto make = [&](bool recompute) {
+      torch::manual_seed(42);
+      return torchtp::GPT(small_gpt()
+                              .max_seq_len(seq)
+                              .hidden_dropout(0.2)
+                              .attention_dropout(0.2)
+                              .sequence_parallel(sp)
+                              .recompute(recompute));
+    };
+    auto plain = make(false), recomputed = make(true);
+    plain->rng().reseed(500);
+    recomputed->rng().reseed(500);
+    torch::Tensor first;
+    for (int step = 0; step < 2; ++step) {
+      SCOPED_TRACE("step " + std::to_string(step));
+      auto a = plain->loss(ids, targets), b = recomputed->loss(ids, targets);
+      EXPECT_TRUE(all_close(b, a));
+      a.backward();
+      b.backward();
+      expect_grads_match(*recomputed, *plain, g);
+      expect_replicated_grads_identical(*recomputed, g);
+      if (step == 0) {
+        first = a.detach();
+      } else {
+        EXPECT_FALSE(torch::equal(a.detach(), first)) << "masks must advance";
+      }
+    }
+  }
+}
+
+TEST(GPT, SequenceParallelSequenceThatDoesNotDivideRaises) {
+  auto g = world();
+  torchtp::GPT gpt(small_gpt().sequence_parallel(true));
+  auto ids = torch::zeros({2, 7}, torch::kLong);
+  if (g.size() == 1) {
+    EXPECT_EQ(gpt->forward(ids).size(1), 7);
+    return;
+  }
+  EXPECT_TRUE(torchtp::testing::raises_with(
+      [&] { gpt->forward(ids); },
+      {"torchtp::GPT", "sequence", "(7)",
+       "tensor-parallel size (" + std::to_string(g.size()) + ")",
+       g.rank_label()}));
+}
+
+// Decoding with a cache runs on whole sequences: a sequence-parallel model
+// gives the logits its forward does.
+TEST(GPT, SequenceParallelModelDecodesWithACache) {
+  torch::manual_seed(42);
+  torchtp::GPT gpt(small_gpt().max_seq_len(12).sequence_parallel(true));
+  gpt->eval();
+  torch::manual_seed(49);
+  auto ids = torch::randint(0, 13, {2, 12}, torch::kLong);
+  torch::NoGradGuard no_grad;
+  auto expected = gpt->forward(ids);
+  auto cache = gpt->make_cache();
+  auto prefill = gpt->forward_cached(ids.narrow(1, 0, 9), cache);
+  auto rest = gpt->forward_cached(ids.narrow(1, 9, 3), cache);
+  EXPECT_TRUE(all_close(torch::cat({prefill, rest}, 1), expected));
+}

@@ -17,6 +17,7 @@ using torchtp::testing::mlp_ref;
 using torchtp::testing::own;
 using torchtp::testing::pick_qkv_rows;
 using torchtp::testing::raises_with;
+using torchtp::testing::same_on_every_rank;
 using torchtp::testing::world;
 
 // ---------------------------------------------------------------------------
@@ -228,4 +229,269 @@ TEST(TransformerLayer, DropoutKeepsRanksIdenticalAndEvalIsDeterministic) {
   auto a = layer(x), b = layer(x);
   EXPECT_TRUE(torch::equal(a, b)) << "eval mode must not drop";
   EXPECT_FALSE(torch::equal(a, y)) << "training mode dropped nothing";
+}
+
+// ---------------------------------------------------------------------------
+// TransformerLayer: sequence parallelism and recomputation
+
+namespace {
+
+// A layer's full weights, gathered from its shards, as leaves of an
+// unsharded reference graph.
+struct FullLayerWeights {
+  torch::Tensor w_qkv, b_qkv, w_o, b_o, w1, b1, w2, b2;
+  torch::Tensor ln1_w, ln1_b, ln2_w, ln2_b;
+};
+
+// Non-trivial LayerNorm parameters (the same on every rank), so their
+// gradients and effect are really tested.
+void perturb_layer_norms(torchtp::TransformerLayer& layer, int64_t d) {
+  torch::NoGradGuard no_grad;
+  for (auto* ln : {&layer->ln1, &layer->ln2}) {
+    (*ln)->weight.copy_(1 + torch::randn({d}, torch::kDouble) / 4);
+    (*ln)->bias.copy_(torch::randn({d}, torch::kDouble) / 4);
+  }
+}
+
+FullLayerWeights gather_layer_weights(
+    torchtp::TransformerLayer& layer, const torchtp::Group& g) {
+  auto& attn = layer->attention;
+  auto& mlp = layer->mlp;
+  return {
+      leaf(gather_qkv(g, attn->qkv->weight)),
+      leaf(gather_qkv(g, attn->qkv->bias)),
+      leaf(g.all_gather(attn->proj->weight.detach(), 1)),
+      leaf(attn->proj->bias),
+      leaf(g.all_gather(mlp->fc1->weight.detach(), 0)),
+      leaf(g.all_gather(mlp->fc1->bias.detach(), 0)),
+      leaf(g.all_gather(mlp->fc2->weight.detach(), 1)),
+      leaf(mlp->fc2->bias),
+      leaf(layer->ln1->weight),
+      leaf(layer->ln1->bias),
+      leaf(layer->ln2->weight),
+      leaf(layer->ln2->bias)};
+}
+
+// The unsharded pre-norm block in plain LibTorch; `m1`, `m2` (when
+// defined) are the hidden dropout's scaled keep-masks of the two branches.
+torch::Tensor unsharded_layer(
+    const torch::Tensor& x,
+    const FullLayerWeights& w,
+    int64_t heads,
+    const torch::Tensor& m1 = {},
+    const torch::Tensor& m2 = {}) {
+  auto a = attention_ref(
+      layer_norm_ref(x, w.ln1_w, w.ln1_b), w.w_qkv, w.b_qkv, w.w_o, w.b_o,
+      heads, /*causal=*/true);
+  auto h = x + (m1.defined() ? a * m1 : a);
+  auto m = mlp_ref(layer_norm_ref(h, w.ln2_w, w.ln2_b), w.w1, w.b1, w.w2, w.b2);
+  return h + (m2.defined() ? m * m2 : m);
+}
+
+// Every parameter gradient of `layer` against the reference's: this rank's
+// slice of split ones, the full gradient of replicated ones, which must
+// also be the same bits on every rank.
+void expect_layer_grads_match(
+    torchtp::TransformerLayer& layer,
+    const FullLayerWeights& w,
+    const torchtp::Group& g) {
+  const int64_t ws = g.size();
+  auto& attn = layer->attention;
+  auto& mlp = layer->mlp;
+  const std::vector<std::pair<torch::Tensor, torch::Tensor>> replicated = {
+      {layer->ln1->weight, w.ln1_w}, {layer->ln1->bias, w.ln1_b},
+      {layer->ln2->weight, w.ln2_w}, {layer->ln2->bias, w.ln2_b},
+      {attn->proj->bias, w.b_o},     {mlp->fc2->bias, w.b2}};
+  for (size_t i = 0; i < replicated.size(); ++i) {
+    SCOPED_TRACE("replicated parameter " + std::to_string(i));
+    EXPECT_TRUE(
+        all_close(replicated[i].first.grad(), replicated[i].second.grad()));
+    EXPECT_TRUE(same_on_every_rank(replicated[i].first.grad(), g));
+  }
+  EXPECT_TRUE(all_close(
+      attn->qkv->weight.grad(), pick_qkv_rows(w.w_qkv.grad(), g.rank(), ws)));
+  EXPECT_TRUE(all_close(
+      attn->qkv->bias.grad(), pick_qkv_rows(w.b_qkv.grad(), g.rank(), ws)));
+  EXPECT_TRUE(all_close(attn->proj->weight.grad(), own(w.w_o.grad(), 1)));
+  EXPECT_TRUE(all_close(mlp->fc1->weight.grad(), own(w.w1.grad(), 0)));
+  EXPECT_TRUE(all_close(mlp->fc1->bias.grad(), own(w.b1.grad(), 0)));
+  EXPECT_TRUE(all_close(mlp->fc2->weight.grad(), own(w.w2.grad(), 1)));
+}
+
+struct MemoryMode {
+  bool sequence_parallel;
+  bool recompute;
+  std::string name() const {
+    return std::string(sequence_parallel ? "sequence parallel" : "") +
+           (sequence_parallel && recompute ? " + " : "") +
+           (recompute ? "recompute" : "");
+  }
+};
+
+const std::vector<MemoryMode> kMemoryModes = {
+    {true, false}, {false, true}, {true, true}};
+
+bool has_recompute_node(const torch::Tensor& y) {
+  return y.grad_fn() &&
+         y.grad_fn()->name().find("Recompute") != std::string::npos;
+}
+
+} // namespace
+
+TEST(TransformerLayer, SequenceParallelAndRecomputeMatchUnsharded) {
+  auto g = world();
+  const int64_t ws = g.size(), heads = 2 * ws, d = 4 * heads, s = 2 * ws;
+  torch::manual_seed(12);
+  const auto x0 = torch::randn({2, s, d}, torch::kDouble);
+  const auto upstream = torch::randn({2, s, d}, torch::kDouble);
+  for (const auto& mode : kMemoryModes) {
+    SCOPED_TRACE(mode.name());
+    torch::manual_seed(9);
+    torchtp::TransformerLayer layer(
+        torchtp::TransformerLayerOptions(d, heads)
+            .sequence_parallel(mode.sequence_parallel)
+            .recompute(mode.recompute)
+            .dtype(torch::kDouble));
+    perturb_layer_norms(layer, d);
+    const auto w = gather_layer_weights(layer, g);
+    auto xr = leaf(x0);
+    auto expected = unsharded_layer(xr, w, heads);
+    expected.backward(upstream);
+
+    // Sequence parallel: this rank's positions in, its positions out.
+    const auto part = layer->sequence_partition(s);
+    auto mine = [&](const torch::Tensor& full) {
+      return mode.sequence_parallel ? part.narrow(full, 1) : full;
+    };
+    auto x = leaf(mine(x0));
+    auto y = layer(x, s);
+    EXPECT_EQ(has_recompute_node(y), mode.recompute);
+    y.backward(mine(upstream));
+    EXPECT_TRUE(all_close(y, mine(expected.detach())));
+    EXPECT_TRUE(all_close(x.grad(), mine(xr.grad()))) << "input gradient";
+    expect_layer_grads_match(layer, w, g);
+  }
+}
+
+// Hidden dropout in a sequence-parallel layer: each rank masks its own
+// positions with its own (sharded) stream; the reference applies those
+// masks, gathered, to the unsharded block.
+TEST(TransformerLayer, SequenceParallelDropoutUsesEachRanksStream) {
+  auto g = world();
+  const int64_t ws = g.size(), heads = 2 * ws, d = 4 * heads, s = 2 * ws;
+  const double p = 0.3;
+  torch::manual_seed(13);
+  const auto x0 = torch::randn({2, s, d}, torch::kDouble);
+  const auto upstream = torch::randn({2, s, d}, torch::kDouble);
+  for (bool recompute : {false, true}) {
+    SCOPED_TRACE(recompute ? "recompute" : "no recompute");
+    torch::manual_seed(9);
+    torchtp::TransformerLayer layer(
+        torchtp::TransformerLayerOptions(d, heads)
+            .hidden_dropout(p)
+            .sequence_parallel(true)
+            .recompute(recompute)
+            .rng(std::make_shared<torchtp::RngTracker>(77, g))
+            .dtype(torch::kDouble));
+    perturb_layer_norms(layer, d);
+    const auto w = gather_layer_weights(layer, g);
+    const auto part = layer->sequence_partition(s);
+
+    // The two masks the layer draws, in order, from this rank's stream.
+    torchtp::RngTracker streams(77, g);
+    auto ones = torch::ones({2, part.local_size(), d}, torch::kDouble);
+    auto m1 = torchtp::dropout(ones, p, true, streams.sharded());
+    auto m2 = torchtp::dropout(ones, p, true, streams.sharded());
+    auto xr = leaf(x0);
+    auto expected =
+        unsharded_layer(xr, w, heads, g.all_gather(m1, 1), g.all_gather(m2, 1));
+    expected.backward(upstream);
+
+    auto x = leaf(part.narrow(x0, 1));
+    auto y = layer(x, s);
+    y.backward(part.narrow(upstream, 1));
+    EXPECT_TRUE(all_close(y, part.narrow(expected.detach(), 1)));
+    EXPECT_TRUE(all_close(x.grad(), part.narrow(xr.grad(), 1)));
+    expect_layer_grads_match(layer, w, g);
+  }
+}
+
+// With dropout on both branches and in attention: two steps with
+// recomputation give the outputs and (accumulated) gradients of two steps
+// without it, at the same world size: the recomputed forward drew the same
+// masks, and the streams continue as if it had not run.
+TEST(TransformerLayer, RecomputeReplaysTheDropoutMasks) {
+  auto g = world();
+  const int64_t ws = g.size(), heads = 2 * ws, d = 4 * heads, s = 2 * ws;
+  torch::manual_seed(14);
+  const auto x0 = torch::randn({2, s, d}, torch::kDouble);
+  const auto upstream = torch::randn({2, s, d}, torch::kDouble);
+  for (bool sp : {false, true}) {
+    SCOPED_TRACE(sp ? "sequence parallel" : "not sequence parallel");
+    auto make = [&](bool recompute) {
+      torch::manual_seed(9);
+      return torchtp::TransformerLayer(
+          torchtp::TransformerLayerOptions(d, heads)
+              .hidden_dropout(0.3)
+              .attention_dropout(0.3)
+              .sequence_parallel(sp)
+              .recompute(recompute)
+              .rng(std::make_shared<torchtp::RngTracker>(78, g))
+              .dtype(torch::kDouble));
+    };
+    auto plain = make(false), recomputed = make(true);
+    const auto part = plain->sequence_partition(s);
+    auto mine = [&](const torch::Tensor& full) {
+      return sp ? part.narrow(full, 1) : full;
+    };
+    torch::Tensor ya;
+    for (int step = 0; step < 2; ++step) {
+      SCOPED_TRACE("step " + std::to_string(step));
+      auto xa = leaf(mine(x0)), xb = leaf(mine(x0));
+      ya = plain(xa, s);
+      auto yb = recomputed(xb, s);
+      EXPECT_TRUE(has_recompute_node(yb));
+      ya.backward(mine(upstream));
+      yb.backward(mine(upstream));
+      EXPECT_TRUE(all_close(yb, ya.detach()));
+      EXPECT_TRUE(all_close(xb.grad(), xa.grad()));
+      const auto pa = plain->named_parameters();
+      for (const auto& item : recomputed->named_parameters()) {
+        SCOPED_TRACE(item.key());
+        EXPECT_TRUE(all_close(item.value().grad(), pa[item.key()].grad()));
+      }
+    }
+    plain->eval();
+    EXPECT_FALSE(torch::equal(plain(mine(x0), s), ya.detach()))
+        << "nothing was dropped";
+  }
+}
+
+TEST(TransformerLayer, SequenceLengthThatDoesNotDivideRaises) {
+  auto g = world();
+  const int64_t ws = g.size(), heads = 2 * ws, d = 4 * heads;
+  torchtp::TransformerLayer layer(
+      torchtp::TransformerLayerOptions(d, heads).sequence_parallel(true).dtype(
+          torch::kDouble));
+  if (ws == 1) {
+    EXPECT_EQ(layer->sequence_partition(7).local_size(), 7);
+    return;
+  }
+  const std::vector<std::string> needles = {
+      "torchtp::TransformerLayer", "sequence", "(7)",
+      "tensor-parallel size (" + std::to_string(ws) + ")", g.rank_label()};
+  auto check = [&](auto f) {
+    EXPECT_TRUE(raises_with(
+        f, {needles[0], needles[1], needles[2], needles[3], needles[4]}));
+  };
+  check([&] { layer->sequence_partition(7); });
+  // Raised before any collective, so every rank raises and none hangs.
+  check([&] { layer(torch::zeros({2, 2, d}, torch::kDouble), 7); });
+  // A part of the wrong length names both.
+  EXPECT_TRUE(raises_with(
+      [&] {
+        layer(torch::zeros({2, 3, d}, torch::kDouble), 2 * ws);
+      },
+      {"expected this rank's 2 of the " + std::to_string(2 * ws) + " positions",
+       "[2, 3, " + std::to_string(d) + "]", g.rank_label()}));
 }
