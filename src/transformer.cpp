@@ -33,6 +33,7 @@ void ParallelMLPImpl::reset() {
                                       options.d_model(), options.ffn_hidden())
                                       .bias(options.bias())
                                       .gather_output(false)
+                                      .uneven(options.uneven())
                                       .group(options.group())
                                       .dtype(options.dtype())));
   fc2 = register_module(
@@ -40,6 +41,7 @@ void ParallelMLPImpl::reset() {
                                    options.ffn_hidden(), options.d_model())
                                    .bias(options.bias())
                                    .input_is_parallel(true)
+                                   .uneven(options.uneven())
                                    .group(options.group())
                                    .dtype(options.dtype())));
 }
@@ -73,19 +75,25 @@ void ParallelSelfAttentionImpl::reset() {
   // Checked here, before the projections, so the message speaks of heads.
   local_heads_ = Partition(
                      heads, group.size(), group.rank(),
-                     std::string(kAttention) + ": num_heads")
+                     std::string(kAttention) + ": num_heads",
+                     options.uneven())
                      .local_size();
+  const int64_t head_dim = d / heads;
   rng_ = resolve_rng(options.rng(), group);
   qkv = register_module(
       "qkv", ColumnParallelLinear(ColumnParallelLinearOptions(d, 3 * d)
                                       .bias(options.bias())
                                       .segments(3)
+                                      .uneven(options.uneven())
+                                      .split_unit(head_dim)
                                       .group(group)
                                       .dtype(options.dtype())));
   proj = register_module(
       "proj", RowParallelLinear(RowParallelLinearOptions(d, d)
                                     .bias(options.bias())
                                     .input_is_parallel(true)
+                                    .uneven(options.uneven())
+                                    .split_unit(head_dim)
                                     .group(group)
                                     .dtype(options.dtype())));
 }
@@ -223,6 +231,7 @@ void TransformerLayerImpl::reset() {
                                 .causal(options.causal())
                                 .bias(options.bias())
                                 .attention_dropout(options.attention_dropout())
+                                .uneven(options.uneven())
                                 .rng(rng_)
                                 .group(group)
                                 .dtype(options.dtype())));
@@ -231,6 +240,7 @@ void TransformerLayerImpl::reset() {
       "mlp", ParallelMLP(ParallelMLPOptions(d, ffn)
                              .bias(options.bias())
                              .activation(options.activation())
+                             .uneven(options.uneven())
                              .group(group)
                              .dtype(options.dtype())));
 }

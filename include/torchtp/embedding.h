@@ -23,6 +23,10 @@ struct VocabParallelEmbeddingOptions {
   TORCH_ARG(int64_t, num_embeddings);
   /// Size of each embedding vector (not split).
   TORCH_ARG(int64_t, embedding_dim);
+  /// Allow a vocabulary that does not divide by the world size (50257 over
+  /// 3 ranks): the first `V % world_size` ranks hold one more id (see
+  /// `Partition`). False: such a size raises a `c10::Error`.
+  TORCH_ARG(bool, uneven) = false;
   /// Ranks to split over; default: the group of `init_from_env()`.
   TORCH_ARG(c10::optional<Group>, group) = c10::nullopt;
   /// Parameter dtype; default: torch's default dtype.
@@ -63,7 +67,7 @@ class VocabParallelEmbeddingImpl
 
   /// weight: dim 0.
   ShardSpec shard_spec(const std::string&) const override {
-    return {0, 1};
+    return {0, 1, options.num_embeddings(), options.uneven()};
   }
   const Group& shard_group() const override {
     return *group_;

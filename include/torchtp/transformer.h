@@ -34,6 +34,9 @@ struct ParallelMLPOptions {
   TORCH_ARG(int64_t, ffn_hidden);
   TORCH_ARG(bool, bias) = true;
   TORCH_ARG(Activation, activation) = Activation::gelu;
+  /// Allow an ffn_hidden that does not divide by the world size (see
+  /// `Partition`: the first `ffn_hidden % ws` ranks hold one more unit).
+  TORCH_ARG(bool, uneven) = false;
   /// Ranks to split over; default: the group of `init_from_env()`.
   TORCH_ARG(c10::optional<Group>, group) = c10::nullopt;
   TORCH_ARG(c10::optional<torch::Dtype>, dtype) = c10::nullopt;
@@ -83,6 +86,10 @@ struct ParallelSelfAttentionOptions {
   /// Dropout on the attention probabilities (a sharded region: each rank
   /// draws from its own stream).
   TORCH_ARG(double, attention_dropout) = 0.0;
+  /// Allow a number of heads that does not divide by the world size: the
+  /// first `num_heads % ws` ranks hold one more whole head (12 heads over 5
+  /// ranks: 3, 3, 2, 2, 2). Every rank needs at least one head.
+  TORCH_ARG(bool, uneven) = false;
   /// Streams for dropout; default: a tracker seeded with 0.
   TORCH_ARG(std::shared_ptr<RngTracker>, rng) = nullptr;
   TORCH_ARG(c10::optional<Group>, group) = c10::nullopt;
@@ -154,6 +161,9 @@ struct TransformerLayerOptions {
   TORCH_ARG(double, hidden_dropout) = 0.0;
   TORCH_ARG(double, attention_dropout) = 0.0;
   TORCH_ARG(double, layer_norm_eps) = 1e-5;
+  /// Allow heads and ffn_hidden that do not divide by the world size (see
+  /// ParallelSelfAttentionOptions and ParallelMLPOptions).
+  TORCH_ARG(bool, uneven) = false;
   TORCH_ARG(std::shared_ptr<RngTracker>, rng) = nullptr;
   TORCH_ARG(c10::optional<Group>, group) = c10::nullopt;
   TORCH_ARG(c10::optional<torch::Dtype>, dtype) = c10::nullopt;
