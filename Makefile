@@ -49,8 +49,14 @@ bench: build
 	./$(BUILD)/torchtp-run --nproc-per-node $(NPROC) ./$(BUILD)/bench/bench_generate --json out/bench_generate_tp$(NPROC).json
 	./$(BUILD)/torchtp-run --nproc-per-node 1 ./$(BUILD)/bench/bench_init --json out/bench_init_tp1.json
 	./$(BUILD)/torchtp-run --nproc-per-node $(NPROC) ./$(BUILD)/bench/bench_init --json out/bench_init_tp$(NPROC).json
-	./$(BUILD)/torchtp-run --nproc-per-node 1 ./$(BUILD)/bench/bench_memory --json out/bench_memory_tp1.json
-	for n in 2 4; do ./$(BUILD)/torchtp-run --nproc-per-node $$n ./$(BUILD)/bench/bench_memory --baseline out/bench_memory_tp1.json --json out/bench_memory_tp$$n.json || exit 1; done
+	# One process per mode: memory a mode freed would otherwise stay in the
+	# allocator and blur the next mode's peak.
+	for n in 1 2 4; do for m in plain sp recompute sp+recompute; do \
+	  if [ $$n = 1 ] && [ $$m != plain ] && [ $$m != recompute ]; then continue; fi; \
+	  base=; if [ $$n$$m != 1plain ]; then base="--baseline out/bench_memory_tp1_plain.json"; fi; \
+	  ./$(BUILD)/torchtp-run --nproc-per-node $$n ./$(BUILD)/bench/bench_memory --modes $$m $$base \
+	    --json out/bench_memory_tp$${n}_$$m.json || exit 1; \
+	done; done
 
 # The shared-memory communicator's tests under ThreadSanitizer and
 # AddressSanitizer, each in its own build directory. libtorch itself is not

@@ -121,7 +121,10 @@ int run(int argc, char** argv) {
   }
   if (!a.model.empty()) {
     gpt = torchtp::load_gpt2(
-        a.model, torchtp::LoadGPT2Options().group(world).dtype(dtype));
+        a.model,
+        // Any number of ranks: heads and vocabulary split unevenly where
+        // they do not divide.
+        torchtp::LoadGPT2Options().group(world).dtype(dtype).uneven(true));
   } else {
     // The model is the one train_gpt trained: its shape is in the checkpoint.
     const auto info = torchtp::read_checkpoint_extra(a.checkpoint);
@@ -133,6 +136,7 @@ int run(int argc, char** argv) {
                            .d_model(setting(info, "d_model"))
                            .num_heads(setting(info, "heads"))
                            .num_layers(setting(info, "layers"))
+                           .uneven(true) // any number of ranks
                            .group(world)
                            .dtype(dtype));
     torchtp::load_checkpoint(a.checkpoint, *gpt);

@@ -39,6 +39,7 @@ struct Args {
   double lr = 3e-3;
   double clip = 1.0;
   double dropout = 0.0;
+  bool uneven = false;
   uint64_t seed = 0;
   int log_every = 20;
   int save_every = 0;
@@ -113,6 +114,10 @@ int run(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--dropout", a.dropout, "hidden and attention dropout")
       ->capture_default_str();
+  app.add_flag(
+      "--uneven", a.uneven,
+      "allow a --tp that does not divide the heads, the MLP or the padded "
+      "vocabulary (the first ranks hold one more head or id)");
   app.add_option("--seed", a.seed, "seed of weights, batches and dropout")
       ->capture_default_str();
   app.add_option("--log-every", a.log_every, "progress line every N steps")
@@ -163,6 +168,7 @@ int run(int argc, char** argv) {
                        .hidden_dropout(a.dropout)
                        .attention_dropout(a.dropout)
                        .dropout_seed(a.seed)
+                       .uneven(a.uneven)
                        .group(pg.tensor)
                        .dtype(dtype));
   torch::optim::AdamW opt(

@@ -155,6 +155,12 @@ void save_checkpoint(
             {"split_dim", item.spec.dim},
             {"segments", item.spec.segments},
             {"shards", shards}};
+        if (item.spec.uneven) {
+          // How the saved shards split each segment: loading at another
+          // degree needs the rule (an even split is the default).
+          entries[item.name]["uneven"] = true;
+          entries[item.name]["unit"] = item.spec.unit;
+        }
       }
       meta["tensors"] = entries;
       const auto meta_path = tmp / kMeta;
@@ -232,10 +238,13 @@ void load_tensor(
     dest.copy_(t);
     return;
   }
+  ShardSpec saved_spec = spec;
+  saved_spec.uneven = entry.value("uneven", false);
+  saved_spec.unit = entry.value("unit", int64_t{1});
   const detail::SavedLayout saved{
-      shape, spec, static_cast<int64_t>(shards.size())};
-  const Partition now(
-      shape[spec.dim] / spec.segments, g.size(), g.rank(), name);
+      shape, saved_spec, static_cast<int64_t>(shards.size())};
+  const Partition now =
+      spec.partition(shape[spec.dim] / spec.segments, g.size(), g.rank(), name);
   for (const auto& r : detail::plan_reshard(saved, now, name)) {
     auto src = read(r.shard);
     TORCHTP_CHECK(

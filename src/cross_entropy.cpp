@@ -3,6 +3,7 @@
 #include "torchtp/detail/check.h"
 #include "torchtp/detail/dtype.h"
 #include "torchtp/detail/options.h"
+#include "torchtp/detail/vocab.h"
 #include "torchtp/partition.h"
 
 #include <torch/autograd.h>
@@ -26,14 +27,12 @@ struct VocabParallelCrossEntropy
       at::Tensor logits,
       at::Tensor target,
       Group group,
+      Partition part,
       int64_t ignore_index,
       double smoothing,
       int64_t vocab_size) {
     const auto in_dtype = logits.scalar_type();
     auto x = logits.to(detail::compute_dtype(in_dtype));
-    Partition part(
-        x.size(-1) * group.size(), group.size(), group.rank(),
-        std::string(kName) + ": vocabulary");
     const int64_t start = part.local_offset();
     const int64_t end = start + part.local_size();
     const int64_t real_vocab = vocab_size > 0 ? vocab_size : part.full_size();
@@ -106,7 +105,7 @@ struct VocabParallelCrossEntropy
     grad.mul_((grads[0] * valid.to(grads[0].scalar_type()))
                   .unsqueeze(-1)
                   .to(grad.scalar_type()));
-    return {grad.to(in_dtype), at::Tensor(), at::Tensor(),
+    return {grad.to(in_dtype), at::Tensor(), at::Tensor(), at::Tensor(),
             at::Tensor(),      at::Tensor(), at::Tensor()};
   }
 };
@@ -137,7 +136,9 @@ at::Tensor vocab_parallel_cross_entropy(
   TORCHTP_CHECK(
       s >= 0 && s <= 1, kName, group, "label_smoothing must be in [0, 1], got ",
       s);
-  const int64_t full_vocab = logits_shard.size(-1) * group.size();
+  const Partition vocab = detail::vocab_partition(
+      logits_shard.size(-1), options.vocab_partition(), group, kName);
+  const int64_t full_vocab = vocab.full_size();
   TORCHTP_CHECK(
       options.vocab_size() >= 0 && options.vocab_size() <= full_vocab, kName,
       group, "vocab_size (", options.vocab_size(), ") must be in [0, ",
@@ -158,7 +159,8 @@ at::Tensor vocab_parallel_cross_entropy(
   }
 
   auto loss = VocabParallelCrossEntropy::apply(
-      logits_shard, t, group, options.ignore_index(), s, options.vocab_size());
+      logits_shard, t, group, vocab, options.ignore_index(), s,
+      options.vocab_size());
   using R = VocabParallelCrossEntropyOptions::Reduction;
   switch (options.reduction()) {
     case R::none:

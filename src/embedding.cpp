@@ -29,7 +29,7 @@ void VocabParallelEmbeddingImpl::reset() {
       options.num_embeddings(), " and ", options.embedding_dim());
   partition_ = Partition(
       options.num_embeddings(), group_->size(), group_->rank(),
-      std::string(kName) + ": num_embeddings");
+      std::string(kName) + ": num_embeddings", options.uneven());
   const auto dtype = detail::dtype_or_default(options.dtype());
   weight = register_parameter(
       "weight",
@@ -87,6 +87,7 @@ void VocabParallelEmbeddingImpl::pretty_print(std::ostream& stream) const {
          << options.num_embeddings() << " (ids [" << vocab_start_index() << ", "
          << vocab_end_index()
          << ") on this rank), embedding_dim=" << options.embedding_dim()
+         << (options.uneven() ? ", uneven=true" : "")
          << ", rank=" << group_->rank() << ", world_size=" << group_->size()
          << ")";
 }

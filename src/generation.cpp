@@ -65,7 +65,9 @@ Generation generate(
   c10::InferenceMode inference;
   EvalGuard eval(model);
   auto sampling = o.sampling();
-  sampling.vocab_size(model.options.vocab_size()).group(g);
+  sampling.vocab_size(model.options.vocab_size())
+      .group(g)
+      .vocab_partition(model.vocab_partition());
   auto generator = at::detail::createCPUGenerator(o.seed());
 
   // Left padding: every prompt's last token is in the last column.
@@ -86,7 +88,8 @@ Generation generate(
   for (int64_t step = 0; step < o.max_new_tokens(); ++step) {
     if (o.top_logits() > 0) {
       out.top.push_back(vocab_parallel_topk(
-          logits, o.top_logits(), model.options.vocab_size(), g));
+          logits, o.top_logits(), model.options.vocab_size(), g,
+          model.vocab_partition()));
     }
     auto next = sample_next_token(logits, generator, sampling);
     bool all_done = true;

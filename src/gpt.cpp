@@ -24,11 +24,11 @@ void GPTImpl::reset() {
   const int64_t m = options.vocab_pad_multiple();
   padded_vocab_ = (options.vocab_size() + m - 1) / m * m;
   TORCHTP_CHECK(
-      padded_vocab_ % group_->size() == 0, kName, *group_,
+      options.uneven() || padded_vocab_ % group_->size() == 0, kName, *group_,
       "the padded vocabulary (", padded_vocab_, " = vocab_size ",
       options.vocab_size(), " rounded up to vocab_pad_multiple ", m,
       ") is not divisible by the tensor-parallel size (", group_->size(),
-      "); choose a vocab_pad_multiple divisible by it");
+      "); choose a vocab_pad_multiple divisible by it, or uneven(true)");
   rng_ = std::make_shared<RngTracker>(options.dropout_seed(), *group_);
   const int64_t d = options.d_model();
 
@@ -37,6 +37,7 @@ void GPTImpl::reset() {
   token_embedding = register_module(
       "token_embedding",
       VocabParallelEmbedding(VocabParallelEmbeddingOptions(padded_vocab_, d)
+                                 .uneven(options.uneven())
                                  .reduce_output(!options.sequence_parallel())
                                  .group(*group_)
                                  .dtype(options.dtype())));
@@ -51,6 +52,7 @@ void GPTImpl::reset() {
                              .layer_norm_eps(options.layer_norm_eps())
                              .hidden_dropout(options.hidden_dropout())
                              .attention_dropout(options.attention_dropout())
+                             .uneven(options.uneven())
                              .rng(rng_)
                              .sequence_parallel(options.sequence_parallel())
                              .recompute(options.recompute())
@@ -66,6 +68,7 @@ void GPTImpl::reset() {
                        ColumnParallelLinearOptions(d, padded_vocab_)
                            .bias(false)
                            .gather_output(false)
+                           .uneven(options.uneven())
                            // Its input comes from the sequence gather,
                            // whose backward sums the gradient.
                            .reduce_input_grad(!options.sequence_parallel())
@@ -102,7 +105,8 @@ torch::Tensor GPTImpl::forward(const torch::Tensor& ids) {
 torch::Tensor GPTImpl::forward_sequence_parallel(const torch::Tensor& ids) {
   const int64_t s = ids.size(1);
   // Checked before the first collective, on every rank alike.
-  const auto seq = detail::sequence_partition(s, *group_, kName);
+  const auto seq =
+      detail::sequence_partition(s, *group_, kName, options.uneven());
   // The embedding's partial lookups, summed and split in one exchange.
   auto h = detail::reduce_scatter_sequence(token_embedding(ids), *group_, seq);
   // Each rank adds its own positions' rows; their gradients are summed.
@@ -205,11 +209,12 @@ torch::Tensor GPTImpl::loss(
       VocabParallelCrossEntropyOptions()
           .vocab_size(options.vocab_size())
           .label_smoothing(label_smoothing)
-          .group(*group_));
+          .group(*group_)
+          .vocab_partition(vocab_partition()));
 }
 
 torch::Tensor GPTImpl::full_logits(const torch::Tensor& ids) {
-  auto full = gather_from_tp_region(forward(ids), *group_);
+  auto full = gather_from_tp_region(forward(ids), *group_, vocab_partition());
   return full.narrow(-1, 0, options.vocab_size());
 }
 
@@ -220,6 +225,7 @@ void GPTImpl::pretty_print(std::ostream& stream) const {
          << ", num_heads=" << options.num_heads()
          << ", num_layers=" << options.num_layers()
          << (options.tie_embeddings() ? ", tied embeddings" : "")
+         << (options.uneven() ? ", uneven splits" : "")
          << (options.sequence_parallel() ? ", sequence_parallel" : "")
          << (options.recompute() ? ", recompute" : "")
          << ", world_size=" << group_->size() << ")";

@@ -194,8 +194,8 @@ void load_parameter(
     place(0, 0, 0, param.size(0));
     return;
   }
-  const int64_t padded = param.size(spec.dim) * group.size();
-  Partition part(
+  const int64_t padded = full_shape(param.sizes(), spec, group)[spec.dim];
+  const Partition part = spec.partition(
       padded / spec.segments, group.size(), group.rank(),
       std::string(kName) + ": " + stored_name);
   for (const auto& r : shard_ranges(part, spec.segments, group.rank())) {
@@ -294,7 +294,7 @@ GPT2Config read_gpt2_config(const std::string& dir) {
   return c;
 }
 
-GPTOptions gpt2_options(const GPT2Config& c, const Group& group) {
+GPTOptions gpt2_options(const GPT2Config& c, const Group& group, bool uneven) {
   return GPTOptions(c.vocab_size, c.n_positions)
       .d_model(c.n_embd)
       .num_heads(c.n_head)
@@ -305,7 +305,8 @@ GPTOptions gpt2_options(const GPT2Config& c, const Group& group) {
                                           : Activation::gelu_tanh)
       .layer_norm_eps(c.layer_norm_epsilon)
       .tie_embeddings(c.tie_word_embeddings)
-      .vocab_pad_multiple(std::lcm<int64_t>(64, group.size()))
+      .vocab_pad_multiple(uneven ? 64 : std::lcm<int64_t>(64, group.size()))
+      .uneven(uneven)
       .group(group);
 }
 
@@ -328,7 +329,8 @@ GPT load_gpt2(const std::string& dir, const LoadGPT2Options& options) {
         "', which a GPT-2 of config.json (n_layer ", config.n_layer,
         ") does not have");
   }
-  GPT gpt(gpt2_options(config, group).dtype(options.dtype()));
+  GPT gpt(
+      gpt2_options(config, group, options.uneven()).dtype(options.dtype()));
   const auto specs = shard_specs(*gpt);
   for (auto& p : gpt->named_parameters()) {
     auto it = from.find(p.key());

@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <mutex>
+#include <numeric>
 #include <sstream>
 #include <tuple>
 
@@ -100,6 +101,14 @@ std::string Group::rank_label() const {
   return detail::rank_label(rank(), size());
 }
 
+void Group::check_partition(const char* op, const Partition& part) const {
+  TORCHTP_CHECK(
+      part.parts() == size() && part.rank() == rank(),
+      std::string("torchtp::Group::") + op, *this,
+      "the split is of rank ", part.rank(), " of ", part.parts(),
+      " parts, not of this rank of the group");
+}
+
 void Group::check_same_everywhere(const char* op, const at::Tensor& t) const {
   TORCHTP_CHECK(
       t.defined(), std::string("torchtp::Group::") + op, *this,
@@ -153,73 +162,191 @@ void Group::all_reduce(at::Tensor& tensor, ReduceOp op) const {
 }
 
 Work Group::all_gather_async(const at::Tensor& tensor, int64_t dim) const {
-  check_same_everywhere("all_gather", tensor);
   TORCHTP_CHECK(
-      tensor.dim() >= 1, "torchtp::Group::all_gather", *this,
-      "expected a tensor with at least one dim, got a scalar");
+      tensor.defined() && tensor.dim() >= 1, "torchtp::Group::all_gather",
+      *this, "expected a tensor with at least one dim, got ",
+      tensor.defined() ? c10::str(tensor.sizes()) : "none");
   const int64_t d = c10::maybe_wrap_dim(dim, tensor.dim());
-  if (size() == 1) {
-    return Work(tensor.clone());
-  }
-  if (tensor.numel() == 0) {
-    auto sizes = tensor.sizes().vec();
-    sizes[d] *= size();
-    return Work(at::empty(sizes, tensor.options()));
-  }
-  // Gather along dim 0 where every rank's block is contiguous, then move the
-  // gathered dim back: the rank order is kept along `d`.
-  auto input = tensor.movedim(d, 0).contiguous();
-  auto sizes = input.sizes().vec();
-  sizes[0] *= size();
-  auto output = at::empty(sizes, input.options());
-  auto work = comm_->all_gather(input, output);
-  return Work(
-      [work, output, d]() mutable {
-        work.wait();
-        return d == 0 ? output : output.movedim(0, d).contiguous();
-      },
-      [work] { return work.is_completed(); });
+  return all_gather_async(
+      tensor, d,
+      Partition(
+          tensor.size(d) * size(), size(), rank(),
+          "torchtp::Group::all_gather"));
 }
 
 at::Tensor Group::all_gather(const at::Tensor& tensor, int64_t dim) const {
   return all_gather_async(tensor, dim).wait();
 }
 
-Work Group::reduce_scatter_async(
-    const at::Tensor& tensor, int64_t dim, ReduceOp op) const {
-  check_same_everywhere("reduce_scatter", tensor);
+Work Group::all_gather_async(
+    const at::Tensor& tensor, int64_t dim, const Partition& part) const {
   TORCHTP_CHECK(
-      tensor.dim() >= 1, "torchtp::Group::reduce_scatter", *this,
-      "expected a tensor with at least one dim, got a scalar");
+      tensor.defined() && tensor.dim() >= 1, "torchtp::Group::all_gather",
+      *this, "expected a tensor with at least one dim, got ",
+      tensor.defined() ? c10::str(tensor.sizes()) : "none");
   const int64_t d = c10::maybe_wrap_dim(dim, tensor.dim());
-  Partition part(
-      tensor.size(d), size(), rank(),
-      "torchtp::Group::reduce_scatter: size of dim " + std::to_string(d));
-  TORCH_INTERNAL_ASSERT(part.is_even(), "uneven reduce_scatter not built yet");
+  check_partition("all_gather", part);
+  TORCHTP_CHECK(
+      tensor.size(d) == part.local_size(), "torchtp::Group::all_gather", *this,
+      "expected this rank's part, ", part.local_size(), " indices along dim ",
+      d, ", got ", tensor.sizes());
+  // Uneven parts travel padded to the largest: every rank passes the same
+  // shape.
+  const int64_t block = part.max_size();
+  auto input = tensor.movedim(d, 0);
+  if (block != part.local_size()) {
+    auto sizes = input.sizes().vec();
+    sizes[0] = block;
+    auto padded = at::zeros(sizes, input.options());
+    padded.narrow(0, 0, part.local_size()).copy_(input);
+    input = padded;
+  }
+  check_same_everywhere("all_gather", input);
+  auto out_sizes = input.sizes().vec();
+  out_sizes[0] = part.full_size();
   if (size() == 1) {
     return Work(tensor.clone());
   }
-  if (tensor.numel() == 0) {
-    auto sizes = tensor.sizes().vec();
-    sizes[d] = part.local_size();
-    return Work(at::empty(sizes, tensor.options()));
+  if (input.numel() == 0) {
+    return Work(at::empty(out_sizes, input.options()).movedim(0, d));
   }
-  auto input = tensor.movedim(d, 0).contiguous();
+  // Gather along dim 0 where every rank's block is contiguous, then move the
+  // gathered dim back: the rank order is kept along `d`.
+  input = input.contiguous();
   auto sizes = input.sizes().vec();
-  sizes[0] = part.local_size();
+  sizes[0] *= size();
   auto output = at::empty(sizes, input.options());
-  auto work = comm_->reduce_scatter(input, output, op);
+  auto work = comm_->all_gather(input, output);
+  const bool padded = !part.is_even();
+  std::vector<int64_t> parts = part.sizes();
   return Work(
-      [work, output, d]() mutable {
+      [work, output, d, block, padded, parts]() mutable {
         work.wait();
-        return d == 0 ? output : output.movedim(0, d).contiguous();
+        auto full = output;
+        if (padded) {
+          std::vector<at::Tensor> pieces;
+          for (size_t r = 0; r < parts.size(); ++r) {
+            pieces.push_back(output.narrow(0, r * block, parts[r]));
+          }
+          full = at::cat(pieces, 0);
+        }
+        return d == 0 ? full : full.movedim(0, d).contiguous();
       },
       [work] { return work.is_completed(); });
+}
+
+at::Tensor Group::all_gather(
+    const at::Tensor& tensor, int64_t dim, const Partition& part) const {
+  return all_gather_async(tensor, dim, part).wait();
+}
+
+Work Group::reduce_scatter_async(
+    const at::Tensor& tensor, int64_t dim, ReduceOp op) const {
+  TORCHTP_CHECK(
+      tensor.defined() && tensor.dim() >= 1, "torchtp::Group::reduce_scatter",
+      *this, "expected a tensor with at least one dim, got ",
+      tensor.defined() ? c10::str(tensor.sizes()) : "none");
+  const int64_t d = c10::maybe_wrap_dim(dim, tensor.dim());
+  return reduce_scatter_async(
+      tensor, d,
+      Partition(
+          tensor.size(d), size(), rank(),
+          "torchtp::Group::reduce_scatter: size of dim " + std::to_string(d)),
+      op);
 }
 
 at::Tensor Group::reduce_scatter(
     const at::Tensor& tensor, int64_t dim, ReduceOp op) const {
   return reduce_scatter_async(tensor, dim, op).wait();
+}
+
+Work Group::reduce_scatter_async(
+    const at::Tensor& tensor,
+    int64_t dim,
+    const Partition& part,
+    ReduceOp op) const {
+  check_same_everywhere("reduce_scatter", tensor);
+  TORCHTP_CHECK(
+      tensor.dim() >= 1, "torchtp::Group::reduce_scatter", *this,
+      "expected a tensor with at least one dim, got a scalar");
+  const int64_t d = c10::maybe_wrap_dim(dim, tensor.dim());
+  check_partition("reduce_scatter", part);
+  TORCHTP_CHECK(
+      tensor.size(d) == part.full_size(), "torchtp::Group::reduce_scatter",
+      *this, "expected ", part.full_size(), " indices along dim ", d,
+      " (the split's full size), got ", tensor.sizes());
+  if (size() == 1) {
+    return Work(tensor.clone());
+  }
+  auto input = tensor.movedim(d, 0);
+  auto out_sizes = input.sizes().vec();
+  out_sizes[0] = part.local_size();
+  if (tensor.numel() == 0) {
+    return Work(at::empty(out_sizes, tensor.options()).movedim(0, d));
+  }
+  // Communicators take equal blocks: uneven parts travel padded to the
+  // largest, and each rank keeps the real rows of its block.
+  const int64_t block = part.max_size();
+  at::Tensor blocks;
+  if (part.is_even()) {
+    blocks = input.contiguous();
+  } else {
+    auto sizes = input.sizes().vec();
+    sizes[0] = block * size();
+    blocks = at::zeros(sizes, input.options());
+    for (int r = 0; r < size(); ++r) {
+      blocks.narrow(0, r * block, part.size(r))
+          .copy_(input.narrow(0, part.offset(r), part.size(r)));
+    }
+  }
+  auto sizes = input.sizes().vec();
+  sizes[0] = block;
+  auto output = at::empty(sizes, input.options());
+  auto work = comm_->reduce_scatter(blocks, output, op);
+  const int64_t local = part.local_size();
+  return Work(
+      [work, output, d, local]() mutable {
+        work.wait();
+        auto mine = output.narrow(0, 0, local);
+        return d == 0 && local == output.size(0)
+            ? output
+            : mine.movedim(0, d).contiguous();
+      },
+      [work] { return work.is_completed(); });
+}
+
+at::Tensor Group::reduce_scatter(
+    const at::Tensor& tensor,
+    int64_t dim,
+    const Partition& part,
+    ReduceOp op) const {
+  return reduce_scatter_async(tensor, dim, part, op).wait();
+}
+
+Partition Group::partition_of(
+    int64_t local_size, const std::string& what, int64_t unit) const {
+  if (size() == 1) {
+    return Partition(local_size, 1, 0, what, /*uneven=*/true, unit);
+  }
+  auto mine = at::full({1}, local_size, at::kLong);
+  auto all = at::empty({size()}, at::kLong);
+  comm_->all_gather(mine, all).wait();
+  const auto* a = all.data_ptr<int64_t>();
+  const int64_t full = std::accumulate(a, a + size(), int64_t{0});
+  const bool even = std::all_of(a, a + size(), [&](int64_t s) {
+    return s == a[0];
+  });
+  TORCHTP_CHECK(
+      full % unit == 0, "torchtp::Group::partition_of", *this, what,
+      ": the ranks' parts ", all.sizes(), " add up to ", full,
+      ", not a whole number of units of ", unit);
+  Partition part(full, size(), rank(), what, /*uneven=*/!even, unit);
+  TORCHTP_CHECK(
+      std::equal(part.sizes().begin(), part.sizes().end(), a),
+      "torchtp::Group::partition_of", *this, what, ": the ranks' parts ",
+      c10::IntArrayRef(a, size()), " are not a torchtp split of ", full,
+      " (expected ", c10::IntArrayRef(part.sizes()), ")");
+  return part;
 }
 
 Work Group::broadcast_async(at::Tensor& tensor, int root) const {

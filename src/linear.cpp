@@ -143,10 +143,18 @@ void ColumnParallelLinearImpl::reset() {
       segments >= 1 && options.out_features() % segments == 0, kColumn, *group_,
       "out_features (", options.out_features(),
       ") is not divisible by segments (", segments, ")");
+  const int64_t unit = options.split_unit();
+  TORCHTP_CHECK(
+      unit >= 1 && (options.out_features() / segments) % unit == 0, kColumn,
+      *group_, "out_features", (segments > 1 ? " / segments" : ""), " (",
+      options.out_features() / segments,
+      ") is not a whole number of split units of ", unit);
   partition_ = Partition(
       options.out_features() / segments, group_->size(), group_->rank(),
       std::string(kColumn) + ": out_features" +
-          (segments > 1 ? " / segments" : ""));
+          (segments > 1 ? " / segments" : "") +
+          (unit > 1 ? " in units of " + std::to_string(unit) : ""),
+      options.uneven(), unit);
   const int64_t local_out = segments * partition_->local_size();
   const auto dtype = detail::dtype_or_default(options.dtype());
   register_weight_and_bias(
@@ -175,8 +183,8 @@ torch::Tensor ColumnParallelLinearImpl::forward(const torch::Tensor& input) {
   if (!options.gather_output()) {
     return y;
   }
-  y = gather_from_tp_region(y, *group_);
   const int64_t segments = options.segments();
+  y = gather_from_tp_region(y, *group_, partition_->scaled(segments));
   if (segments == 1) {
     return y;
   }
@@ -185,7 +193,9 @@ torch::Tensor ColumnParallelLinearImpl::forward(const torch::Tensor& input) {
 }
 
 ShardSpec ColumnParallelLinearImpl::shard_spec(const std::string&) const {
-  return {0, options.segments()};
+  return {
+      0, options.segments(), options.out_features(), options.uneven(),
+      options.split_unit()};
 }
 
 void ColumnParallelLinearImpl::pretty_print(std::ostream& stream) const {
@@ -200,6 +210,9 @@ void ColumnParallelLinearImpl::pretty_print(std::ostream& stream) const {
   }
   if (options.segments() > 1) {
     stream << ", segments=" << options.segments();
+  }
+  if (options.uneven()) {
+    stream << ", uneven=true";
   }
   stream << ", rank=" << group_->rank() << ", world_size=" << group_->size()
          << ")";
@@ -216,9 +229,16 @@ RowParallelLinearImpl::RowParallelLinearImpl(RowParallelLinearOptions options_)
 void RowParallelLinearImpl::reset() {
   group_ = detail::group_or_default(options.group());
   check_positive(kRow, options.in_features(), options.out_features(), *group_);
+  const int64_t unit = options.split_unit();
+  TORCHTP_CHECK(
+      unit >= 1 && options.in_features() % unit == 0, kRow, *group_,
+      "in_features (", options.in_features(),
+      ") is not a whole number of split units of ", unit);
   partition_ = Partition(
       options.in_features(), group_->size(), group_->rank(),
-      std::string(kRow) + ": in_features");
+      std::string(kRow) + ": in_features" +
+          (unit > 1 ? " in units of " + std::to_string(unit) : ""),
+      options.uneven(), unit);
   const auto dtype = detail::dtype_or_default(options.dtype());
   register_weight_and_bias(
       *this, weight, bias, {options.out_features(), partition_->local_size()},
@@ -245,8 +265,9 @@ torch::Tensor RowParallelLinearImpl::forward(const torch::Tensor& input) {
     check_input(
         kRow, input, options.in_features(), "in_features", weight, *group_);
   }
-  auto x = options.input_is_parallel() ? input
-                                       : scatter_to_tp_region(input, *group_);
+  auto x = options.input_is_parallel()
+               ? input
+               : scatter_to_tp_region(input, *group_, *partition_);
   auto partial = detail::linear(x, weight, torch::Tensor());
   if (!options.reduce_output()) {
     return partial; // the caller reduces it and adds the bias
@@ -262,7 +283,9 @@ torch::Tensor RowParallelLinearImpl::forward(const torch::Tensor& input) {
 }
 
 ShardSpec RowParallelLinearImpl::shard_spec(const std::string& name) const {
-  return name == "weight" ? ShardSpec{1, 1} : ShardSpec::replicated();
+  return name == "weight"
+             ? ShardSpec{1, 1, options.in_features(), options.uneven(), options.split_unit()}
+             : ShardSpec::replicated();
 }
 
 void RowParallelLinearImpl::pretty_print(std::ostream& stream) const {
@@ -271,7 +294,8 @@ void RowParallelLinearImpl::pretty_print(std::ostream& stream) const {
          << ", out_features=" << options.out_features()
          << ", bias=" << std::boolalpha << options.bias()
          << ", input_is_parallel=" << options.input_is_parallel()
-         << ", skip_bias_add=" << options.skip_bias_add();
+         << ", skip_bias_add=" << options.skip_bias_add()
+         << (options.uneven() ? ", uneven=true" : "");
   if (!options.reduce_output()) {
     stream << ", reduce_output=false";
   }

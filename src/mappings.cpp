@@ -4,7 +4,10 @@
 #include "torchtp/detail/communicator.h"
 #include "torchtp/partition.h"
 
+#include <ATen/WrapDimUtils.h>
 #include <torch/autograd.h>
+
+#include <utility>
 
 namespace torchtp {
 namespace {
@@ -32,14 +35,36 @@ at::Tensor all_reduce_copy(const at::Tensor& t, const Group& group) {
   return out;
 }
 
-// `who` names the mapping in the error: the scatter's forward or the
-// gather's backward.
-at::Tensor own_last_dim_chunk(
-    const at::Tensor& t, const Group& group, const char* who) {
-  Partition part(
-      t.size(-1), group.size(), group.rank(),
-      std::string("torchtp::") + who + ": last dim of " + c10::str(t.sizes()));
-  return part.narrow(t, -1).contiguous();
+// A split dim and its Partition, kept for backward like the group.
+struct SavedSplit : torch::CustomClassHolder {
+  SavedSplit(Partition part, int64_t dim) : part(std::move(part)), dim(dim) {}
+  Partition part;
+  int64_t dim;
+};
+
+void save_split(AutogradContext* ctx, const Partition& part, int64_t dim) {
+  ctx->saved_data["split"] =
+      c10::IValue::make_capsule(c10::make_intrusive<SavedSplit>(part, dim));
+}
+
+const SavedSplit& saved_split(AutogradContext* ctx) {
+  return *static_cast<SavedSplit*>(
+      ctx->saved_data["split"].toCapsule().get());
+}
+
+// This rank's part of `t` along `dim`, contiguous. `who` names the mapping in
+// the error: the scatter's forward or the gather's backward.
+at::Tensor own_part(
+    const at::Tensor& t,
+    const Partition& part,
+    int64_t dim,
+    const Group& group,
+    const char* who) {
+  TORCHTP_CHECK(
+      t.size(dim) == part.full_size(), std::string("torchtp::") + who, group,
+      "expected ", part.full_size(), " indices along dim ", dim, ", got ",
+      t.sizes());
+  return part.narrow(t, dim).contiguous();
 }
 
 struct CopyToTp : torch::autograd::Function<CopyToTp> {
@@ -61,47 +86,68 @@ struct ReduceFromTp : torch::autograd::Function<ReduceFromTp> {
   }
 };
 
+// The four mappings between a split and a whole dim. Each carries the group,
+// the dim and its Partition (even or not) into backward.
 struct ScatterToTp : torch::autograd::Function<ScatterToTp> {
-  static at::Tensor forward(AutogradContext* ctx, at::Tensor x, Group g) {
+  static at::Tensor forward(
+      AutogradContext* ctx, at::Tensor x, Group g, Partition part, int64_t d) {
     save_group(ctx, g);
-    return own_last_dim_chunk(x, g, "scatter_to_tp_region");
+    save_split(ctx, part, d);
+    return own_part(x, part, d, g, "scatter_to_tp_region");
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return {saved_group(ctx).all_gather(grads[0], -1), at::Tensor()};
+    const auto& s = saved_split(ctx);
+    return {
+        saved_group(ctx).all_gather(grads[0], s.dim, s.part), at::Tensor(),
+        at::Tensor(), at::Tensor()};
   }
 };
 
 struct GatherFromTp : torch::autograd::Function<GatherFromTp> {
-  static at::Tensor forward(AutogradContext* ctx, at::Tensor x, Group g) {
+  static at::Tensor forward(
+      AutogradContext* ctx, at::Tensor x, Group g, Partition part, int64_t d) {
     save_group(ctx, g);
-    return g.all_gather(x, -1);
+    save_split(ctx, part, d);
+    return g.all_gather(x, d, part);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto& s = saved_split(ctx);
     return {
-        own_last_dim_chunk(
-            grads[0], saved_group(ctx), "gather_from_tp_region (backward)"),
-        at::Tensor()};
+        own_part(
+            grads[0], s.part, s.dim, saved_group(ctx),
+            "gather_from_tp_region (backward)"),
+        at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
 struct GatherFromSequence : torch::autograd::Function<GatherFromSequence> {
-  static at::Tensor forward(AutogradContext* ctx, at::Tensor x, Group g) {
+  static at::Tensor forward(
+      AutogradContext* ctx, at::Tensor x, Group g, Partition part, int64_t d) {
     save_group(ctx, g);
-    return g.all_gather(x, 0);
+    save_split(ctx, part, d);
+    return g.all_gather(x, d, part);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return {saved_group(ctx).reduce_scatter(grads[0], 0), at::Tensor()};
+    const auto& s = saved_split(ctx);
+    return {
+        saved_group(ctx).reduce_scatter(grads[0], s.dim, s.part), at::Tensor(),
+        at::Tensor(), at::Tensor()};
   }
 };
 
 struct ReduceScatterToSequence
     : torch::autograd::Function<ReduceScatterToSequence> {
-  static at::Tensor forward(AutogradContext* ctx, at::Tensor x, Group g) {
+  static at::Tensor forward(
+      AutogradContext* ctx, at::Tensor x, Group g, Partition part, int64_t d) {
     save_group(ctx, g);
-    return g.reduce_scatter(x, 0);
+    save_split(ctx, part, d);
+    return g.reduce_scatter(x, d, part);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    return {saved_group(ctx).all_gather(grads[0], 0), at::Tensor()};
+    const auto& s = saved_split(ctx);
+    return {
+        saved_group(ctx).all_gather(grads[0], s.dim, s.part), at::Tensor(),
+        at::Tensor(), at::Tensor()};
   }
 };
 
@@ -166,6 +212,29 @@ void check_input(const char* who, const at::Tensor& x, const Group& g) {
       "expected a tensor with at least one dim, got shape ", x.sizes());
 }
 
+// `dim` of `input` made non-negative, with `part` a split of this rank of
+// `group`.
+int64_t split_dim(
+    const char* who,
+    const at::Tensor& input,
+    int64_t dim,
+    const Partition& part,
+    const Group& group) {
+  check_input(who, input, group);
+  TORCHTP_CHECK(
+      part.parts() == group.size() && part.rank() == group.rank(),
+      std::string("torchtp::") + who, group, "the split is of rank ",
+      part.rank(), " of ", part.parts(), " parts, not of this rank");
+  return c10::maybe_wrap_dim(dim, input.dim());
+}
+
+Partition even_split(
+    int64_t full, const Group& group, const char* who, const at::Tensor& x) {
+  return Partition(
+      full, group.size(), group.rank(),
+      std::string("torchtp::") + who + ": split dim of " + c10::str(x.sizes()));
+}
+
 } // namespace
 
 at::Tensor copy_to_tp_region(const at::Tensor& input, const Group& group) {
@@ -180,25 +249,75 @@ at::Tensor reduce_from_tp_region(const at::Tensor& input, const Group& group) {
 
 at::Tensor scatter_to_tp_region(const at::Tensor& input, const Group& group) {
   check_input("scatter_to_tp_region", input, group);
-  return group.size() == 1 ? input : ScatterToTp::apply(input, group);
+  return scatter_to_tp_region(
+      input, group,
+      even_split(input.size(-1), group, "scatter_to_tp_region", input));
+}
+
+at::Tensor scatter_to_tp_region(
+    const at::Tensor& input, const Group& group, const Partition& part) {
+  const auto d = split_dim("scatter_to_tp_region", input, -1, part, group);
+  return group.size() == 1 ? input : ScatterToTp::apply(input, group, part, d);
 }
 
 at::Tensor gather_from_tp_region(const at::Tensor& input, const Group& group) {
   check_input("gather_from_tp_region", input, group);
-  return group.size() == 1 ? input : GatherFromTp::apply(input, group);
+  return gather_from_tp_region(
+      input, group,
+      even_split(
+          input.size(-1) * group.size(), group, "gather_from_tp_region",
+          input));
+}
+
+at::Tensor gather_from_tp_region(
+    const at::Tensor& input, const Group& group, const Partition& part) {
+  const auto d = split_dim("gather_from_tp_region", input, -1, part, group);
+  return group.size() == 1 ? input
+                           : GatherFromTp::apply(input, group, part, d);
 }
 
 at::Tensor gather_from_sequence_region(
     const at::Tensor& input, const Group& group) {
   check_input("gather_from_sequence_region", input, group);
-  return group.size() == 1 ? input : GatherFromSequence::apply(input, group);
+  return gather_from_sequence_region(
+      input, group,
+      even_split(
+          input.size(0) * group.size(), group, "gather_from_sequence_region",
+          input),
+      0);
+}
+
+at::Tensor gather_from_sequence_region(
+    const at::Tensor& input,
+    const Group& group,
+    const Partition& seq,
+    int64_t dim) {
+  const auto d =
+      split_dim("gather_from_sequence_region", input, dim, seq, group);
+  return group.size() == 1 ? input
+                           : GatherFromSequence::apply(input, group, seq, d);
 }
 
 at::Tensor reduce_scatter_to_sequence_region(
     const at::Tensor& input, const Group& group) {
   check_input("reduce_scatter_to_sequence_region", input, group);
-  return group.size() == 1 ? input
-                           : ReduceScatterToSequence::apply(input, group);
+  return reduce_scatter_to_sequence_region(
+      input, group,
+      even_split(
+          input.size(0), group, "reduce_scatter_to_sequence_region", input),
+      0);
+}
+
+at::Tensor reduce_scatter_to_sequence_region(
+    const at::Tensor& input,
+    const Group& group,
+    const Partition& seq,
+    int64_t dim) {
+  const auto d =
+      split_dim("reduce_scatter_to_sequence_region", input, dim, seq, group);
+  return group.size() == 1
+      ? input
+      : ReduceScatterToSequence::apply(input, group, seq, d);
 }
 
 namespace detail {

@@ -3,6 +3,7 @@
 #include "torchtp/detail/check.h"
 #include "torchtp/detail/dtype.h"
 #include "torchtp/detail/options.h"
+#include "torchtp/detail/vocab.h"
 
 #include <ATen/ATen.h>
 
@@ -21,11 +22,14 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 struct LocalLogits {
   at::Tensor x;
   int64_t offset;
+  /// The full vocabulary, padding included.
+  int64_t full;
 };
 
 LocalLogits local_logits(
     const at::Tensor& logits_shard,
     int64_t vocab_size,
+    const c10::optional<Partition>& vocab_partition,
     const Group& g,
     const char* who) {
   TORCHTP_CHECK(
@@ -34,12 +38,13 @@ LocalLogits local_logits(
       who, g, "expected floating-point logits [*, V/ws], got ",
       logits_shard.defined() ? c10::str(logits_shard.sizes()) : "none");
   const int64_t local = logits_shard.size(-1);
-  // The vocabulary is split evenly, as the GPT pads it.
-  const int64_t full = local * g.size();
+  const Partition vocab =
+      detail::vocab_partition(local, vocab_partition, g, who);
+  const int64_t full = vocab.full_size();
   TORCHTP_CHECK(
       vocab_size >= 0 && vocab_size <= full, who, g, "vocab_size (", vocab_size,
       ") must be in [0, ", full, "], the logits' full vocabulary");
-  const int64_t offset = g.rank() * local;
+  const int64_t offset = vocab.local_offset();
   auto x = logits_shard.reshape({-1, local});
   // Always a copy (the padding is filled in below, not in the caller's
   // logits), in float32 for reduced-precision logits.
@@ -51,7 +56,7 @@ LocalLogits local_logits(
   if (local_real < local) {
     x.narrow(1, local_real, local - local_real).fill_(-kInf);
   }
-  return {x, offset};
+  return {x, offset, full};
 }
 
 // The k best of [rows, local] `x` whose ids start at `offset`, merged over
@@ -126,11 +131,13 @@ TopLogits vocab_parallel_topk(
     const at::Tensor& logits_shard,
     int64_t k,
     int64_t vocab_size,
-    const c10::optional<Group>& group) {
+    const c10::optional<Group>& group,
+    const c10::optional<Partition>& vocab_partition) {
   const Group g = detail::group_or_default(group);
   TORCHTP_CHECK(k >= 1, kTopK, g, "k must be positive, got ", k);
   at::NoGradGuard no_grad;
-  auto [x, offset] = local_logits(logits_shard, vocab_size, g, kTopK);
+  auto [x, offset, full] =
+      local_logits(logits_shard, vocab_size, vocab_partition, g, kTopK);
   auto top = merged_topk(x, offset, k, g);
   auto lead = logits_shard.sizes().vec();
   lead.back() = k;
@@ -153,7 +160,8 @@ at::Tensor sample_next_token(
       o.top_p() > 0 && o.top_p() <= 1, kSample, g,
       "top_p must be in (0, 1], got ", o.top_p());
   at::NoGradGuard no_grad;
-  auto [x, offset] = local_logits(logits_shard, o.vocab_size(), g, kSample);
+  auto [x, offset, full] = local_logits(
+      logits_shard, o.vocab_size(), o.vocab_partition(), g, kSample);
   auto lead = logits_shard.sizes().vec();
   lead.pop_back();
   if (o.greedy()) {
@@ -185,7 +193,6 @@ at::Tensor sample_next_token(
     // the same candidates, so all take the same number of turns.
     auto total = e.sum(1);
     g.all_reduce(total);
-    const int64_t full = x.size(1) * g.size();
     for (int64_t k = std::min<int64_t>(64, full);; k = std::min(4 * k, full)) {
       auto top = merged_topk(x, offset, k, g);
       auto p = (top.values - m).exp_() / total.unsqueeze(1);

@@ -55,7 +55,9 @@ std::vector<int64_t> full_shape(
     at::IntArrayRef local, const ShardSpec& spec, const Group& group) {
   auto shape = local.vec();
   if (!spec.is_replicated()) {
-    shape[spec.dim] *= group.size(); // even splits: Partition checks
+    // Without a full size the split is even (the layers always give one).
+    shape[spec.dim] =
+        spec.full_size >= 0 ? spec.full_size : shape[spec.dim] * group.size();
   }
   return shape;
 }
@@ -63,8 +65,6 @@ std::vector<int64_t> full_shape(
 std::vector<SegmentRange> shard_ranges(
     const Partition& part, int64_t segments, int64_t rank) {
   TORCH_INTERNAL_ASSERT(segments >= 1, "segments must be positive");
-  TORCH_INTERNAL_ASSERT(
-      segments == 1 || part.is_even(), "uneven segments not built");
   std::vector<SegmentRange> ranges;
   for (int64_t s = 0; s < segments; ++s) {
     ranges.push_back(
@@ -158,9 +158,10 @@ at::Tensor shard_of(
   TORCHTP_CHECK(
       full.size(d) % spec.segments == 0, what, group, "size ", full.size(d),
       " along dim ", d, " is not divisible by segments (", spec.segments, ")");
-  Partition part(
-      full.size(d) / spec.segments, group.size(), group.rank(), what);
-  return shard_of(full, d, spec.segments, part);
+  return shard_of(
+      full, d, spec.segments,
+      spec.partition(
+          full.size(d) / spec.segments, group.size(), group.rank(), what));
 }
 
 void copy_shard_of(
@@ -273,9 +274,9 @@ void draw_shard(
       std::max<int64_t>(1, init_block_bytes() / row_bytes / step) * step;
   c10::optional<Partition> part;
   if (!spec.is_replicated()) {
-    part.emplace(
+    part.emplace(spec.partition(
         full_sizes[spec.dim] / spec.segments, group.size(), group.rank(),
-        "torchtp::detail::draw_shard");
+        "torchtp::detail::draw_shard"));
   }
   at::NoGradGuard no_grad;
   // One scratch block for every draw: a last block that takes in the

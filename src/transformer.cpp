@@ -50,20 +50,21 @@ torch::Tensor reduce_to_shard(
 namespace detail {
 
 Partition sequence_partition(
-    int64_t seq_len, const Group& group, const std::string& who) {
-  // Uneven splits: the one line to change when Partition grows them.
+    int64_t seq_len, const Group& group, const std::string& who, bool uneven) {
   return Partition(
       seq_len, group.size(), group.rank(),
       who +
           ": sequence_parallel splits the sequence (dim 1) over the ranks, "
-          "but its length");
+          "but its length",
+      uneven);
 }
 
 Partition sequence_partition_of(
     const torch::Tensor& x,
     int64_t seq_len,
     const Group& group,
-    const std::string& who) {
+    const std::string& who,
+    bool uneven) {
   TORCHTP_CHECK(
       x.dim() == 3, who, group,
       "sequence_parallel: expected this rank's part of the sequence, "
@@ -72,8 +73,16 @@ Partition sequence_partition_of(
   TORCHTP_CHECK(
       seq_len >= -1, who, group, "seq_len must be -1 or a length, got ",
       seq_len);
+  // With uneven parts a rank cannot tell the whole length from its own
+  // part, and ranks that guessed differently would exchange different
+  // sizes.
+  TORCHTP_CHECK(
+      seq_len != -1 || !uneven || group.size() == 1, who, group,
+      "sequence_parallel with uneven(true): pass the full sequence length "
+      "(forward(x, seq_len)); this rank holds ",
+      x.size(1), " positions");
   auto seq = sequence_partition(
-      seq_len == -1 ? x.size(1) * group.size() : seq_len, group, who);
+      seq_len == -1 ? x.size(1) * group.size() : seq_len, group, who, uneven);
   TORCHTP_CHECK(
       x.size(1) == seq.local_size(), who, group,
       "sequence_parallel: expected this rank's ", seq.local_size(), " of the ",
@@ -82,20 +91,14 @@ Partition sequence_partition_of(
   return seq;
 }
 
-// The mappings exchange dim 0; the sequence is dim 1 of [batch, seq, d]. The
-// transposes are views: Group moves the dim to the front for the exchange
-// anyway.
 torch::Tensor gather_sequence(
     const torch::Tensor& x, const Group& group, const Partition& seq) {
-  TORCH_INTERNAL_ASSERT(x.size(1) == seq.local_size());
-  return gather_from_sequence_region(x.transpose(0, 1), group).transpose(0, 1);
+  return gather_from_sequence_region(x, group, seq, /*dim=*/1);
 }
 
 torch::Tensor reduce_scatter_sequence(
     const torch::Tensor& x, const Group& group, const Partition& seq) {
-  TORCH_INTERNAL_ASSERT(x.size(1) == seq.full_size());
-  return reduce_scatter_to_sequence_region(x.transpose(0, 1), group)
-      .transpose(0, 1);
+  return reduce_scatter_to_sequence_region(x, group, seq, /*dim=*/1);
 }
 
 torch::Tensor layer_norm_on_shard(
@@ -136,6 +139,7 @@ void ParallelMLPImpl::reset() {
                                       options.d_model(), options.ffn_hidden())
                                       .bias(options.bias())
                                       .gather_output(false)
+                                      .uneven(options.uneven())
                                       .reduce_input_grad(!sp)
                                       .group(options.group())
                                       .dtype(options.dtype())));
@@ -144,6 +148,7 @@ void ParallelMLPImpl::reset() {
                                    options.ffn_hidden(), options.d_model())
                                    .bias(options.bias())
                                    .input_is_parallel(true)
+                                   .uneven(options.uneven())
                                    .reduce_output(!sp)
                                    .group(options.group())
                                    .dtype(options.dtype())));
@@ -161,7 +166,8 @@ torch::Tensor ParallelMLPImpl::forward(
     return hidden(x);
   }
   const auto& group = fc1->shard_group();
-  auto seq = detail::sequence_partition_of(x, seq_len, group, kMLP);
+  auto seq =
+      detail::sequence_partition_of(x, seq_len, group, kMLP, options.uneven());
   return reduce_to_shard(
       hidden(detail::gather_sequence(x, group, seq)), fc2, seq);
 }
@@ -199,14 +205,17 @@ void ParallelSelfAttentionImpl::reset() {
   // Checked here, before the projections, so the message speaks of heads.
   local_heads_ = Partition(
                      heads, group.size(), group.rank(),
-                     std::string(kAttention) + ": num_heads")
+                     std::string(kAttention) + ": num_heads", options.uneven())
                      .local_size();
+  const int64_t head_dim = d / heads;
   rng_ = resolve_rng(options.rng(), group);
   const bool sp = options.sequence_parallel();
   qkv = register_module(
       "qkv", ColumnParallelLinear(ColumnParallelLinearOptions(d, 3 * d)
                                       .bias(options.bias())
                                       .segments(3)
+                                      .uneven(options.uneven())
+                                      .split_unit(head_dim)
                                       .reduce_input_grad(!sp)
                                       .group(group)
                                       .dtype(options.dtype())));
@@ -214,6 +223,8 @@ void ParallelSelfAttentionImpl::reset() {
       "proj", RowParallelLinear(RowParallelLinearOptions(d, d)
                                     .bias(options.bias())
                                     .input_is_parallel(true)
+                                    .uneven(options.uneven())
+                                    .split_unit(head_dim)
                                     .reduce_output(!sp)
                                     .group(group)
                                     .dtype(options.dtype())));
@@ -269,7 +280,8 @@ torch::Tensor ParallelSelfAttentionImpl::forward(
   auto whole = x;
   if (options.sequence_parallel()) {
     const auto& group = qkv->shard_group();
-    seq = detail::sequence_partition_of(x, seq_len, group, kAttention);
+    seq = detail::sequence_partition_of(
+        x, seq_len, group, kAttention, options.uneven());
     whole = detail::gather_sequence(x, group, *seq);
   }
   auto [q, k, v] = project(whole);
@@ -364,6 +376,7 @@ void TransformerLayerImpl::reset() {
                                 .causal(options.causal())
                                 .bias(options.bias())
                                 .attention_dropout(options.attention_dropout())
+                                .uneven(options.uneven())
                                 .rng(rng_)
                                 .sequence_parallel(options.sequence_parallel())
                                 .group(group)
@@ -373,6 +386,7 @@ void TransformerLayerImpl::reset() {
       "mlp", ParallelMLP(ParallelMLPOptions(d, ffn)
                              .bias(options.bias())
                              .activation(options.activation())
+                             .uneven(options.uneven())
                              .sequence_parallel(options.sequence_parallel())
                              .group(group)
                              .dtype(options.dtype())));
@@ -385,7 +399,7 @@ torch::Tensor TransformerLayerImpl::forward_cached(
 }
 
 Partition TransformerLayerImpl::sequence_partition(int64_t seq_len) const {
-  return detail::sequence_partition(seq_len, *group_, kLayer);
+  return detail::sequence_partition(seq_len, *group_, kLayer, options.uneven());
 }
 
 torch::Tensor TransformerLayerImpl::forward(
@@ -396,8 +410,9 @@ torch::Tensor TransformerLayerImpl::forward(
       x.defined() ? c10::str(x.sizes()) : "undefined");
   if (options.sequence_parallel()) {
     // Checked (and the length resolved) before any collective.
-    seq_len =
-        detail::sequence_partition_of(x, seq_len, *group_, kLayer).full_size();
+    seq_len = detail::sequence_partition_of(
+                  x, seq_len, *group_, kLayer, options.uneven())
+                  .full_size();
   }
   if (!options.recompute()) {
     return forward_once(x, seq_len);

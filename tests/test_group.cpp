@@ -539,3 +539,105 @@ TEST(Group, MismatchedCollectivesRaiseOnEveryRank) {
   s.all_reduce(v);
   EXPECT_TRUE(torch::equal(v, torch::full({5}, double(s.size()))));
 }
+
+namespace {
+// The uneven rule written out here, independently of Partition: the first
+// `full % ws` ranks hold one more index.
+std::vector<int64_t> uneven_sizes(int64_t full, int64_t ws) {
+  std::vector<int64_t> sizes(ws);
+  for (int64_t r = 0; r < ws; ++r) {
+    sizes[r] = full / ws + (r < full % ws ? 1 : 0);
+  }
+  return sizes;
+}
+} // namespace
+
+TEST(Group, UnevenAllGatherAndReduceScatterAlongAnyDim) {
+  auto g = world();
+  const int64_t ws = g.size();
+  const int64_t full = 2 * ws + 1; // never divides for ws > 1
+  const auto sizes = uneven_sizes(full, ws);
+  for (auto dt : kDtypes) {
+    for (int64_t dim : {0, 1, 2, -1}) {
+      SCOPED_TRACE(::testing::Message() << "dim " << dim << " " << dt);
+      const int64_t d = dim < 0 ? 3 + dim : dim;
+      torchtp::Partition part(full, ws, g.rank(), "test", /*uneven=*/true);
+      // all_gather: rank r contributes its own sizes[r] rows.
+      std::vector<torch::Tensor> all;
+      for (int r = 0; r < ws; ++r) {
+        std::vector<int64_t> shape = {2, 3, 4};
+        shape[d] = sizes[r];
+        all.push_back(contribution(r, shape, dt));
+      }
+      auto got = g.all_gather(all[g.rank()], dim, part);
+      EXPECT_TRUE(all_close(got, torch::cat(all, d)));
+      EXPECT_EQ(got.scalar_type(), dt);
+      // reduce_scatter: the sum over ranks, this rank's rows of it.
+      std::vector<int64_t> shape = {2, 3, 4};
+      shape[d] = full;
+      auto sum = torch::zeros(shape, torch::kDouble);
+      for (int r = 0; r < ws; ++r) {
+        sum += contribution(r, shape, torch::kDouble);
+      }
+      int64_t offset = 0;
+      for (int r = 0; r < g.rank(); ++r) {
+        offset += sizes[r];
+      }
+      auto rs = g.reduce_scatter(contribution(g.rank(), shape, dt), dim, part);
+      EXPECT_TRUE(
+          all_close(rs, sum.narrow(d, offset, sizes[g.rank()]).to(dt)));
+      auto mx = g.reduce_scatter(
+          contribution(g.rank(), shape, dt), dim, part, torchtp::ReduceOp::max);
+      EXPECT_TRUE(all_close(
+          mx,
+          contribution(ws - 1, shape, torch::kDouble)
+              .narrow(d, offset, sizes[g.rank()])
+              .to(dt)));
+    }
+  }
+}
+
+TEST(Group, UnevenAsyncAndWrongPartsRaise) {
+  auto g = world();
+  const int64_t ws = g.size();
+  torchtp::Partition part(ws + 1, ws, g.rank(), "test", /*uneven=*/true);
+  auto mine = torch::full({part.local_size(), 2}, double(g.rank()));
+  auto got = g.all_gather_async(mine, 0, part).wait();
+  EXPECT_EQ(got.size(0), ws + 1);
+  EXPECT_EQ(got[0][0].item<double>(), 0.0);
+  EXPECT_EQ(got[ws][0].item<double>(), double(ws - 1));
+  // A tensor that is not this rank's part is refused before any
+  // communication, naming both sizes.
+  EXPECT_TRUE(raises_with(
+      [&] { g.all_gather(torch::zeros({part.local_size() + 1, 2}), 0, part); },
+      {"torchtp::Group::all_gather", "expected this rank's part",
+       g.rank_label()}));
+  EXPECT_TRUE(raises_with(
+      [&] { g.reduce_scatter(torch::zeros({ws, 2}), 0, part); },
+      {"torchtp::Group::reduce_scatter", "full size", g.rank_label()}));
+  if (ws > 1) {
+    torchtp::Partition other(ws + 1, ws, (g.rank() + 1) % ws, "test", true);
+    EXPECT_TRUE(raises_with(
+        [&] { g.all_gather(mine, 0, other); }, {"not of this rank"}));
+  }
+}
+
+TEST(Group, PartitionOfLearnsEveryRanksPart) {
+  auto g = world();
+  const int64_t ws = g.size();
+  const auto sizes = uneven_sizes(3 * ws + 2, ws);
+  auto part = g.partition_of(sizes[g.rank()], "vocabulary");
+  EXPECT_EQ(part.full_size(), 3 * ws + 2);
+  EXPECT_EQ(part.sizes(), sizes);
+  // Even parts come back even.
+  EXPECT_TRUE(g.partition_of(4, "x").is_even());
+  EXPECT_EQ(g.partition_of(4, "x").full_size(), 4 * ws);
+  if (ws > 1) {
+    // Rank 0 smaller than the others breaks the rule (the first ranks hold
+    // the extra unit): every rank raises, naming every part.
+    const int64_t mine = g.rank() == 0 ? 1 : 2;
+    EXPECT_TRUE(raises_with(
+        [&] { g.partition_of(mine, "vocabulary"); },
+        {"vocabulary", "not a torchtp split", g.rank_label()}));
+  }
+}

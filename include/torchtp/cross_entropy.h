@@ -1,6 +1,7 @@
 #pragma once
 
 #include "torchtp/group.h"
+#include "torchtp/partition.h"
 
 #include <ATen/core/Tensor.h>
 #include <torch/arg.h>
@@ -28,12 +29,17 @@ struct VocabParallelCrossEntropyOptions {
   /// Ranks holding the vocabulary shards; default: the group of
   /// `init_from_env()`.
   TORCH_ARG(c10::optional<Group>, group) = c10::nullopt;
+  /// How the vocabulary is split (e.g. the output layer's
+  /// `output_partition()`, even or not). Default: learnt from every rank's
+  /// shard width, one small all-gather per call.
+  TORCH_ARG(c10::optional<Partition>, vocab_partition) = c10::nullopt;
 };
 
 /// Cross-entropy over logits whose last dim (the vocabulary) is split over
 /// the ranks, as a `ColumnParallelLinear` without `gather_output` leaves it:
-/// rank r holds `logits_shard [*, V/ws]`, the ids of its `Partition`; the
-/// full logits are never gathered. `target [*]` holds ids in `[0, V)` (or
+/// rank r holds `logits_shard [*, V/ws]`, the ids of its part of the
+/// vocabulary's `Partition` (uneven splits too); the full logits are never
+/// gathered. `target [*]` holds ids in `[0, V)` (or
 /// `ignore_index`), the same on every rank.
 ///
 /// Forward: all-reduce (max) of the row maximum, then all-reduce (sum) of

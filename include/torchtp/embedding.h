@@ -23,6 +23,10 @@ struct VocabParallelEmbeddingOptions {
   TORCH_ARG(int64_t, num_embeddings);
   /// Size of each embedding vector (not split).
   TORCH_ARG(int64_t, embedding_dim);
+  /// Allow a vocabulary that does not divide by the world size (50257 over
+  /// 3 ranks): the first `V % world_size` ranks hold one more id (see
+  /// `Partition`). False: such a size raises a `c10::Error`.
+  TORCH_ARG(bool, uneven) = false;
   /// All-reduce the looked-up rows in `forward()`. False: `forward()`
   /// returns this rank's partial lookup (its own rows, zero rows for ids it
   /// does not own) for the caller to sum; sequence parallelism
@@ -70,7 +74,7 @@ class VocabParallelEmbeddingImpl
 
   /// weight: dim 0.
   ShardSpec shard_spec(const std::string&) const override {
-    return {0, 1};
+    return {0, 1, options.num_embeddings(), options.uneven()};
   }
   const Group& shard_group() const override {
     return *group_;

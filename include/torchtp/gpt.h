@@ -44,12 +44,19 @@ struct GPTOptions {
   TORCH_ARG(double, hidden_dropout) = 0.0;
   TORCH_ARG(double, attention_dropout) = 0.0;
   TORCH_ARG(int64_t, vocab_pad_multiple) = 64;
+  /// Allow sizes that do not divide by the tensor-parallel size: the
+  /// (padded) vocabulary, heads and ffn_hidden are split by `Partition`'s
+  /// uneven rule (the first `size % ws` ranks hold one more id, head or
+  /// feature), so e.g. vocabulary 50257 with `vocab_pad_multiple(1)` and 12
+  /// heads run at TP=5. False: such sizes raise a `c10::Error`.
+  TORCH_ARG(bool, uneven) = false;
   /// Seed of the dropout streams (the weights come from the global
   /// generator, like any torch module's).
   TORCH_ARG(uint64_t, dropout_seed) = 1234;
   /// Sequence parallelism (see `TransformerLayerOptions`): between the
   /// embedding and the output layer every rank holds only its part of the
-  /// sequence (which must divide by the world size). The token embedding's
+  /// sequence (which must divide by the world size, unless `uneven`: then
+  /// the first `seq % ws` ranks hold one more position). The token embedding's
   /// partial sums are reduce-scattered along the sequence instead of
   /// all-reduced, the embedding dropout draws from the sharded stream, the
   /// layers and the final LayerNorm run on the part, and the output layer
@@ -143,6 +150,10 @@ class GPTImpl : public torch::nn::Cloneable<GPTImpl> {
 
   int64_t padded_vocab_size() const {
     return padded_vocab_;
+  }
+  /// How the (padded) vocabulary of the logits is split over the ranks.
+  const Partition& vocab_partition() const {
+    return token_embedding->vocab_partition();
   }
   /// The dropout streams; reseed them to make a step reproducible.
   RngTracker& rng() {

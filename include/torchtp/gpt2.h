@@ -35,8 +35,12 @@ GPT2Config read_gpt2_config(const std::string& dir);
 /// The `GPTOptions` of a GPT-2 with `config`: tanh GELU, tied output layer,
 /// the config's LayerNorm epsilon, biases everywhere, and the vocabulary
 /// padded to a multiple of 64 and of the group's size (50257 -> 50304 at 1,
-/// 2, 3, 4 ranks; padded ids never win).
-GPTOptions gpt2_options(const GPT2Config& config, const Group& group);
+/// 2, 3, 4 ranks; padded ids never win). With `uneven`, the vocabulary is
+/// padded to a multiple of 64 only and it, the heads and the MLP are split
+/// unevenly where the group's size does not divide them (12 heads at 5
+/// ranks).
+GPTOptions gpt2_options(
+    const GPT2Config& config, const Group& group, bool uneven = false);
 
 /// Options of `load_gpt2`.
 struct LoadGPT2Options {
@@ -47,6 +51,9 @@ struct LoadGPT2Options {
   /// The most read from a file at once: the loader's only memory beyond the
   /// model's own shards (fewer, larger reads with more).
   TORCH_ARG(int64_t, block_bytes) = 8 << 20;
+  /// Split heads and vocabulary unevenly when the group's size does not
+  /// divide them (see `gpt2_options`).
+  TORCH_ARG(bool, uneven) = false;
 };
 
 /// A GPT built from a Hugging Face GPT-2 directory: `config.json` plus

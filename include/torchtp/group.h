@@ -1,5 +1,6 @@
 #pragma once
 
+#include "torchtp/partition.h"
 #include "torchtp/reduce_op.h"
 #include "torchtp/work.h"
 
@@ -57,12 +58,40 @@ class Group {
   at::Tensor all_gather(const at::Tensor& tensor, int64_t dim) const;
   Work all_gather_async(const at::Tensor& tensor, int64_t dim) const;
 
+  /// Concatenates every rank's `tensor` along `dim`, in rank order, where
+  /// rank r's part has `part.size(r)` indices along `dim` (the parts may
+  /// differ; the other dims may not). Returns `part.full_size()` indices.
+  at::Tensor all_gather(
+      const at::Tensor& tensor, int64_t dim, const Partition& part) const;
+  Work all_gather_async(
+      const at::Tensor& tensor, int64_t dim, const Partition& part) const;
+
   /// Sums every rank's `tensor` and returns this rank's part of the sum along
-  /// `dim` (split as `Partition` splits it).
+  /// `dim`, split evenly by `Partition` (a size that does not divide raises).
   at::Tensor reduce_scatter(
       const at::Tensor& tensor, int64_t dim, ReduceOp op = ReduceOp::sum) const;
   Work reduce_scatter_async(
       const at::Tensor& tensor, int64_t dim, ReduceOp op = ReduceOp::sum) const;
+  /// The same, with the parts of `dim` given by `part` (even or not):
+  /// `tensor.size(dim)` is `part.full_size()`, this rank gets `part`'s local
+  /// slice of the reduction.
+  at::Tensor reduce_scatter(
+      const at::Tensor& tensor,
+      int64_t dim,
+      const Partition& part,
+      ReduceOp op = ReduceOp::sum) const;
+  Work reduce_scatter_async(
+      const at::Tensor& tensor,
+      int64_t dim,
+      const Partition& part,
+      ReduceOp op = ReduceOp::sum) const;
+
+  /// Collective: the split whose part r is rank r's `local_size`, e.g. of
+  /// vocabulary-parallel logits that arrive without their full size. The
+  /// sizes must follow `Partition`'s rule (even, or uneven by whole
+  /// `unit`s); `what` names them in the error otherwise.
+  Partition partition_of(
+      int64_t local_size, const std::string& what, int64_t unit = 1) const;
 
   /// Copies `tensor` from `root` into `tensor` on every rank.
   void broadcast(at::Tensor& tensor, int root = 0) const;
@@ -95,6 +124,7 @@ class Group {
   friend struct detail::GroupAccess;
   explicit Group(c10::intrusive_ptr<detail::Communicator> comm);
   void check_same_everywhere(const char* op, const at::Tensor& t) const;
+  void check_partition(const char* op, const Partition& part) const;
 
   c10::intrusive_ptr<detail::Communicator> comm_;
 };

@@ -44,6 +44,14 @@ struct ColumnParallelLinearOptions {
   /// holds its part of every block, so it holds whole heads of Q, K and V.
   /// The full weight is the usual `[Q; K; V]` stack at every world size.
   TORCH_ARG(int64_t, segments) = 1;
+  /// Allow an output size (per segment) that does not divide by the world
+  /// size: the first `units % world_size` ranks hold one more unit (see
+  /// `Partition`), every segment split the same way. False: such a size
+  /// raises a `c10::Error`.
+  TORCH_ARG(bool, uneven) = false;
+  /// Output features move between ranks in blocks of this many (a head's
+  /// width, so that every rank holds whole heads).
+  TORCH_ARG(int64_t, split_unit) = 1;
   /// All-reduce the input gradient in backward: the input is the same on
   /// every rank, so its gradient is the sum of every rank's. False when the
   /// caller's own mapping sums it instead: with sequence parallelism the
@@ -82,6 +90,13 @@ struct RowParallelLinearOptions {
   TORCH_ARG(bool, input_is_parallel) = false;
   /// Leave the bias out of `forward()` (see ColumnParallelLinearOptions).
   TORCH_ARG(bool, skip_bias_add) = false;
+  /// Allow an in_features that does not divide by the world size: the first
+  /// `units % world_size` ranks hold one more unit (see `Partition`). False:
+  /// such a size raises a `c10::Error`.
+  TORCH_ARG(bool, uneven) = false;
+  /// Input features move between ranks in blocks of this many (a head's
+  /// width for an attention output projection).
+  TORCH_ARG(int64_t, split_unit) = 1;
   /// All-reduce the partial products in `forward()`, then add the bias.
   /// False: `forward()` returns this rank's partial product `x_r W_r^T`,
   /// without the bias, and the caller reduces it and adds `bias` once after
@@ -98,7 +113,8 @@ struct RowParallelLinearOptions {
 };
 
 /// `y = x W^T + b` with W's rows (the output features) split over the ranks:
-/// rank r holds `weight [out/ws, in]` and `bias [out/ws]`.
+/// rank r holds `weight [out/ws, in]` and `bias [out/ws]` (with `uneven`,
+/// `output_partition()` gives each rank's share).
 ///
 /// Input `[*, in]`, the same on every rank. Output `[*, out/ws]`, or
 /// `[*, out]` with `gather_output`. Forward: no communication (all-gather with
@@ -159,7 +175,8 @@ class ColumnParallelLinearImpl
 TORCH_MODULE(ColumnParallelLinear);
 
 /// `y = x W^T + b` with W's columns (the input features) split over the
-/// ranks: rank r holds `weight [out, in/ws]` and the full `bias [out]`.
+/// ranks: rank r holds `weight [out, in/ws]` and the full `bias [out]` (with
+/// `uneven`, `input_partition()` gives each rank's share).
 ///
 /// Input `[*, in/ws]` with `input_is_parallel`, else `[*, in]`, which is
 /// split here. Output `[*, out]`, the same on every rank. Forward: the

@@ -26,22 +26,40 @@ at::Tensor copy_to_tp_region(const at::Tensor& input, const Group& group);
 /// the gradient through, since every rank's output was the same full sum.
 at::Tensor reduce_from_tp_region(const at::Tensor& input, const Group& group);
 
-/// Keeps this rank's chunk of the last dim (split by `Partition`); backward
-/// all-gathers the chunk gradients into the full one.
+/// Keeps this rank's chunk of the last dim (split evenly by `Partition`);
+/// backward all-gathers the chunk gradients into the full one.
 at::Tensor scatter_to_tp_region(const at::Tensor& input, const Group& group);
+/// The same with the last dim split by `part` (even or not).
+at::Tensor scatter_to_tp_region(
+    const at::Tensor& input, const Group& group, const Partition& part);
 
 /// All-gathers the last dim; backward keeps this rank's chunk of the gradient.
 at::Tensor gather_from_tp_region(const at::Tensor& input, const Group& group);
+/// The same with rank r's chunk of `part.size(r)` indices.
+at::Tensor gather_from_tp_region(
+    const at::Tensor& input, const Group& group, const Partition& part);
 
 /// Sequence parallelism: all-gathers dim 0 (the sequence); backward
 /// reduce-scatters the gradient along dim 0.
 at::Tensor gather_from_sequence_region(
     const at::Tensor& input, const Group& group);
+/// The same along `dim`, rank r's part holding `seq.size(r)` positions.
+at::Tensor gather_from_sequence_region(
+    const at::Tensor& input,
+    const Group& group,
+    const Partition& seq,
+    int64_t dim);
 
 /// Sequence parallelism: sums over ranks and keeps this rank's chunk of dim 0;
 /// backward all-gathers the gradient along dim 0.
 at::Tensor reduce_scatter_to_sequence_region(
     const at::Tensor& input, const Group& group);
+/// The same along `dim`, this rank keeping its part of `seq`.
+at::Tensor reduce_scatter_to_sequence_region(
+    const at::Tensor& input,
+    const Group& group,
+    const Partition& seq,
+    int64_t dim);
 
 namespace detail {
 

@@ -1,6 +1,7 @@
 #pragma once
 
 #include "torchtp/group.h"
+#include "torchtp/partition.h"
 
 #include <ATen/core/Generator.h>
 #include <ATen/core/Tensor.h>
@@ -24,15 +25,18 @@ struct TopLogits {
 
 /// The `k` largest logits of every row of logits split along the last dim
 /// over `group` (as a ColumnParallelLinear without gather_output leaves
-/// them: rank r holds ids `[r * V/ws, (r + 1) * V/ws)`). Each rank finds its
-/// own `k` best and only those are exchanged (one all-gather of `2 k` values
-/// per row), never the vocabulary. Ids at or past `vocab_size` are padding
-/// and left out (0: every id is real). The same result on every rank.
+/// them: rank r holds the ids of its part of `vocab_partition`, by default
+/// learnt from every rank's shard width with one small all-gather). Each
+/// rank finds its own `k` best and only those are exchanged (one all-gather
+/// of `2 k` values per row), never the vocabulary. Ids at or past
+/// `vocab_size` are padding and left out (0: every id is real). The same
+/// result on every rank.
 TopLogits vocab_parallel_topk(
     const at::Tensor& logits_shard,
     int64_t k,
     int64_t vocab_size = 0,
-    const c10::optional<Group>& group = c10::nullopt);
+    const c10::optional<Group>& group = c10::nullopt,
+    const c10::optional<Partition>& vocab_partition = c10::nullopt);
 
 /// How `sample_next_token` picks a token.
 struct SamplingOptions {
@@ -54,6 +58,10 @@ struct SamplingOptions {
   /// Ranks holding the vocabulary shards; default: the group of
   /// `init_from_env()`.
   TORCH_ARG(c10::optional<Group>, group) = c10::nullopt;
+  /// How the vocabulary is split (the output layer's partition, even or
+  /// not); default: learnt from every rank's shard width, one small
+  /// all-gather per call.
+  TORCH_ARG(c10::optional<Partition>, vocab_partition) = c10::nullopt;
 };
 
 /// The next token of every row of vocabulary-parallel logits `[*, V/ws]`:

@@ -13,13 +13,21 @@
 namespace torchtp {
 
 /// How one parameter is split over a tensor-parallel group: along `dim`, with
-/// that dim made of `segments` equal blocks each split by a `Partition` (a
-/// fused Q, K, V weight has 3); or replicated, every rank holding it whole.
-/// Checkpoints use it to save, reshard and load.
+/// that dim made of `segments` equal blocks each split by the same
+/// `Partition` (a fused Q, K, V weight has 3); or replicated, every rank
+/// holding it whole. Checkpoints use it to save, reshard and load.
 struct ShardSpec {
   /// The split dim; -1 when replicated (see `replicated()`).
   int64_t dim = -1;
   int64_t segments = 1;
+  /// The full size of the split dim (all segments); -1 when not known, in
+  /// which case the split must be even (the full size is the local one
+  /// times the group size).
+  int64_t full_size = -1;
+  /// Each segment is split by Partition's uneven rule, in units of `unit`
+  /// indices (see `Partition`).
+  bool uneven = false;
+  int64_t unit = 1;
 
   /// Every rank holds the whole tensor.
   static ShardSpec replicated() {
@@ -27,6 +35,15 @@ struct ShardSpec {
   }
   bool is_replicated() const {
     return dim < 0;
+  }
+  /// The split of one segment of `segment_size` indices over `parts` ranks,
+  /// seen from `rank`.
+  Partition partition(
+      int64_t segment_size,
+      int64_t parts,
+      int64_t rank,
+      const std::string& what) const {
+    return Partition(segment_size, parts, rank, what, uneven, unit);
   }
 };
 
@@ -54,8 +71,9 @@ std::vector<int64_t> full_shape(
 //   gathered  (rank-major)   [r0: s0 s1 .., r1: s0 s1 .., ..]
 //
 // "gathered" is what an all-gather of every rank's shard along the dim
-// holds. Everything below is computed from the per-rank sizes and offsets
-// of `part`; uneven segmented splits are not built yet (an internal assert).
+// holds (rank r's shard has `part.scaled(segments).size(r)` indices).
+// Everything below is computed from the per-rank sizes and offsets of
+// `part`, so it holds for uneven splits too.
 
 /// `length` consecutive indices along the split dim, from index `from` of
 /// one tensor to index `to` of another.

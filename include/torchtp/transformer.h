@@ -36,8 +36,12 @@ struct ParallelMLPOptions {
   TORCH_ARG(int64_t, ffn_hidden);
   TORCH_ARG(bool, bias) = true;
   TORCH_ARG(Activation, activation) = Activation::gelu;
+  /// Allow an ffn_hidden that does not divide by the world size (see
+  /// `Partition`: the first `ffn_hidden % ws` ranks hold one more unit).
+  TORCH_ARG(bool, uneven) = false;
   /// Sequence parallelism: `forward` takes and returns this rank's part of
-  /// the sequence, `[batch, seq / ws, d_model]` (see `TransformerLayer`).
+  /// the sequence, `[batch, seq / ws, d_model]` (see `TransformerLayer`;
+  /// with `uneven`, uneven parts are allowed).
   TORCH_ARG(bool, sequence_parallel) = false;
   /// Ranks to split over; default: the group of `init_from_env()`.
   TORCH_ARG(c10::optional<Group>, group) = c10::nullopt;
@@ -61,7 +65,8 @@ class ParallelMLPImpl : public torch::nn::Cloneable<ParallelMLPImpl> {
   void reset() override;
   void pretty_print(std::ostream& stream) const override;
   /// `seq_len` (sequence parallelism only): the full sequence length, of
-  /// which `x` holds this rank's part; -1: `x.size(1)` times the world size.
+  /// which `x` holds this rank's part; -1: `x.size(1)` times the world size
+  /// (even splits only: with `uneven` the length must be given).
   torch::Tensor forward(const torch::Tensor& x, int64_t seq_len = -1);
   /// `[*, d_model]`, the same on every rank, to `[*, d_model]`, the same on
   /// every rank, with or without `sequence_parallel` (for inference on
@@ -106,10 +111,15 @@ struct ParallelSelfAttentionOptions {
   /// Dropout on the attention probabilities (a sharded region: each rank
   /// draws from its own stream).
   TORCH_ARG(double, attention_dropout) = 0.0;
+  /// Allow a number of heads that does not divide by the world size: the
+  /// first `num_heads % ws` ranks hold one more whole head (12 heads over 5
+  /// ranks: 3, 3, 2, 2, 2). Every rank needs at least one head.
+  TORCH_ARG(bool, uneven) = false;
   /// Streams for dropout; default: a tracker seeded with 0.
   TORCH_ARG(std::shared_ptr<RngTracker>, rng) = nullptr;
   /// Sequence parallelism: `forward` takes and returns this rank's part of
-  /// the sequence, `[batch, seq / ws, d_model]` (see `TransformerLayer`).
+  /// the sequence, `[batch, seq / ws, d_model]` (see `TransformerLayer`;
+  /// with `uneven`, uneven parts are allowed).
   TORCH_ARG(bool, sequence_parallel) = false;
   TORCH_ARG(c10::optional<Group>, group) = c10::nullopt;
   TORCH_ARG(c10::optional<torch::Dtype>, dtype) = c10::nullopt;
@@ -133,7 +143,8 @@ class ParallelSelfAttentionImpl
   void reset() override;
   void pretty_print(std::ostream& stream) const override;
   /// `seq_len` (sequence parallelism only): the full sequence length, of
-  /// which `x` holds this rank's part; -1: `x.size(1)` times the world size.
+  /// which `x` holds this rank's part; -1: `x.size(1)` times the world size
+  /// (even splits only: with `uneven` the length must be given).
   torch::Tensor forward(const torch::Tensor& x, int64_t seq_len = -1);
   /// Inference on new positions `x [batch, s, d_model]` after the ones held
   /// in `cache`, which they join. `key_mask [batch, cache.length + s]`
@@ -190,13 +201,18 @@ struct TransformerLayerOptions {
   TORCH_ARG(double, hidden_dropout) = 0.0;
   TORCH_ARG(double, attention_dropout) = 0.0;
   TORCH_ARG(double, layer_norm_eps) = 1e-5;
+  /// Allow heads and ffn_hidden that do not divide by the world size (see
+  /// ParallelSelfAttentionOptions and ParallelMLPOptions).
+  TORCH_ARG(bool, uneven) = false;
   TORCH_ARG(std::shared_ptr<RngTracker>, rng) = nullptr;
   /// Sequence parallelism (Megatron's): the LayerNorms, dropouts and
   /// residuals run on this rank's part of the sequence, so their
   /// activations take 1/ws of the memory. `forward` takes and returns
   /// `[batch, seq / ws, d_model]`, this rank's part as
   /// `sequence_partition(seq)` splits it (the sequence length must divide
-  /// by the world size). The sequence is all-gathered before the Q, K, V
+  /// by the world size; with `uneven(true)` it need not: the first
+  /// `seq % ws` ranks hold one more position, and `forward` needs the full
+  /// length). The sequence is all-gathered before the Q, K, V
   /// and fc1 projections and the output and fc2 projections' partial sums
   /// are reduce-scattered instead of all-reduced: the same bytes moved.
   /// Hidden dropout then draws from the sharded stream (each rank masks its
@@ -236,7 +252,8 @@ class TransformerLayerImpl : public torch::nn::Cloneable<TransformerLayerImpl> {
   explicit TransformerLayerImpl(TransformerLayerOptions options);
   void reset() override;
   /// `seq_len` (sequence parallelism only): the full sequence length, of
-  /// which `x` holds this rank's part; -1: `x.size(1)` times the world size.
+  /// which `x` holds this rank's part; -1: `x.size(1)` times the world size
+  /// (even splits only: with `uneven` the length must be given).
   torch::Tensor forward(const torch::Tensor& x, int64_t seq_len = -1);
   /// Inference with the attention's `cache` (see
   /// `ParallelSelfAttentionImpl::forward_cached`); no dropout. Whole
@@ -245,8 +262,9 @@ class TransformerLayerImpl : public torch::nn::Cloneable<TransformerLayerImpl> {
   torch::Tensor forward_cached(
       const torch::Tensor& x, KVCache& cache, const torch::Tensor& key_mask);
   /// How sequence parallelism splits a sequence of `seq_len` positions over
-  /// this layer's group; raises a `c10::Error` naming the rank, the world
-  /// size and the length when it does not divide.
+  /// this layer's group (by `Partition`'s uneven rule with `uneven`); raises
+  /// a `c10::Error` naming the rank, the world size and the length when it
+  /// does not divide and `uneven` is off.
   Partition sequence_partition(int64_t seq_len) const;
 
   TransformerLayerOptions options;
@@ -268,20 +286,22 @@ TORCH_MODULE(TransformerLayer);
 namespace detail {
 
 /// The split of a sequence of `seq_len` positions over `group` that
-/// sequence parallelism uses (the one place it is decided); `who` names the
-/// caller in the error when it does not divide.
+/// sequence parallelism uses (the one place it is decided): even, or by
+/// `Partition`'s uneven rule with `uneven`; `who` names the caller in the
+/// error when it does not divide.
 Partition sequence_partition(
-    int64_t seq_len, const Group& group, const std::string& who);
+    int64_t seq_len, const Group& group, const std::string& who, bool uneven);
 
 /// The split of the sequence whose part on this rank is `x` (dim 1 of
 /// `[batch, seq, d_model]`): of `seq_len` positions, or `x.size(1)` times
-/// the world size when `seq_len` is -1. Checks that `x` holds this rank's
-/// part.
+/// the world size when `seq_len` is -1 (not allowed with `uneven`). Checks
+/// that `x` holds this rank's part.
 Partition sequence_partition_of(
     const torch::Tensor& x,
     int64_t seq_len,
     const Group& group,
-    const std::string& who);
+    const std::string& who,
+    bool uneven);
 
 /// `gather_from_sequence_region` along dim 1: this rank's part of the
 /// sequence -> the whole sequence; backward reduce-scatters.

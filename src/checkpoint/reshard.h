@@ -16,8 +16,9 @@
 
 namespace torchtp::detail {
 
-/// How a split tensor was saved: its full shape, its split and the number of
-/// shards (the tensor-parallel degree it was saved at).
+/// How a split tensor was saved: its full shape, its split (even or uneven,
+/// and in what units) and the number of shards (the tensor-parallel degree
+/// it was saved at).
 struct SavedLayout {
   std::vector<int64_t> shape;
   ShardSpec spec;
@@ -51,7 +52,8 @@ inline std::vector<ShardRead> plan_reshard(
   TORCH_INTERNAL_ASSERT(
       saved.shape[spec.dim] == spec.segments * now.full_size(),
       "the new split does not cover the saved dim");
-  const Partition then(now.full_size(), saved.shards, 0, what);
+  const Partition then =
+      spec.partition(now.full_size(), saved.shards, /*rank=*/0, what);
   std::vector<ShardRead> reads;
   for (int64_t k = 0; k < saved.shards; ++k) {
     auto ranges = overlap_ranges(then, k, now, spec.segments);
