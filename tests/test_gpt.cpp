@@ -227,16 +227,31 @@ void expect_replicated_grads_identical(
 
 } // namespace
 
+// Whether small_gpt's sizes (12 heads, padded vocabulary 24) and a sequence
+// of 12 need uneven splits at this world size (at 5 ranks).
+namespace {
+bool twelve_needs_uneven() {
+  return 12 % world().size() != 0;
+}
+} // namespace
+
+// Sequences of 12 (divides by 1 to 4) and, with uneven(true), of 7 (parts
+// such as 2, 2, 2, 1).
 TEST(GPT, SequenceParallelAndRecomputeEqualUnsharded) {
   auto g = world();
-  const int64_t seq = 12; // divides by 1, 2, 3 and 4
-  torch::manual_seed(47);
-  auto ids = torch::randint(0, 13, {2, seq}, torch::kLong);
-  auto targets = torch::randint(0, 13, {2, seq}, torch::kLong);
-  targets.index_put_({1, 5}, -100);
-  for (bool tied : {false, true}) {
-    SCOPED_TRACE(tied ? "tied embeddings" : "separate output layer");
-    const auto options = small_gpt().max_seq_len(seq).tie_embeddings(tied);
+  const bool odd = twelve_needs_uneven();
+  for (const auto& [seq, uneven, tied] :
+       std::vector<std::tuple<int64_t, bool, bool>>{
+           {12, odd, false}, {12, odd, true}, {7, true, false}}) {
+    SCOPED_TRACE(
+        "sequence " + std::to_string(seq) + (uneven ? " uneven" : "") +
+        (tied ? ", tied embeddings" : ", separate output layer"));
+    torch::manual_seed(47);
+    auto ids = torch::randint(0, 13, {2, seq}, torch::kLong);
+    auto targets = torch::randint(0, 13, {2, seq}, torch::kLong);
+    targets.index_put_({1, 5}, -100);
+    const auto options =
+        small_gpt().max_seq_len(12).tie_embeddings(tied).uneven(uneven);
     torch::manual_seed(42);
     torchtp::GPT full(
         torchtp::GPTOptions(options).group(torchtp::Group::self()));
@@ -277,6 +292,7 @@ TEST(GPT, RecomputeWithDropoutEqualsNoRecompute) {
       torch::manual_seed(42);
       return torchtp::GPT(small_gpt()
                               .max_seq_len(seq)
+                              .uneven(twelve_needs_uneven())
                               .hidden_dropout(0.2)
                               .attention_dropout(0.2)
                               .sequence_parallel(sp)
@@ -305,7 +321,10 @@ TEST(GPT, RecomputeWithDropoutEqualsNoRecompute) {
 
 TEST(GPT, SequenceParallelSequenceThatDoesNotDivideRaises) {
   auto g = world();
-  torchtp::GPT gpt(small_gpt().sequence_parallel(true));
+  // No layers, a vocabulary that divides by 1 to 5: only the sequence is
+  // split unevenly.
+  torchtp::GPT gpt(
+      small_gpt().num_layers(0).vocab_pad_multiple(60).sequence_parallel(true));
   auto ids = torch::zeros({2, 7}, torch::kLong);
   if (g.size() == 1) {
     EXPECT_EQ(gpt->forward(ids).size(1), 7);
@@ -322,7 +341,8 @@ TEST(GPT, SequenceParallelSequenceThatDoesNotDivideRaises) {
 // gives the logits its forward does.
 TEST(GPT, SequenceParallelModelDecodesWithACache) {
   torch::manual_seed(42);
-  torchtp::GPT gpt(small_gpt().max_seq_len(12).sequence_parallel(true));
+  torchtp::GPT gpt(
+      small_gpt().max_seq_len(12).uneven(true).sequence_parallel(true));
   gpt->eval();
   torch::manual_seed(49);
   auto ids = torch::randint(0, 13, {2, 12}, torch::kLong);

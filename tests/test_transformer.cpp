@@ -338,39 +338,55 @@ bool has_recompute_node(const torch::Tensor& y) {
 
 } // namespace
 
+// Sequence lengths the sequence-parallel tests split: one that divides by
+// the world size, and 7 with uneven(true), which at 2, 3 and 4 ranks gives
+// parts such as 2, 2, 2, 1 (the first 7 % ws ranks hold one more).
+struct SequenceCase {
+  int64_t seq;
+  bool uneven;
+};
+
+std::vector<SequenceCase> sequence_cases(int64_t ws) {
+  return {{2 * ws, false}, {7, true}};
+}
+
 TEST(TransformerLayer, SequenceParallelAndRecomputeMatchUnsharded) {
   auto g = world();
-  const int64_t ws = g.size(), heads = 2 * ws, d = 4 * heads, s = 2 * ws;
-  torch::manual_seed(12);
-  const auto x0 = torch::randn({2, s, d}, torch::kDouble);
-  const auto upstream = torch::randn({2, s, d}, torch::kDouble);
-  for (const auto& mode : kMemoryModes) {
-    SCOPED_TRACE(mode.name());
-    torch::manual_seed(9);
-    torchtp::TransformerLayer layer(
-        torchtp::TransformerLayerOptions(d, heads)
-            .sequence_parallel(mode.sequence_parallel)
-            .recompute(mode.recompute)
-            .dtype(torch::kDouble));
-    perturb_layer_norms(layer, d);
-    const auto w = gather_layer_weights(layer, g);
-    auto xr = leaf(x0);
-    auto expected = unsharded_layer(xr, w, heads);
-    expected.backward(upstream);
+  const int64_t ws = g.size(), heads = 2 * ws, d = 4 * heads;
+  for (const auto& [s, uneven] : sequence_cases(ws))
+    for (const auto& mode : kMemoryModes) {
+      SCOPED_TRACE(
+          mode.name() + ", sequence " + std::to_string(s) +
+          (uneven ? " uneven" : ""));
+      torch::manual_seed(12);
+      const auto x0 = torch::randn({2, s, d}, torch::kDouble);
+      const auto upstream = torch::randn({2, s, d}, torch::kDouble);
+      torch::manual_seed(9);
+      torchtp::TransformerLayer layer(
+          torchtp::TransformerLayerOptions(d, heads)
+              .sequence_parallel(mode.sequence_parallel)
+              .recompute(mode.recompute)
+              .uneven(uneven)
+              .dtype(torch::kDouble));
+      perturb_layer_norms(layer, d);
+      const auto w = gather_layer_weights(layer, g);
+      auto xr = leaf(x0);
+      auto expected = unsharded_layer(xr, w, heads);
+      expected.backward(upstream);
 
-    // Sequence parallel: this rank's positions in, its positions out.
-    const auto part = layer->sequence_partition(s);
-    auto mine = [&](const torch::Tensor& full) {
-      return mode.sequence_parallel ? part.narrow(full, 1) : full;
-    };
-    auto x = leaf(mine(x0));
-    auto y = layer(x, s);
-    EXPECT_EQ(has_recompute_node(y), mode.recompute);
-    y.backward(mine(upstream));
-    EXPECT_TRUE(all_close(y, mine(expected.detach())));
-    EXPECT_TRUE(all_close(x.grad(), mine(xr.grad()))) << "input gradient";
-    expect_layer_grads_match(layer, w, g);
-  }
+      // Sequence parallel: this rank's positions in, its positions out.
+      const auto part = layer->sequence_partition(s);
+      auto mine = [&](const torch::Tensor& full) {
+        return mode.sequence_parallel ? part.narrow(full, 1) : full;
+      };
+      auto x = leaf(mine(x0));
+      auto y = layer(x, s);
+      EXPECT_EQ(has_recompute_node(y), mode.recompute);
+      y.backward(mine(upstream));
+      EXPECT_TRUE(all_close(y, mine(expected.detach())));
+      EXPECT_TRUE(all_close(x.grad(), mine(xr.grad()))) << "input gradient";
+      expect_layer_grads_match(layer, w, g);
+    }
 }
 
 // Hidden dropout in a sequence-parallel layer: each rank masks its own
@@ -378,42 +394,46 @@ TEST(TransformerLayer, SequenceParallelAndRecomputeMatchUnsharded) {
 // masks, gathered, to the unsharded block.
 TEST(TransformerLayer, SequenceParallelDropoutUsesEachRanksStream) {
   auto g = world();
-  const int64_t ws = g.size(), heads = 2 * ws, d = 4 * heads, s = 2 * ws;
+  const int64_t ws = g.size(), heads = 2 * ws, d = 4 * heads;
   const double p = 0.3;
-  torch::manual_seed(13);
-  const auto x0 = torch::randn({2, s, d}, torch::kDouble);
-  const auto upstream = torch::randn({2, s, d}, torch::kDouble);
-  for (bool recompute : {false, true}) {
-    SCOPED_TRACE(recompute ? "recompute" : "no recompute");
-    torch::manual_seed(9);
-    torchtp::TransformerLayer layer(
-        torchtp::TransformerLayerOptions(d, heads)
-            .hidden_dropout(p)
-            .sequence_parallel(true)
-            .recompute(recompute)
-            .rng(std::make_shared<torchtp::RngTracker>(77, g))
-            .dtype(torch::kDouble));
-    perturb_layer_norms(layer, d);
-    const auto w = gather_layer_weights(layer, g);
-    const auto part = layer->sequence_partition(s);
+  for (const auto& [s, uneven] : sequence_cases(ws))
+    for (bool recompute : {false, true}) {
+      SCOPED_TRACE(
+          std::string(recompute ? "recompute" : "no recompute") +
+          ", sequence " + std::to_string(s));
+      torch::manual_seed(13);
+      const auto x0 = torch::randn({2, s, d}, torch::kDouble);
+      const auto upstream = torch::randn({2, s, d}, torch::kDouble);
+      torch::manual_seed(9);
+      torchtp::TransformerLayer layer(
+          torchtp::TransformerLayerOptions(d, heads)
+              .hidden_dropout(p)
+              .sequence_parallel(true)
+              .recompute(recompute)
+              .uneven(uneven)
+              .rng(std::make_shared<torchtp::RngTracker>(77, g))
+              .dtype(torch::kDouble));
+      perturb_layer_norms(layer, d);
+      const auto w = gather_layer_weights(layer, g);
+      const auto part = layer->sequence_partition(s);
 
-    // The two masks the layer draws, in order, from this rank's stream.
-    torchtp::RngTracker streams(77, g);
-    auto ones = torch::ones({2, part.local_size(), d}, torch::kDouble);
-    auto m1 = torchtp::dropout(ones, p, true, streams.sharded());
-    auto m2 = torchtp::dropout(ones, p, true, streams.sharded());
-    auto xr = leaf(x0);
-    auto expected =
-        unsharded_layer(xr, w, heads, g.all_gather(m1, 1), g.all_gather(m2, 1));
-    expected.backward(upstream);
+      // The two masks the layer draws, in order, from this rank's stream.
+      torchtp::RngTracker streams(77, g);
+      auto ones = torch::ones({2, part.local_size(), d}, torch::kDouble);
+      auto m1 = torchtp::dropout(ones, p, true, streams.sharded());
+      auto m2 = torchtp::dropout(ones, p, true, streams.sharded());
+      auto xr = leaf(x0);
+      auto expected = unsharded_layer(
+          xr, w, heads, g.all_gather(m1, 1, part), g.all_gather(m2, 1, part));
+      expected.backward(upstream);
 
-    auto x = leaf(part.narrow(x0, 1));
-    auto y = layer(x, s);
-    y.backward(part.narrow(upstream, 1));
-    EXPECT_TRUE(all_close(y, part.narrow(expected.detach(), 1)));
-    EXPECT_TRUE(all_close(x.grad(), part.narrow(xr.grad(), 1)));
-    expect_layer_grads_match(layer, w, g);
-  }
+      auto x = leaf(part.narrow(x0, 1));
+      auto y = layer(x, s);
+      y.backward(part.narrow(upstream, 1));
+      EXPECT_TRUE(all_close(y, part.narrow(expected.detach(), 1)));
+      EXPECT_TRUE(all_close(x.grad(), part.narrow(xr.grad(), 1)));
+      expect_layer_grads_match(layer, w, g);
+    }
 }
 
 // With dropout on both branches and in attention: two steps with
@@ -422,7 +442,7 @@ TEST(TransformerLayer, SequenceParallelDropoutUsesEachRanksStream) {
 // masks, and the streams continue as if it had not run.
 TEST(TransformerLayer, RecomputeReplaysTheDropoutMasks) {
   auto g = world();
-  const int64_t ws = g.size(), heads = 2 * ws, d = 4 * heads, s = 2 * ws;
+  const int64_t ws = g.size(), heads = 2 * ws, d = 4 * heads, s = 7;
   torch::manual_seed(14);
   const auto x0 = torch::randn({2, s, d}, torch::kDouble);
   const auto upstream = torch::randn({2, s, d}, torch::kDouble);
@@ -436,6 +456,7 @@ TEST(TransformerLayer, RecomputeReplaysTheDropoutMasks) {
               .attention_dropout(0.3)
               .sequence_parallel(sp)
               .recompute(recompute)
+              .uneven(true)
               .rng(std::make_shared<torchtp::RngTracker>(78, g))
               .dtype(torch::kDouble));
     };
@@ -487,6 +508,19 @@ TEST(TransformerLayer, SequenceLengthThatDoesNotDivideRaises) {
   check([&] { layer->sequence_partition(7); });
   // Raised before any collective, so every rank raises and none hangs.
   check([&] { layer(torch::zeros({2, 2, d}, torch::kDouble), 7); });
+  // Uneven parts: a rank cannot tell the whole length from its part.
+  torchtp::TransformerLayer uneven(torchtp::TransformerLayerOptions(d, heads)
+                                       .sequence_parallel(true)
+                                       .uneven(true)
+                                       .dtype(torch::kDouble));
+  EXPECT_EQ(
+      uneven->sequence_partition(7).local_size(),
+      g.rank() < 7 % ws ? 7 / ws + 1 : 7 / ws);
+  EXPECT_TRUE(raises_with(
+      [&] {
+        uneven(torch::zeros({2, 2, d}, torch::kDouble));
+      },
+      {"pass the full sequence length", g.rank_label()}));
   // A part of the wrong length names both.
   EXPECT_TRUE(raises_with(
       [&] {
