@@ -60,8 +60,9 @@ void GPTImpl::reset() {
                              .dtype(options.dtype())));
   }
   final_norm = register_module(
-      "final_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d}).eps(
-                        options.layer_norm_eps())));
+      "final_norm",
+      torch::nn::LayerNorm(
+          torch::nn::LayerNormOptions({d}).eps(options.layer_norm_eps())));
   if (!options.tie_embeddings()) {
     lm_head = register_module(
         "lm_head", ColumnParallelLinear(
