@@ -319,10 +319,11 @@ case_kill_rank() {
   if [ -n "${a:-}" ] && [ -n "${b:-}" ] && [ "$a" != 0 ] && [ "$b" != 0 ] &&
     awk -v a="$sa" -v b="$sb" 'BEGIN { exit !(a < 10 && b < 10) }' &&
     has kill_rank B "rank 3 (pid $victim) was killed by signal 9" &&
-    has kill_rank A "rank 3"; then
+    has kill_rank A "rank 3" && has kill_rank A "root cause"; then
     ok=1
   fi
-  record "rank 3 on host B killed" "both exit !=0 <10 s, name rank 3" \
+  record "rank 3 on host B killed" \
+    "both exit !=0 <10 s, name rank 3; A prints the root cause" \
     "A ${a:-hang} after $sa s, B ${b:-hang} after $sb s" "$sa / $sb" $ok
   [ $ok = 1 ] || show kill_rank
 }
@@ -453,13 +454,16 @@ case_interface() {
   t0=$(now)
   JOB_ENV=(TORCHTP_TIMEOUT_S=$rendezvous_timeout GLOO_SOCKET_IFNAME=tpmha$id)
   launch interface A 120 $(nodes 0 $port) "${quick[@]}" --out "$work/if"
-  JOB_ENV=(TORCHTP_TIMEOUT_S=$rendezvous_timeout GLOO_SOCKET_IFNAME=tpmhb$id)
-  launch interface B 120 $(nodes 1 $port) "${quick[@]}" --out "$work/if"
+  # Host B names it with the launcher's flag instead of the variable.
+  JOB_ENV=(TORCHTP_TIMEOUT_S=$rendezvous_timeout)
+  launch interface B 120 $(nodes 1 $port) --interface tpmhb$id \
+    "${quick[@]}" --out "$work/if"
   pair_result "$t0" 90 interface
   [ "$A" = 0 ] && [ "$B" = 0 ] &&
     has interface A "Gloo listens on interface tpmha$id" &&
     has interface B "Gloo listens on interface tpmhb$id" && ok=1
-  record "GLOO_SOCKET_IFNAME on each host" "both exit 0, on that interface" \
+  record "GLOO_SOCKET_IFNAME on A, --interface on B" \
+    "both exit 0, on that interface" \
     "A ${A:-hang}, B ${B:-hang}" "$SA / $SB" $ok
   [ $ok = 1 ] || show interface
 }
