@@ -14,6 +14,7 @@ packages=(
   zlib1g-dev            # CRC-32 checksums of checkpoint shards
   libcli11-dev          # command lines of the launcher, examples, benchmarks
   gnuplot-nox           # the demo's loss-curve picture
+  openmpi-bin           # tests: the main job started by mpirun
 )
 
 missing=()

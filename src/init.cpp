@@ -94,6 +94,17 @@ InitOptions options_from_env() {
       env_int(
           "OMPI_COMM_WORLD_LOCAL_SIZE",
           env_int("SLURM_NTASKS_PER_NODE", o.world_size()))));
+  // The launcher's local layout decides threads and hosts: nonsense here
+  // would surface later as a wrong split of the cores or of the job.
+  // (A world size below 1 is init()'s to name.)
+  TORCHTP_CHECK(
+      o.world_size() < 1 ||
+          (o.local_world_size() >= 1 && o.local_rank() >= 0 &&
+           o.local_rank() < o.local_world_size()),
+      "torchtp::init_from_env", detail::RankOf(o.rank(), o.world_size()),
+      "local rank ", o.local_rank(), " of ", o.local_world_size(),
+      " ranks on this host is out of range (LOCAL_RANK / LOCAL_WORLD_SIZE, "
+      "or the launcher's own variables)");
   // mpirun and Slurm set no MASTER_ADDR: loopback is right only when every
   // rank is on this host; across hosts, waiting for the timeout is not.
   TORCHTP_CHECK(

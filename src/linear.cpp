@@ -74,6 +74,10 @@ void check_input(
       input.scalar_type() == weight.scalar_type(), layer, g,
       "expected input dtype ", weight.scalar_type(), " (the weight's) but got ",
       input.scalar_type(), " for input of shape ", input.sizes());
+  TORCHTP_CHECK(
+      input.device() == weight.device(), layer, g, "expected input on ",
+      weight.device(), " (the weight's device) but got one on ",
+      input.device());
 }
 
 // Registers `weight` and, when `has_bias`, `bias` (else an undefined bias,

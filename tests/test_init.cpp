@@ -9,6 +9,8 @@
 
 #include <chrono>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <stdlib.h>
 
@@ -83,6 +85,74 @@ TEST(InitOptions, HalfAConventionOrAMissingMasterAcrossHostsIsRefused) {
   setenv("OMP_NUM_THREADS", "3,1", 1);
   EXPECT_EQ(torchtp::options_from_env().num_threads(), 3);
   unsetenv("OMP_NUM_THREADS");
+}
+
+// Every variable init_from_env reads, malformed or out of range: a
+// c10::Error naming the variable or the value, before any rendezvous (so
+// none of these rows can hang). Runs before any successful init.
+TEST(InitFromEnv, MalformedOrOutOfRangeVariablesAreRefused) {
+  const char* all[] = {
+      "RANK", "WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE",
+      "PMI_RANK", "PMI_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "LOCAL_RANK",
+      "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHTP_TIMEOUT_S",
+      "TORCHTP_BACKEND", "OMP_NUM_THREADS", "GLOO_SOCKET_IFNAME"};
+  struct Row {
+    std::vector<std::pair<const char*, const char*>> vars;
+    const char* needle;
+  };
+  const std::vector<Row> rows = {
+      {{{"RANK", "abc"}, {"WORLD_SIZE", "2"}}, "RANK='abc' is not an integer"},
+      {{{"RANK", "1x"}, {"WORLD_SIZE", "2"}}, "RANK='1x' is not an integer"},
+      {{{"RANK", "0"}, {"WORLD_SIZE", "0"}}, "world size 0 must be at least 1"},
+      {{{"RANK", "-1"}, {"WORLD_SIZE", "2"}}, "rank -1 is outside the world"},
+      {{{"RANK", "2"}, {"WORLD_SIZE", "2"}}, "rank 2 is outside the world"},
+      {{{"RANK", "0"}}, "RANK is set but WORLD_SIZE is not"},
+      {{{"OMPI_COMM_WORLD_SIZE", "2"}},
+       "OMPI_COMM_WORLD_SIZE is set but OMPI_COMM_WORLD_RANK is not"},
+      {{{"RANK", "0"}, {"WORLD_SIZE", "1"}, {"MASTER_PORT", "70000"}},
+       "master port 70000 is not a TCP port"},
+      {{{"RANK", "0"}, {"WORLD_SIZE", "1"}, {"MASTER_PORT", "http"}},
+       "MASTER_PORT='http' is not an integer"},
+      {{{"RANK", "0"}, {"WORLD_SIZE", "1"}, {"TORCHTP_TIMEOUT_S", "0"}},
+       "the timeout must be positive"},
+      {{{"RANK", "0"}, {"WORLD_SIZE", "1"}, {"TORCHTP_TIMEOUT_S", "5s"}},
+       "TORCHTP_TIMEOUT_S='5s' is not an integer"},
+      {{{"RANK", "0"}, {"WORLD_SIZE", "1"}, {"TORCHTP_BACKEND", "nccl2"}},
+       "nccl2"},
+      {{{"RANK", "0"}, {"WORLD_SIZE", "1"}, {"OMP_NUM_THREADS", "four"}},
+       "OMP_NUM_THREADS='four' is not an integer"},
+      {{{"RANK", "0"}, {"WORLD_SIZE", "1"}, {"LOCAL_WORLD_SIZE", "0"}},
+       "LOCAL_WORLD_SIZE"},
+      {{{"RANK", "0"}, {"WORLD_SIZE", "1"}, {"LOCAL_RANK", "3"},
+        {"LOCAL_WORLD_SIZE", "2"}},
+       "LOCAL_RANK"},
+      {{{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "4"},
+        {"SLURM_NTASKS_PER_NODE", "2"}},
+       "MASTER_ADDR is not set"},
+  };
+  for (const auto& row : rows) {
+    for (const char* v : all) {
+      unsetenv(v);
+    }
+    unsetenv("SLURM_NTASKS_PER_NODE");
+    std::string set;
+    for (const auto& [k, v] : row.vars) {
+      setenv(k, v, 1);
+      set += std::string(k) + "=" + v + " ";
+    }
+    SCOPED_TRACE(set);
+    try {
+      torchtp::init(torchtp::options_from_env());
+      ADD_FAILURE() << "did not raise";
+    } catch (const c10::Error& e) {
+      const std::string msg = e.what_without_backtrace();
+      EXPECT_NE(msg.find(row.needle), std::string::npos) << msg;
+    }
+  }
+  for (const char* v : all) {
+    unsetenv(v);
+  }
+  unsetenv("SLURM_NTASKS_PER_NODE");
 }
 
 TEST(Init, RejectsARankOutsideTheWorld) {

@@ -10,6 +10,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -44,6 +45,7 @@ struct Options {
   double grace_seconds = 5.0;
   bool no_tag = false;
   int omp_threads = 0;
+  std::string interface;
   std::vector<std::string> command;
 };
 
@@ -167,6 +169,10 @@ int parse_args(int argc, char** argv, Options& opts) {
          "--grace-seconds", opts.grace_seconds,
          "Wait after SIGTERM before SIGKILL (default 5)")
       ->check(CLI::NonNegativeNumber);
+  app.add_option(
+      "--interface", opts.interface,
+      "Network interface the ranks' Gloo connections use (sets\n"
+      "GLOO_SOCKET_IFNAME); default: the one that reaches --master-addr");
   app.add_flag("--no-tag", opts.no_tag, "Do not prefix lines with the rank");
   app.add_option(
          "--omp-threads", opts.omp_threads,
@@ -183,6 +189,7 @@ int parse_args(int argc, char** argv, Options& opts) {
       "  MASTER_PORT       --master-port\n"
       "  OMP_NUM_THREADS   --omp-threads, else the launcher's own value,\n"
       "                    else max(1, usable CPUs / nproc_per_node)\n"
+      "  GLOO_SOCKET_IFNAME --interface, when given\n"
       "  TORCHTP_RUN       1\n"
       "Ranks get /dev/null as stdin and run in their own process groups.\n"
       "\n"
@@ -233,6 +240,13 @@ int parse_args(int argc, char** argv, Options& opts) {
   }
   if (opts.nproc_per_node > INT_MAX / opts.nnodes) {
     return usage_error("--nnodes * --nproc-per-node is too large");
+  }
+  // Checked here, on this host: a typo would otherwise surface as every
+  // rank failing to connect.
+  if (!opts.interface.empty() && if_nametoindex(opts.interface.c_str()) == 0) {
+    return usage_error(
+        "--interface " + opts.interface +
+        ": no such network interface on this host (ip link lists them)");
   }
   if (opts.master_addr.empty())
     opts.master_addr = "127.0.0.1";
@@ -287,6 +301,8 @@ int parse_args(int argc, char** argv, Options& opts) {
   setenv("OMP_NUM_THREADS", omp.c_str(), 1);
   if (!error_file.empty())
     setenv("TORCHTP_ERROR_FILE", error_file.c_str(), 1);
+  if (!opts.interface.empty())
+    setenv("GLOO_SOCKET_IFNAME", opts.interface.c_str(), 1);
   std::vector<char*> argv;
   for (const auto& arg : opts.command) {
     argv.push_back(const_cast<char*>(arg.c_str()));

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End to end: generate --model on a random GPT-2 directory in Hugging Face's
-# layout (written by random_gpt2) gives the same greedy tokens at TP=1, 2
-# and 3, and refuses bad input with a clear message.
+# layout (written by random_gpt2) gives the same greedy tokens at TP=1, 2,
+# 3 and 5 (12 heads split 3, 3, 2, 2, 2), and refuses bad input with a
+# clear message.
 # Usage: test_generate.sh TORCHTP_RUN GENERATE RANDOM_GPT2
 set -euo pipefail
 run=$1 generate=$2 random_gpt2=$3
@@ -13,12 +14,12 @@ check() { # name, condition
   else echo "FAIL: $1"; failed=$((failed + 1)); fi
 }
 
-# A vocabulary no TP size divides; 12 heads over 1, 2 or 3 ranks.
+# A vocabulary no TP size divides; 12 heads over 1, 2, 3 or 5 ranks.
 "$random_gpt2" --out "$work/gpt2" --vocab 101 --positions 24 --embd 48 \
   --layers 2 --heads 12 --std 0.5 --seed 3
 args=(--model "$work/gpt2" --prompt-ids 5,17,42,99,0 --max-new-tokens 12
       --greedy --dtype float64 --eos-id -1)
-for tp in 1 2 3; do
+for tp in 1 2 3 5; do
   "$run" --nproc-per-node "$tp" "$generate" "${args[@]}" \
     --json "$work/tp$tp.json" > "$work/tp$tp.log"
   # Rank 0 streams the ids on one line (the launcher tags it "[rank 0]").
@@ -29,6 +30,8 @@ echo "TP=1 tokens: $(cat "$work/ids1")"
 check "12 tokens generated" "[ \$(wc -w < '$work/ids1') -eq 12 ]"
 check "TP=2 gives TP=1's tokens" "cmp -s '$work/ids1' '$work/ids2'"
 check "TP=3 gives TP=1's tokens" "cmp -s '$work/ids1' '$work/ids3'"
+check "TP=5 (uneven heads and vocabulary) gives TP=1's tokens" \
+  "cmp -s '$work/ids1' '$work/ids5'"
 check "every token is in the real vocabulary" \
   "awk '{ for (i = 1; i <= NF; i++) if (\$i >= 101) exit 1 }' '$work/ids1'"
 check "the JSON holds the steps" "grep -q '\"generated_ids\"' '$work/tp2.json'"

@@ -13,6 +13,13 @@ check() { # name, condition
   if eval "$2"; then echo "PASS: $1"; passed=$((passed + 1));
   else echo "FAIL: $1"; failed=$((failed + 1)); fi
 }
+# loss_diff A.csv B.csv ROWS: the largest |loss| difference of two curves,
+# or "rows:N" when either does not have ROWS steps.
+loss_diff() {
+  paste -d, "$1" "$2" | awk -F, -v rows="$3" '
+    NR > 1 { d = $2 - $4; if (d < 0) d = -d; if (d > m) m = d; n++ }
+    END { if (n != rows) print "rows:" n; else printf "%.3g", m + 0 }'
+}
 
 # 12 steps straight at TP=2, then 8 steps at TP=2 resumed to 12 at TP=1.
 "$run" --nproc-per-node 2 "$train" "${small[@]}" --batch 4 --steps 12 \
@@ -27,9 +34,7 @@ check "the checkpoint has its metadata" "[ -f '$work/first/checkpoint/meta.json'
 check "the resumed run says where it started" \
   "grep -q 'resumed from .* at step 8' '$work/resume.log'"
 check "a sample was written" "[ -s '$work/straight/sample.txt' ]"
-diff=$(paste -d, "$work/straight/loss.csv" "$work/first/loss.csv" | awk -F, '
-  NR > 1 { d = $2 - $4; if (d < 0) d = -d; if (d > m) m = d; n++ }
-  END { if (n != 12) print "rows:" n; else printf "%.3g", m + 0 }')
+diff=$(loss_diff "$work/straight/loss.csv" "$work/first/loss.csv" 12)
 echo "largest loss difference, straight TP=2 vs TP=2 resumed at TP=1: $diff"
 check "12 steps in both curves, equal within 1e-9" \
   "awk -v d='$diff' 'BEGIN { exit !(d ~ /^[0-9.e+-]+$/ && d + 0 < 1e-9) }'"
@@ -45,9 +50,7 @@ f32=(--data "$data" --d-model 32 --heads 4 --layers 1 --seq 16
      --dtype float32 --log-every 4 --sample-chars 0 --batch 3 --steps 12)
 "$run" --nproc-per-node 1 "$train" "${f32[@]}" --out "$work/tp1"
 "$run" --nproc-per-node 3 "$train" "${f32[@]}" --uneven --out "$work/tp3"
-diff=$(paste -d, "$work/tp1/loss.csv" "$work/tp3/loss.csv" | awk -F, '
-  NR > 1 { d = $2 - $4; if (d < 0) d = -d; if (d > m) m = d; n++ }
-  END { if (n != 12) print "rows:" n; else printf "%.3g", m + 0 }')
+diff=$(loss_diff "$work/tp1/loss.csv" "$work/tp3/loss.csv" 12)
 echo "largest loss difference, float32, TP=1 vs TP=3 uneven: $diff"
 check "TP=3 with uneven heads follows TP=1 within 1e-4 (float32)" \
   "awk -v d='$diff' 'BEGIN { exit !(d ~ /^[0-9.e+-]+$/ && d + 0 < 1e-4) }'"

@@ -18,3 +18,4 @@ check() {
 
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 contains() { grep -qF -- "$2" <<<"$1"; }
+not_contains() { ! contains "$1" "$2"; }

@@ -134,5 +134,18 @@ out=$(OPENBLAS_CORETYPE=Haswell "$RUN" --nproc-per-node 1 \
 check "i) OPENBLAS_CORETYPE set by the user is kept" \
   contains "$out" "[rank 0] core:Haswell"
 
+# j) --interface: the ranks get GLOO_SOCKET_IFNAME; an interface this host
+#    does not have is refused before any rank starts
+out=$("$RUN" --nproc-per-node 2 --interface lo \
+  bash -c 'echo "if:$GLOO_SOCKET_IFNAME"' 2>&1)
+check "j) --interface lo reaches every rank" \
+  contains "$out" "[rank 1] if:lo"
+out=$("$RUN" --nproc-per-node 2 --interface no-such-if0 \
+  bash -c 'echo started' 2>&1)
+rc=$?
+check "j) an unknown --interface exits 2 (got $rc)" [ "$rc" -eq 2 ]
+check "j) and names it" contains "$out" "--interface no-such-if0: no such"
+check "j) before any rank started" not_contains "$out" "started"
+
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 ]]
