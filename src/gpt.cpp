@@ -65,16 +65,13 @@ void GPTImpl::reset() {
           torch::nn::LayerNormOptions({d}).eps(options.layer_norm_eps())));
   if (!options.tie_embeddings()) {
     lm_head = register_module(
-        "lm_head", ColumnParallelLinear(
-                       ColumnParallelLinearOptions(d, padded_vocab_)
-                           .bias(false)
-                           .gather_output(false)
-                           .uneven(options.uneven())
-                           // Its input comes from the sequence gather,
-                           // whose backward sums the gradient.
-                           .reduce_input_grad(!options.sequence_parallel())
-                           .group(*group_)
-                           .dtype(options.dtype())));
+        "lm_head",
+        ColumnParallelLinear(ColumnParallelLinearOptions(d, padded_vocab_)
+                                 .bias(false)
+                                 .gather_output(false)
+                                 .uneven(options.uneven())
+                                 .group(*group_)
+                                 .dtype(options.dtype())));
   }
   if (options.dtype().has_value()) {
     position_embedding->to(*options.dtype());
@@ -118,23 +115,17 @@ torch::Tensor GPTImpl::forward_sequence_parallel(const torch::Tensor& ids) {
   for (const auto& layer : *layers) {
     h = layer->as<TransformerLayerImpl>()->forward(h, s);
   }
-  auto x = detail::gather_sequence(
-      detail::layer_norm_on_shard(*final_norm, h, *group_), *group_, seq);
-  if (lm_head) {
-    return lm_head(x);
-  }
-  // The gather's backward sums the input gradient: a plain linear.
-  return detail::linear(x, token_embedding->weight, torch::Tensor());
+  // The output layer's weight (the token table when tied) on the gathered
+  // sequence, keeping only this rank's part of it for backward.
+  return detail::gather_sequence_and_linear(
+      detail::layer_norm_on_shard(*final_norm, h, *group_),
+      lm_head ? lm_head->weight : token_embedding->weight, torch::Tensor(),
+      *group_, seq);
 }
 
 torch::Tensor GPTImpl::output(const torch::Tensor& h) {
   auto x = final_norm(h);
   if (lm_head) {
-    if (options.sequence_parallel()) {
-      // lm_head leaves the input gradient to its caller: sum it as the
-      // replicated input's gradient is.
-      x = copy_to_tp_region(x, *group_);
-    }
     return lm_head(x);
   }
   // What a ColumnParallelLinear without gather does, with the embedding's

@@ -180,10 +180,8 @@ void ColumnParallelLinearImpl::load_full_weights(
 torch::Tensor ColumnParallelLinearImpl::forward(const torch::Tensor& input) {
   check_input(
       kColumn, input, options.in_features(), "in_features", weight, *group_);
-  const auto b = options.skip_bias_add() ? torch::Tensor() : bias;
-  auto y = options.reduce_input_grad()
-               ? detail::copy_to_tp_region_and_linear(input, weight, b, *group_)
-               : detail::linear(input, weight, b);
+  auto y = detail::copy_to_tp_region_and_linear(
+      input, weight, options.skip_bias_add() ? torch::Tensor() : bias, *group_);
   if (!options.gather_output()) {
     return y;
   }
@@ -209,9 +207,6 @@ void ColumnParallelLinearImpl::pretty_print(std::ostream& stream) const {
          << ", bias=" << std::boolalpha << options.bias()
          << ", gather_output=" << options.gather_output()
          << ", skip_bias_add=" << options.skip_bias_add();
-  if (!options.reduce_input_grad()) {
-    stream << ", reduce_input_grad=false";
-  }
   if (options.segments() > 1) {
     stream << ", segments=" << options.segments();
   }
@@ -270,8 +265,8 @@ torch::Tensor RowParallelLinearImpl::forward(const torch::Tensor& input) {
         kRow, input, options.in_features(), "in_features", weight, *group_);
   }
   auto x = options.input_is_parallel()
-               ? input
-               : scatter_to_tp_region(input, *group_, *partition_);
+      ? input
+      : scatter_to_tp_region(input, *group_, *partition_);
   auto partial = detail::linear(x, weight, torch::Tensor());
   if (!options.reduce_output()) {
     return partial; // the caller reduces it and adds the bias
@@ -288,8 +283,10 @@ torch::Tensor RowParallelLinearImpl::forward(const torch::Tensor& input) {
 
 ShardSpec RowParallelLinearImpl::shard_spec(const std::string& name) const {
   return name == "weight"
-             ? ShardSpec{1, 1, options.in_features(), options.uneven(), options.split_unit()}
-             : ShardSpec::replicated();
+      ? ShardSpec{
+            1, 1, options.in_features(), options.uneven(),
+            options.split_unit()}
+      : ShardSpec::replicated();
 }
 
 void RowParallelLinearImpl::pretty_print(std::ostream& stream) const {
@@ -299,11 +296,9 @@ void RowParallelLinearImpl::pretty_print(std::ostream& stream) const {
          << ", bias=" << std::boolalpha << options.bias()
          << ", input_is_parallel=" << options.input_is_parallel()
          << ", skip_bias_add=" << options.skip_bias_add()
-         << (options.uneven() ? ", uneven=true" : "");
-  if (!options.reduce_output()) {
-    stream << ", reduce_output=false";
-  }
-  stream << ", rank=" << group_->rank() << ", world_size=" << group_->size()
+         << (options.uneven() ? ", uneven=true" : "")
+         << (options.reduce_output() ? "" : ", reduce_output=false")
+         << ", rank=" << group_->rank() << ", world_size=" << group_->size()
          << ")";
 }
 

@@ -91,14 +91,84 @@ Partition sequence_partition_of(
   return seq;
 }
 
-torch::Tensor gather_sequence(
-    const torch::Tensor& x, const Group& group, const Partition& seq) {
-  return gather_from_sequence_region(x, group, seq, /*dim=*/1);
-}
-
 torch::Tensor reduce_scatter_sequence(
     const torch::Tensor& x, const Group& group, const Partition& seq) {
   return reduce_scatter_to_sequence_region(x, group, seq, /*dim=*/1);
+}
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// What backward needs besides tensors: kept as a capsule in the context.
+struct SequenceSplit : torch::CustomClassHolder {
+  SequenceSplit(Group group, Partition seq)
+      : group(std::move(group)), seq(std::move(seq)) {}
+  Group group;
+  Partition seq;
+};
+
+struct GatherSequenceAndLinear
+    : torch::autograd::Function<GatherSequenceAndLinear> {
+  static at::Tensor forward(
+      AutogradContext* ctx,
+      at::Tensor x,
+      at::Tensor weight,
+      c10::optional<at::Tensor> bias, // an undefined Tensor is no input
+      c10::intrusive_ptr<SequenceSplit> split) {
+    ctx->save_for_backward({x, weight});
+    ctx->saved_data["has_bias"] = bias.has_value();
+    ctx->saved_data["split"] = c10::IValue::make_capsule(split);
+    auto whole = split->group.all_gather(x, 1, split->seq);
+    return linear(whole, weight, bias.has_value() ? *bias : at::Tensor());
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto split = c10::static_intrusive_pointer_cast<SequenceSplit>(
+        ctx->saved_data["split"].toCapsule());
+    const auto saved = ctx->get_saved_variables();
+    const auto& weight = saved[1];
+    const auto grad = grads[0].contiguous();
+    // Gathered again rather than kept since forward.
+    const auto whole = split->group.all_gather(saved[0], 1, split->seq);
+    at::Tensor grad_x, grad_w, grad_b;
+    c10::optional<Work> scattering;
+    if (ctx->needs_input_grad(0)) {
+      // Every rank's partial input gradient of the whole sequence: summed
+      // and split back in one exchange, while the weight gradient runs.
+      scattering = split->group.reduce_scatter_async(
+          at::matmul(grad, weight), 1, split->seq);
+    }
+    const auto grad_2d = grad.reshape({-1, grad.size(-1)});
+    if (ctx->needs_input_grad(1)) {
+      grad_w = grad_2d.t().mm(whole.reshape({-1, whole.size(-1)}));
+    }
+    if (ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)) {
+      grad_b = grad_2d.sum(0);
+    }
+    if (scattering) {
+      grad_x = scattering->wait();
+    }
+    return {grad_x, grad_w, grad_b, at::Tensor()};
+  }
+};
+
+} // namespace
+
+torch::Tensor gather_sequence_and_linear(
+    const torch::Tensor& x,
+    const torch::Tensor& weight,
+    const torch::Tensor& bias,
+    const Group& group,
+    const Partition& seq) {
+  if (group.size() == 1) {
+    return linear(x, weight, bias);
+  }
+  return GatherSequenceAndLinear::apply(
+      x, weight,
+      bias.defined() ? c10::optional<at::Tensor>(bias) : c10::nullopt,
+      c10::make_intrusive<SequenceSplit>(group, seq));
 }
 
 torch::Tensor layer_norm_on_shard(
@@ -140,7 +210,6 @@ void ParallelMLPImpl::reset() {
                                       .bias(options.bias())
                                       .gather_output(false)
                                       .uneven(options.uneven())
-                                      .reduce_input_grad(!sp)
                                       .group(options.group())
                                       .dtype(options.dtype())));
   fc2 = register_module(
@@ -154,31 +223,28 @@ void ParallelMLPImpl::reset() {
                                    .dtype(options.dtype())));
 }
 
-torch::Tensor ParallelMLPImpl::hidden(const torch::Tensor& x) {
+torch::Tensor ParallelMLPImpl::down(const torch::Tensor& up) {
   const char* approximate =
       options.activation() == Activation::gelu_tanh ? "tanh" : "none";
-  return fc2(torch::gelu(fc1(x), approximate));
+  return fc2(torch::gelu(up, approximate));
 }
 
 torch::Tensor ParallelMLPImpl::forward(
     const torch::Tensor& x, int64_t seq_len) {
   if (!options.sequence_parallel()) {
-    return hidden(x);
+    return down(fc1(x));
   }
   const auto& group = fc1->shard_group();
   auto seq =
       detail::sequence_partition_of(x, seq_len, group, kMLP, options.uneven());
-  return reduce_to_shard(
-      hidden(detail::gather_sequence(x, group, seq)), fc2, seq);
+  auto up =
+      detail::gather_sequence_and_linear(x, fc1->weight, fc1->bias, group, seq);
+  return reduce_to_shard(down(up), fc2, seq);
 }
 
 torch::Tensor ParallelMLPImpl::forward_replicated(const torch::Tensor& x) {
-  if (!options.sequence_parallel()) {
-    return hidden(x);
-  }
-  // fc1 leaves the input gradient to its caller here: sum it as the
-  // replicated input's gradient is.
-  return reduce_whole(hidden(copy_to_tp_region(x, fc1->shard_group())), fc2);
+  auto y = down(fc1(x));
+  return options.sequence_parallel() ? reduce_whole(y, fc2) : y;
 }
 
 void ParallelMLPImpl::pretty_print(std::ostream& stream) const {
@@ -216,7 +282,6 @@ void ParallelSelfAttentionImpl::reset() {
                                       .segments(3)
                                       .uneven(options.uneven())
                                       .split_unit(head_dim)
-                                      .reduce_input_grad(!sp)
                                       .group(group)
                                       .dtype(options.dtype())));
   proj = register_module(
@@ -237,13 +302,13 @@ void ParallelSelfAttentionImpl::check_input(const torch::Tensor& x) const {
       "] but got ", x.sizes());
 }
 
-std::array<torch::Tensor, 3> ParallelSelfAttentionImpl::project(
-    const torch::Tensor& x) {
-  const int64_t b = x.size(0), s = x.size(1);
+std::array<torch::Tensor, 3> ParallelSelfAttentionImpl::split_heads(
+    const torch::Tensor& projected) {
+  const int64_t b = projected.size(0), s = projected.size(1);
   const int64_t hd = options.d_model() / options.num_heads();
   // [b, s, 3 * local_heads * hd] -> 3 x [b, local_heads, s, hd]
   auto parts =
-      qkv(x).view({b, s, 3, local_heads_, hd}).permute({2, 0, 3, 1, 4});
+      projected.view({b, s, 3, local_heads_, hd}).permute({2, 0, 3, 1, 4});
   return {parts[0], parts[1], parts[2]};
 }
 
@@ -277,17 +342,20 @@ torch::Tensor ParallelSelfAttentionImpl::forward(
     const torch::Tensor& x, int64_t seq_len) {
   check_input(x);
   c10::optional<Partition> seq;
-  auto whole = x;
+  torch::Tensor projected;
   if (options.sequence_parallel()) {
     const auto& group = qkv->shard_group();
     seq = detail::sequence_partition_of(
         x, seq_len, group, kAttention, options.uneven());
-    whole = detail::gather_sequence(x, group, *seq);
+    projected = detail::gather_sequence_and_linear(
+        x, qkv->weight, qkv->bias, group, *seq);
+  } else {
+    projected = qkv(x);
   }
-  auto [q, k, v] = project(whole);
+  auto [q, k, v] = split_heads(projected);
   torch::Tensor allowed;
   if (options.causal()) {
-    const int64_t s = whole.size(1);
+    const int64_t s = projected.size(1);
     allowed = torch::ones({s, s}, torch::kBool).tril();
   }
   auto y = attend(q, k, v, allowed, /*with_dropout=*/true);
@@ -309,7 +377,7 @@ torch::Tensor ParallelSelfAttentionImpl::forward_cached(
       kAttention, qkv->shard_group(), "expected a bool key_mask [", b, ", ",
       total, "] (cached plus new positions) but got ",
       key_mask.defined() ? c10::str(key_mask.sizes()) : "none");
-  auto [q, k, v] = project(x);
+  auto [q, k, v] = split_heads(qkv(x));
   if (!cache.k.defined()) {
     TORCHTP_CHECK(
         past == 0, kAttention, qkv->shard_group(), "the cache claims ", past,

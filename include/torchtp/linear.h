@@ -52,13 +52,6 @@ struct ColumnParallelLinearOptions {
   /// Output features move between ranks in blocks of this many (a head's
   /// width, so that every rank holds whole heads).
   TORCH_ARG(int64_t, split_unit) = 1;
-  /// All-reduce the input gradient in backward: the input is the same on
-  /// every rank, so its gradient is the sum of every rank's. False when the
-  /// caller's own mapping sums it instead: with sequence parallelism the
-  /// input comes from `gather_from_sequence_region`, whose backward
-  /// reduce-scatters it (summing here as well would count it world_size
-  /// times).
-  TORCH_ARG(bool, reduce_input_grad) = true;
   /// Ranks to split over; default: the group of `init_from_env()`.
   TORCH_ARG(c10::optional<Group>, group) = c10::nullopt;
   /// Parameter dtype; default: torch's default dtype.
@@ -118,8 +111,7 @@ struct RowParallelLinearOptions {
 ///
 /// Input `[*, in]`, the same on every rank. Output `[*, out/ws]`, or
 /// `[*, out]` with `gather_output`. Forward: no communication (all-gather with
-/// `gather_output`); backward: the input gradient is all-reduced (left to
-/// the caller with `reduce_input_grad(false)`).
+/// `gather_output`); backward: the input gradient is all-reduced.
 ///
 /// Initialisation gives this rank its rows of the weight `torch::nn::Linear`
 /// would draw, bit for bit, drawing the full weight in blocks of rows and

@@ -81,7 +81,8 @@ class ParallelMLPImpl : public torch::nn::Cloneable<ParallelMLPImpl> {
   FORWARD_HAS_DEFAULT_ARGS({1, torch::nn::AnyValue(int64_t{-1})})
 
  private:
-  torch::Tensor hidden(const torch::Tensor& x);
+  // fc2(act(up)) for fc1's output `up`.
+  torch::Tensor down(const torch::Tensor& up);
 };
 TORCH_MODULE(ParallelMLP);
 
@@ -168,8 +169,8 @@ class ParallelSelfAttentionImpl
 
  private:
   void check_input(const torch::Tensor& x) const;
-  // Q, K, V of x, each [batch, local_heads, seq, head_dim].
-  std::array<torch::Tensor, 3> project(const torch::Tensor& x);
+  // Q, K, V from qkv's output, each [batch, local_heads, seq, head_dim].
+  std::array<torch::Tensor, 3> split_heads(const torch::Tensor& projected);
   // Attention of q over k, v where `allowed` [.., s_q, s_k] is true, then
   // the output projection.
   torch::Tensor attend(
@@ -303,15 +304,25 @@ Partition sequence_partition_of(
     const std::string& who,
     bool uneven);
 
-/// `gather_from_sequence_region` along dim 1: this rank's part of the
-/// sequence -> the whole sequence; backward reduce-scatters.
-torch::Tensor gather_sequence(
-    const torch::Tensor& x, const Group& group, const Partition& seq);
-
 /// `reduce_scatter_to_sequence_region` along dim 1: partial sums of the
 /// whole sequence -> this rank's part of their sum; backward all-gathers.
 torch::Tensor reduce_scatter_sequence(
     const torch::Tensor& x, const Group& group, const Partition& seq);
+
+/// `linear(gather_from_sequence_region(x, group, seq, 1), weight, bias)`
+/// for a column-parallel
+/// `weight` (`bias` may be undefined), keeping only `x`, this rank's part of
+/// the sequence, for backward (Megatron's sequence-parallel linear): backward
+/// all-gathers it again for the weight gradient, and reduce-scatters the
+/// input gradient while that gradient is computed. Saving the gathered input
+/// instead would hold the whole sequence and undo sequence parallelism's
+/// saving.
+torch::Tensor gather_sequence_and_linear(
+    const torch::Tensor& x,
+    const torch::Tensor& weight,
+    const torch::Tensor& bias,
+    const Group& group,
+    const Partition& seq);
 
 /// LayerNorm of this rank's part of the sequence with the replicated
 /// `norm`'s parameters, whose gradients are summed over `group` in backward
