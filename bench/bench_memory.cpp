@@ -172,6 +172,7 @@ int run(int argc, char** argv) {
   int64_t batch = 4, seq = 256;
   int steps = 2;
   double dropout = 0.0;
+  int64_t mmap_threshold_kib = 1024;
   CLI::App app(
       "Peak resident memory of GPT training steps on each rank at this world "
       "size, with and without sequence parallelism and recomputation");
@@ -195,8 +196,20 @@ int run(int argc, char** argv) {
   app.add_option(
       "--baseline", baseline_path,
       "this program's JSON at one rank: print ratios to its plain peak");
+  app.add_option(
+         "--mmap-threshold-kib", mmap_threshold_kib,
+         "allocations from this size are mapped and unmapped on their own, "
+         "so resident memory follows what is live (0: glibc's default, "
+         "whose threshold grows and keeps freed tensors in the heap)")
+      ->capture_default_str();
   app.add_option("--json", json_path, "output file")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+  if (mmap_threshold_kib > 0) {
+    TORCH_CHECK(
+        mallopt(M_MMAP_THRESHOLD, static_cast<int>(mmap_threshold_kib * 1024)),
+        "bench_memory: mallopt(M_MMAP_THRESHOLD) refused ", mmap_threshold_kib,
+        " KiB");
+  }
 
   torchtp::Group world = torchtp::init_from_env();
   const int ws = static_cast<int>(world.size());
@@ -235,11 +248,12 @@ int run(int argc, char** argv) {
     torchtp::bench::print_header("bench_memory", ws);
     std::printf(
         "# GPT d_model %lld, %lld layers, %lld heads, vocab %lld; batch %lld x "
-        "seq %lld, %d AdamW step(s), dropout %g, float32; MiB per rank\n",
+        "seq %lld, %d AdamW step(s), dropout %g, float32; mmap threshold "
+        "%lld KiB; MiB per rank\n",
         static_cast<long long>(d_model), static_cast<long long>(layers),
         static_cast<long long>(heads), static_cast<long long>(vocab),
         static_cast<long long>(batch), static_cast<long long>(seq), steps,
-        dropout);
+        dropout, static_cast<long long>(mmap_threshold_kib));
     std::printf(
         "# resident before any model: %.0f MiB; after a warm-up step: %.0f "
         "MiB\n",
@@ -312,9 +326,16 @@ int run(int argc, char** argv) {
   }
   if (root) {
     nlohmann::json out = torchtp::bench::header_json(ws);
-    out["shape"] = {{"d_model", d_model}, {"layers", layers},  {"heads", heads},
-                    {"vocab", vocab},     {"batch", batch},    {"seq", seq},
-                    {"steps", steps},     {"dropout", dropout}};
+    out["shape"] = {
+        {"d_model", d_model},
+        {"layers", layers},
+        {"heads", heads},
+        {"vocab", vocab},
+        {"batch", batch},
+        {"seq", seq},
+        {"steps", steps},
+        {"dropout", dropout},
+        {"mmap_threshold_kib", mmap_threshold_kib}};
     out["rss_before_any_model_mib"] = pristine;
     out["rows"] = rows;
     std::ofstream(json_path) << out.dump(2) << "\n";
