@@ -36,8 +36,11 @@ test: build
 
 # Collectives per communicator next to memcpy (and a PNG of bus bandwidth),
 # the MLP from latency- to compute-bound and every layer and block next to
-# the unsharded module, the main job's tokens/s, decoding latency and the
-# memory of building the GPT; tables + JSON in out/.
+# the unsharded module, the main job's tokens/s, decoding latency, the
+# memory of building the GPT and of training it at TP=1, 2 and 4 with and
+# without sequence parallelism and recomputation (one process per mode:
+# memory a mode freed would otherwise stay in the allocator and blur the
+# next one's peak); tables + JSON in out/.
 bench: build
 	mkdir -p out
 	./$(BUILD)/torchtp-run --nproc-per-node $(NPROC) ./$(BUILD)/bench/bench_collectives --json out/bench_collectives.json --csv out/bench_collectives.csv
@@ -49,8 +52,6 @@ bench: build
 	./$(BUILD)/torchtp-run --nproc-per-node $(NPROC) ./$(BUILD)/bench/bench_generate --json out/bench_generate_tp$(NPROC).json
 	./$(BUILD)/torchtp-run --nproc-per-node 1 ./$(BUILD)/bench/bench_init --json out/bench_init_tp1.json
 	./$(BUILD)/torchtp-run --nproc-per-node $(NPROC) ./$(BUILD)/bench/bench_init --json out/bench_init_tp$(NPROC).json
-	# One process per mode: memory a mode freed would otherwise stay in the
-	# allocator and blur the next mode's peak.
 	for n in 1 2 4; do for m in plain sp recompute sp+recompute; do \
 	  if [ $$n = 1 ] && [ $$m != plain ] && [ $$m != recompute ]; then continue; fi; \
 	  base=; if [ $$n$$m != 1plain ]; then base="--baseline out/bench_memory_tp1_plain.json"; fi; \
