@@ -38,7 +38,7 @@ cases=("$@")
   kill_launcher freeze_host wrong_addr port_taken nnodes_mismatch
   master_by_name mpirun)
 
-for f in "$run" "$train" "$hold" "$build"/tests/test_{group,mappings,linear,blocks}; do
+for f in "$run" "$train" "$hold" "$build"/tests/test_{group,mappings,linear,blocks,uneven}; do
   [ -x "$f" ] || die "$f is not built"
 done
 [ "$(id -u)" -eq 0 ] ||
@@ -213,7 +213,7 @@ next_port() { port=$((port + 1)); }
 case_layers() {
   JOB_ENV=(TORCHTP_TIMEOUT_S=60)
   local t start a b ok
-  for t in group mappings linear blocks; do
+  for t in group mappings linear blocks uneven; do
     next_port
     start=$(now)
     launch $t A 400 $(nodes 0 $port) "$build/tests/test_$t"
