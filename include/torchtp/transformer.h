@@ -198,7 +198,7 @@ struct TransformerLayerOptions {
   TORCH_ARG(bool, bias) = true;
   TORCH_ARG(Activation, activation) = Activation::gelu;
   /// Dropout on each residual branch (a replicated region: every rank draws
-  /// the same mask).
+  /// the same mask; with `sequence_parallel`, each its own, see there).
   TORCH_ARG(double, hidden_dropout) = 0.0;
   TORCH_ARG(double, attention_dropout) = 0.0;
   TORCH_ARG(double, layer_norm_eps) = 1e-5;
@@ -213,9 +213,10 @@ struct TransformerLayerOptions {
   /// `sequence_partition(seq)` splits it (the sequence length must divide
   /// by the world size; with `uneven(true)` it need not: the first
   /// `seq % ws` ranks hold one more position, and `forward` needs the full
-  /// length). The sequence is all-gathered before the Q, K, V
-  /// and fc1 projections and the output and fc2 projections' partial sums
-  /// are reduce-scattered instead of all-reduced: the same bytes moved.
+  /// length). The sequence is all-gathered before the Q, K, V and fc1
+  /// projections (only this rank's part is kept for backward, which gathers
+  /// it again) and the output and fc2 projections' partial sums are
+  /// reduce-scattered instead of all-reduced: the same bytes moved.
   /// Hidden dropout then draws from the sharded stream (each rank masks its
   /// own positions). The LayerNorm weights and the row-parallel biases are
   /// still replicated: their gradients, computed on a part of the sequence,
