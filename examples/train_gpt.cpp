@@ -40,6 +40,8 @@ struct Args {
   double clip = 1.0;
   double dropout = 0.0;
   bool uneven = false;
+  bool sequence_parallel = false;
+  bool recompute = false;
   uint64_t seed = 0;
   int log_every = 20;
   int save_every = 0;
@@ -118,6 +120,14 @@ int run(int argc, char** argv) {
       "--uneven", a.uneven,
       "allow a --tp that does not divide the heads, the MLP or the padded "
       "vocabulary (the first ranks hold one more head or id)");
+  app.add_flag(
+      "--sequence-parallel", a.sequence_parallel,
+      "LayerNorms, dropout and residuals on a shard of the sequence "
+      "(all-gather / reduce-scatter in place of all-reduce)");
+  app.add_flag(
+      "--recompute", a.recompute,
+      "recompute each layer's forward in backward instead of keeping its "
+      "activations");
   app.add_option("--seed", a.seed, "seed of weights, batches and dropout")
       ->capture_default_str();
   app.add_option("--log-every", a.log_every, "progress line every N steps")
@@ -169,6 +179,8 @@ int run(int argc, char** argv) {
                        .attention_dropout(a.dropout)
                        .dropout_seed(a.seed)
                        .uneven(a.uneven)
+                       .sequence_parallel(a.sequence_parallel)
+                       .recompute(a.recompute)
                        .group(pg.tensor)
                        .dtype(dtype));
   torch::optim::AdamW opt(
@@ -283,7 +295,14 @@ int run(int argc, char** argv) {
     auto window = context.size(1) > a.seq
                       ? context.narrow(1, context.size(1) - a.seq, a.seq)
                       : context;
-    auto logits = gpt->full_logits(window).select(1, -1).to(torch::kFloat);
+    // The inference path, on the whole window: it takes any length, also
+    // under --sequence-parallel, which splits training sequences only.
+    auto cache = gpt->make_cache();
+    auto logits = torchtp::gather_from_tp_region(
+                      gpt->forward_cached(window, cache).select(1, -1),
+                      pg.tensor, gpt->vocab_partition())
+                      .narrow(-1, 0, gpt->options.vocab_size())
+                      .to(torch::kFloat);
     auto probs = torch::softmax(logits / 0.8, -1);
     auto next = torch::multinomial(probs, 1, false, gen);
     sample.push_back(static_cast<char>(itos[next.item<int64_t>()]));

@@ -54,6 +54,14 @@ diff=$(loss_diff "$work/tp1/loss.csv" "$work/tp3/loss.csv" 12)
 echo "largest loss difference, float32, TP=1 vs TP=3 uneven: $diff"
 check "TP=3 with uneven heads follows TP=1 within 1e-4 (float32)" \
   "awk -v d='$diff' 'BEGIN { exit !(d ~ /^[0-9.e+-]+$/ && d + 0 < 1e-4) }'"
+# Sequence parallelism and recomputation change memory, not the numbers:
+# float64 at TP=2 follows the straight TP=2 run within 1e-9.
+"$run" --nproc-per-node 2 "$train" "${small[@]}" --batch 4 --steps 12 \
+  --sequence-parallel --recompute --out "$work/sp"
+diff=$(loss_diff "$work/straight/loss.csv" "$work/sp/loss.csv" 12)
+echo "largest loss difference, TP=2 vs TP=2 sequence-parallel + recompute: $diff"
+check "--sequence-parallel --recompute follow TP=2 within 1e-9" \
+  "awk -v d='$diff' 'BEGIN { exit !(d ~ /^[0-9.e+-]+$/ && d + 0 < 1e-9) }'"
 if "$run" --nproc-per-node 3 "$train" "${f32[@]}" --out "$work/tp3even" \
     > "$work/tp3even.log" 2>&1; then
   check "TP=3 without --uneven is refused" false
