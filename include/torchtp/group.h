@@ -94,7 +94,11 @@ class Group {
  private:
   friend struct detail::GroupAccess;
   explicit Group(c10::intrusive_ptr<detail::Communicator> comm);
-  void check_same_everywhere(const char* op, const at::Tensor& t) const;
+  // Checks `t` can travel; under TORCHTP_DEBUG also that every rank calls
+  // the same collective `op` (argument `arg`: reduction, dim or root; -1:
+  // none) on the same shape and dtype.
+  void check_same_everywhere(
+      const char* op, const at::Tensor& t, int64_t arg = -1) const;
 
   c10::intrusive_ptr<detail::Communicator> comm_;
 };
