@@ -59,17 +59,26 @@ bench: build
 	    --json out/bench_memory_tp$${n}_$$m.json || exit 1; \
 	done; done
 
-# The shared-memory communicator's tests under ThreadSanitizer and
-# AddressSanitizer, each in its own build directory. libtorch itself is not
-# instrumented: tests/sanitizers/tsan.supp says what that hides; leak checks
-# are off (libtorch's registries are never freed).
+# Under ThreadSanitizer the communicator tests; under AddressSanitizer +
+# UndefinedBehaviorSanitizer also the group, mapping, layer, block and fuzz
+# tests at 2 ranks on both communicators (label `sanitize`, which
+# TORCHTP_SANITIZE fills per build). Each in its own build directory, with
+# only the binaries its tests run. libtorch itself is not instrumented:
+# tests/sanitizers/tsan.supp says what that hides; leak checks are off
+# (libtorch's registries are never freed); a UBSan finding aborts the test.
+SANITIZE_TARGETS_thread := torchtp-run test_group test_failures
+SANITIZE_TARGETS_address := torchtp-run test_group test_failures test_mappings \
+  test_linear test_blocks test_fuzz
 sanitize: setup
 	for s in thread address; do \
+	  targets="$(SANITIZE_TARGETS_thread)"; \
+	  if [ $$s = address ]; then targets="$(SANITIZE_TARGETS_address)"; fi; \
 	  cmake -S . -B $(BUILD)-$$s $(GENERATOR) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	    -DTORCHTP_SANITIZE=$$s -DTORCHTP_BUILD_EXAMPLES=OFF -DTORCHTP_BUILD_BENCHMARKS=OFF && \
-	  cmake --build $(BUILD)-$$s -j $(JOBS) --target torchtp-run test_group test_failures && \
+	  cmake --build $(BUILD)-$$s -j $(JOBS) --target $$targets && \
 	  (cd $(BUILD)-$$s && TSAN_OPTIONS="halt_on_error=1 suppressions=$(CURDIR)/tests/sanitizers/tsan.supp" \
-	    ASAN_OPTIONS="detect_leaks=0" ctest -L sanitize --output-on-failure -j $(JOBS)) || exit 1; \
+	    ASAN_OPTIONS="detect_leaks=0" UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" \
+	    ctest -L sanitize --output-on-failure -j $(JOBS)) || exit 1; \
 	done
 
 install: build

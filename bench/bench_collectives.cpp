@@ -10,6 +10,8 @@
 // reduce-scatter (n-1)/n of the full tensor, broadcast all of it). The two
 // communicators alternate, --repeats rounds each, and every figure is the
 // median of its rounds: this machine is shared and single runs drift.
+// --debug-cost adds each collective's time with TORCHTP_DEBUG's fingerprint
+// check (rounds with and without it alternate).
 
 #include <torchtp/torchtp.h>
 
@@ -107,6 +109,11 @@ int run(int argc, char** argv) {
       ->delimiter(',');
   app.add_option("--backends", backends, "communicators to compare")
       ->delimiter(',');
+  bool debug_cost = false;
+  app.add_flag(
+      "--debug-cost", debug_cost,
+      "also time each collective with TORCHTP_DEBUG's fingerprint check, "
+      "alternating rounds without and with it");
   CLI11_PARSE(app, argc, argv);
 
   torchtp::Group world = torchtp::init_from_env();
@@ -129,6 +136,9 @@ int run(int argc, char** argv) {
     std::printf("%-15s %-9s %10s", "collective", "dtype", "bytes");
     for (const auto& b : backends) {
       std::printf(" %10s %9s", (b + " us").c_str(), (b + " GB/s").c_str());
+      if (debug_cost) {
+        std::printf(" %12s", (b + " dbg us").c_str());
+      }
     }
     std::printf(" %11s", "memcpy GB/s");
     if (backends.size() == 2) {
@@ -148,10 +158,10 @@ int run(int argc, char** argv) {
         const int64_t full = elems * es;
         auto t = torch::ones({elems}, dtype);
         auto part = torch::ones({elems / n}, dtype);
-        std::vector<double> us(groups.size());
+        std::vector<double> us(groups.size()), debug_us(groups.size());
         for (size_t b = 0; b < groups.size(); ++b) {
           const auto& g = groups[b];
-          us[b] = timer.time_us(g, [&] {
+          const std::function<void()> call = [&] {
             if (op == "all_reduce") {
               g.all_reduce(t);
             } else if (op == "all_gather") {
@@ -161,7 +171,24 @@ int run(int argc, char** argv) {
             } else {
               g.broadcast(t, 0);
             }
-          });
+          };
+          if (!debug_cost) {
+            us[b] = timer.time_us(g, call);
+            continue;
+          }
+          // Rounds without and with the check alternate, so drift on this
+          // shared machine hits both alike.
+          Timer once{sync, 1, timer.budget_s};
+          std::vector<double> off, on;
+          for (int r = 0; r < repeats; ++r) {
+            torchtp::set_debug_checks(false);
+            off.push_back(once.time_us(g, call));
+            torchtp::set_debug_checks(true);
+            on.push_back(once.time_us(g, call));
+          }
+          torchtp::set_debug_checks(false);
+          us[b] = median(off);
+          debug_us[b] = median(on);
         }
         // memcpy of the same bytes on rank 0 alone, the others waiting.
         double memcpy_us = 0;
@@ -202,6 +229,10 @@ int run(int argc, char** argv) {
           const double busbw = n == 1 ? 0 : factor * full / (us[b] * 1e3);
           std::printf(" %10.1f %9.3f", us[b], busbw);
           row[backends[b]] = {{"time_us", us[b]}, {"busbw_gbps", busbw}};
+          if (debug_cost) {
+            std::printf(" %12.1f", debug_us[b]);
+            row[backends[b]]["debug_time_us"] = debug_us[b];
+          }
         }
         std::printf(" %11.2f", memcpy_gbps);
         if (groups.size() == 2) {

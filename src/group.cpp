@@ -4,6 +4,8 @@
 #include "torchtp/detail/communicator.h"
 #include "torchtp/partition.h"
 
+#include "comm/signature.h"
+
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
@@ -11,10 +13,14 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <numeric>
 #include <sstream>
 #include <tuple>
+#include <unordered_map>
+#include <utility>
+#include <vector>
 
 namespace torchtp {
 namespace {
@@ -31,18 +37,134 @@ bool debug_checks_enabled() {
   return debug_checks().load(std::memory_order_relaxed);
 }
 
-// The signature compared across ranks by TORCHTP_DEBUG: dtype, rank of the
-// tensor, then its sizes, padded so that every rank sends the same length.
+// TORCHTP_DEBUG's fingerprint of a collective, exchanged before it runs:
+// the collective's sequence number on its group, the operation (its name,
+// so any operation the Group adds is carried verbatim), its argument
+// (reduction, dim or root), the dtype and the shape. Fixed length, so that
+// ranks that disagree still exchange it without a mismatch of their own.
 constexpr int64_t kMaxSignatureDims = 16;
+constexpr int64_t kOpNameWords = 4; // 32 characters
+enum Field : int64_t {
+  kSeq,
+  kOpName,
+  kArg = kOpName + kOpNameWords,
+  kDtype,
+  kDims,
+  kSizes
+};
+constexpr int64_t kFingerprintLength = kSizes + kMaxSignatureDims;
 
-std::string describe_signature(const int64_t* s) {
+// The next sequence number of the group named `name` (names are unique for
+// the life of the job, and every member numbers its checked collectives in
+// the same order).
+int64_t next_sequence(const std::string& name) {
+  static std::mutex mutex;
+  static std::unordered_map<std::string, int64_t> next;
+  std::lock_guard<std::mutex> lock(mutex);
+  return next[name]++;
+}
+
+std::string op_name_of(const int64_t* f) {
+  char name[kOpNameWords * sizeof(int64_t) + 1] = {};
+  std::memcpy(name, f + kOpName, kOpNameWords * sizeof(int64_t));
+  return name;
+}
+
+// "#3 all_gather(dim 1) of [2, 3] Float".
+std::string describe_fingerprint(const int64_t* f) {
   std::ostringstream out;
-  out << "[";
-  for (int64_t d = 0; d < s[1]; ++d) {
-    out << (d ? ", " : "") << s[2 + d];
+  const std::string op = op_name_of(f);
+  out << "#" << f[kSeq] << " " << op;
+  if (f[kArg] >= 0) {
+    if (op == "all_reduce") {
+      out << "(" << detail::reduce_name(int32_t(f[kArg])) << ")";
+    } else if (op == "broadcast") {
+      out << "(root " << f[kArg] << ")";
+    } else {
+      out << "(dim " << f[kArg] << ")";
+    }
   }
-  out << "] " << c10::toString(static_cast<c10::ScalarType>(s[0]));
+  if (f[kDims] >= 0) {
+    out << " of [";
+    for (int64_t d = 0; d < f[kDims]; ++d) {
+      out << (d ? ", " : "") << f[kSizes + d];
+    }
+    out << "] " << c10::toString(static_cast<c10::ScalarType>(f[kDtype]));
+  }
   return out.str();
+}
+
+// TORCHTP_DEBUG: every rank sends its fingerprint of the collective it is
+// about to run (`t` may be null: barrier, split) and raises, on every rank,
+// unless all agree, naming what each rank called. A small all-gather of
+// its own, so ranks that call different collectives, or the same ones in
+// another order, meet here instead of in mismatched data or a hang.
+void check_fingerprints(
+    const Group& group, const char* op, const at::Tensor* t, int64_t arg) {
+  auto& comm = *detail::GroupAccess::communicator(group);
+  const std::string where = std::string("torchtp::Group::") + op;
+  TORCHTP_CHECK(
+      t == nullptr || t->dim() <= kMaxSignatureDims, where, group,
+      "TORCHTP_DEBUG checks at most ", kMaxSignatureDims, " dims");
+  auto mine = at::full({kFingerprintLength}, -1, at::kLong);
+  auto* f = mine.data_ptr<int64_t>();
+  f[kSeq] = next_sequence(comm.name());
+  std::memset(f + kOpName, 0, kOpNameWords * sizeof(int64_t));
+  std::strncpy(
+      reinterpret_cast<char*>(f + kOpName), op,
+      kOpNameWords * sizeof(int64_t) - 1);
+  f[kArg] = arg;
+  if (t != nullptr) {
+    // A dim counts from the end or the start alike.
+    const std::string name(op);
+    if (arg < 0 && t->dim() > 0 &&
+        (name == "all_gather" || name == "reduce_scatter")) {
+      f[kArg] = arg + t->dim();
+    }
+    f[kDtype] = static_cast<int64_t>(t->scalar_type());
+    f[kDims] = t->dim();
+    for (int64_t d = 0; d < t->dim(); ++d) {
+      f[kSizes + d] = t->size(d);
+    }
+  }
+  auto all = at::empty({group.size() * kFingerprintLength}, at::kLong);
+  comm.all_gather(mine, all).wait();
+  const auto* a = all.data_ptr<int64_t>();
+  bool agree = true;
+  for (int r = 0; r < group.size() && agree; ++r) {
+    agree = std::equal(f, f + kFingerprintLength, a + r * kFingerprintLength);
+  }
+  if (agree) {
+    return;
+  }
+  // Ranks that called the same thing are named together.
+  std::vector<std::pair<std::string, std::vector<int>>> calls;
+  for (int r = 0; r < group.size(); ++r) {
+    const auto what = describe_fingerprint(a + r * kFingerprintLength);
+    auto it = std::find_if(calls.begin(), calls.end(), [&](const auto& c) {
+      return c.first == what;
+    });
+    if (it == calls.end()) {
+      calls.push_back({what, {r}});
+    } else {
+      it->second.push_back(r);
+    }
+  }
+  std::ostringstream who;
+  for (size_t i = 0; i < calls.size(); ++i) {
+    const auto& ranks = calls[i].second;
+    who << (i ? "; " : "") << (ranks.size() > 1 ? "ranks " : "rank ");
+    for (size_t j = 0; j < ranks.size(); ++j) {
+      who << (j ? ", " : "") << ranks[j];
+    }
+    who << " called " << calls[i].first;
+  }
+  TORCHTP_CHECK(
+      false, where, group, "ranks disagree on collective #", f[kSeq],
+      " of group '", comm.name(), "' (TORCHTP_DEBUG): ", who.str(),
+      ". Every rank of a group must make the same collectives in the same "
+      "order with the same shapes; this rank called ",
+      describe_fingerprint(f));
 }
 
 // Runs an in-place collective on `tensor`; communicators take contiguous
@@ -109,7 +231,8 @@ void Group::check_partition(const char* op, const Partition& part) const {
       " parts, not of this rank of the group");
 }
 
-void Group::check_same_everywhere(const char* op, const at::Tensor& t) const {
+void Group::check_same_everywhere(
+    const char* op, const at::Tensor& t, int64_t arg) const {
   TORCHTP_CHECK(
       t.defined(), std::string("torchtp::Group::") + op, *this,
       "undefined tensor");
@@ -120,35 +243,13 @@ void Group::check_same_everywhere(const char* op, const at::Tensor& t) const {
       t.scalar_type() != at::kBool && !t.is_complex(),
       std::string("torchtp::Group::") + op, *this, "dtype ", t.scalar_type(),
       " is not supported (floating point and integer tensors are)");
-  if (size() == 1 || !debug_checks_enabled()) {
-    return;
-  }
-  TORCHTP_CHECK(
-      t.dim() <= kMaxSignatureDims, std::string("torchtp::Group::") + op, *this,
-      "TORCHTP_DEBUG checks at most ", kMaxSignatureDims, " dims");
-  auto sig = at::full({kMaxSignatureDims + 2}, -1, at::kLong);
-  auto* s = sig.data_ptr<int64_t>();
-  s[0] = static_cast<int64_t>(t.scalar_type());
-  s[1] = t.dim();
-  for (int64_t d = 0; d < t.dim(); ++d) {
-    s[2 + d] = t.size(d);
-  }
-  auto all = at::empty({size() * sig.numel()}, at::kLong);
-  comm_->all_gather(sig, all).wait();
-  const auto* a = all.data_ptr<int64_t>();
-  for (int r = 0; r < size(); ++r) {
-    const int64_t* other = a + r * sig.numel();
-    TORCHTP_CHECK(
-        std::equal(s, s + sig.numel(), other),
-        std::string("torchtp::Group::") + op, *this,
-        "ranks disagree on the tensor: this rank passed ",
-        describe_signature(s), ", rank ", r, " passed ",
-        describe_signature(other));
+  if (size() > 1 && debug_checks_enabled()) {
+    check_fingerprints(*this, op, &t, arg);
   }
 }
 
 Work Group::all_reduce_async(at::Tensor& tensor, ReduceOp op) const {
-  check_same_everywhere("all_reduce", tensor);
+  check_same_everywhere("all_reduce", tensor, static_cast<int64_t>(op));
   // Nothing to move (and Gloo divides by the element count).
   if (size() == 1 || tensor.numel() == 0) {
     return Work(tensor);
@@ -201,7 +302,8 @@ Work Group::all_gather_async(
     padded.narrow(0, 0, part.local_size()).copy_(input);
     input = padded;
   }
-  check_same_everywhere("all_gather", input);
+  // Every rank passes the same (padded) shape, gathered along `d`.
+  check_same_everywhere("all_gather", input, d);
   auto out_sizes = input.sizes().vec();
   out_sizes[0] = part.full_size();
   if (size() == 1) {
@@ -265,16 +367,17 @@ Work Group::reduce_scatter_async(
     int64_t dim,
     const Partition& part,
     ReduceOp op) const {
-  check_same_everywhere("reduce_scatter", tensor);
   TORCHTP_CHECK(
-      tensor.dim() >= 1, "torchtp::Group::reduce_scatter", *this,
-      "expected a tensor with at least one dim, got a scalar");
+      tensor.defined() && tensor.dim() >= 1, "torchtp::Group::reduce_scatter",
+      *this, "expected a tensor with at least one dim, got ",
+      tensor.defined() ? c10::str(tensor.sizes()) : "none");
   const int64_t d = c10::maybe_wrap_dim(dim, tensor.dim());
   check_partition("reduce_scatter", part);
   TORCHTP_CHECK(
       tensor.size(d) == part.full_size(), "torchtp::Group::reduce_scatter",
       *this, "expected ", part.full_size(), " indices along dim ", d,
       " (the split's full size), got ", tensor.sizes());
+  check_same_everywhere("reduce_scatter", tensor, d);
   if (size() == 1) {
     return Work(tensor.clone());
   }
@@ -350,7 +453,7 @@ Partition Group::partition_of(
 }
 
 Work Group::broadcast_async(at::Tensor& tensor, int root) const {
-  check_same_everywhere("broadcast", tensor);
+  check_same_everywhere("broadcast", tensor, root);
   TORCHTP_CHECK(
       root >= 0 && root < size(), "torchtp::Group::broadcast", *this, "root ",
       root, " is not a rank of the group");
@@ -366,6 +469,9 @@ void Group::broadcast(at::Tensor& tensor, int root) const {
 }
 
 Work Group::barrier_async() const {
+  if (size() > 1 && debug_checks_enabled()) {
+    check_fingerprints(*this, "barrier", nullptr, -1);
+  }
   return size() > 1 ? comm_->barrier() : Work();
 }
 
@@ -374,6 +480,9 @@ void Group::barrier() const {
 }
 
 Group Group::split(int color, int key) const {
+  if (size() > 1 && debug_checks_enabled()) {
+    check_fingerprints(*this, "split", nullptr, -1);
+  }
   const std::string name =
       comm_->name() + "/s" + std::to_string(comm_->next_split_index());
   auto mine = at::tensor(

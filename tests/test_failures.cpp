@@ -17,6 +17,10 @@
 //   mismatch   rank 0 all-reduces 4 floats, the others 5 (no TORCHTP_DEBUG):
 //              every rank must raise a c10::Error naming both sizes, no
 //              abort, and the group must still work afterwards
+//   order      (run with TORCHTP_DEBUG=1) rank 0 all-reduces then
+//              all-gathers, the others the other way round: every rank must
+//              raise a c10::Error naming what each rank called at which
+//              sequence number, no hang, and the group must still work
 //
 // A rank that sees what it should prints "OK" and exits 0; in bad_input and
 // uncaught the last rank exits 1 or aborts, as a failing rank does.
@@ -126,10 +130,10 @@ int bad_input(const torchtp::Group& world, bool uncaught, int victim) {
   if (world.rank() == victim) {
     // When the failure happens, for the test to time the job's end from.
     const auto now = std::chrono::system_clock::now().time_since_epoch();
-    std::cout << "failing at epoch ms "
-              << std::chrono::duration_cast<std::chrono::milliseconds>(now)
-                     .count()
-              << std::endl;
+    std::cout
+        << "failing at epoch ms "
+        << std::chrono::duration_cast<std::chrono::milliseconds>(now).count()
+        << std::endl;
     if (uncaught) {
       row(x); // raises; nothing catches it
     }
@@ -158,11 +162,58 @@ int mismatch(const torchtp::Group& world) {
     const bool ok = contains(msg, "ranks called different collectives") &&
                     contains(msg, "16 bytes") && contains(msg, "20 bytes") &&
                     contains(msg, world.rank_label());
-    if (verdict(world, ok, seconds_since(start), msg, "16 bytes ... 20 bytes")) {
+    if (verdict(
+            world, ok, seconds_since(start), msg, "16 bytes ... 20 bytes")) {
       return 1;
     }
   }
   // No data moved: the group still works.
+  auto u = torch::ones({3});
+  world.all_reduce(u);
+  if (!torch::equal(u, torch::full({3}, float(world.size())))) {
+    std::cerr << "FAIL: the group is wrong after the mismatch on rank "
+              << world.rank() << "\n";
+    return 1;
+  }
+  world.barrier();
+  if (world.rank() == 0) {
+    std::cout << "1 passed, 0 failed\n";
+  }
+  return 0;
+}
+
+// Under TORCHTP_DEBUG=1, ranks that call the same collectives in another
+// order all raise at the first, naming each rank's call.
+int order(const torchtp::Group& world) {
+  auto t = torch::ones({4});
+  const auto start = Clock::now();
+  try {
+    if (world.rank() == 0) {
+      world.all_reduce(t);
+      world.all_gather(t, 0);
+    } else {
+      world.all_gather(t, 0);
+      world.all_reduce(t);
+    }
+    std::cerr << "FAIL: collectives in another order passed on rank "
+              << world.rank() << "\n";
+    return 1;
+  } catch (const c10::Error& e) {
+    const std::string msg = e.what_without_backtrace();
+    std::string others = world.size() > 2 ? "ranks 1" : "rank 1";
+    for (int r = 2; r < world.size(); ++r) {
+      others += ", " + std::to_string(r);
+    }
+    const std::string expected =
+        "rank 0 called #0 all_reduce(sum) of [4] Float; " + others +
+        " called #0 all_gather(dim 0) of [4] Float";
+    const bool ok = contains(msg, "ranks disagree on collective #0") &&
+                    contains(msg, expected) &&
+                    contains(msg, world.rank_label());
+    if (verdict(world, ok, seconds_since(start), msg, expected)) {
+      return 1;
+    }
+  }
   auto u = torch::ones({3});
   world.all_reduce(u);
   if (!torch::equal(u, torch::full({3}, float(world.size())))) {
@@ -182,8 +233,9 @@ int mismatch(const torchtp::Group& world) {
 int main(int argc, char** argv) {
   const std::string mode = argc > 1 ? argv[1] : "";
   if (mode != "dies" && mode != "stalls" && mode != "bad_input" &&
-      mode != "uncaught" && mode != "mismatch") {
-    std::cerr << "usage: test_failures dies|stalls|bad_input|uncaught|mismatch\n";
+      mode != "uncaught" && mode != "mismatch" && mode != "order") {
+    std::cerr << "usage: test_failures "
+                 "dies|stalls|bad_input|uncaught|mismatch|order\n";
     return 2;
   }
   torchtp::Group world = torchtp::init_from_env();
@@ -199,6 +251,9 @@ int main(int argc, char** argv) {
   }
   if (mode == "mismatch") {
     return mismatch(world);
+  }
+  if (mode == "order") {
+    return order(world);
   }
   return dies_or_stalls(world, mode);
 }

@@ -306,6 +306,97 @@ TEST(Group, DebugChecksNameTheRankThatDisagrees) {
   torchtp::set_debug_checks(false);
 }
 
+namespace {
+
+// "rank 0 called X; ranks 1, 2, 3 called Y": what the fingerprint check
+// says when rank 0 differs from the others.
+std::string rank0_versus_rest(
+    const torchtp::Group& g,
+    const std::string& first,
+    const std::string& rest) {
+  std::string others = g.size() > 2 ? "ranks 1" : "rank 1";
+  for (int r = 2; r < g.size(); ++r) {
+    others += ", " + std::to_string(r);
+  }
+  return "rank 0 called " + first + "; " + others + " called " + rest;
+}
+
+} // namespace
+
+TEST(Group, DebugFingerprintsNameWhatEveryRankCalled) {
+  auto g = world();
+  if (g.size() == 1) {
+    return; // one rank cannot disagree
+  }
+  torchtp::set_debug_checks(true);
+  // A group of its own, so its collectives are numbered from #0 here.
+  auto s = g.split(0);
+  const bool first = s.rank() == 0;
+  auto a = torch::ones({4});
+  auto b = torch::ones({2, 3});
+
+  // Different collectives: every rank raises, naming each rank's call.
+  EXPECT_TRUE(raises_with(
+      [&] {
+        if (first) {
+          s.all_reduce(a);
+        } else {
+          s.all_gather(a, 0);
+        }
+      },
+      {"ranks disagree on collective #0 of group", "(TORCHTP_DEBUG)",
+       rank0_versus_rest(
+           s, "#0 all_reduce(sum) of [4] Float",
+           "#0 all_gather(dim 0) of [4] Float"),
+       s.rank_label()}));
+
+  // The same two collectives in another order: named at the first.
+  EXPECT_TRUE(raises_with(
+      [&] {
+        if (first) {
+          s.broadcast(b, 0);
+          s.all_reduce(a, torchtp::ReduceOp::max);
+        } else {
+          s.all_reduce(a, torchtp::ReduceOp::max);
+          s.broadcast(b, 0);
+        }
+      },
+      {rank0_versus_rest(
+           s, "#1 broadcast(root 0) of [2, 3] Float",
+           "#1 all_reduce(max) of [4] Float"),
+       s.rank_label()}));
+
+  // A barrier against a collective with a tensor.
+  EXPECT_TRUE(raises_with(
+      [&] {
+        if (first) {
+          s.barrier();
+        } else {
+          s.reduce_scatter(torch::ones({2 * s.size()}), 0);
+        }
+      },
+      {rank0_versus_rest(
+           s, "#2 barrier",
+           "#2 reduce_scatter(dim 0) of [" + std::to_string(2 * s.size()) +
+               "] Float"),
+       s.rank_label()}));
+
+  // Same shape, other dim: the communicators cannot see this one (the
+  // bytes agree); the fingerprint can. Dim -1 and dim 1 are the same dim.
+  EXPECT_TRUE(raises_with(
+      [&] { s.all_gather(b, first ? 0 : -1); },
+      {rank0_versus_rest(
+          s, "#3 all_gather(dim 0) of [2, 3] Float",
+          "#3 all_gather(dim 1) of [2, 3] Float")}));
+  EXPECT_NO_THROW(s.all_gather(b, first ? 1 : -1));
+
+  // Nothing ran and every rank counted alike: the group is still in step.
+  auto v = torch::ones({5});
+  s.all_reduce(v);
+  EXPECT_TRUE(torch::equal(v, torch::full({5}, double(s.size()))));
+  torchtp::set_debug_checks(false);
+}
+
 // ---------------------------------------------------------------------------
 // Every communicator: CTest runs this file with TORCHTP_BACKEND=shm and
 // =gloo (and shm with tiny slots, so that every size is chunked).

@@ -23,8 +23,11 @@ struct GroupAccess;
 /// with tensors of the same shape and dtype. A group of one rank does no
 /// communication. Every collective fails with a `c10::Error` naming the rank
 /// after the group's timeout (`TORCHTP_TIMEOUT_S`) or when a peer dies: never
-/// a hang. Set `TORCHTP_DEBUG=1` to check before each collective that every
-/// rank passed the same shape and dtype (one extra small all-gather).
+/// a hang. Set `TORCHTP_DEBUG=1` to check before each collective (and
+/// barrier and split) that every rank calls the same one, with the same
+/// argument, shape and dtype, at the same sequence number of the group: one
+/// extra small all-gather; ranks that disagree all raise, naming what each
+/// rank called.
 ///
 /// Example:
 /// ```
@@ -123,7 +126,11 @@ class Group {
  private:
   friend struct detail::GroupAccess;
   explicit Group(c10::intrusive_ptr<detail::Communicator> comm);
-  void check_same_everywhere(const char* op, const at::Tensor& t) const;
+  // Checks `t` can travel; under TORCHTP_DEBUG also that every rank calls
+  // the same collective `op` (argument `arg`: reduction, dim or root; -1:
+  // none) on the same shape and dtype.
+  void check_same_everywhere(
+      const char* op, const at::Tensor& t, int64_t arg = -1) const;
   void check_partition(const char* op, const Partition& part) const;
 
   c10::intrusive_ptr<detail::Communicator> comm_;
@@ -132,8 +139,8 @@ class Group {
 /// The group used by layers whose options name none: the one set by
 /// `init_from_env()`. Raises a `c10::Error` when none was set.
 Group default_group();
-/// Turns the cross-rank shape and dtype check before each collective on or
-/// off for this process (default: the TORCHTP_DEBUG environment variable).
+/// Turns the cross-rank fingerprint check before each collective on or off
+/// for this process (default: the TORCHTP_DEBUG environment variable).
 void set_debug_checks(bool enabled);
 
 /// Replaces the default group.
