@@ -302,8 +302,8 @@ Work Group::all_gather_async(
     padded.narrow(0, 0, part.local_size()).copy_(input);
     input = padded;
   }
-  // Every rank passes the same (padded) shape, gathered along `d`.
-  check_same_everywhere("all_gather", input, d);
+  // The caller's shape, with uneven parts padded: the same on every rank.
+  check_same_everywhere("all_gather", input.movedim(0, d), d);
   auto out_sizes = input.sizes().vec();
   out_sizes[0] = part.full_size();
   if (size() == 1) {
