@@ -120,7 +120,7 @@ torch::Tensor GPTImpl::forward_sequence_parallel(const torch::Tensor& ids) {
   return detail::gather_sequence_and_linear(
       detail::layer_norm_on_shard(*final_norm, h, *group_),
       lm_head ? lm_head->weight : token_embedding->weight, torch::Tensor(),
-      *group_, seq);
+      *group_, seq, /*dim=*/1);
 }
 
 torch::Tensor GPTImpl::output(const torch::Tensor& h) {

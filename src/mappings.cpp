@@ -167,6 +167,25 @@ struct ReduceFromTpInPlace : torch::autograd::Function<ReduceFromTpInPlace> {
 // y = x W^T + b with the input gradient all-reduced over the group. The
 // all-reduce of the fresh input gradient starts first and runs while the
 // weight gradient (the larger GEMM) is computed.
+// The weight and bias gradients of `y = x W^T + b` (the ones the context
+// asks for) from the gradient `grad` of y: the part both fused linears
+// below compute while their input gradient travels.
+std::pair<at::Tensor, at::Tensor> weight_and_bias_grads(
+    AutogradContext* ctx, const at::Tensor& grad, const at::Tensor& x) {
+  at::Tensor grad_w, grad_b;
+  const auto grad_2d = grad.reshape({-1, grad.size(-1)});
+  if (ctx->needs_input_grad(1)) {
+    grad_w = grad_2d.t().mm(x.reshape({-1, x.size(-1)}));
+  }
+  if (ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)) {
+    grad_b = grad_2d.sum(0);
+  }
+  return {grad_w, grad_b};
+}
+
+// y = x W^T + b with the input gradient all-reduced over the group. The
+// all-reduce of the fresh input gradient starts first and runs while the
+// weight gradient (the larger GEMM) is computed.
 struct CopyToTpAndLinear : torch::autograd::Function<CopyToTpAndLinear> {
   static at::Tensor forward(
       AutogradContext* ctx,
@@ -184,23 +203,64 @@ struct CopyToTpAndLinear : torch::autograd::Function<CopyToTpAndLinear> {
     const auto& x = saved[0];
     const auto& weight = saved[1];
     const auto grad = grads[0].contiguous();
-    at::Tensor grad_x, grad_w, grad_b;
+    at::Tensor grad_x;
     c10::optional<Work> pending;
     if (ctx->needs_input_grad(0)) {
       grad_x = at::matmul(grad, weight); // fresh: reduced in place
       pending = saved_group(ctx).all_reduce_async(grad_x);
     }
-    const auto grad_2d = grad.reshape({-1, grad.size(-1)});
-    if (ctx->needs_input_grad(1)) {
-      grad_w = grad_2d.t().mm(x.reshape({-1, x.size(-1)}));
-    }
-    if (ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)) {
-      grad_b = grad_2d.sum(0);
-    }
+    auto [grad_w, grad_b] = weight_and_bias_grads(ctx, grad, x);
     if (pending) {
       pending->wait();
     }
     return {grad_x, grad_w, grad_b, at::Tensor()};
+  }
+};
+
+// y = gather(x) W^T + b, the sequence gathered along `dim`, keeping only
+// this rank's part x for backward: backward gathers it again for the
+// weight gradient and reduce-scatters the input gradient while that
+// gradient is computed.
+struct GatherSequenceAndLinear
+    : torch::autograd::Function<GatherSequenceAndLinear> {
+  static at::Tensor forward(
+      AutogradContext* ctx,
+      at::Tensor x,
+      at::Tensor weight,
+      c10::optional<at::Tensor> bias, // an undefined Tensor is no input
+      Group g,
+      Partition seq,
+      int64_t dim) {
+    save_group(ctx, g);
+    save_split(ctx, seq, dim);
+    ctx->save_for_backward({x, weight});
+    ctx->saved_data["has_bias"] = bias.has_value();
+    return detail::linear(
+        g.all_gather(x, dim, seq), weight,
+        bias.has_value() ? *bias : at::Tensor());
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto g = saved_group(ctx);
+    const auto& s = saved_split(ctx);
+    const auto saved = ctx->get_saved_variables();
+    const auto& weight = saved[1];
+    const auto grad = grads[0].contiguous();
+    // Gathered again rather than kept since forward.
+    const auto whole = g.all_gather(saved[0], s.dim, s.part);
+    c10::optional<Work> scattering;
+    if (ctx->needs_input_grad(0)) {
+      // Every rank's partial input gradient of the whole sequence: summed
+      // and split back in one exchange.
+      scattering = g.reduce_scatter_async(
+          at::matmul(grad, weight), s.dim, s.part);
+    }
+    auto [grad_w, grad_b] = weight_and_bias_grads(ctx, grad, whole);
+    at::Tensor grad_x;
+    if (scattering) {
+      grad_x = scattering->wait();
+    }
+    return {grad_x,       grad_w,       grad_b,
+            at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -352,6 +412,24 @@ at::Tensor copy_to_tp_region_and_linear(
   return CopyToTpAndLinear::apply(
       input, weight,
       bias.defined() ? c10::optional<at::Tensor>(bias) : c10::nullopt, group);
+}
+
+at::Tensor gather_sequence_and_linear(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const at::Tensor& bias,
+    const Group& group,
+    const Partition& seq,
+    int64_t dim) {
+  if (group.size() == 1) {
+    return linear(input, weight, bias);
+  }
+  const auto d =
+      split_dim("gather_sequence_and_linear", input, dim, seq, group);
+  return GatherSequenceAndLinear::apply(
+      input, weight,
+      bias.defined() ? c10::optional<at::Tensor>(bias) : c10::nullopt, group,
+      seq, d);
 }
 
 at::Tensor reduce_from_tp_region_in_place(

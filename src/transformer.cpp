@@ -96,81 +96,6 @@ torch::Tensor reduce_scatter_sequence(
   return reduce_scatter_to_sequence_region(x, group, seq, /*dim=*/1);
 }
 
-namespace {
-
-using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
-
-// What backward needs besides tensors: kept as a capsule in the context.
-struct SequenceSplit : torch::CustomClassHolder {
-  SequenceSplit(Group group, Partition seq)
-      : group(std::move(group)), seq(std::move(seq)) {}
-  Group group;
-  Partition seq;
-};
-
-struct GatherSequenceAndLinear
-    : torch::autograd::Function<GatherSequenceAndLinear> {
-  static at::Tensor forward(
-      AutogradContext* ctx,
-      at::Tensor x,
-      at::Tensor weight,
-      c10::optional<at::Tensor> bias, // an undefined Tensor is no input
-      c10::intrusive_ptr<SequenceSplit> split) {
-    ctx->save_for_backward({x, weight});
-    ctx->saved_data["has_bias"] = bias.has_value();
-    ctx->saved_data["split"] = c10::IValue::make_capsule(split);
-    auto whole = split->group.all_gather(x, 1, split->seq);
-    return linear(whole, weight, bias.has_value() ? *bias : at::Tensor());
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto split = c10::static_intrusive_pointer_cast<SequenceSplit>(
-        ctx->saved_data["split"].toCapsule());
-    const auto saved = ctx->get_saved_variables();
-    const auto& weight = saved[1];
-    const auto grad = grads[0].contiguous();
-    // Gathered again rather than kept since forward.
-    const auto whole = split->group.all_gather(saved[0], 1, split->seq);
-    at::Tensor grad_x, grad_w, grad_b;
-    c10::optional<Work> scattering;
-    if (ctx->needs_input_grad(0)) {
-      // Every rank's partial input gradient of the whole sequence: summed
-      // and split back in one exchange, while the weight gradient runs.
-      scattering = split->group.reduce_scatter_async(
-          at::matmul(grad, weight), 1, split->seq);
-    }
-    const auto grad_2d = grad.reshape({-1, grad.size(-1)});
-    if (ctx->needs_input_grad(1)) {
-      grad_w = grad_2d.t().mm(whole.reshape({-1, whole.size(-1)}));
-    }
-    if (ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)) {
-      grad_b = grad_2d.sum(0);
-    }
-    if (scattering) {
-      grad_x = scattering->wait();
-    }
-    return {grad_x, grad_w, grad_b, at::Tensor()};
-  }
-};
-
-} // namespace
-
-torch::Tensor gather_sequence_and_linear(
-    const torch::Tensor& x,
-    const torch::Tensor& weight,
-    const torch::Tensor& bias,
-    const Group& group,
-    const Partition& seq) {
-  if (group.size() == 1) {
-    return linear(x, weight, bias);
-  }
-  return GatherSequenceAndLinear::apply(
-      x, weight,
-      bias.defined() ? c10::optional<at::Tensor>(bias) : c10::nullopt,
-      c10::make_intrusive<SequenceSplit>(group, seq));
-}
-
 torch::Tensor layer_norm_on_shard(
     torch::nn::LayerNormImpl& norm,
     const torch::Tensor& x,
@@ -237,8 +162,8 @@ torch::Tensor ParallelMLPImpl::forward(
   const auto& group = fc1->shard_group();
   auto seq =
       detail::sequence_partition_of(x, seq_len, group, kMLP, options.uneven());
-  auto up =
-      detail::gather_sequence_and_linear(x, fc1->weight, fc1->bias, group, seq);
+  auto up = detail::gather_sequence_and_linear(
+      x, fc1->weight, fc1->bias, group, seq, /*dim=*/1);
   return reduce_to_shard(down(up), fc2, seq);
 }
 
@@ -348,7 +273,7 @@ torch::Tensor ParallelSelfAttentionImpl::forward(
     seq = detail::sequence_partition_of(
         x, seq_len, group, kAttention, options.uneven());
     projected = detail::gather_sequence_and_linear(
-        x, qkv->weight, qkv->bias, group, *seq);
+        x, qkv->weight, qkv->bias, group, *seq, /*dim=*/1);
   } else {
     projected = qkv(x);
   }

@@ -83,6 +83,22 @@ at::Tensor copy_to_tp_region_and_linear(
     const at::Tensor& bias,
     const Group& group);
 
+/// `linear(gather_from_sequence_region(input, group, seq, dim), weight,
+/// bias)` for a column-parallel `weight` (`bias` may be undefined), as one
+/// autograd function that keeps only `input`, this rank's part of the
+/// sequence, for backward (Megatron's sequence-parallel linear): backward
+/// all-gathers it again for the weight gradient and reduce-scatters the
+/// input gradient while that gradient is computed. Saving the gathered
+/// input instead would hold the whole sequence and undo sequence
+/// parallelism's saving. Used by the sequence-parallel blocks.
+at::Tensor gather_sequence_and_linear(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const at::Tensor& bias,
+    const Group& group,
+    const Partition& seq,
+    int64_t dim);
+
 /// reduce_from_tp_region for an input the caller owns (a fresh partial sum
 /// that nothing else reads): reduced in place, with no copy. Used by
 /// RowParallelLinear.

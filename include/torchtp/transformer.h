@@ -310,21 +310,6 @@ Partition sequence_partition_of(
 torch::Tensor reduce_scatter_sequence(
     const torch::Tensor& x, const Group& group, const Partition& seq);
 
-/// `linear(gather_from_sequence_region(x, group, seq, 1), weight, bias)`
-/// for a column-parallel
-/// `weight` (`bias` may be undefined), keeping only `x`, this rank's part of
-/// the sequence, for backward (Megatron's sequence-parallel linear): backward
-/// all-gathers it again for the weight gradient, and reduce-scatters the
-/// input gradient while that gradient is computed. Saving the gathered input
-/// instead would hold the whole sequence and undo sequence parallelism's
-/// saving.
-torch::Tensor gather_sequence_and_linear(
-    const torch::Tensor& x,
-    const torch::Tensor& weight,
-    const torch::Tensor& bias,
-    const Group& group,
-    const Partition& seq);
-
 /// LayerNorm of this rank's part of the sequence with the replicated
 /// `norm`'s parameters, whose gradients are summed over `group` in backward
 /// (each rank's covers its own positions only).
