@@ -115,12 +115,6 @@ void check_fingerprints(
       kOpNameWords * sizeof(int64_t) - 1);
   f[kArg] = arg;
   if (t != nullptr) {
-    // A dim counts from the end or the start alike.
-    const std::string name(op);
-    if (arg < 0 && t->dim() > 0 &&
-        (name == "all_gather" || name == "reduce_scatter")) {
-      f[kArg] = arg + t->dim();
-    }
     f[kDtype] = static_cast<int64_t>(t->scalar_type());
     f[kDims] = t->dim();
     for (int64_t d = 0; d < t->dim(); ++d) {

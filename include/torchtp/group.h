@@ -127,8 +127,8 @@ class Group {
   friend struct detail::GroupAccess;
   explicit Group(c10::intrusive_ptr<detail::Communicator> comm);
   // Checks `t` can travel; under TORCHTP_DEBUG also that every rank calls
-  // the same collective `op` (argument `arg`: reduction, dim or root; -1:
-  // none) on the same shape and dtype.
+  // the same collective `op` (argument `arg`: reduction, dim made
+  // non-negative, or root; -1: none) on the same shape and dtype.
   void check_same_everywhere(
       const char* op, const at::Tensor& t, int64_t arg = -1) const;
   void check_partition(const char* op, const Partition& part) const;
