@@ -177,6 +177,29 @@ void expect_output_and_input_grad(
       << "input gradient";
 }
 
+// A linear layer's full problem, drawn in one order (weight, bias, input,
+// upstream gradient), and its unsharded output and gradients, float64.
+struct LinearReference {
+  torch::Tensor w, b, x0, upstream, xr, expected;
+
+  LinearReference(
+      const Case& c,
+      std::vector<int64_t> shape,
+      int64_t in,
+      int64_t out,
+      bool bias,
+      bool skip) {
+    w = leaf(c.full({out, in}, 1 / std::sqrt(double(in))));
+    b = bias ? leaf(c.full({out}, 0.1)) : torch::Tensor();
+    x0 = c.full(shape);
+    shape.back() = out;
+    upstream = c.full(shape);
+    xr = leaf(x0);
+    expected = F::linear(xr, w, skip ? torch::Tensor() : b);
+    expected.backward(upstream);
+  }
+};
+
 void fuzz_column(Case& c) {
   const int64_t segments = c.draw->between(1, 3);
   const int64_t in = c.draw->between(1, 12);
@@ -197,17 +220,10 @@ void fuzz_column(Case& c) {
           .segments(segments)
           .group(c.tensor())
           .dtype(c.dtype));
-  auto w = leaf(c.full({out, in}, 1 / std::sqrt(double(in))));
-  auto b = bias ? leaf(c.full({out}, 0.1)) : torch::Tensor();
+  LinearReference ref(c, shape, in, out, bias, skip);
+  const auto &w = ref.w, &b = ref.b, &x0 = ref.x0, &upstream = ref.upstream;
+  const auto &xr = ref.xr, &expected = ref.expected;
   layer->load_full_weights(c.as_dtype(w), bias ? c.as_dtype(b) : b);
-  auto x0 = c.full(shape);
-  auto up_shape = shape;
-  up_shape.back() = out;
-  auto upstream = c.full(up_shape);
-
-  auto xr = leaf(x0);
-  auto expected = F::linear(xr, w, skip ? torch::Tensor() : b);
-  expected.backward(upstream);
 
   auto x = leaf(c.as_dtype(c.replica_rows(x0)));
   auto y = layer(x);
@@ -259,17 +275,10 @@ void fuzz_row(Case& c) {
                                        .skip_bias_add(skip)
                                        .group(c.tensor())
                                        .dtype(c.dtype));
-  auto w = leaf(c.full({out, in}, 1 / std::sqrt(double(in))));
-  auto b = bias ? leaf(c.full({out}, 0.1)) : torch::Tensor();
+  LinearReference ref(c, shape, in, out, bias, skip);
+  const auto &w = ref.w, &b = ref.b, &x0 = ref.x0, &upstream = ref.upstream;
+  const auto &xr = ref.xr, &expected = ref.expected;
   layer->load_full_weights(c.as_dtype(w), bias ? c.as_dtype(b) : b);
-  auto x0 = c.full(shape);
-  auto up_shape = shape;
-  up_shape.back() = out;
-  auto upstream = c.full(up_shape);
-
-  auto xr = leaf(x0);
-  auto expected = F::linear(xr, w, skip ? torch::Tensor() : b);
-  expected.backward(upstream);
 
   auto rows = c.replica_rows(x0);
   auto x = leaf(c.as_dtype(parallel ? own(rows, -1, c.tensor()) : rows));
