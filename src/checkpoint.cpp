@@ -5,7 +5,7 @@
 #include "checkpoint/rank_agreement.h"
 #include "checkpoint/reshard.h"
 #include "checkpoint/torch_archive.h"
-#include "torchtp/detail/check.h"
+#include "detail/check.h"
 #include "torchtp/partition.h"
 #include "torchtp/safetensors.h"
 #include "torchtp/sharding.h"

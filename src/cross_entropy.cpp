@@ -1,9 +1,9 @@
 #include "torchtp/cross_entropy.h"
 
-#include "torchtp/detail/check.h"
-#include "torchtp/detail/dtype.h"
-#include "torchtp/detail/options.h"
-#include "torchtp/detail/vocab.h"
+#include "detail/check.h"
+#include "detail/dtype.h"
+#include "detail/options.h"
+#include "detail/vocab.h"
 #include "torchtp/partition.h"
 
 #include <torch/autograd.h>

@@ -1,9 +1,9 @@
 #include "torchtp/embedding.h"
 
-#include "torchtp/detail/check.h"
-#include "torchtp/detail/dtype.h"
-#include "torchtp/detail/options.h"
-#include "torchtp/detail/shard_init.h"
+#include "detail/check.h"
+#include "detail/dtype.h"
+#include "detail/options.h"
+#include "detail/shard_init.h"
 #include "torchtp/mappings.h"
 
 #include <torch/nn/functional/embedding.h>

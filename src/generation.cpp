@@ -1,6 +1,6 @@
 #include "torchtp/generation.h"
 
-#include "torchtp/detail/check.h"
+#include "detail/check.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <c10/core/InferenceMode.h>

@@ -1,7 +1,7 @@
 #include "torchtp/gpt.h"
 
-#include "torchtp/detail/check.h"
-#include "torchtp/detail/options.h"
+#include "detail/check.h"
+#include "detail/options.h"
 #include "torchtp/init.h"
 #include "torchtp/mappings.h"
 

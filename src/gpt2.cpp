@@ -1,7 +1,7 @@
 #include "torchtp/gpt2.h"
 
-#include "torchtp/detail/check.h"
-#include "torchtp/detail/options.h"
+#include "detail/check.h"
+#include "detail/options.h"
 #include "torchtp/safetensors.h"
 #include "torchtp/sharding.h"
 

@@ -1,6 +1,6 @@
 #include "torchtp/group.h"
 
-#include "torchtp/detail/check.h"
+#include "detail/check.h"
 #include "torchtp/detail/communicator.h"
 #include "torchtp/partition.h"
 

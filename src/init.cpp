@@ -2,7 +2,7 @@
 
 #include "comm/connector.h"
 #include "torchtp/detail/blas_core.h"
-#include "torchtp/detail/check.h"
+#include "detail/check.h"
 #include "torchtp/detail/threads.h"
 #include "torchtp/failure.h"
 

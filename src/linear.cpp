@@ -1,56 +1,12 @@
 #include "torchtp/linear.h"
 
-#include "torchtp/detail/check.h"
-#include "torchtp/detail/dtype.h"
-#include "torchtp/detail/options.h"
-#include "torchtp/detail/shard_init.h"
+#include "detail/check.h"
+#include "detail/dtype.h"
+#include "detail/options.h"
+#include "detail/shard_init.h"
 #include "torchtp/mappings.h"
 
-#include <torch/nn/init.h>
-
-#include <cmath>
-
 namespace torchtp {
-namespace detail {
-
-std::pair<torch::Tensor, torch::Tensor> linear_init(
-    int64_t in_features, int64_t out_features, bool bias, torch::Dtype dtype) {
-  auto w = torch::empty({out_features, in_features}, dtype);
-  auto b = bias ? torch::empty({out_features}, dtype) : torch::Tensor();
-  linear_init_shard(
-      w, b, ShardSpec::replicated(), ShardSpec::replicated(), Group::self());
-  return {w, b};
-}
-
-void linear_init_shard(
-    torch::Tensor& weight,
-    torch::Tensor& bias,
-    const ShardSpec& weight_spec,
-    const ShardSpec& bias_spec,
-    const Group& group) {
-  const auto full = full_shape(weight.sizes(), weight_spec, group);
-  const auto draw = compute_dtype(weight.scalar_type());
-  // The same draws, in the same order, as torch::nn::LinearImpl: the weight
-  // first, then the bias from the weight's fan-in. A block of whole rows
-  // has the weight's fan-in, so kaiming_uniform_ gives it the same bound;
-  // uniform_ is elementwise, so any blocks give the full draw's values.
-  draw_shard(
-      weight, full, weight_spec, group, draw, /*element_multiple=*/1,
-      [](torch::Tensor& block) {
-        torch::nn::init::kaiming_uniform_(block, std::sqrt(5));
-      });
-  if (bias.defined()) {
-    const auto bound = 1 / std::sqrt(full[1]);
-    draw_shard(
-        bias, full_shape(bias.sizes(), bias_spec, group), bias_spec, group,
-        draw, /*element_multiple=*/1, [bound](torch::Tensor& block) {
-          torch::nn::init::uniform_(block, -bound, bound);
-        });
-  }
-}
-
-} // namespace detail
-
 namespace {
 
 constexpr const char* kColumn = "torchtp::ColumnParallelLinear";

@@ -1,6 +1,6 @@
 #include "torchtp/partition.h"
 
-#include "torchtp/detail/check.h"
+#include "detail/check.h"
 
 #include <c10/util/Exception.h>
 

@@ -1,9 +1,9 @@
 #include "torchtp/sampling.h"
 
-#include "torchtp/detail/check.h"
-#include "torchtp/detail/dtype.h"
-#include "torchtp/detail/options.h"
-#include "torchtp/detail/vocab.h"
+#include "detail/check.h"
+#include "detail/dtype.h"
+#include "detail/options.h"
+#include "detail/vocab.h"
 
 #include <ATen/ATen.h>
 

@@ -1,18 +1,11 @@
 #include "torchtp/sharding.h"
 
-#include "torchtp/detail/check.h"
-#include "torchtp/detail/shard_init.h"
+#include "detail/check.h"
 
 #include <ATen/WrapDimUtils.h>
 #include <ATen/ops/cat.h>
-#include <ATen/ops/from_blob.h>
-#include <c10/util/accumulate.h>
-
-#include <sys/mman.h>
 
 #include <algorithm>
-#include <atomic>
-#include <numeric>
 #include <utility>
 
 namespace torchtp {
@@ -210,108 +203,5 @@ Group shard_group(const torch::nn::Module& model) {
       });
   return group.has_value() ? *group : default_group();
 }
-
-namespace detail {
-namespace {
-// 4 MiB: about 1 ms of drawing, so the calls cost nothing next to the
-// draws, and small next to any layer worth splitting.
-std::atomic<int64_t> block_bytes{int64_t{4} << 20};
-
-// A scratch tensor in memory mapped for it alone, unmapped when the tensor
-// goes. From malloc, a freed block of this size stays resident as a hole in
-// the heap (measured: about one block per transformer layer, ~140 MiB over
-// the 8 layers of bench_init's GPT).
-at::Tensor mapped_scratch(at::IntArrayRef sizes, c10::ScalarType dtype) {
-  const size_t bytes = c10::multiply_integers(sizes) * c10::elementSize(dtype);
-  void* data = mmap(
-      nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
-      0);
-  TORCH_CHECK(
-      data != MAP_FAILED, "torchtp: cannot map ", bytes,
-      " bytes of scratch for the initial weights");
-  return at::from_blob(
-      data, sizes, [bytes](void* p) { munmap(p, bytes); },
-      at::TensorOptions().dtype(dtype));
-}
-} // namespace
-
-int64_t init_block_bytes() {
-  return block_bytes.load();
-}
-
-int64_t set_init_block_bytes(int64_t bytes) {
-  // A setting of the process, not of a group: no rank to name.
-  TORCH_CHECK(
-      bytes > 0,
-      "torchtp::detail::set_init_block_bytes: the block must be "
-      "positive, got ",
-      bytes);
-  return block_bytes.exchange(bytes);
-}
-
-void draw_shard(
-    at::Tensor& shard,
-    at::IntArrayRef full_sizes,
-    const ShardSpec& spec,
-    const Group& group,
-    c10::ScalarType draw_dtype,
-    int64_t element_multiple,
-    const std::function<void(at::Tensor&)>& draw) {
-  TORCH_INTERNAL_ASSERT(element_multiple >= 1 && !full_sizes.empty());
-  TORCH_INTERNAL_ASSERT(
-      at::IntArrayRef(full_shape(shard.sizes(), spec, group)) == full_sizes,
-      "shard ", shard.sizes(), " is not a shard of ", full_sizes);
-  const int64_t rows = full_sizes[0];
-  const int64_t row_numel = c10::multiply_integers(full_sizes.slice(1));
-  if (rows == 0 || row_numel == 0) {
-    return;
-  }
-  // Rows per block: a multiple of `step` rows holds a multiple of
-  // `element_multiple` elements.
-  const int64_t step = element_multiple / std::gcd(row_numel, element_multiple);
-  const int64_t row_bytes = row_numel * c10::elementSize(draw_dtype);
-  const int64_t block_rows =
-      std::max<int64_t>(1, init_block_bytes() / row_bytes / step) * step;
-  c10::optional<Partition> part;
-  if (!spec.is_replicated()) {
-    part.emplace(spec.partition(
-        full_sizes[spec.dim] / spec.segments, group.size(), group.rank(),
-        "torchtp::detail::draw_shard"));
-  }
-  at::NoGradGuard no_grad;
-  // One scratch block for every draw: a last block that takes in the
-  // draw's last rows is under `step` rows longer.
-  auto scratch_sizes = full_sizes.vec();
-  scratch_sizes[0] = std::min(rows, block_rows + step - 1);
-  auto scratch = mapped_scratch(scratch_sizes, draw_dtype);
-  for (int64_t r0 = 0; r0 < rows;) {
-    int64_t n = std::min(block_rows, rows - r0);
-    if ((rows - r0 - n) * row_numel < element_multiple) {
-      n = rows - r0; // too few left for a block of their own
-    }
-    auto block = scratch.narrow(0, 0, n); // contiguous: whole rows
-    draw(block);
-    if (spec.is_replicated()) {
-      shard.narrow(0, r0, n).copy_(block);
-    } else if (spec.dim == 0) {
-      // Each of this rank's ranges of full rows that meets the block.
-      for (const auto& range :
-           shard_ranges(*part, spec.segments, part->rank())) {
-        const int64_t lo = std::max(range.from, r0);
-        const int64_t hi = std::min(range.from + range.length, r0 + n);
-        if (lo < hi) {
-          shard.narrow(0, range.to + lo - range.from, hi - lo)
-              .copy_(block.narrow(0, lo - r0, hi - lo));
-        }
-      }
-    } else {
-      shard.narrow(0, r0, n).copy_(
-          shard_of(block, spec.dim, spec.segments, *part));
-    }
-    r0 += n;
-  }
-}
-
-} // namespace detail
 
 } // namespace torchtp

@@ -1,8 +1,8 @@
 #include "torchtp/transformer.h"
 
-#include "torchtp/detail/check.h"
-#include "torchtp/detail/dtype.h"
-#include "torchtp/detail/options.h"
+#include "detail/check.h"
+#include "detail/dtype.h"
+#include "detail/options.h"
 #include "torchtp/mappings.h"
 
 #include <torch/nn/functional/normalization.h>

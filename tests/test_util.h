@@ -4,7 +4,8 @@
 // (unsharded) reference from the same seed and compares its own slice.
 // The references themselves, and the slicing helpers, are in reference.h.
 
-#include <torchtp/detail/shard_init.h>
+#include "detail/shard_init.h"
+
 #include <torchtp/torchtp.h>
 
 #include <gtest/gtest.h>

@@ -4,7 +4,7 @@
 // fails on all of them, together, instead of leaving the others waiting in
 // a collective for a rank that gave up.
 
-#include "torchtp/detail/check.h"
+#include "detail/check.h"
 #include "torchtp/group.h"
 
 #include <ATen/ops/full.h>

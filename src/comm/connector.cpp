@@ -3,7 +3,7 @@
 #include "gloo_communicator.h"
 #include "job_failure.h"
 #include "shm_communicator.h"
-#include "torchtp/detail/check.h"
+#include "detail/check.h"
 
 #include <c10/util/Exception.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>

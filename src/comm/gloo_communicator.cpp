@@ -4,7 +4,7 @@
 #include "job_failure.h"
 #include "signature.h"
 
-#include "torchtp/detail/check.h"
+#include "detail/check.h"
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>

@@ -4,7 +4,7 @@
 #include "job_failure.h"
 #include "reduce_kernels.h"
 #include "signature.h"
-#include "torchtp/detail/check.h"
+#include "detail/check.h"
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>

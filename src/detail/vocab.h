@@ -1,6 +1,6 @@
 #pragma once
 
-#include "torchtp/detail/check.h"
+#include "detail/check.h"
 #include "torchtp/group.h"
 #include "torchtp/partition.h"
 
