@@ -17,7 +17,7 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 using Comm = detail::Communicator;
 
-constexpr const char* kName = "torchtp::vocab_parallel_cross_entropy";
+constexpr const char* kCrossEntropy = "torchtp::vocab_parallel_cross_entropy";
 
 // Per-token loss; the reduction is applied outside with ordinary autograd.
 struct VocabParallelCrossEntropy
@@ -120,7 +120,7 @@ at::Tensor vocab_parallel_cross_entropy(
   TORCHTP_CHECK(
       logits_shard.defined() && logits_shard.dim() >= 1 &&
           logits_shard.is_floating_point(),
-      kName, group, "expected floating-point logits [*, V/ws], got ",
+      kCrossEntropy, group, "expected floating-point logits [*, V/ws], got ",
       logits_shard.defined() ? c10::str(logits_shard.sizes()) : "none");
   auto lead = logits_shard.sizes().vec();
   lead.pop_back();
@@ -128,21 +128,21 @@ at::Tensor vocab_parallel_cross_entropy(
       target.defined() && target.sizes() == at::IntArrayRef(lead) &&
           (target.scalar_type() == at::kLong ||
            target.scalar_type() == at::kInt),
-      kName, group, "expected integer targets of shape ", at::IntArrayRef(lead),
-      " (the logits' leading dims) but got ",
+      kCrossEntropy, group, "expected integer targets of shape ",
+      at::IntArrayRef(lead), " (the logits' leading dims) but got ",
       target.defined() ? c10::str(target.sizes()) : "none", " ",
       target.defined() ? c10::toString(target.scalar_type()) : "");
   const double s = options.label_smoothing();
   TORCHTP_CHECK(
-      s >= 0 && s <= 1, kName, group, "label_smoothing must be in [0, 1], got ",
-      s);
+      s >= 0 && s <= 1, kCrossEntropy, group,
+      "label_smoothing must be in [0, 1], got ", s);
   const Partition vocab = detail::vocab_partition(
-      logits_shard.size(-1), options.vocab_partition(), group, kName);
+      logits_shard.size(-1), options.vocab_partition(), group, kCrossEntropy);
   const int64_t full_vocab = vocab.full_size();
   TORCHTP_CHECK(
-      options.vocab_size() >= 0 && options.vocab_size() <= full_vocab, kName,
-      group, "vocab_size (", options.vocab_size(), ") must be in [0, ",
-      full_vocab, "], the logits' full vocabulary");
+      options.vocab_size() >= 0 && options.vocab_size() <= full_vocab,
+      kCrossEntropy, group, "vocab_size (", options.vocab_size(),
+      ") must be in [0, ", full_vocab, "], the logits' full vocabulary");
   const int64_t real_vocab =
       options.vocab_size() > 0 ? options.vocab_size() : full_vocab;
   auto t = target.to(at::kLong);
@@ -152,9 +152,9 @@ at::Tensor vocab_parallel_cross_entropy(
       const auto lo = real.min().item<int64_t>();
       const auto hi = real.max().item<int64_t>();
       TORCHTP_CHECK(
-          lo >= 0 && hi < real_vocab, kName, group, "targets must be in [0, ",
-          real_vocab, ") or ignore_index (", options.ignore_index(),
-          "), got values in [", lo, ", ", hi, "]");
+          lo >= 0 && hi < real_vocab, kCrossEntropy, group,
+          "targets must be in [0, ", real_vocab, ") or ignore_index (",
+          options.ignore_index(), "), got values in [", lo, ", ", hi, "]");
     }
   }
 

@@ -12,7 +12,7 @@
 namespace torchtp {
 
 namespace {
-constexpr const char* kName = "torchtp::VocabParallelEmbedding";
+constexpr const char* kEmbedding = "torchtp::VocabParallelEmbedding";
 } // namespace
 
 VocabParallelEmbeddingImpl::VocabParallelEmbeddingImpl(
@@ -24,12 +24,12 @@ VocabParallelEmbeddingImpl::VocabParallelEmbeddingImpl(
 void VocabParallelEmbeddingImpl::reset() {
   group_ = detail::group_or_default(options.group());
   TORCHTP_CHECK(
-      options.num_embeddings() > 0 && options.embedding_dim() > 0, kName,
+      options.num_embeddings() > 0 && options.embedding_dim() > 0, kEmbedding,
       *group_, "num_embeddings and embedding_dim must be positive, got ",
       options.num_embeddings(), " and ", options.embedding_dim());
   partition_ = Partition(
       options.num_embeddings(), group_->size(), group_->rank(),
-      std::string(kName) + ": num_embeddings", options.uneven());
+      std::string(kEmbedding) + ": num_embeddings", options.uneven());
   const auto dtype = detail::dtype_or_default(options.dtype());
   weight = register_parameter(
       "weight",
@@ -52,21 +52,21 @@ void VocabParallelEmbeddingImpl::reset_parameters() {
 void VocabParallelEmbeddingImpl::load_full_weights(const torch::Tensor& full) {
   copy_shard_of(
       weight, full, shard_spec("weight"), *group_,
-      std::string(kName) + "::load_full_weights", "table");
+      std::string(kEmbedding) + "::load_full_weights", "table");
 }
 
 torch::Tensor VocabParallelEmbeddingImpl::forward(const torch::Tensor& ids) {
   TORCHTP_CHECK(
       ids.defined() && (ids.scalar_type() == torch::kLong ||
                         ids.scalar_type() == torch::kInt),
-      kName, *group_, "expected integer ids (Long or Int), got ",
+      kEmbedding, *group_, "expected integer ids (Long or Int), got ",
       ids.defined() ? c10::toString(ids.scalar_type()) : "undefined",
       " of shape ", ids.defined() ? c10::str(ids.sizes()) : "[]");
   if (ids.numel() > 0) {
     const auto lo = ids.min().item<int64_t>();
     const auto hi = ids.max().item<int64_t>();
     TORCHTP_CHECK(
-        lo >= 0 && hi < options.num_embeddings(), kName, *group_,
+        lo >= 0 && hi < options.num_embeddings(), kEmbedding, *group_,
         "ids must be in [0, ", options.num_embeddings(), "), got values in [",
         lo, ", ", hi, "]");
   }

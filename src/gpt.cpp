@@ -1,13 +1,15 @@
 #include "torchtp/gpt.h"
 
 #include "detail/check.h"
+#include "detail/fused_linear.h"
 #include "detail/options.h"
+#include "detail/sequence_parallel.h"
 #include "torchtp/init.h"
 #include "torchtp/mappings.h"
 
 namespace torchtp {
 namespace {
-constexpr const char* kName = "torchtp::GPT";
+constexpr const char* kGPT = "torchtp::GPT";
 } // namespace
 
 GPTImpl::GPTImpl(GPTOptions options_) : options(std::move(options_)) {
@@ -19,12 +21,12 @@ void GPTImpl::reset() {
   TORCHTP_CHECK(
       options.vocab_size() > 0 && options.max_seq_len() > 0 &&
           options.num_layers() >= 0 && options.vocab_pad_multiple() > 0,
-      kName, *group_,
+      kGPT, *group_,
       "vocab_size, max_seq_len and vocab_pad_multiple must be positive");
   const int64_t m = options.vocab_pad_multiple();
   padded_vocab_ = (options.vocab_size() + m - 1) / m * m;
   TORCHTP_CHECK(
-      options.uneven() || padded_vocab_ % group_->size() == 0, kName, *group_,
+      options.uneven() || padded_vocab_ % group_->size() == 0, kGPT, *group_,
       "the padded vocabulary (", padded_vocab_, " = vocab_size ",
       options.vocab_size(), " rounded up to vocab_pad_multiple ", m,
       ") is not divisible by the tensor-parallel size (", group_->size(),
@@ -35,43 +37,35 @@ void GPTImpl::reset() {
   // Construction order is the draw order from the global generator: keep it
   // fixed so every world size draws the same full weights.
   token_embedding = register_module(
-      "token_embedding",
-      VocabParallelEmbedding(VocabParallelEmbeddingOptions(padded_vocab_, d)
-                                 .uneven(options.uneven())
-                                 .reduce_output(!options.sequence_parallel())
-                                 .group(*group_)
-                                 .dtype(options.dtype())));
+      "token_embedding", VocabParallelEmbedding(detail::with_shared_options(
+                             VocabParallelEmbeddingOptions(padded_vocab_, d)
+                                 .reduce_output(!options.sequence_parallel()),
+                             options)));
   position_embedding = register_module(
       "position_embedding", torch::nn::Embedding(options.max_seq_len(), d));
   layers = register_module("layers", torch::nn::ModuleList());
   for (int64_t i = 0; i < options.num_layers(); ++i) {
-    layers->push_back(
-        TransformerLayer(TransformerLayerOptions(d, options.num_heads())
-                             .ffn_hidden(options.ffn_hidden())
-                             .activation(options.activation())
-                             .layer_norm_eps(options.layer_norm_eps())
-                             .hidden_dropout(options.hidden_dropout())
-                             .attention_dropout(options.attention_dropout())
-                             .uneven(options.uneven())
-                             .rng(rng_)
-                             .sequence_parallel(options.sequence_parallel())
-                             .recompute(options.recompute())
-                             .group(*group_)
-                             .dtype(options.dtype())));
+    layers->push_back(TransformerLayer(detail::with_shared_options(
+        TransformerLayerOptions(d, options.num_heads())
+            .ffn_hidden(options.ffn_hidden())
+            .activation(options.activation())
+            .layer_norm_eps(options.layer_norm_eps())
+            .hidden_dropout(options.hidden_dropout())
+            .attention_dropout(options.attention_dropout())
+            .rng(rng_)
+            .recompute(options.recompute()),
+        options)));
   }
   final_norm = register_module(
-      "final_norm",
-      torch::nn::LayerNorm(
-          torch::nn::LayerNormOptions({d}).eps(options.layer_norm_eps())));
+      "final_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d}).eps(
+                        options.layer_norm_eps())));
   if (!options.tie_embeddings()) {
     lm_head = register_module(
-        "lm_head",
-        ColumnParallelLinear(ColumnParallelLinearOptions(d, padded_vocab_)
-                                 .bias(false)
-                                 .gather_output(false)
-                                 .uneven(options.uneven())
-                                 .group(*group_)
-                                 .dtype(options.dtype())));
+        "lm_head", ColumnParallelLinear(detail::with_shared_options(
+                       ColumnParallelLinearOptions(d, padded_vocab_)
+                           .bias(false)
+                           .gather_output(false),
+                       options)));
   }
   if (options.dtype().has_value()) {
     position_embedding->to(*options.dtype());
@@ -81,12 +75,12 @@ void GPTImpl::reset() {
 
 torch::Tensor GPTImpl::forward(const torch::Tensor& ids) {
   TORCHTP_CHECK(
-      ids.dim() == 2 && ids.size(1) <= options.max_seq_len(), kName, *group_,
+      ids.dim() == 2 && ids.size(1) <= options.max_seq_len(), kGPT, *group_,
       "expected ids [batch, seq <= ", options.max_seq_len(), "] but got ",
       ids.sizes());
   TORCHTP_CHECK(
       ids.numel() == 0 || ids.max().item<int64_t>() < options.vocab_size(),
-      kName, *group_, "ids must be below vocab_size (", options.vocab_size(),
+      kGPT, *group_, "ids must be below vocab_size (", options.vocab_size(),
       "), got ", ids.max().item<int64_t>());
   if (options.sequence_parallel()) {
     return forward_sequence_parallel(ids);
@@ -104,7 +98,7 @@ torch::Tensor GPTImpl::forward_sequence_parallel(const torch::Tensor& ids) {
   const int64_t s = ids.size(1);
   // Checked before the first collective, on every rank alike.
   const auto seq =
-      detail::sequence_partition(s, *group_, kName, options.uneven());
+      detail::sequence_partition(s, *group_, kGPT, options.uneven());
   // The embedding's partial lookups, summed and split in one exchange.
   auto h = detail::reduce_scatter_sequence(token_embedding(ids), *group_, seq);
   // Each rank adds its own positions' rows; their gradients are summed.
@@ -144,21 +138,21 @@ GPTCache GPTImpl::make_cache() const {
 torch::Tensor GPTImpl::forward_cached(
     const torch::Tensor& ids, GPTCache& cache, const torch::Tensor& mask) {
   TORCHTP_CHECK(
-      ids.dim() == 2 && ids.scalar_type() == torch::kLong, kName, *group_,
+      ids.dim() == 2 && ids.scalar_type() == torch::kLong, kGPT, *group_,
       "expected int64 ids [batch, seq] but got ", ids.sizes(), " ",
       ids.scalar_type());
   const int64_t b = ids.size(0), s = ids.size(1);
   TORCHTP_CHECK(
       static_cast<int64_t>(cache.layers.size()) == options.num_layers() &&
           cache.capacity() > 0,
-      kName, *group_, "the cache was not made by this model's make_cache()");
+      kGPT, *group_, "the cache was not made by this model's make_cache()");
   TORCHTP_CHECK(
-      cache.length() + s <= cache.capacity(), kName, *group_,
+      cache.length() + s <= cache.capacity(), kGPT, *group_,
       "the context holds ", cache.capacity(), " positions (max_seq_len); ",
       cache.length(), " are used and ", s, " more were given");
   auto real = mask.defined() ? mask : torch::ones({b, s}, torch::kBool);
   TORCHTP_CHECK(
-      real.scalar_type() == torch::kBool && real.sizes() == ids.sizes(), kName,
+      real.scalar_type() == torch::kBool && real.sizes() == ids.sizes(), kGPT,
       *group_, "expected a bool mask of shape ", ids.sizes(), " but got ",
       real.sizes(), " ", real.scalar_type());
   if (!cache.next_position.defined()) {
@@ -166,13 +160,13 @@ torch::Tensor GPTImpl::forward_cached(
     cache.key_mask = torch::empty({b, 0}, torch::kBool);
   }
   TORCHTP_CHECK(
-      cache.next_position.size(0) == b, kName, *group_,
+      cache.next_position.size(0) == b, kGPT, *group_,
       "the cache holds a batch of ", cache.next_position.size(0), ", not ", b);
   const auto real_ids = ids.masked_select(real);
   TORCHTP_CHECK(
       real_ids.numel() == 0 ||
           real_ids.max().item<int64_t>() < options.vocab_size(),
-      kName, *group_, "ids must be below vocab_size (", options.vocab_size(),
+      kGPT, *group_, "ids must be below vocab_size (", options.vocab_size(),
       ")");
   // Padding takes no position: a sequence's positions count its real tokens.
   auto positions =

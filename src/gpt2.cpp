@@ -16,7 +16,7 @@
 namespace torchtp {
 namespace {
 
-constexpr const char* kName = "torchtp::load_gpt2";
+constexpr const char* kLoadGPT2 = "torchtp::load_gpt2";
 
 std::string join_path(const std::string& dir, const std::string& file) {
   return dir.empty() || dir.back() == '/' ? dir + file : dir + "/" + file;
@@ -25,12 +25,12 @@ std::string join_path(const std::string& dir, const std::string& file) {
 // Every rank reads the same files, so these errors need no rank label.
 nlohmann::json read_json(const std::string& path) {
   std::ifstream in(path);
-  TORCH_CHECK(in.good(), kName, ": cannot open ", path);
+  TORCH_CHECK(in.good(), kLoadGPT2, ": cannot open ", path);
   nlohmann::json json;
   try {
     json = nlohmann::json::parse(in);
   } catch (const nlohmann::json::exception& e) {
-    TORCH_CHECK(false, kName, ": ", path, " is malformed: ", e.what());
+    TORCH_CHECK(false, kLoadGPT2, ": ", path, " is malformed: ", e.what());
   }
   return json;
 }
@@ -45,12 +45,12 @@ class GPT2Files {
     if (std::ifstream(index).good()) {
       const auto json = read_json(index);
       TORCHTP_CHECK(
-          json.contains("weight_map") && json["weight_map"].is_object(), kName,
-          group, index, " has no \"weight_map\" object");
+          json.contains("weight_map") && json["weight_map"].is_object(),
+          kLoadGPT2, group, index, " has no \"weight_map\" object");
       std::map<std::string, size_t> opened;
       for (const auto& [name, file] : json["weight_map"].items()) {
         TORCHTP_CHECK(
-            file.is_string(), kName, group, index, ": the file of '", name,
+            file.is_string(), kLoadGPT2, group, index, ": the file of '", name,
             "' is not a string");
         const auto path = join_path(dir, file.get<std::string>());
         auto it = opened.find(path);
@@ -62,7 +62,7 @@ class GPT2Files {
       }
     } else {
       TORCHTP_CHECK(
-          std::ifstream(single).good(), kName, group, dir,
+          std::ifstream(single).good(), kLoadGPT2, group, dir,
           " has neither model.safetensors nor model.safetensors.index.json");
       readers_.push_back(std::make_unique<SafetensorsReader>(single));
       for (const auto& name : readers_.back()->names()) {
@@ -80,11 +80,11 @@ class GPT2Files {
       const std::string& name) const {
     auto it = where_.find(name);
     TORCHTP_CHECK(
-        it != where_.end(), kName, group_, "no file has tensor '", name,
+        it != where_.end(), kLoadGPT2, group_, "no file has tensor '", name,
         "' (looked in ", files(), ")");
     const auto& reader = *readers_[it->second.first];
     TORCHTP_CHECK(
-        reader.contains(it->second.second), kName, group_, reader.path(),
+        reader.contains(it->second.second), kLoadGPT2, group_, reader.path(),
         " has no tensor '", it->second.second,
         "' (model.safetensors.index.json places it there)");
     return {&reader, it->second.second};
@@ -110,10 +110,10 @@ class GPT2Files {
   void add(const std::string& stored, size_t reader, const std::string& from) {
     static const std::string prefix = "transformer.";
     const auto name = stored.compare(0, prefix.size(), prefix) == 0
-        ? stored.substr(prefix.size())
-        : stored;
+                          ? stored.substr(prefix.size())
+                          : stored;
     TORCHTP_CHECK(
-        where_.emplace(name, std::make_pair(reader, stored)).second, kName,
+        where_.emplace(name, std::make_pair(reader, stored)).second, kLoadGPT2,
         group_, from, " has tensor '", name, "' twice");
   }
 
@@ -150,7 +150,7 @@ void load_parameter(
     std::reverse(expected.begin(), expected.end());
   }
   TORCHTP_CHECK(
-      file->shape(stored_name) == expected, kName, group, file->path(),
+      file->shape(stored_name) == expected, kLoadGPT2, group, file->path(),
       ": tensor '", stored_name, "' has shape ",
       at::IntArrayRef(file->shape(stored_name)), ", expected ",
       at::IntArrayRef(expected), " from config.json");
@@ -161,8 +161,8 @@ void load_parameter(
   // the file's dim 0, so that nothing but the shard is ever held whole.
   auto place = [&](int64_t dim, int64_t from, int64_t to, int64_t length) {
     // Rows past the stored vocabulary are padding.
-    const int64_t stored = std::max<int64_t>(
-        0, std::min<int64_t>(length, full[dim] - from));
+    const int64_t stored =
+        std::max<int64_t>(0, std::min<int64_t>(length, full[dim] - from));
     if (stored < length) {
       param.narrow(dim, to + stored, length - stored).zero_();
     }
@@ -197,7 +197,7 @@ void load_parameter(
   const int64_t padded = full_shape(param.sizes(), spec, group)[spec.dim];
   const Partition part = spec.partition(
       padded / spec.segments, group.size(), group.rank(),
-      std::string(kName) + ": " + stored_name);
+      std::string(kLoadGPT2) + ": " + stored_name);
   for (const auto& r : shard_ranges(part, spec.segments, group.rank())) {
     place(spec.dim, r.from, r.to, r.length);
   }
@@ -246,7 +246,7 @@ bool skipped(const std::string& name, const GPT2Config& c) {
 GPT2Config read_gpt2_config(const std::string& dir) {
   const auto path = join_path(dir, "config.json");
   const auto json = read_json(path);
-  TORCH_CHECK(json.is_object(), kName, ": ", path, " is not a JSON object");
+  TORCH_CHECK(json.is_object(), kLoadGPT2, ": ", path, " is not a JSON object");
   GPT2Config c;
   try {
     auto get = [&](const char* key, auto& value) {
@@ -256,7 +256,7 @@ GPT2Config read_gpt2_config(const std::string& dir) {
     };
     const std::string type = json.value("model_type", "gpt2");
     TORCH_CHECK(
-        type == "gpt2", kName, ": ", path, ": model_type is \"", type,
+        type == "gpt2", kLoadGPT2, ": ", path, ": model_type is \"", type,
         "\"; only \"gpt2\" is supported");
     get("n_ctx", c.n_positions);
     get("n_positions", c.n_positions);
@@ -272,23 +272,22 @@ GPT2Config read_gpt2_config(const std::string& dir) {
     TORCH_CHECK(
         !json.value("scale_attn_by_inverse_layer_idx", false) &&
             json.value("scale_attn_weights", true),
-        kName, ": ", path,
+        kLoadGPT2, ": ", path,
         ": only attention scaled by 1/sqrt(head_dim) is supported "
         "(scale_attn_weights true, scale_attn_by_inverse_layer_idx false)");
   } catch (const nlohmann::json::exception& e) {
-    TORCH_CHECK(false, kName, ": ", path, " is malformed: ", e.what());
+    TORCH_CHECK(false, kLoadGPT2, ": ", path, " is malformed: ", e.what());
   }
   static const std::set<std::string> gelus = {
       "gelu_new", "gelu_pytorch_tanh", "gelu"};
   TORCH_CHECK(
-      gelus.count(c.activation_function) > 0, kName, ": ", path,
+      gelus.count(c.activation_function) > 0, kLoadGPT2, ": ", path,
       ": activation_function \"", c.activation_function,
       "\" is not supported (gelu_new, gelu_pytorch_tanh or gelu)");
   TORCH_CHECK(
-      c.vocab_size > 0 && c.n_positions > 0 && c.n_embd > 0 &&
-          c.n_layer >= 0 && c.n_head > 0 && c.n_inner >= 0 &&
-          c.layer_norm_epsilon > 0,
-      kName, ": ", path,
+      c.vocab_size > 0 && c.n_positions > 0 && c.n_embd > 0 && c.n_layer >= 0 &&
+          c.n_head > 0 && c.n_inner >= 0 && c.layer_norm_epsilon > 0,
+      kLoadGPT2, ": ", path,
       ": vocab_size, n_positions, n_embd, n_head and layer_norm_epsilon must "
       "be positive, n_layer and n_inner not negative");
   return c;
@@ -313,7 +312,8 @@ GPTOptions gpt2_options(const GPT2Config& c, const Group& group, bool uneven) {
 GPT load_gpt2(const std::string& dir, const LoadGPT2Options& options) {
   const Group group = detail::group_or_default(options.group());
   TORCHTP_CHECK(
-      options.block_bytes() > 0, kName, group, "block_bytes must be positive");
+      options.block_bytes() > 0, kLoadGPT2, group,
+      "block_bytes must be positive");
   const auto config = read_gpt2_config(dir);
   // Open and check every file before the model takes memory.
   GPT2Files files(dir, group);
@@ -324,13 +324,12 @@ GPT load_gpt2(const std::string& dir, const LoadGPT2Options& options) {
   }
   for (const auto& name : files.names()) {
     TORCHTP_CHECK(
-        used.count(name) > 0 || skipped(name, config), kName, group,
+        used.count(name) > 0 || skipped(name, config), kLoadGPT2, group,
         files.files(), " has tensor '", name,
         "', which a GPT-2 of config.json (n_layer ", config.n_layer,
         ") does not have");
   }
-  GPT gpt(
-      gpt2_options(config, group, options.uneven()).dtype(options.dtype()));
+  GPT gpt(gpt2_options(config, group, options.uneven()).dtype(options.dtype()));
   const auto specs = shard_specs(*gpt);
   for (auto& p : gpt->named_parameters()) {
     auto it = from.find(p.key());

@@ -2,11 +2,190 @@
 
 #include "detail/check.h"
 #include "detail/dtype.h"
+#include "detail/fused_linear.h"
+#include "detail/mapping_context.h"
 #include "detail/options.h"
 #include "detail/shard_init.h"
 #include "torchtp/mappings.h"
 
 namespace torchtp {
+namespace detail {
+namespace {
+
+// The linears fused with their mapping (Megatron keeps these next to its
+// layers too): one autograd function each, so backward can overlap the
+// input gradient's collective with the weight gradient's GEMM.
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// Reduces the caller's fresh partial sum in place: autograd is told it was
+// modified; the linear that produced it keeps no reference to its output.
+struct ReduceFromTpInPlace : torch::autograd::Function<ReduceFromTpInPlace> {
+  static at::Tensor forward(AutogradContext* ctx, at::Tensor x, Group g) {
+    g.all_reduce(x); // in place, strided or not
+    ctx->mark_dirty({x});
+    return x;
+  }
+  static variable_list backward(AutogradContext*, variable_list grads) {
+    return {grads[0], at::Tensor()};
+  }
+};
+
+// The weight and bias gradients of `y = x W^T + b` (the ones the context
+// asks for) from the gradient `grad` of y: the part both fused linears
+// below compute while their input gradient travels.
+std::pair<at::Tensor, at::Tensor> weight_and_bias_grads(
+    AutogradContext* ctx, const at::Tensor& grad, const at::Tensor& x) {
+  at::Tensor grad_w, grad_b;
+  const auto grad_2d = grad.reshape({-1, grad.size(-1)});
+  if (ctx->needs_input_grad(1)) {
+    grad_w = grad_2d.t().mm(x.reshape({-1, x.size(-1)}));
+  }
+  if (ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)) {
+    grad_b = grad_2d.sum(0);
+  }
+  return {grad_w, grad_b};
+}
+
+// y = x W^T + b with the input gradient all-reduced over the group. The
+// all-reduce of the fresh input gradient starts first and runs while the
+// weight gradient (the larger GEMM) is computed.
+struct CopyToTpAndLinear : torch::autograd::Function<CopyToTpAndLinear> {
+  static at::Tensor forward(
+      AutogradContext* ctx,
+      at::Tensor x,
+      at::Tensor weight,
+      c10::optional<at::Tensor> bias, // an undefined Tensor is no input
+      Group g) {
+    save_group(ctx, g);
+    ctx->save_for_backward({x, weight});
+    ctx->saved_data["has_bias"] = bias.has_value();
+    return detail::linear(x, weight, bias.has_value() ? *bias : at::Tensor());
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto& x = saved[0];
+    const auto& weight = saved[1];
+    const auto grad = grads[0].contiguous();
+    at::Tensor grad_x;
+    c10::optional<Work> pending;
+    if (ctx->needs_input_grad(0)) {
+      grad_x = at::matmul(grad, weight); // fresh: reduced in place
+      pending = saved_group(ctx).all_reduce_async(grad_x);
+    }
+    auto [grad_w, grad_b] = weight_and_bias_grads(ctx, grad, x);
+    if (pending) {
+      pending->wait();
+    }
+    return {grad_x, grad_w, grad_b, at::Tensor()};
+  }
+};
+
+// y = gather(x) W^T + b, the sequence gathered along `dim`, keeping only
+// this rank's part x for backward: backward gathers it again for the
+// weight gradient and reduce-scatters the input gradient while that
+// gradient is computed.
+struct GatherSequenceAndLinear
+    : torch::autograd::Function<GatherSequenceAndLinear> {
+  static at::Tensor forward(
+      AutogradContext* ctx,
+      at::Tensor x,
+      at::Tensor weight,
+      c10::optional<at::Tensor> bias, // an undefined Tensor is no input
+      Group g,
+      Partition seq,
+      int64_t dim) {
+    save_group(ctx, g);
+    save_split(ctx, seq, dim);
+    ctx->save_for_backward({x, weight});
+    ctx->saved_data["has_bias"] = bias.has_value();
+    return detail::linear(
+        g.all_gather(x, dim, seq), weight,
+        bias.has_value() ? *bias : at::Tensor());
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto g = saved_group(ctx);
+    const auto& s = saved_split(ctx);
+    const auto saved = ctx->get_saved_variables();
+    const auto& weight = saved[1];
+    const auto grad = grads[0].contiguous();
+    // Gathered again rather than kept since forward.
+    const auto whole = g.all_gather(saved[0], s.dim, s.part);
+    c10::optional<Work> scattering;
+    if (ctx->needs_input_grad(0)) {
+      // Every rank's partial input gradient of the whole sequence: summed
+      // and split back in one exchange.
+      scattering =
+          g.reduce_scatter_async(at::matmul(grad, weight), s.dim, s.part);
+    }
+    auto [grad_w, grad_b] = weight_and_bias_grads(ctx, grad, whole);
+    at::Tensor grad_x;
+    if (scattering) {
+      grad_x = scattering->wait();
+    }
+    return {grad_x, grad_w, grad_b, at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+} // namespace
+
+at::Tensor linear(
+    const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias) {
+  const auto dtype = input.scalar_type();
+  const bool one_row = input.dim() >= 1 && input.numel() == input.size(-1) &&
+                       input.numel() > 0 && weight.dim() == 2 &&
+                       weight.scalar_type() == dtype &&
+                       (dtype == at::kFloat || dtype == at::kDouble);
+  if (!one_row) {
+    return at::linear(input, weight, bias);
+  }
+  auto shape = input.sizes().vec();
+  shape.back() = weight.size(0);
+  auto y = bias.defined() ? at::addmv(bias, weight, input.reshape({-1}))
+                          : at::mv(weight, input.reshape({-1}));
+  return y.view(shape);
+}
+
+at::Tensor copy_to_tp_region_and_linear(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const at::Tensor& bias,
+    const Group& group) {
+  if (group.size() == 1) {
+    return linear(input, weight, bias);
+  }
+  return CopyToTpAndLinear::apply(
+      input, weight,
+      bias.defined() ? c10::optional<at::Tensor>(bias) : c10::nullopt, group);
+}
+
+at::Tensor gather_sequence_and_linear(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const at::Tensor& bias,
+    const Group& group,
+    const Partition& seq,
+    int64_t dim) {
+  if (group.size() == 1) {
+    return linear(input, weight, bias);
+  }
+  const auto d =
+      split_dim("gather_sequence_and_linear", input, dim, seq, group);
+  return GatherSequenceAndLinear::apply(
+      input, weight,
+      bias.defined() ? c10::optional<at::Tensor>(bias) : c10::nullopt, group,
+      seq, d);
+}
+
+at::Tensor reduce_from_tp_region_in_place(
+    at::Tensor input, const Group& group) {
+  check_input("reduce_from_tp_region", input, group);
+  return group.size() == 1 ? input : ReduceFromTpInPlace::apply(input, group);
+}
+
+} // namespace detail
+
 namespace {
 
 constexpr const char* kColumn = "torchtp::ColumnParallelLinear";
@@ -14,7 +193,7 @@ constexpr const char* kRow = "torchtp::RowParallelLinear";
 
 // Shape and dtype check at the entry of forward: names both shapes and the
 // rank, so a user knows which rank disagreed and with what.
-void check_input(
+void check_layer_input(
     const char* layer,
     const torch::Tensor& input,
     int64_t width,
@@ -134,7 +313,7 @@ void ColumnParallelLinearImpl::load_full_weights(
 }
 
 torch::Tensor ColumnParallelLinearImpl::forward(const torch::Tensor& input) {
-  check_input(
+  check_layer_input(
       kColumn, input, options.in_features(), "in_features", weight, *group_);
   auto y = detail::copy_to_tp_region_and_linear(
       input, weight, options.skip_bias_add() ? torch::Tensor() : bias, *group_);
@@ -213,16 +392,16 @@ void RowParallelLinearImpl::load_full_weights(
 
 torch::Tensor RowParallelLinearImpl::forward(const torch::Tensor& input) {
   if (options.input_is_parallel()) {
-    check_input(
+    check_layer_input(
         kRow, input, partition_->local_size(),
         "in_features / world_size, input_is_parallel", weight, *group_);
   } else {
-    check_input(
+    check_layer_input(
         kRow, input, options.in_features(), "in_features", weight, *group_);
   }
   auto x = options.input_is_parallel()
-      ? input
-      : scatter_to_tp_region(input, *group_, *partition_);
+               ? input
+               : scatter_to_tp_region(input, *group_, *partition_);
   auto partial = detail::linear(x, weight, torch::Tensor());
   if (!options.reduce_output()) {
     return partial; // the caller reduces it and adds the bias
@@ -239,10 +418,8 @@ torch::Tensor RowParallelLinearImpl::forward(const torch::Tensor& input) {
 
 ShardSpec RowParallelLinearImpl::shard_spec(const std::string& name) const {
   return name == "weight"
-      ? ShardSpec{
-            1, 1, options.in_features(), options.uneven(),
-            options.split_unit()}
-      : ShardSpec::replicated();
+             ? ShardSpec{1, 1, options.in_features(), options.uneven(), options.split_unit()}
+             : ShardSpec::replicated();
 }
 
 void RowParallelLinearImpl::pretty_print(std::ostream& stream) const {

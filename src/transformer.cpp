@@ -2,7 +2,9 @@
 
 #include "detail/check.h"
 #include "detail/dtype.h"
+#include "detail/fused_linear.h"
 #include "detail/options.h"
+#include "detail/sequence_parallel.h"
 #include "torchtp/mappings.h"
 
 #include <torch/nn/functional/normalization.h>
@@ -45,81 +47,6 @@ torch::Tensor reduce_to_shard(
 } // namespace
 
 // ---------------------------------------------------------------------------
-// Sequence parallelism
-
-namespace detail {
-
-Partition sequence_partition(
-    int64_t seq_len, const Group& group, const std::string& who, bool uneven) {
-  return Partition(
-      seq_len, group.size(), group.rank(),
-      who +
-          ": sequence_parallel splits the sequence (dim 1) over the ranks, "
-          "but its length",
-      uneven);
-}
-
-Partition sequence_partition_of(
-    const torch::Tensor& x,
-    int64_t seq_len,
-    const Group& group,
-    const std::string& who,
-    bool uneven) {
-  TORCHTP_CHECK(
-      x.dim() == 3, who, group,
-      "sequence_parallel: expected this rank's part of the sequence, "
-      "[batch, local_seq, d_model], but got ",
-      x.sizes());
-  TORCHTP_CHECK(
-      seq_len >= -1, who, group, "seq_len must be -1 or a length, got ",
-      seq_len);
-  // With uneven parts a rank cannot tell the whole length from its own
-  // part, and ranks that guessed differently would exchange different
-  // sizes.
-  TORCHTP_CHECK(
-      seq_len != -1 || !uneven || group.size() == 1, who, group,
-      "sequence_parallel with uneven(true): pass the full sequence length "
-      "(forward(x, seq_len)); this rank holds ",
-      x.size(1), " positions");
-  auto seq = sequence_partition(
-      seq_len == -1 ? x.size(1) * group.size() : seq_len, group, who, uneven);
-  TORCHTP_CHECK(
-      x.size(1) == seq.local_size(), who, group,
-      "sequence_parallel: expected this rank's ", seq.local_size(), " of the ",
-      seq.full_size(), " positions (input [batch, ", seq.local_size(),
-      ", d_model]) but got ", x.sizes());
-  return seq;
-}
-
-torch::Tensor reduce_scatter_sequence(
-    const torch::Tensor& x, const Group& group, const Partition& seq) {
-  return reduce_scatter_to_sequence_region(x, group, seq, /*dim=*/1);
-}
-
-torch::Tensor layer_norm_on_shard(
-    torch::nn::LayerNormImpl& norm,
-    const torch::Tensor& x,
-    const Group& group) {
-  namespace F = torch::nn::functional;
-  auto options = F::LayerNormFuncOptions(norm.options.normalized_shape())
-                     .eps(norm.options.eps());
-  if (norm.weight.defined()) {
-    options.weight(copy_to_tp_region(norm.weight, group));
-  }
-  if (norm.bias.defined()) {
-    options.bias(copy_to_tp_region(norm.bias, group));
-  }
-  return F::layer_norm(x, options);
-}
-
-torch::Tensor add_bias_on_shard(
-    const torch::Tensor& y, const torch::Tensor& bias, const Group& group) {
-  return bias.defined() ? y + copy_to_tp_region(bias, group) : y;
-}
-
-} // namespace detail
-
-// ---------------------------------------------------------------------------
 // ParallelMLP
 
 ParallelMLPImpl::ParallelMLPImpl(ParallelMLPOptions options_)
@@ -130,22 +57,20 @@ ParallelMLPImpl::ParallelMLPImpl(ParallelMLPOptions options_)
 void ParallelMLPImpl::reset() {
   const bool sp = options.sequence_parallel();
   fc1 = register_module(
-      "fc1", ColumnParallelLinear(ColumnParallelLinearOptions(
-                                      options.d_model(), options.ffn_hidden())
-                                      .bias(options.bias())
-                                      .gather_output(false)
-                                      .uneven(options.uneven())
-                                      .group(options.group())
-                                      .dtype(options.dtype())));
+      "fc1",
+      ColumnParallelLinear(detail::with_shared_options(
+          ColumnParallelLinearOptions(options.d_model(), options.ffn_hidden())
+              .bias(options.bias())
+              .gather_output(false),
+          options)));
   fc2 = register_module(
-      "fc2", RowParallelLinear(RowParallelLinearOptions(
-                                   options.ffn_hidden(), options.d_model())
-                                   .bias(options.bias())
-                                   .input_is_parallel(true)
-                                   .uneven(options.uneven())
-                                   .reduce_output(!sp)
-                                   .group(options.group())
-                                   .dtype(options.dtype())));
+      "fc2",
+      RowParallelLinear(detail::with_shared_options(
+          RowParallelLinearOptions(options.ffn_hidden(), options.d_model())
+              .bias(options.bias())
+              .input_is_parallel(true)
+              .reduce_output(!sp),
+          options)));
 }
 
 torch::Tensor ParallelMLPImpl::down(const torch::Tensor& up) {
@@ -202,22 +127,20 @@ void ParallelSelfAttentionImpl::reset() {
   rng_ = resolve_rng(options.rng(), group);
   const bool sp = options.sequence_parallel();
   qkv = register_module(
-      "qkv", ColumnParallelLinear(ColumnParallelLinearOptions(d, 3 * d)
-                                      .bias(options.bias())
-                                      .segments(3)
-                                      .uneven(options.uneven())
-                                      .split_unit(head_dim)
-                                      .group(group)
-                                      .dtype(options.dtype())));
+      "qkv", ColumnParallelLinear(detail::with_shared_options(
+                 ColumnParallelLinearOptions(d, 3 * d)
+                     .bias(options.bias())
+                     .segments(3)
+                     .split_unit(head_dim),
+                 options)));
   proj = register_module(
-      "proj", RowParallelLinear(RowParallelLinearOptions(d, d)
-                                    .bias(options.bias())
-                                    .input_is_parallel(true)
-                                    .uneven(options.uneven())
-                                    .split_unit(head_dim)
-                                    .reduce_output(!sp)
-                                    .group(group)
-                                    .dtype(options.dtype())));
+      "proj", RowParallelLinear(detail::with_shared_options(
+                  RowParallelLinearOptions(d, d)
+                      .bias(options.bias())
+                      .input_is_parallel(true)
+                      .split_unit(head_dim)
+                      .reduce_output(!sp),
+                  options)));
 }
 
 void ParallelSelfAttentionImpl::check_input(const torch::Tensor& x) const {
@@ -364,25 +287,20 @@ void TransformerLayerImpl::reset() {
   };
   ln1 = register_module("ln1", ln());
   attention = register_module(
-      "attention",
-      ParallelSelfAttention(ParallelSelfAttentionOptions(d, options.num_heads())
-                                .causal(options.causal())
-                                .bias(options.bias())
-                                .attention_dropout(options.attention_dropout())
-                                .uneven(options.uneven())
-                                .rng(rng_)
-                                .sequence_parallel(options.sequence_parallel())
-                                .group(group)
-                                .dtype(options.dtype())));
+      "attention", ParallelSelfAttention(detail::with_shared_options(
+                       ParallelSelfAttentionOptions(d, options.num_heads())
+                           .causal(options.causal())
+                           .bias(options.bias())
+                           .attention_dropout(options.attention_dropout())
+                           .rng(rng_),
+                       options)));
   ln2 = register_module("ln2", ln());
   mlp = register_module(
-      "mlp", ParallelMLP(ParallelMLPOptions(d, ffn)
-                             .bias(options.bias())
-                             .activation(options.activation())
-                             .uneven(options.uneven())
-                             .sequence_parallel(options.sequence_parallel())
-                             .group(group)
-                             .dtype(options.dtype())));
+      "mlp", ParallelMLP(detail::with_shared_options(
+                 ParallelMLPOptions(d, ffn)
+                     .bias(options.bias())
+                     .activation(options.activation()),
+                 options)));
 }
 
 torch::Tensor TransformerLayerImpl::forward_cached(

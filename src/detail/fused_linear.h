@@ -1,0 +1,54 @@
+#pragma once
+
+// The linear products of the layers and blocks, each fused with its
+// mapping into one autograd function (defined in linear.cpp).
+
+#include "torchtp/group.h"
+#include "torchtp/partition.h"
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+namespace torchtp::detail {
+
+/// `input W^T + bias` (`bias` may be undefined), as `at::linear`, except that
+/// a single float32 or float64 row goes through gemv: OpenBLAS's sgemm packs
+/// the whole weight on every call, which is most of the time of decoding
+/// one token at batch 1. Used by every torchtp linear layer.
+at::Tensor linear(
+    const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias);
+
+/// copy_to_tp_region followed by `linear(input, weight, bias)`, as one
+/// autograd function (Megatron's LinearWithGradAccumulationAndAsync...):
+/// backward starts the all-reduce of the input gradient, computes the weight
+/// and bias gradients while it runs, then waits. Used by
+/// ColumnParallelLinear.
+at::Tensor copy_to_tp_region_and_linear(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const at::Tensor& bias,
+    const Group& group);
+
+/// `linear(gather_from_sequence_region(input, group, seq, dim), weight,
+/// bias)` for a column-parallel `weight` (`bias` may be undefined), as one
+/// autograd function that keeps only `input`, this rank's part of the
+/// sequence, for backward (Megatron's sequence-parallel linear): backward
+/// all-gathers it again for the weight gradient and reduce-scatters the
+/// input gradient while that gradient is computed. Saving the gathered
+/// input instead would hold the whole sequence and undo sequence
+/// parallelism's saving. Used by the sequence-parallel blocks.
+at::Tensor gather_sequence_and_linear(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const at::Tensor& bias,
+    const Group& group,
+    const Partition& seq,
+    int64_t dim);
+
+/// reduce_from_tp_region for an input the caller owns (a fresh partial sum
+/// that nothing else reads): reduced in place, with no copy. Used by
+/// RowParallelLinear.
+at::Tensor reduce_from_tp_region_in_place(at::Tensor input, const Group& group);
+
+} // namespace torchtp::detail
