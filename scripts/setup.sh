@@ -15,6 +15,7 @@ packages=(
   libcli11-dev          # command lines of the launcher, examples, benchmarks
   gnuplot-nox           # the demo's loss-curve picture
   openmpi-bin           # tests: the main job started by mpirun
+  iproute2              # tests: two hosts in network namespaces (ip netns)
 )
 
 missing=()
