@@ -1,7 +1,7 @@
 #include "torchtp/group.h"
 
 #include "detail/check.h"
-#include "torchtp/detail/communicator.h"
+#include "comm/communicator.h"
 #include "torchtp/partition.h"
 
 #include "comm/signature.h"

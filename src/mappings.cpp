@@ -1,7 +1,7 @@
 #include "torchtp/mappings.h"
 
 #include "detail/check.h"
-#include "torchtp/detail/communicator.h"
+#include "comm/communicator.h"
 #include "torchtp/partition.h"
 
 #include <ATen/WrapDimUtils.h>

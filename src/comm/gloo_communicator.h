@@ -1,6 +1,6 @@
 #pragma once
 
-#include "torchtp/detail/communicator.h"
+#include "communicator.h"
 
 #include <memory>
 #include <string>

@@ -1,6 +1,6 @@
 #pragma once
 
-#include "torchtp/detail/communicator.h"
+#include "communicator.h"
 
 #include <torch/csrc/distributed/c10d/Store.hpp>
 
