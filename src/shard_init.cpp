@@ -3,6 +3,8 @@
 // draws of torch::nn::Linear.
 #include "detail/shard_init.h"
 
+#include "detail/dtype.h"
+
 #include <ATen/ops/from_blob.h>
 #include <c10/util/accumulate.h>
 #include <torch/nn/init.h>
