@@ -2,7 +2,7 @@
 
 #include "connector.h"
 #include "job_failure.h"
-#include "signature.h"
+#include "collective_check.h"
 
 #include "detail/check.h"
 

@@ -3,7 +3,7 @@
 #include "connector.h"
 #include "job_failure.h"
 #include "reduce_kernels.h"
-#include "signature.h"
+#include "collective_check.h"
 #include "detail/check.h"
 
 #include <ATen/ATen.h>
