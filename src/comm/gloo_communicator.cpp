@@ -29,7 +29,6 @@ using Clock = std::chrono::steady_clock;
 // not at the timeout. Costs one store round trip per slice, only while
 // blocked.
 constexpr auto kPollEvery = std::chrono::milliseconds(50);
-constexpr const char* kFirstFailure = "first failure in the job: ";
 constexpr int64_t kSignatureWords = 5;
 
 // What the waits of a communicator and of its pending handles share; the

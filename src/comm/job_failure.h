@@ -13,6 +13,10 @@
 
 namespace torchtp::detail {
 
+/// How a collective that fails because of another rank's failure starts its
+/// cause: "first failure in the job: rank 1 raised: ...".
+constexpr const char* kFirstFailure = "first failure in the job: ";
+
 /// The first failure of the job, kept where every rank reads it: the
 /// rendezvous store ("torchtp/failure", set once: the first writer wins).
 /// One per process. `report` is what `torchtp::report_failure` does;

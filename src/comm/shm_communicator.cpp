@@ -74,7 +74,6 @@ constexpr auto kYieldFor = std::chrono::microseconds(500);
 constexpr auto kSleepSlice = std::chrono::milliseconds(20);
 constexpr auto kLivenessEvery = std::chrono::milliseconds(100);
 const std::string kJoinErrorKey = "shm/join_error";
-constexpr const char* kFirstFailure = "first failure in the job: ";
 
 struct alignas(kLine) RankControl {
   std::atomic<uint64_t> stamp;
