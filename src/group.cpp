@@ -4,6 +4,7 @@
 #include "comm/communicator.h"
 #include "torchtp/partition.h"
 
+#include "comm/backends.h"
 #include "comm/collective_check.h"
 
 #include <ATen/ATen.h>
@@ -375,9 +376,9 @@ Group Group::split(int color, int key) const {
 }
 
 Group Group::with_backend(const std::string& backend) const {
+  const std::string unknown = detail::unknown_backend(backend);
   TORCHTP_CHECK(
-      backend == "shm" || backend == "gloo", "torchtp::Group::with_backend",
-      *this, "'", backend, "' is not one of shm, gloo");
+      unknown.empty(), "torchtp::Group::with_backend", *this, unknown);
   if (size() == 1) {
     return Group::self();
   }

@@ -46,7 +46,7 @@ class JobFailure {
   /// `record`, then breaks every communicator of this process: their pending
   /// and later collectives raise, here and (through the segment or the
   /// store) on every peer. World rank 0 serves the store, so it stays
-  /// until every rank has read the failure, at most `kLinger`.
+  /// until every rank has read the failure, at most `kStoreServerLinger`.
   std::string report(const std::string& message);
   /// The job's first failure, "" when none is known. `ask_store`: also look
   /// in the store (a round trip) when this process knows of none.

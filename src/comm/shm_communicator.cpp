@@ -1,5 +1,3 @@
-#include "shm_communicator.h"
-
 #include "connector.h"
 #include "job_failure.h"
 #include "reduce_kernels.h"
@@ -722,6 +720,9 @@ class ShmCommunicator final : public ConnectedCommunicator {
 
 } // namespace
 
+// A communicator over shared memory, for groups whose ranks are all on this
+// host; registered in backends.cpp. Raises a `c10::Error` when a member
+// cannot map the group's segment.
 c10::intrusive_ptr<Communicator> make_shm_communicator(
     const std::shared_ptr<Connector>& connector,
     const std::vector<int>& world_ranks,
