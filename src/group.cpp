@@ -1,10 +1,11 @@
 #include "torchtp/group.h"
 
 #include "detail/check.h"
-#include "torchtp/detail/communicator.h"
+#include "comm/communicator.h"
 #include "torchtp/partition.h"
 
-#include "comm/signature.h"
+#include "comm/backends.h"
+#include "comm/collective_check.h"
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
@@ -13,12 +14,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
-#include <cstring>
 #include <mutex>
 #include <numeric>
-#include <sstream>
 #include <tuple>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -35,130 +33,6 @@ std::atomic<bool>& debug_checks() {
 
 bool debug_checks_enabled() {
   return debug_checks().load(std::memory_order_relaxed);
-}
-
-// TORCHTP_DEBUG's fingerprint of a collective, exchanged before it runs:
-// the collective's sequence number on its group, the operation (its name,
-// so any operation the Group adds is carried verbatim), its argument
-// (reduction, dim or root), the dtype and the shape. Fixed length, so that
-// ranks that disagree still exchange it without a mismatch of their own.
-constexpr int64_t kMaxSignatureDims = 16;
-constexpr int64_t kOpNameWords = 4; // 32 characters
-enum Field : int64_t {
-  kSeq,
-  kOpName,
-  kArg = kOpName + kOpNameWords,
-  kDtype,
-  kDims,
-  kSizes
-};
-constexpr int64_t kFingerprintLength = kSizes + kMaxSignatureDims;
-
-// The next sequence number of the group named `name` (names are unique for
-// the life of the job, and every member numbers its checked collectives in
-// the same order).
-int64_t next_sequence(const std::string& name) {
-  static std::mutex mutex;
-  static std::unordered_map<std::string, int64_t> next;
-  std::lock_guard<std::mutex> lock(mutex);
-  return next[name]++;
-}
-
-std::string op_name_of(const int64_t* f) {
-  char name[kOpNameWords * sizeof(int64_t) + 1] = {};
-  std::memcpy(name, f + kOpName, kOpNameWords * sizeof(int64_t));
-  return name;
-}
-
-// "#3 all_gather(dim 1) of [2, 3] Float".
-std::string describe_fingerprint(const int64_t* f) {
-  std::ostringstream out;
-  const std::string op = op_name_of(f);
-  out << "#" << f[kSeq] << " " << op;
-  if (f[kArg] >= 0) {
-    if (op == "all_reduce") {
-      out << "(" << detail::reduce_name(int32_t(f[kArg])) << ")";
-    } else if (op == "broadcast") {
-      out << "(root " << f[kArg] << ")";
-    } else {
-      out << "(dim " << f[kArg] << ")";
-    }
-  }
-  if (f[kDims] >= 0) {
-    out << " of [";
-    for (int64_t d = 0; d < f[kDims]; ++d) {
-      out << (d ? ", " : "") << f[kSizes + d];
-    }
-    out << "] " << c10::toString(static_cast<c10::ScalarType>(f[kDtype]));
-  }
-  return out.str();
-}
-
-// TORCHTP_DEBUG: every rank sends its fingerprint of the collective it is
-// about to run (`t` may be null: barrier, split) and raises, on every rank,
-// unless all agree, naming what each rank called. A small all-gather of
-// its own, so ranks that call different collectives, or the same ones in
-// another order, meet here instead of in mismatched data or a hang.
-void check_fingerprints(
-    const Group& group, const char* op, const at::Tensor* t, int64_t arg) {
-  auto& comm = *detail::GroupAccess::communicator(group);
-  const std::string where = std::string("torchtp::Group::") + op;
-  TORCHTP_CHECK(
-      t == nullptr || t->dim() <= kMaxSignatureDims, where, group,
-      "TORCHTP_DEBUG checks at most ", kMaxSignatureDims, " dims");
-  auto mine = at::full({kFingerprintLength}, -1, at::kLong);
-  auto* f = mine.data_ptr<int64_t>();
-  f[kSeq] = next_sequence(comm.name());
-  std::memset(f + kOpName, 0, kOpNameWords * sizeof(int64_t));
-  std::strncpy(
-      reinterpret_cast<char*>(f + kOpName), op,
-      kOpNameWords * sizeof(int64_t) - 1);
-  f[kArg] = arg;
-  if (t != nullptr) {
-    f[kDtype] = static_cast<int64_t>(t->scalar_type());
-    f[kDims] = t->dim();
-    for (int64_t d = 0; d < t->dim(); ++d) {
-      f[kSizes + d] = t->size(d);
-    }
-  }
-  auto all = at::empty({group.size() * kFingerprintLength}, at::kLong);
-  comm.all_gather(mine, all).wait();
-  const auto* a = all.data_ptr<int64_t>();
-  bool agree = true;
-  for (int r = 0; r < group.size() && agree; ++r) {
-    agree = std::equal(f, f + kFingerprintLength, a + r * kFingerprintLength);
-  }
-  if (agree) {
-    return;
-  }
-  // Ranks that called the same thing are named together.
-  std::vector<std::pair<std::string, std::vector<int>>> calls;
-  for (int r = 0; r < group.size(); ++r) {
-    const auto what = describe_fingerprint(a + r * kFingerprintLength);
-    auto it = std::find_if(calls.begin(), calls.end(), [&](const auto& c) {
-      return c.first == what;
-    });
-    if (it == calls.end()) {
-      calls.push_back({what, {r}});
-    } else {
-      it->second.push_back(r);
-    }
-  }
-  std::ostringstream who;
-  for (size_t i = 0; i < calls.size(); ++i) {
-    const auto& ranks = calls[i].second;
-    who << (i ? "; " : "") << (ranks.size() > 1 ? "ranks " : "rank ");
-    for (size_t j = 0; j < ranks.size(); ++j) {
-      who << (j ? ", " : "") << ranks[j];
-    }
-    who << " called " << calls[i].first;
-  }
-  TORCHTP_CHECK(
-      false, where, group, "ranks disagree on collective #", f[kSeq],
-      " of group '", comm.name(), "' (TORCHTP_DEBUG): ", who.str(),
-      ". Every rank of a group must make the same collectives in the same "
-      "order with the same shapes; this rank called ",
-      describe_fingerprint(f));
 }
 
 // Runs an in-place collective on `tensor`; communicators take contiguous
@@ -238,7 +112,7 @@ void Group::check_same_everywhere(
       std::string("torchtp::Group::") + op, *this, "dtype ", t.scalar_type(),
       " is not supported (floating point and integer tensors are)");
   if (size() > 1 && debug_checks_enabled()) {
-    check_fingerprints(*this, op, &t, arg);
+    detail::check_fingerprints(*comm_, op, &t, arg);
   }
 }
 
@@ -464,7 +338,7 @@ void Group::broadcast(at::Tensor& tensor, int root) const {
 
 Work Group::barrier_async() const {
   if (size() > 1 && debug_checks_enabled()) {
-    check_fingerprints(*this, "barrier", nullptr, -1);
+    detail::check_fingerprints(*comm_, "barrier", nullptr, -1);
   }
   return size() > 1 ? comm_->barrier() : Work();
 }
@@ -475,7 +349,7 @@ void Group::barrier() const {
 
 Group Group::split(int color, int key) const {
   if (size() > 1 && debug_checks_enabled()) {
-    check_fingerprints(*this, "split", nullptr, -1);
+    detail::check_fingerprints(*comm_, "split", nullptr, -1);
   }
   const std::string name =
       comm_->name() + "/s" + std::to_string(comm_->next_split_index());
@@ -502,9 +376,9 @@ Group Group::split(int color, int key) const {
 }
 
 Group Group::with_backend(const std::string& backend) const {
+  const std::string unknown = detail::unknown_backend(backend);
   TORCHTP_CHECK(
-      backend == "shm" || backend == "gloo", "torchtp::Group::with_backend",
-      *this, "'", backend, "' is not one of shm, gloo");
+      unknown.empty(), "torchtp::Group::with_backend", *this, unknown);
   if (size() == 1) {
     return Group::self();
   }

@@ -1,6 +1,7 @@
 #include "torchtp/init.h"
 
-#include "comm/connector.h"
+#include "comm/backends.h"
+#include "comm/world.h"
 #include "torchtp/detail/blas_core.h"
 #include "detail/check.h"
 #include "torchtp/detail/threads.h"
@@ -118,7 +119,9 @@ InitOptions options_from_env() {
   o.timeout(std::chrono::seconds(env_int("TORCHTP_TIMEOUT_S", 300)));
   o.socket_ifname(env("GLOO_SOCKET_IFNAME").value_or(""));
   o.backend(env("TORCHTP_BACKEND").value_or("auto"));
-  detail::parse_backend(o.backend()); // a typo fails here, on every rank
+  // A typo fails here, on every rank.
+  const std::string unknown = detail::unknown_backend(o.backend());
+  TORCH_CHECK(unknown.empty(), "torchtp: TORCHTP_BACKEND=", unknown);
   // OpenMP allows a list per nesting level ("4,2"): the first is ours.
   if (auto threads = env("OMP_NUM_THREADS")) {
     o.num_threads(
@@ -176,9 +179,14 @@ Group init(const InitOptions& o) {
     return *initialized;
   }
 
+  detail::Rendezvous at;
+  at.rank = o.rank();
+  at.world_size = o.world_size();
+  at.master_addr = o.master_addr();
+  at.master_port = o.master_port();
+  at.timeout = o.timeout();
   Group world = detail::GroupAccess::make(detail::connect_world(
-      o.rank(), o.world_size(), o.master_addr(), o.master_port(), o.timeout(),
-      detail::parse_backend(o.backend()), o.socket_ifname()));
+      at, o.backend().empty() ? "auto" : o.backend(), o.socket_ifname()));
   initialized = world;
   set_default_group(world);
   return world;

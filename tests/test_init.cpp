@@ -118,7 +118,7 @@ TEST(InitFromEnv, MalformedOrOutOfRangeVariablesAreRefused) {
       {{{"RANK", "0"}, {"WORLD_SIZE", "1"}, {"TORCHTP_TIMEOUT_S", "5s"}},
        "TORCHTP_TIMEOUT_S='5s' is not an integer"},
       {{{"RANK", "0"}, {"WORLD_SIZE", "1"}, {"TORCHTP_BACKEND", "nccl2"}},
-       "nccl2"},
+       "'nccl2' is not one of auto, gloo, shm"},
       {{{"RANK", "0"}, {"WORLD_SIZE", "1"}, {"OMP_NUM_THREADS", "four"}},
        "OMP_NUM_THREADS='four' is not an integer"},
       {{{"RANK", "0"}, {"WORLD_SIZE", "1"}, {"LOCAL_WORLD_SIZE", "0"}},

@@ -109,8 +109,9 @@ class Group {
   Group split(int color, int key = -1) const;
 
   /// Collective: a new group of the same ranks whose collectives go through
-  /// `backend` ("shm" or "gloo"), e.g. to compare the two. Raises a
-  /// `c10::Error` for "shm" when the ranks are not all on one host.
+  /// `backend` ("shm" or "gloo", e.g. to compare the two; "auto": what
+  /// TORCHTP_BACKEND=auto picks for these ranks). Raises a `c10::Error` for
+  /// "shm" when the ranks are not all on one host.
   Group with_backend(const std::string& backend) const;
 
   /// "[rank r/ws]": how every torchtp error message ends.

@@ -1,18 +1,16 @@
 #pragma once
 
-#include "torchtp/detail/communicator.h"
+#include "communicator.h"
+#include "rendezvous.h"
 
 #include <torch/csrc/distributed/c10d/Store.hpp>
 
 #include <chrono>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
-
-namespace gloo::transport {
-class Device;
-} // namespace gloo::transport
 
 namespace torchtp::detail {
 
@@ -22,60 +20,29 @@ int member_index(const std::vector<int>& world_ranks, int world_rank);
 std::vector<int> world_ranks_of(
     const std::vector<int>& world_ranks, const std::vector<int>& group_ranks);
 
-/// The store's bytes as text, and back.
-std::string store_get(c10d::Store& store, const std::string& key);
-void store_set(
-    c10d::Store& store, const std::string& key, const std::string& value);
-
-/// Where the members of a Gloo group listen, to name the peer of a broken
-/// connection: Gloo's errors give only its address ("Connection closed by
-/// peer [10.0.0.2]:4321").
-class PeerAddresses {
- public:
-  void add(const std::string& address, const std::string& who) {
-    peers_.emplace_back(address, who);
-  }
-  /// " (world rank 3 on hostB)" when `message` holds the address of a
-  /// member, else "".
-  std::string named_in(const std::string& message) const;
-
- private:
-  std::vector<std::pair<std::string, std::string>> peers_;
-};
-
-/// Which communicator carries a group's collectives.
-enum class Backend {
-  automatic, ///< shm when every member is on this host, else gloo
-  gloo,
-  shm,
-};
-
-/// Parses TORCHTP_BACKEND's value ("", "auto", "gloo", "shm").
-Backend parse_backend(const std::string& text);
-
 /// What every communicator of one job shares: the rendezvous store, the
-/// timeout, how to reach the other hosts, and on which host each world rank
-/// runs. `connect` picks the communicator for a new group; splits of any
-/// communicator come back here, so a sub-group of ranks on one host gets
-/// shared memory even when its parent spans hosts.
+/// timeout, how to reach the other hosts, on which host each world rank
+/// runs, and each backend's per-job resources. `connect` makes the
+/// communicator of a new group (the choice is the registry's, backends.h);
+/// splits of any communicator come back here, so a sub-group of ranks on
+/// one host gets shared memory even when its parent spans hosts.
 class Connector : public std::enable_shared_from_this<Connector> {
  public:
-  /// Collective over the world: joins the job through `store`, waiting at
-  /// most `timeout` for every rank, and checks that all ranks were started
-  /// for the same world. Gloo runs on `interface` when it is not empty, else
-  /// on the local address that reaches `master_addr`.
+  /// The job joined at `at` through `store`; `records`: every world rank's,
+  /// from `join_job`. `backend`: the job's choice (TORCHTP_BACKEND, a name
+  /// `unknown_backend` accepts). Gloo runs on `interface` when it is not
+  /// empty, else on the address toward the master.
   Connector(
       c10::intrusive_ptr<c10d::Store> store,
-      int world_rank,
-      int world_size,
-      std::chrono::milliseconds timeout,
-      Backend backend,
+      const Rendezvous& at,
+      std::string backend,
       std::string interface,
-      const std::string& master_addr);
+      std::vector<JoinRecord> records);
 
   /// Collective over `world_ranks` (ascending by group rank, this process
   /// among them): the communicator of a group named `name`, unique in the job.
-  /// `backend` ("gloo", "shm") overrides the job's choice when not empty.
+  /// `backend` (a registry name or "auto") overrides the job's choice when
+  /// not empty.
   c10::intrusive_ptr<Communicator> connect(
       const std::vector<int>& world_ranks,
       const std::string& name,
@@ -87,30 +54,52 @@ class Connector : public std::enable_shared_from_this<Connector> {
   int world_rank() const {
     return world_rank_;
   }
+  int world_size() const {
+    return world_size_;
+  }
   std::chrono::milliseconds timeout() const {
     return timeout_;
   }
-  /// The Gloo device of this process, opened on first use.
-  std::shared_ptr<gloo::transport::Device> gloo_device();
-  /// Where the members of `world_ranks` other than this process listen.
-  PeerAddresses peer_addresses(const std::vector<int>& world_ranks) const;
+  /// GLOO_SOCKET_IFNAME, or "".
+  const std::string& interface() const {
+    return interface_;
+  }
+  const std::string& master_addr() const {
+    return master_addr_;
+  }
+  /// Every world rank's join record: its host and address.
+  const std::vector<JoinRecord>& records() const {
+    return records_;
+  }
+  /// True when the job's ranks are on more than one host.
+  bool spans_hosts() const {
+    return spans_hosts_;
+  }
+
+  /// A resource that one backend's groups share for the life of the job
+  /// (Gloo's device), made by `make` on first use; `key` names it.
+  template <typename T, typename Make>
+  std::shared_ptr<T> shared_resource(const std::string& key, Make&& make) {
+    std::lock_guard<std::mutex> lock(resources_mutex_);
+    auto& slot = resources_[key];
+    if (!slot) {
+      slot = make();
+    }
+    return std::static_pointer_cast<T>(slot);
+  }
 
  private:
-  void join();
-
-  c10::intrusive_ptr<c10d::Store> store_;
-  int world_rank_;
-  int world_size_;
-  std::chrono::milliseconds timeout_;
-  Backend backend_;
-  std::string interface_;
-  std::string master_addr_;
-  std::string gloo_address_;            // when no interface is named
-  std::vector<std::string> host_of_;    // per world rank
-  std::vector<std::string> address_of_; // per world rank; "": an interface
-  bool spans_hosts_ = false;
-  std::mutex device_mutex_;
-  std::shared_ptr<gloo::transport::Device> device_;
+  const c10::intrusive_ptr<c10d::Store> store_;
+  const int world_rank_;
+  const int world_size_;
+  const std::chrono::milliseconds timeout_;
+  const std::string backend_;
+  const std::string interface_;
+  const std::string master_addr_;
+  const std::vector<JoinRecord> records_;
+  const bool spans_hosts_;
+  std::mutex resources_mutex_;
+  std::map<std::string, std::shared_ptr<void>> resources_;
 };
 
 /// What the communicators a Connector makes have in common: their members
@@ -153,16 +142,5 @@ class ConnectedCommunicator : public Communicator {
   const int size_;
   const std::chrono::milliseconds timeout_;
 };
-
-/// Joins the job: a TCPStore at `master_addr:master_port` (served by rank 0),
-/// then the world's communicator through a `Connector`.
-c10::intrusive_ptr<Communicator> connect_world(
-    int rank,
-    int world_size,
-    const std::string& master_addr,
-    int master_port,
-    std::chrono::milliseconds timeout,
-    Backend backend,
-    const std::string& interface);
 
 } // namespace torchtp::detail

@@ -1,8 +1,7 @@
-#include "gloo_communicator.h"
-
 #include "connector.h"
+#include "gloo_network.h"
 #include "job_failure.h"
-#include "signature.h"
+#include "collective_check.h"
 
 #include "detail/check.h"
 
@@ -29,7 +28,6 @@ using Clock = std::chrono::steady_clock;
 // not at the timeout. Costs one store round trip per slice, only while
 // blocked.
 constexpr auto kPollEvery = std::chrono::milliseconds(50);
-constexpr const char* kFirstFailure = "first failure in the job: ";
 constexpr int64_t kSignatureWords = 5;
 
 // What the waits of a communicator and of its pending handles share; the
@@ -193,11 +191,11 @@ class GlooCommunicator final : public ConnectedCommunicator {
         state_(std::make_shared<GlooState>()) {
     state_->name = this->name();
     state_->timeout = timeout_;
-    state_->peers = std::make_shared<const PeerAddresses>(
-        connector_->peer_addresses(world_ranks_));
+    state_->peers =
+        std::make_shared<const PeerAddresses>(*connector_, world_ranks_);
     state_->world_rank = world_ranks_[rank_];
     auto options = c10d::ProcessGroupGloo::Options::create(timeout_);
-    options->devices = {connector_->gloo_device()};
+    options->devices = {gloo_device(*connector_)};
     options->threads = 1;
     // Keys of this group live under its unique name.
     auto store = c10::make_intrusive<c10d::PrefixStore>(
@@ -426,6 +424,8 @@ class GlooCommunicator final : public ConnectedCommunicator {
 
 } // namespace
 
+// A communicator over c10d's ProcessGroupGloo (TCP), for groups that span
+// hosts or when TORCHTP_BACKEND=gloo; registered in backends.cpp.
 c10::intrusive_ptr<Communicator> make_gloo_communicator(
     const std::shared_ptr<Connector>& connector,
     const std::vector<int>& world_ranks,

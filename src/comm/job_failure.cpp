@@ -1,6 +1,6 @@
 #include "job_failure.h"
 
-#include "connector.h"
+#include "rendezvous.h"
 
 #include <chrono>
 #include <cstdlib>
@@ -13,9 +13,6 @@ using Clock = std::chrono::steady_clock;
 
 constexpr const char* kFailureKey = "torchtp/failure";
 constexpr const char* kSeenKey = "torchtp/failure/seen";
-// How long world rank 0, which serves the store, stays after a failure so
-// that the other ranks can read it.
-constexpr auto kLinger = std::chrono::seconds(2);
 
 std::string text(const std::vector<uint8_t>& v) {
   return std::string(v.begin(), v.end());
@@ -111,7 +108,7 @@ std::string JobFailure::report(const std::string& message) {
     c->abort(first);
   }
   if (world_rank == 0 && s) {
-    const auto until = Clock::now() + kLinger;
+    const auto until = Clock::now() + kStoreServerLinger;
     try {
       while (Clock::now() < until && s->add(kSeenKey, 0) < world_size) {
         std::this_thread::sleep_for(std::chrono::milliseconds(10));

@@ -1,6 +1,6 @@
 #pragma once
 
-#include "torchtp/detail/communicator.h"
+#include "communicator.h"
 
 #include <torch/csrc/distributed/c10d/Store.hpp>
 
@@ -12,6 +12,10 @@
 #include <vector>
 
 namespace torchtp::detail {
+
+/// How a collective that fails because of another rank's failure starts its
+/// cause: "first failure in the job: rank 1 raised: ...".
+constexpr const char* kFirstFailure = "first failure in the job: ";
 
 /// The first failure of the job, kept where every rank reads it: the
 /// rendezvous store ("torchtp/failure", set once: the first writer wins).
@@ -42,7 +46,7 @@ class JobFailure {
   /// `record`, then breaks every communicator of this process: their pending
   /// and later collectives raise, here and (through the segment or the
   /// store) on every peer. World rank 0 serves the store, so it stays
-  /// until every rank has read the failure, at most `kLinger`.
+  /// until every rank has read the failure, at most `kStoreServerLinger`.
   std::string report(const std::string& message);
   /// The job's first failure, "" when none is known. `ask_store`: also look
   /// in the store (a round trip) when this process knows of none.

@@ -5,7 +5,7 @@
 // rank that reduces the same block gets the same bits; 16-bit floats are
 // accumulated in float32 and rounded once, as NCCL-style fp32 accumulation.
 
-#include "torchtp/detail/communicator.h"
+#include "communicator.h"
 
 #include <c10/core/ScalarType.h>
 

@@ -1,4 +1,4 @@
-#include "torchtp/detail/communicator.h"
+#include "communicator.h"
 
 #include <c10/util/Exception.h>
 

@@ -1,9 +1,7 @@
-#include "shm_communicator.h"
-
 #include "connector.h"
 #include "job_failure.h"
 #include "reduce_kernels.h"
-#include "signature.h"
+#include "collective_check.h"
 #include "detail/check.h"
 
 #include <ATen/ATen.h>
@@ -74,7 +72,6 @@ constexpr auto kYieldFor = std::chrono::microseconds(500);
 constexpr auto kSleepSlice = std::chrono::milliseconds(20);
 constexpr auto kLivenessEvery = std::chrono::milliseconds(100);
 const std::string kJoinErrorKey = "shm/join_error";
-constexpr const char* kFirstFailure = "first failure in the job: ";
 
 struct alignas(kLine) RankControl {
   std::atomic<uint64_t> stamp;
@@ -723,6 +720,9 @@ class ShmCommunicator final : public ConnectedCommunicator {
 
 } // namespace
 
+// A communicator over shared memory, for groups whose ranks are all on this
+// host; registered in backends.cpp. Raises a `c10::Error` when a member
+// cannot map the group's segment.
 c10::intrusive_ptr<Communicator> make_shm_communicator(
     const std::shared_ptr<Connector>& connector,
     const std::vector<int>& world_ranks,

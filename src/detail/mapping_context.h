@@ -4,7 +4,7 @@
 // fused linears (linear.cpp) share: the group and the split that travel
 // into backward, and the checks of a mapping's input.
 
-#include "torchtp/detail/communicator.h"
+#include "comm/communicator.h"
 #include "torchtp/group.h"
 #include "torchtp/partition.h"
 

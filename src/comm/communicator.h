@@ -73,8 +73,9 @@ class Communicator : public torch::CustomClassHolder {
   }
   /// A communicator over `ranks` (ranks of this communicator, ascending by
   /// their new rank). Called by exactly the members, all with the same `name`,
-  /// which must be unique for the life of the job. `backend` ("gloo", "shm")
-  /// forces a communicator; empty: the job's choice (TORCHTP_BACKEND).
+  /// which must be unique for the life of the job. `backend` ("gloo", "shm",
+  /// "auto": a name of the registry, backends.h) forces a communicator;
+  /// empty: the job's choice (TORCHTP_BACKEND).
   virtual c10::intrusive_ptr<Communicator> split(
       const std::vector<int>& ranks,
       const std::string& name,
