@@ -6,7 +6,7 @@ JOBS ?= 2
 NPROC ?= 2
 GENERATOR := $(shell command -v ninja >/dev/null 2>&1 && echo "-G Ninja")
 
-.PHONY: all setup configure build demo linear-demo test bench sanitize install clean
+.PHONY: all setup configure build bench-build demo linear-demo test bench sanitize install clean
 
 all: build
 
@@ -19,6 +19,11 @@ configure: setup
 	fi
 
 build: configure
+	cmake --build $(BUILD) -j $(JOBS)
+
+# The benchmarks are built only when asked: the tests do not need them.
+bench-build: configure
+	cmake -S . -B $(BUILD) -DTORCHTP_BUILD_BENCHMARKS=ON > /dev/null
 	cmake --build $(BUILD) -j $(JOBS)
 
 # The main job on local ranks over loopback: no cluster needed. Trains the
@@ -41,7 +46,7 @@ test: build
 # without sequence parallelism and recomputation (one process per mode:
 # memory a mode freed would otherwise stay in the allocator and blur the
 # next one's peak); tables + JSON in out/.
-bench: build
+bench: bench-build
 	mkdir -p out
 	./$(BUILD)/torchtp-run --nproc-per-node $(NPROC) ./$(BUILD)/bench/bench_collectives --json out/bench_collectives.json --csv out/bench_collectives.csv
 	bash bench/plot_busbw.sh out/bench_collectives.csv out/busbw.png all_reduce float32 "all_reduce float32, $(NPROC) ranks"
