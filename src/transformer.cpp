@@ -7,8 +7,6 @@
 #include "detail/sequence_parallel.h"
 #include "torchtp/mappings.h"
 
-#include <torch/nn/functional/normalization.h>
-
 #include <cmath>
 #include <limits>
 
