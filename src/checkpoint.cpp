@@ -161,6 +161,11 @@ void save_checkpoint(
           entries[item.name]["uneven"] = true;
           entries[item.name]["unit"] = item.spec.unit;
         }
+        if (item.spec.kv_heads > 0) {
+          // Grouped-query [Q; K; V]: heads shared between shards.
+          entries[item.name]["kv_heads"] = item.spec.kv_heads;
+          entries[item.name]["unit"] = item.spec.unit;
+        }
       }
       meta["tensors"] = entries;
       const auto meta_path = tmp / kMeta;
@@ -212,12 +217,15 @@ void load_tensor(
   const auto shape = entry.at("shape").get<std::vector<int64_t>>();
   const int64_t saved_dim = entry.at("split_dim").get<int64_t>();
   const int64_t saved_segments = entry.value("segments", int64_t{1});
+  const int64_t saved_kv_heads = entry.value("kv_heads", int64_t{0});
   const auto& shards = entry.at("shards");
   TORCHTP_CHECK(
-      saved_dim == spec.dim && saved_segments == spec.segments, kLoad, g, "'",
-      name, "' in ", dir, " is split along dim ", saved_dim, " in ",
-      saved_segments, " segments, the model splits it along dim ", spec.dim,
-      " in ", spec.segments);
+      saved_dim == spec.dim && saved_segments == spec.segments &&
+          saved_kv_heads == spec.kv_heads,
+      kLoad, g, "'", name, "' in ", dir, " is split along dim ", saved_dim,
+      " in ", saved_segments, " segments with ", saved_kv_heads,
+      " key/value heads, the model splits it along dim ", spec.dim, " in ",
+      spec.segments, " with ", spec.kv_heads);
   const auto expected = full_shape(dest.sizes(), spec, g);
   TORCHTP_CHECK(
       expected == shape, kLoad, g, "'", name, "' in ", dir, " has full shape ",
@@ -243,9 +251,7 @@ void load_tensor(
   saved_spec.unit = entry.value("unit", int64_t{1});
   const detail::SavedLayout saved{
       shape, saved_spec, static_cast<int64_t>(shards.size())};
-  const Partition now =
-      spec.partition(shape[spec.dim] / spec.segments, g.size(), g.rank(), name);
-  for (const auto& r : detail::plan_reshard(saved, now, name)) {
+  for (const auto& r : detail::plan_reshard(saved, g.size(), g.rank(), name)) {
     auto src = read(r.shard);
     TORCHTP_CHECK(
         src.sizes() == at::IntArrayRef(r.shape), kLoad, g, "'", name, "' in ",

@@ -20,20 +20,21 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 
 // Restores a module's training flag on every exit.
 struct EvalGuard {
-  explicit EvalGuard(GPTImpl& m) : model(m), was_training(m.is_training()) {
+  explicit EvalGuard(torch::nn::Module& m)
+      : model(m), was_training(m.is_training()) {
     model.eval();
   }
   ~EvalGuard() {
     model.train(was_training);
   }
-  GPTImpl& model;
+  torch::nn::Module& model;
   bool was_training;
 };
 
 } // namespace
 
 Generation generate(
-    GPTImpl& model,
+    CausalLM& model,
     const std::vector<std::vector<int64_t>>& prompts,
     const GenerateOptions& o,
     const std::function<void(int64_t, const at::Tensor&)>& on_token) {
@@ -45,9 +46,9 @@ Generation generate(
     TORCHTP_CHECK(!prompts[i].empty(), kGenerate, g, "prompt ", i, " is empty");
     for (int64_t id : prompts[i]) {
       TORCHTP_CHECK(
-          id >= 0 && id < model.options.vocab_size(), kGenerate, g, "prompt ",
+          id >= 0 && id < model.vocab_size(), kGenerate, g, "prompt ",
           i, " holds id ", id, ", outside the vocabulary [0, ",
-          model.options.vocab_size(), ")");
+          model.vocab_size(), ")");
     }
     longest = std::max<int64_t>(longest, prompts[i].size());
   }
@@ -55,17 +56,17 @@ Generation generate(
       o.max_new_tokens() >= 1, kGenerate, g,
       "max_new_tokens must be positive, got ", o.max_new_tokens());
   TORCHTP_CHECK(
-      longest + o.max_new_tokens() <= model.options.max_seq_len(), kGenerate, g,
+      longest + o.max_new_tokens() <= model.max_seq_len(), kGenerate, g,
       "the longest prompt (", longest, " tokens) plus max_new_tokens (",
       o.max_new_tokens(), ") exceeds the model's context of ",
-      model.options.max_seq_len(), " positions");
+      model.max_seq_len(), " positions");
   TORCHTP_CHECK(
       o.top_logits() >= 0, kGenerate, g, "top_logits must not be negative");
 
   c10::InferenceMode inference;
-  EvalGuard eval(model);
+  EvalGuard eval(model.module());
   auto sampling = o.sampling();
-  sampling.vocab_size(model.options.vocab_size())
+  sampling.vocab_size(model.vocab_size())
       .group(g)
       .vocab_partition(model.vocab_partition());
   auto generator = at::detail::createCPUGenerator(o.seed());
@@ -82,13 +83,13 @@ Generation generate(
   Generation out;
   out.tokens.resize(batch);
   std::vector<bool> done(batch, false);
-  GPTCache cache = model.make_cache();
+  LMCache cache = model.make_cache();
   auto start = std::chrono::steady_clock::now();
   auto logits = model.forward_cached(ids, cache, mask).select(1, longest - 1);
   for (int64_t step = 0; step < o.max_new_tokens(); ++step) {
     if (o.top_logits() > 0) {
       out.top.push_back(vocab_parallel_topk(
-          logits, o.top_logits(), model.options.vocab_size(), g,
+          logits, o.top_logits(), model.vocab_size(), g,
           model.vocab_partition()));
     }
     auto next = sample_next_token(logits, generator, sampling);

@@ -41,14 +41,25 @@ void GPTImpl::reset() {
                              VocabParallelEmbeddingOptions(padded_vocab_, d)
                                  .reduce_output(!options.sequence_parallel()),
                              options)));
-  position_embedding = register_module(
-      "position_embedding", torch::nn::Embedding(options.max_seq_len(), d));
+  if (!options.rotary().has_value()) {
+    position_embedding = register_module(
+        "position_embedding", torch::nn::Embedding(options.max_seq_len(), d));
+  }
   layers = register_module("layers", torch::nn::ModuleList());
   for (int64_t i = 0; i < options.num_layers(); ++i) {
     layers->push_back(TransformerLayer(detail::with_shared_options(
         TransformerLayerOptions(d, options.num_heads())
             .ffn_hidden(options.ffn_hidden())
             .activation(options.activation())
+            .norm(options.norm())
+            .norm_bias(options.norm_bias())
+            .bias(options.bias())
+            .qkv_bias(options.qkv_bias())
+            .proj_bias(options.proj_bias())
+            .num_kv_heads(options.num_kv_heads())
+            .head_dim(options.head_dim())
+            .gated_mlp(options.gated_mlp())
+            .rotary(options.rotary())
             .layer_norm_eps(options.layer_norm_eps())
             .hidden_dropout(options.hidden_dropout())
             .attention_dropout(options.attention_dropout())
@@ -57,8 +68,11 @@ void GPTImpl::reset() {
         options)));
   }
   final_norm = register_module(
-      "final_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d}).eps(
-                        options.layer_norm_eps())));
+      "final_norm", Norm(NormOptions(d)
+                             .type(options.norm())
+                             .eps(options.layer_norm_eps())
+                             .bias(options.norm_bias())
+                             .dtype(options.dtype())));
   if (!options.tie_embeddings()) {
     lm_head = register_module(
         "lm_head", ColumnParallelLinear(detail::with_shared_options(
@@ -67,9 +81,8 @@ void GPTImpl::reset() {
                            .gather_output(false),
                        options)));
   }
-  if (options.dtype().has_value()) {
+  if (options.dtype().has_value() && position_embedding) {
     position_embedding->to(*options.dtype());
-    final_norm->to(*options.dtype());
   }
 }
 
@@ -85,8 +98,10 @@ torch::Tensor GPTImpl::forward(const torch::Tensor& ids) {
   if (options.sequence_parallel()) {
     return forward_sequence_parallel(ids);
   }
-  auto positions = torch::arange(ids.size(1), torch::kLong);
-  auto h = token_embedding(ids) + position_embedding(positions);
+  auto h = token_embedding(ids);
+  if (position_embedding) {
+    h = h + position_embedding(torch::arange(ids.size(1), torch::kLong));
+  }
   h = dropout(h, options.hidden_dropout(), is_training(), rng_->replicated());
   for (const auto& layer : *layers) {
     h = layer->as<TransformerLayerImpl>()->forward(h);
@@ -101,10 +116,12 @@ torch::Tensor GPTImpl::forward_sequence_parallel(const torch::Tensor& ids) {
       detail::sequence_partition(s, *group_, kGPT, options.uneven());
   // The embedding's partial lookups, summed and split in one exchange.
   auto h = detail::reduce_scatter_sequence(token_embedding(ids), *group_, seq);
-  // Each rank adds its own positions' rows; their gradients are summed.
-  auto table =
-      copy_to_tp_region(position_embedding->weight.narrow(0, 0, s), *group_);
-  h = h + seq.narrow(table, 0);
+  if (position_embedding) {
+    // Each rank adds its own positions' rows; their gradients are summed.
+    auto table =
+        copy_to_tp_region(position_embedding->weight.narrow(0, 0, s), *group_);
+    h = h + seq.narrow(table, 0);
+  }
   h = dropout(h, options.hidden_dropout(), is_training(), rng_->sharded());
   for (const auto& layer : *layers) {
     h = layer->as<TransformerLayerImpl>()->forward(h, s);
@@ -112,7 +129,7 @@ torch::Tensor GPTImpl::forward_sequence_parallel(const torch::Tensor& ids) {
   // The output layer's weight (the token table when tied) on the gathered
   // sequence, keeping only this rank's part of it for backward.
   return detail::gather_sequence_and_linear(
-      detail::layer_norm_on_shard(*final_norm, h, *group_),
+      detail::norm_on_shard(*final_norm, h, *group_),
       lm_head ? lm_head->weight : token_embedding->weight, torch::Tensor(),
       *group_, seq, /*dim=*/1);
 }
@@ -128,15 +145,12 @@ torch::Tensor GPTImpl::output(const torch::Tensor& h) {
       x, token_embedding->weight, torch::Tensor(), *group_);
 }
 
-GPTCache GPTImpl::make_cache() const {
-  GPTCache cache;
-  cache.capacity_ = options.max_seq_len();
-  cache.layers.assign(options.num_layers(), KVCache(cache.capacity_));
-  return cache;
+LMCache GPTImpl::make_cache() const {
+  return LMCache(options.max_seq_len(), options.num_layers());
 }
 
 torch::Tensor GPTImpl::forward_cached(
-    const torch::Tensor& ids, GPTCache& cache, const torch::Tensor& mask) {
+    const torch::Tensor& ids, LMCache& cache, const torch::Tensor& mask) {
   TORCHTP_CHECK(
       ids.dim() == 2 && ids.scalar_type() == torch::kLong, kGPT, *group_,
       "expected int64 ids [batch, seq] but got ", ids.sizes(), " ",
@@ -178,10 +192,10 @@ torch::Tensor GPTImpl::forward_cached(
     // Built to leave the sum to its caller; here it is over whole sequences.
     tokens = reduce_from_tp_region(tokens, *group_);
   }
-  auto h = tokens + position_embedding(positions);
+  auto h = position_embedding ? tokens + position_embedding(positions) : tokens;
   for (size_t i = 0; i < cache.layers.size(); ++i) {
     h = layers[i]->as<TransformerLayerImpl>()->forward_cached(
-        h, cache.layers[i], cache.key_mask);
+        h, cache.layers[i], cache.key_mask, positions);
   }
   return output(h);
 }
@@ -209,7 +223,14 @@ void GPTImpl::pretty_print(std::ostream& stream) const {
          << padded_vocab_ << "), max_seq_len=" << options.max_seq_len()
          << ", d_model=" << options.d_model()
          << ", num_heads=" << options.num_heads()
+         << (options.num_kv_heads() > 0 &&
+                     options.num_kv_heads() != options.num_heads()
+                 ? ", num_kv_heads=" + std::to_string(options.num_kv_heads())
+                 : "")
          << ", num_layers=" << options.num_layers()
+         << (options.norm() == NormType::rms_norm ? ", RMSNorm" : "")
+         << (options.rotary().has_value() ? ", rotary" : "")
+         << (options.gated_mlp() ? ", gated MLP" : "")
          << (options.tie_embeddings() ? ", tied embeddings" : "")
          << (options.uneven() ? ", uneven splits" : "")
          << (options.sequence_parallel() ? ", sequence_parallel" : "")

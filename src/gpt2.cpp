@@ -195,10 +195,9 @@ void load_parameter(
     return;
   }
   const int64_t padded = full_shape(param.sizes(), spec, group)[spec.dim];
-  const Partition part = spec.partition(
-      padded / spec.segments, group.size(), group.rank(),
-      std::string(kLoadGPT2) + ": " + stored_name);
-  for (const auto& r : shard_ranges(part, spec.segments, group.rank())) {
+  for (const auto& r : shard_ranges(
+           spec, padded, group.size(), group.rank(),
+           std::string(kLoadGPT2) + ": " + stored_name)) {
     place(spec.dim, r.from, r.to, r.length);
   }
 }

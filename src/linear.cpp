@@ -128,6 +128,54 @@ struct GatherSequenceAndLinear
   }
 };
 
+// Identity forward; backward sums the shared key/value heads' gradients
+// over the ranks holding them (see sum_shared_heads).
+struct SumSharedHeads : torch::autograd::Function<SumSharedHeads> {
+  static at::Tensor forward(
+      AutogradContext* ctx,
+      at::Tensor shard,
+      int64_t full_size,
+      int64_t kv_heads,
+      int64_t unit,
+      bool uneven,
+      Group g) {
+    save_group(ctx, g);
+    ctx->saved_data["full_size"] = full_size;
+    ctx->saved_data["kv_heads"] = kv_heads;
+    ctx->saved_data["unit"] = unit;
+    ctx->saved_data["uneven"] = uneven;
+    return shard.view_as(shard);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto g = saved_group(ctx);
+    ShardSpec spec{0, 3};
+    spec.kv_heads = ctx->saved_data["kv_heads"].toInt();
+    spec.unit = ctx->saved_data["unit"].toInt();
+    spec.uneven = ctx->saved_data["uneven"].toBool();
+    const int64_t full = ctx->saved_data["full_size"].toInt();
+    const auto ranges =
+        shard_ranges(spec, full, g.size(), g.rank(), "sum_shared_heads");
+    // K and V of every head, this rank's gradients in its own heads' rows.
+    const int64_t kv_full = spec.kv_heads * spec.unit;
+    const int64_t q_full = full - 2 * kv_full;
+    auto grad = grads[0].clone();
+    auto sizes = grad.sizes().vec();
+    sizes[0] = 2 * kv_full;
+    auto kv = at::zeros(sizes, grad.options());
+    for (size_t s = 1; s < ranges.size(); ++s) {
+      kv.narrow(0, ranges[s].from - q_full, ranges[s].length)
+          .copy_(grad.narrow(0, ranges[s].to, ranges[s].length));
+    }
+    g.all_reduce(kv);
+    for (size_t s = 1; s < ranges.size(); ++s) {
+      grad.narrow(0, ranges[s].to, ranges[s].length)
+          .copy_(kv.narrow(0, ranges[s].from - q_full, ranges[s].length));
+    }
+    return {grad, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor()};
+  }
+};
+
 } // namespace
 
 at::Tensor linear(
@@ -176,6 +224,25 @@ at::Tensor gather_sequence_and_linear(
       input, weight,
       bias.defined() ? c10::optional<at::Tensor>(bias) : c10::nullopt, group,
       seq, d);
+}
+
+at::Tensor sum_shared_heads(
+    const at::Tensor& shard, const ShardSpec& spec, const Group& group) {
+  if (!shard.defined() || spec.kv_heads == 0 || group.size() == 1 ||
+      !at::GradMode::is_enabled() || !shard.requires_grad()) {
+    return shard;
+  }
+  // Shared when the ranks' key/value heads add up to more than there are.
+  int64_t held = 0;
+  for (int64_t r = 0; r < group.size(); ++r) {
+    held += shard_ranges(spec, spec.full_size, group.size(), r,
+                         "sum_shared_heads")[1].length;
+  }
+  if (held == spec.kv_heads * spec.unit) {
+    return shard;
+  }
+  return SumSharedHeads::apply(
+      shard, spec.full_size, spec.kv_heads, spec.unit, spec.uneven, group);
 }
 
 at::Tensor reduce_from_tp_region_in_place(
@@ -277,7 +344,11 @@ void ColumnParallelLinearImpl::reset() {
   group_ = detail::group_or_default(options.group());
   check_positive(
       kColumn, options.in_features(), options.out_features(), *group_);
-  const int64_t segments = options.segments();
+  const int64_t kv = options.kv_heads();
+  TORCHTP_CHECK(
+      kv >= 0, kColumn, *group_, "kv_heads must not be negative, got ", kv);
+  // With kv_heads the segments differ in size: each is whole heads.
+  const int64_t segments = kv > 0 ? 1 : options.segments();
   TORCHTP_CHECK(
       segments >= 1 && options.out_features() % segments == 0, kColumn, *group_,
       "out_features (", options.out_features(),
@@ -288,13 +359,36 @@ void ColumnParallelLinearImpl::reset() {
       *group_, "out_features", (segments > 1 ? " / segments" : ""), " (",
       options.out_features() / segments,
       ") is not a whole number of split units of ", unit);
-  partition_ = Partition(
-      options.out_features() / segments, group_->size(), group_->rank(),
-      std::string(kColumn) + ": out_features" +
-          (segments > 1 ? " / segments" : "") +
-          (unit > 1 ? " in units of " + std::to_string(unit) : ""),
-      options.uneven(), unit);
-  const int64_t local_out = segments * partition_->local_size();
+  int64_t local_out = 0;
+  if (kv == 0) {
+    partition_ = Partition(
+        options.out_features() / segments, group_->size(), group_->rank(),
+        std::string(kColumn) + ": out_features" +
+            (segments > 1 ? " / segments" : "") +
+            (unit > 1 ? " in units of " + std::to_string(unit) : ""),
+        options.uneven(), unit);
+    local_out = segments * partition_->local_size();
+  } else {
+    const int64_t heads = options.out_features() / unit;
+    TORCHTP_CHECK(
+        options.segments() == 3 && heads > 2 * kv &&
+            (heads - 2 * kv) % kv == 0 && !options.gather_output(),
+        kColumn, *group_, "kv_heads (", kv,
+        ") needs segments(3), no gather_output, and out_features (",
+        options.out_features(), " = ", heads, " heads of ", unit,
+        ") holding query heads that are a multiple of the key/value heads "
+        "plus twice the key/value heads");
+    partition_ = Partition(
+        (heads - 2 * kv) * unit, group_->size(), group_->rank(),
+        std::string(kColumn) + ": query heads (of " + std::to_string(unit) +
+            ")",
+        options.uneven(), unit);
+    for (const auto& r : shard_ranges(
+             shard_spec("weight"), options.out_features(), group_->size(),
+             group_->rank(), kColumn)) {
+      local_out += r.length;
+    }
+  }
   const auto dtype = detail::dtype_or_default(options.dtype());
   register_weight_and_bias(
       *this, weight, bias, {local_out, options.in_features()}, local_out,
@@ -316,7 +410,8 @@ torch::Tensor ColumnParallelLinearImpl::forward(const torch::Tensor& input) {
   check_layer_input(
       kColumn, input, options.in_features(), "in_features", weight, *group_);
   auto y = detail::copy_to_tp_region_and_linear(
-      input, weight, options.skip_bias_add() ? torch::Tensor() : bias, *group_);
+      input, forward_weight(),
+      options.skip_bias_add() ? torch::Tensor() : forward_bias(), *group_);
   if (!options.gather_output()) {
     return y;
   }
@@ -331,8 +426,20 @@ torch::Tensor ColumnParallelLinearImpl::forward(const torch::Tensor& input) {
 
 ShardSpec ColumnParallelLinearImpl::shard_spec(const std::string&) const {
   return {
-      0, options.segments(), options.out_features(), options.uneven(),
-      options.split_unit()};
+      0,
+      options.segments(),
+      options.out_features(),
+      options.uneven(),
+      options.split_unit(),
+      options.kv_heads()};
+}
+
+torch::Tensor ColumnParallelLinearImpl::forward_weight() const {
+  return detail::sum_shared_heads(weight, shard_spec("weight"), *group_);
+}
+
+torch::Tensor ColumnParallelLinearImpl::forward_bias() const {
+  return detail::sum_shared_heads(bias, shard_spec("bias"), *group_);
 }
 
 void ColumnParallelLinearImpl::pretty_print(std::ostream& stream) const {
@@ -344,6 +451,9 @@ void ColumnParallelLinearImpl::pretty_print(std::ostream& stream) const {
          << ", skip_bias_add=" << options.skip_bias_add();
   if (options.segments() > 1) {
     stream << ", segments=" << options.segments();
+  }
+  if (options.kv_heads() > 0) {
+    stream << ", kv_heads=" << options.kv_heads();
   }
   if (options.uneven()) {
     stream << ", uneven=true";

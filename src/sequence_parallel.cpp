@@ -3,8 +3,6 @@
 #include "detail/check.h"
 #include "torchtp/mappings.h"
 
-#include <torch/nn/functional/normalization.h>
-
 namespace torchtp {
 
 namespace detail {
@@ -56,20 +54,12 @@ torch::Tensor reduce_scatter_sequence(
   return reduce_scatter_to_sequence_region(x, group, seq, /*dim=*/1);
 }
 
-torch::Tensor layer_norm_on_shard(
-    torch::nn::LayerNormImpl& norm,
-    const torch::Tensor& x,
-    const Group& group) {
-  namespace F = torch::nn::functional;
-  auto options = F::LayerNormFuncOptions(norm.options.normalized_shape())
-                     .eps(norm.options.eps());
-  if (norm.weight.defined()) {
-    options.weight(copy_to_tp_region(norm.weight, group));
-  }
-  if (norm.bias.defined()) {
-    options.bias(copy_to_tp_region(norm.bias, group));
-  }
-  return F::layer_norm(x, options);
+torch::Tensor norm_on_shard(
+    const NormImpl& norm, const torch::Tensor& x, const Group& group) {
+  auto shared = [&](const torch::Tensor& t) {
+    return t.defined() ? copy_to_tp_region(t, group) : t;
+  };
+  return norm.forward_with(x, shared(norm.weight), shared(norm.bias));
 }
 
 torch::Tensor add_bias_on_shard(

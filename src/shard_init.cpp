@@ -79,7 +79,12 @@ void draw_shard(
   const int64_t block_rows =
       std::max<int64_t>(1, init_block_bytes() / row_bytes / step) * step;
   c10::optional<Partition> part;
-  if (!spec.is_replicated()) {
+  std::vector<SegmentRange> ranges;
+  if (spec.dim == 0) {
+    ranges = shard_ranges(
+        spec, rows, group.size(), group.rank(), "torchtp::detail::draw_shard");
+  } else if (!spec.is_replicated()) {
+    TORCH_INTERNAL_ASSERT(spec.kv_heads == 0, "shared heads split dim 0");
     part.emplace(spec.partition(
         full_sizes[spec.dim] / spec.segments, group.size(), group.rank(),
         "torchtp::detail::draw_shard"));
@@ -101,8 +106,7 @@ void draw_shard(
       shard.narrow(0, r0, n).copy_(block);
     } else if (spec.dim == 0) {
       // Each of this rank's ranges of full rows that meets the block.
-      for (const auto& range :
-           shard_ranges(*part, spec.segments, part->rank())) {
+      for (const auto& range : ranges) {
         const int64_t lo = std::max(range.from, r0);
         const int64_t hi = std::min(range.from + range.length, r0 + n);
         if (lo < hi) {

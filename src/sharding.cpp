@@ -67,6 +67,64 @@ std::vector<SegmentRange> shard_ranges(
   return ranges;
 }
 
+std::pair<int64_t, int64_t> kv_heads_read(
+    int64_t q_first, int64_t q_last, int64_t group_size) {
+  TORCH_INTERNAL_ASSERT(group_size >= 1 && q_first < q_last);
+  return {q_first / group_size, (q_last + group_size - 1) / group_size};
+}
+
+std::vector<SegmentRange> shard_ranges(
+    const ShardSpec& spec,
+    int64_t full_size,
+    int64_t parts,
+    int64_t rank,
+    const std::string& what) {
+  TORCH_INTERNAL_ASSERT(!spec.is_replicated() && spec.segments >= 1);
+  if (spec.kv_heads == 0) {
+    TORCH_INTERNAL_ASSERT(full_size % spec.segments == 0);
+    return shard_ranges(
+        spec.partition(full_size / spec.segments, parts, rank, what),
+        spec.segments, rank);
+  }
+  const int64_t hd = spec.unit;
+  const int64_t q_full = full_size - 2 * spec.kv_heads * hd;
+  TORCH_INTERNAL_ASSERT(
+      spec.segments == 3 && q_full > 0 && q_full % (spec.kv_heads * hd) == 0,
+      what, ": ", full_size, " is not a [Q; K; V] of ", spec.kv_heads,
+      " key/value heads of ", hd);
+  const Partition q = spec.partition(q_full, parts, rank, what);
+  const auto [k_first, k_last] = kv_heads_read(
+      q.offset(rank) / hd, (q.offset(rank) + q.size(rank)) / hd,
+      q_full / hd / spec.kv_heads);
+  const int64_t kv_full = spec.kv_heads * hd, kv_len = (k_last - k_first) * hd;
+  return {
+      {q.offset(rank), 0, q.size(rank)},
+      {q_full + k_first * hd, q.size(rank), kv_len},
+      {q_full + kv_full + k_first * hd, q.size(rank) + kv_len, kv_len}};
+}
+
+std::vector<SegmentRange> owned_ranges(
+    const ShardSpec& spec,
+    int64_t full_size,
+    int64_t parts,
+    int64_t rank,
+    const std::string& what) {
+  auto ranges = shard_ranges(spec, full_size, parts, rank, what);
+  if (spec.kv_heads == 0 || rank == 0) {
+    return ranges;
+  }
+  // Shards hold ascending ranges of each segment: what rank - 1 holds ends
+  // where the lower ranks' part of the segment ends.
+  const auto lower = shard_ranges(spec, full_size, parts, rank - 1, what);
+  for (size_t s = 0; s < ranges.size(); ++s) {
+    const int64_t end = lower[s].from + lower[s].length;
+    const int64_t skip =
+        std::clamp<int64_t>(end - ranges[s].from, 0, ranges[s].length);
+    ranges[s] = {ranges[s].from + skip, ranges[s].to + skip, ranges[s].length - skip};
+  }
+  return ranges;
+}
+
 std::vector<SegmentRange> overlap_ranges(
     const Partition& then,
     int64_t rank,
@@ -149,12 +207,15 @@ at::Tensor shard_of(
   }
   const int64_t d = spec.dim;
   TORCHTP_CHECK(
-      full.size(d) % spec.segments == 0, what, group, "size ", full.size(d),
-      " along dim ", d, " is not divisible by segments (", spec.segments, ")");
-  return shard_of(
-      full, d, spec.segments,
-      spec.partition(
-          full.size(d) / spec.segments, group.size(), group.rank(), what));
+      spec.kv_heads > 0 || full.size(d) % spec.segments == 0, what, group,
+      "size ", full.size(d), " along dim ", d,
+      " is not divisible by segments (", spec.segments, ")");
+  std::vector<at::Tensor> pieces;
+  for (const auto& r :
+       shard_ranges(spec, full.size(d), group.size(), group.rank(), what)) {
+    pieces.push_back(full.narrow(d, r.from, r.length));
+  }
+  return pieces.size() == 1 ? pieces[0] : at::cat(pieces, d);
 }
 
 void copy_shard_of(

@@ -57,8 +57,11 @@ void ParallelMLPImpl::reset() {
   fc1 = register_module(
       "fc1",
       ColumnParallelLinear(detail::with_shared_options(
-          ColumnParallelLinearOptions(options.d_model(), options.ffn_hidden())
+          ColumnParallelLinearOptions(
+              options.d_model(),
+              (options.gated() ? 2 : 1) * options.ffn_hidden())
               .bias(options.bias())
+              .segments(options.gated() ? 2 : 1)
               .gather_output(false),
           options)));
   fc2 = register_module(
@@ -72,9 +75,24 @@ void ParallelMLPImpl::reset() {
 }
 
 torch::Tensor ParallelMLPImpl::down(const torch::Tensor& up) {
-  const char* approximate =
-      options.activation() == Activation::gelu_tanh ? "tanh" : "none";
-  return fc2(torch::gelu(up, approximate));
+  auto act = [&](const torch::Tensor& x) {
+    switch (options.activation()) {
+      case Activation::gelu:
+        return torch::gelu(x);
+      case Activation::gelu_tanh:
+        return torch::gelu(x, "tanh");
+      case Activation::silu:
+        return torch::silu(x);
+    }
+    TORCH_INTERNAL_ASSERT(false, "unknown activation");
+    return x;
+  };
+  if (!options.gated()) {
+    return fc2(act(up));
+  }
+  // This rank's [gate; up] halves (fc1's two segments).
+  const auto halves = up.chunk(2, -1);
+  return fc2(act(halves[0]) * halves[1]);
 }
 
 torch::Tensor ParallelMLPImpl::forward(
@@ -98,6 +116,7 @@ torch::Tensor ParallelMLPImpl::forward_replicated(const torch::Tensor& x) {
 void ParallelMLPImpl::pretty_print(std::ostream& stream) const {
   stream << "torchtp::ParallelMLP(d_model=" << options.d_model()
          << ", ffn_hidden=" << options.ffn_hidden()
+         << (options.gated() ? ", gated" : "")
          << (options.sequence_parallel() ? ", sequence_parallel" : "") << ")";
 }
 
@@ -113,30 +132,63 @@ ParallelSelfAttentionImpl::ParallelSelfAttentionImpl(
 void ParallelSelfAttentionImpl::reset() {
   Group group = detail::group_or_default(options.group());
   const int64_t d = options.d_model(), heads = options.num_heads();
+  const int64_t kv_heads =
+      options.num_kv_heads() > 0 ? options.num_kv_heads() : heads;
   TORCHTP_CHECK(
-      heads > 0 && d > 0 && d % heads == 0, kAttention, group, "d_model (", d,
-      ") is not divisible by num_heads (", heads, ")");
+      heads > 0 && d > 0 && options.num_kv_heads() >= 0 &&
+          options.head_dim() >= 0,
+      kAttention, group,
+      "d_model and num_heads must be positive, num_kv_heads and head_dim "
+      "not negative; got d_model ", d, ", num_heads ", heads, ", num_kv_heads ",
+      options.num_kv_heads(), ", head_dim ", options.head_dim());
+  TORCHTP_CHECK(
+      options.head_dim() > 0 || d % heads == 0, kAttention, group, "d_model (",
+      d, ") is not divisible by num_heads (", heads,
+      "); give head_dim to use another width");
+  TORCHTP_CHECK(
+      heads % kv_heads == 0, kAttention, group, "num_heads (", heads,
+      ") is not a multiple of num_kv_heads (", kv_heads,
+      "): every key/value head must serve the same number of query heads");
+  head_dim_ = options.head_dim() > 0 ? options.head_dim() : d / heads;
+  const int64_t hd = head_dim_;
   // Checked here, before the projections, so the message speaks of heads.
-  local_heads_ = Partition(
-                     heads, group.size(), group.rank(),
-                     std::string(kAttention) + ": num_heads", options.uneven())
-                     .local_size();
-  const int64_t head_dim = d / heads;
+  const Partition q_heads(
+      heads, group.size(), group.rank(),
+      std::string(kAttention) + ": num_heads", options.uneven());
+  local_heads_ = q_heads.local_size();
+  const int64_t group_size = heads / kv_heads;
+  const auto [kv_first, kv_last] = kv_heads_read(
+      q_heads.local_offset(), q_heads.local_offset() + local_heads_,
+      group_size);
+  local_kv_heads_ = kv_last - kv_first;
+  kv_of_head_ = torch::Tensor();
+  if (local_kv_heads_ != local_heads_) {
+    kv_of_head_ = (torch::arange(local_heads_, torch::kLong) +
+                   q_heads.local_offset())
+                      .div(group_size, "floor") -
+                  kv_first;
+  }
+  inverse_frequencies_ = options.rotary().has_value()
+                             ? rotary_inverse_frequencies(hd, *options.rotary())
+                             : torch::Tensor();
   rng_ = resolve_rng(options.rng(), group);
   const bool sp = options.sequence_parallel();
+  auto qkv_options = ColumnParallelLinearOptions(d, (heads + 2 * kv_heads) * hd)
+                         .bias(options.qkv_bias().value_or(options.bias()))
+                         .segments(3)
+                         .split_unit(hd);
+  if (kv_heads != heads) {
+    qkv_options.kv_heads(kv_heads);
+  }
   qkv = register_module(
-      "qkv", ColumnParallelLinear(detail::with_shared_options(
-                 ColumnParallelLinearOptions(d, 3 * d)
-                     .bias(options.bias())
-                     .segments(3)
-                     .split_unit(head_dim),
-                 options)));
+      "qkv",
+      ColumnParallelLinear(detail::with_shared_options(qkv_options, options)));
   proj = register_module(
       "proj", RowParallelLinear(detail::with_shared_options(
-                  RowParallelLinearOptions(d, d)
-                      .bias(options.bias())
+                  RowParallelLinearOptions(heads * hd, d)
+                      .bias(options.proj_bias().value_or(options.bias()))
                       .input_is_parallel(true)
-                      .split_unit(head_dim)
+                      .split_unit(hd)
                       .reduce_output(!sp),
                   options)));
 }
@@ -149,13 +201,23 @@ void ParallelSelfAttentionImpl::check_input(const torch::Tensor& x) const {
 }
 
 std::array<torch::Tensor, 3> ParallelSelfAttentionImpl::split_heads(
-    const torch::Tensor& projected) {
+    const torch::Tensor& projected, const torch::Tensor& positions) {
   const int64_t b = projected.size(0), s = projected.size(1);
-  const int64_t hd = options.d_model() / options.num_heads();
-  // [b, s, 3 * local_heads * hd] -> 3 x [b, local_heads, s, hd]
-  auto parts =
-      projected.view({b, s, 3, local_heads_, hd}).permute({2, 0, 3, 1, 4});
-  return {parts[0], parts[1], parts[2]};
+  const int64_t hd = head_dim_;
+  // [b, s, (lq + 2 lkv) hd] -> [b, lq, s, hd], 2 x [b, lkv, s, hd]
+  auto heads = [&](int64_t first, int64_t n) {
+    return projected.narrow(2, first * hd, n * hd)
+        .view({b, s, n, hd})
+        .permute({0, 2, 1, 3});
+  };
+  auto q = heads(0, local_heads_);
+  auto k = heads(local_heads_, local_kv_heads_);
+  auto v = heads(local_heads_ + local_kv_heads_, local_kv_heads_);
+  if (inverse_frequencies_.defined()) {
+    q = apply_rotary(q, positions, inverse_frequencies_);
+    k = apply_rotary(k, positions, inverse_frequencies_);
+  }
+  return {q, k, v};
 }
 
 torch::Tensor ParallelSelfAttentionImpl::attend(
@@ -165,7 +227,12 @@ torch::Tensor ParallelSelfAttentionImpl::attend(
     const torch::Tensor& allowed,
     bool with_dropout) {
   const int64_t b = q.size(0), s = q.size(2), hd = q.size(3);
-  auto scores = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(double(hd));
+  // Grouped-query attention: each query head reads its key/value head.
+  const auto keys = kv_of_head_.defined() ? k.index_select(1, kv_of_head_) : k;
+  const auto values =
+      kv_of_head_.defined() ? v.index_select(1, kv_of_head_) : v;
+  auto scores =
+      torch::matmul(q, keys.transpose(-2, -1)) / std::sqrt(double(hd));
   if (allowed.defined()) {
     scores = scores.masked_fill(
         allowed.logical_not(), -std::numeric_limits<float>::infinity());
@@ -178,7 +245,7 @@ torch::Tensor ParallelSelfAttentionImpl::attend(
     probs = dropout(
         probs, options.attention_dropout(), is_training(), rng_->sharded());
   }
-  auto context = torch::matmul(probs, v)    // [b, lh, s, hd]
+  auto context = torch::matmul(probs, values) // [b, lh, s, hd]
                      .permute({0, 2, 1, 3}) // [b, s, lh, hd]
                      .reshape({b, s, local_heads_ * hd});
   return proj(context);
@@ -194,11 +261,15 @@ torch::Tensor ParallelSelfAttentionImpl::forward(
     seq = detail::sequence_partition_of(
         x, seq_len, group, kAttention, options.uneven());
     projected = detail::gather_sequence_and_linear(
-        x, qkv->weight, qkv->bias, group, *seq, /*dim=*/1);
+        x, qkv->forward_weight(), qkv->forward_bias(), group, *seq,
+        /*dim=*/1);
   } else {
     projected = qkv(x);
   }
-  auto [q, k, v] = split_heads(projected);
+  const auto positions = inverse_frequencies_.defined()
+                             ? torch::arange(projected.size(1), torch::kLong)
+                             : torch::Tensor();
+  auto [q, k, v] = split_heads(projected, positions);
   torch::Tensor allowed;
   if (options.causal()) {
     const int64_t s = projected.size(1);
@@ -209,7 +280,10 @@ torch::Tensor ParallelSelfAttentionImpl::forward(
 }
 
 torch::Tensor ParallelSelfAttentionImpl::forward_cached(
-    const torch::Tensor& x, KVCache& cache, const torch::Tensor& key_mask) {
+    const torch::Tensor& x,
+    KVCache& cache,
+    const torch::Tensor& key_mask,
+    const torch::Tensor& positions) {
   check_input(x);
   const int64_t b = x.size(0), s = x.size(1);
   const int64_t past = cache.length, total = past + s;
@@ -223,13 +297,26 @@ torch::Tensor ParallelSelfAttentionImpl::forward_cached(
       kAttention, qkv->shard_group(), "expected a bool key_mask [", b, ", ",
       total, "] (cached plus new positions) but got ",
       key_mask.defined() ? c10::str(key_mask.sizes()) : "none");
-  auto [q, k, v] = split_heads(qkv(x));
+  torch::Tensor rotary_positions;
+  if (inverse_frequencies_.defined()) {
+    rotary_positions = positions.defined()
+                           ? positions
+                           : torch::arange(past, total, torch::kLong);
+    TORCHTP_CHECK(
+        rotary_positions.scalar_type() == torch::kLong &&
+            (rotary_positions.sizes() == torch::IntArrayRef({b, s}) ||
+             rotary_positions.sizes() == torch::IntArrayRef({s})),
+        kAttention, qkv->shard_group(), "expected int64 positions [", b, ", ",
+        s, "] but got ", rotary_positions.sizes(), " ",
+        rotary_positions.scalar_type());
+  }
+  auto [q, k, v] = split_heads(qkv(x), rotary_positions);
   if (!cache.k.defined()) {
     TORCHTP_CHECK(
         past == 0, kAttention, qkv->shard_group(), "the cache claims ", past,
         " positions but holds no tensors");
-    cache.k =
-        torch::empty({b, local_heads_, cache.capacity, k.size(3)}, k.options());
+    cache.k = torch::empty(
+        {b, local_kv_heads_, cache.capacity, k.size(3)}, k.options());
     cache.v = torch::empty_like(cache.k);
   }
   TORCHTP_CHECK(
@@ -257,7 +344,15 @@ torch::Tensor ParallelSelfAttentionImpl::forward_cached(
 void ParallelSelfAttentionImpl::pretty_print(std::ostream& stream) const {
   stream << "torchtp::ParallelSelfAttention(d_model=" << options.d_model()
          << ", num_heads=" << options.num_heads() << " (" << local_heads_
-         << " on this rank), causal=" << std::boolalpha << options.causal()
+         << " on this rank)";
+  if (options.num_kv_heads() > 0 &&
+      options.num_kv_heads() != options.num_heads()) {
+    stream << ", num_kv_heads=" << options.num_kv_heads() << " ("
+           << local_kv_heads_ << " on this rank)";
+  }
+  stream << ", head_dim=" << head_dim_
+         << (inverse_frequencies_.defined() ? ", rotary" : "")
+         << ", causal=" << std::boolalpha << options.causal()
          << (options.sequence_parallel() ? ", sequence_parallel" : "") << ")";
 }
 
@@ -276,19 +371,23 @@ void TransformerLayerImpl::reset() {
   const int64_t d = options.d_model();
   const int64_t ffn = options.ffn_hidden() > 0 ? options.ffn_hidden() : 4 * d;
   auto ln = [&] {
-    torch::nn::LayerNorm norm(
-        torch::nn::LayerNormOptions({d}).eps(options.layer_norm_eps()));
-    if (options.dtype().has_value()) {
-      norm->to(*options.dtype());
-    }
-    return norm;
+    return Norm(NormOptions(d)
+                    .type(options.norm())
+                    .eps(options.layer_norm_eps())
+                    .bias(options.norm_bias())
+                    .dtype(options.dtype()));
   };
   ln1 = register_module("ln1", ln());
   attention = register_module(
       "attention", ParallelSelfAttention(detail::with_shared_options(
                        ParallelSelfAttentionOptions(d, options.num_heads())
+                           .num_kv_heads(options.num_kv_heads())
+                           .head_dim(options.head_dim())
                            .causal(options.causal())
                            .bias(options.bias())
+                           .qkv_bias(options.qkv_bias())
+                           .proj_bias(options.proj_bias())
+                           .rotary(options.rotary())
                            .attention_dropout(options.attention_dropout())
                            .rng(rng_),
                        options)));
@@ -297,13 +396,17 @@ void TransformerLayerImpl::reset() {
       "mlp", ParallelMLP(detail::with_shared_options(
                  ParallelMLPOptions(d, ffn)
                      .bias(options.bias())
-                     .activation(options.activation()),
+                     .activation(options.activation())
+                     .gated(options.gated_mlp()),
                  options)));
 }
 
 torch::Tensor TransformerLayerImpl::forward_cached(
-    const torch::Tensor& x, KVCache& cache, const torch::Tensor& key_mask) {
-  auto h = x + attention->forward_cached(ln1(x), cache, key_mask);
+    const torch::Tensor& x,
+    KVCache& cache,
+    const torch::Tensor& key_mask,
+    const torch::Tensor& positions) {
+  auto h = x + attention->forward_cached(ln1(x), cache, key_mask, positions);
   return h + mlp->forward_replicated(ln2(h));
 }
 
@@ -347,9 +450,9 @@ torch::Tensor TransformerLayerImpl::forward_once(
   // Every rank holds different positions: its masks come from its own
   // stream.
   auto& stream = rng_->sharded();
-  auto a = attention(detail::layer_norm_on_shard(*ln1, x, *group_), seq_len);
+  auto a = attention(detail::norm_on_shard(*ln1, x, *group_), seq_len);
   auto h = x + dropout(a, p, training, stream);
-  auto m = mlp(detail::layer_norm_on_shard(*ln2, h, *group_), seq_len);
+  auto m = mlp(detail::norm_on_shard(*ln2, h, *group_), seq_len);
   return h + dropout(m, p, training, stream);
 }
 

@@ -85,7 +85,7 @@ TEST_P(Reshard, PlannedCopiesRebuildTheFullTensorExactly) {
     local_shape[c.dim] = c.segments * now.local_size();
     auto shard = torch::full(local_shape, NAN, torch::kDouble);
     std::vector<int64_t> read;
-    for (const auto& plan : plan_reshard(layout, now, "weight")) {
+    for (const auto& plan : plan_reshard(layout, c.loaded_tp, r, "weight")) {
       ASSERT_LT(plan.shard, c.saved_tp);
       EXPECT_EQ(at::IntArrayRef(plan.shape), saved[plan.shard].sizes());
       read.push_back(plan.shard);
@@ -168,4 +168,59 @@ TEST(FusedLayout, OneSegmentShardIsAView) {
   const auto shard =
       torchtp::shard_of(full, 0, 1, Partition(kSegment, 4, 2, "w"));
   EXPECT_EQ(shard.data_ptr(), full[6].data_ptr());
+}
+
+// Grouped-query attention's [Q; K; V]: 8 query heads reading 2 key/value
+// heads (4 each), 3 rows per head. Rank r of tp holds its query heads (by
+// Partition's uneven rule) and the key/value heads those read, written out
+// here head by head.
+torch::Tensor grouped_by_hand(const torch::Tensor& full, int64_t tp, int64_t r) {
+  constexpr int64_t q_heads = 8, kv_heads = 2, hd = 3;
+  const Partition q(q_heads, tp, r, "q heads", /*uneven=*/true);
+  std::vector<torch::Tensor> rows;
+  for (int64_t h = q.local_offset(); h < q.local_offset() + q.local_size(); ++h) {
+    rows.push_back(full.narrow(0, h * hd, hd));
+  }
+  std::vector<int64_t> kv;
+  for (int64_t h = q.local_offset(); h < q.local_offset() + q.local_size(); ++h) {
+    if (kv.empty() || kv.back() != h / (q_heads / kv_heads)) {
+      kv.push_back(h / (q_heads / kv_heads));
+    }
+  }
+  for (int64_t block : {1, 2}) { // K, then V
+    for (int64_t k : kv) {
+      rows.push_back(full.narrow(
+          0, q_heads * hd + (block - 1) * kv_heads * hd + k * hd, hd));
+    }
+  }
+  return torch::cat(rows, 0);
+}
+
+TEST(GroupedQueryLayout, ReshardsBetweenEveryPairOfDegreesUpToSix) {
+  ShardSpec spec{0, 3, 12 * 3, /*uneven=*/true, /*unit=*/3, /*kv_heads=*/2};
+  const auto full = numbered({12 * 3, 2});
+  for (int64_t saved_tp = 1; saved_tp <= 6; ++saved_tp) {
+    std::vector<torch::Tensor> saved;
+    for (int64_t k = 0; k < saved_tp; ++k) {
+      saved.push_back(grouped_by_hand(full, saved_tp, k));
+    }
+    const SavedLayout layout{{12 * 3, 2}, spec, saved_tp};
+    for (int64_t tp = 1; tp <= 6; ++tp) {
+      for (int64_t r = 0; r < tp; ++r) {
+        SCOPED_TRACE(
+            "from " + std::to_string(saved_tp) + " to " + std::to_string(tp) +
+            ", rank " + std::to_string(r));
+        const auto expected = grouped_by_hand(full, tp, r);
+        auto shard = torch::full(expected.sizes(), NAN, torch::kDouble);
+        for (const auto& plan : plan_reshard(layout, tp, r, "qkv")) {
+          EXPECT_EQ(at::IntArrayRef(plan.shape), saved[plan.shard].sizes());
+          for (const auto& range : plan.ranges) {
+            shard.narrow(0, range.to, range.length)
+                .copy_(saved[plan.shard].narrow(0, range.from, range.length));
+          }
+        }
+        EXPECT_TRUE(torch::equal(shard, expected));
+      }
+    }
+  }
 }

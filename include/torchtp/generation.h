@@ -1,6 +1,6 @@
 #pragma once
 
-#include "torchtp/gpt.h"
+#include "torchtp/causal_lm.h"
 #include "torchtp/sampling.h"
 
 #include <torch/arg.h>
@@ -47,7 +47,7 @@ struct Generation {
 /// training flag is restored). `on_token(step, ids)`, when given, sees each
 /// step's ids `[prompts]` as they come (e.g. to stream them).
 Generation generate(
-    GPTImpl& model,
+    CausalLM& model,
     const std::vector<std::vector<int64_t>>& prompts,
     const GenerateOptions& options = {},
     const std::function<void(int64_t, const at::Tensor&)>& on_token = nullptr);

@@ -1,5 +1,6 @@
 #pragma once
 
+#include "torchtp/causal_lm.h"
 #include "torchtp/cross_entropy.h"
 #include "torchtp/embedding.h"
 #include "torchtp/linear.h"
@@ -9,7 +10,6 @@
 #include <torch/nn/cloneable.h>
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/embedding.h>
-#include <torch/nn/modules/normalization.h>
 #include <torch/types.h>
 
 #include <cstdint>
@@ -34,7 +34,25 @@ struct GPTOptions {
   /// 0: 4 x d_model.
   TORCH_ARG(int64_t, ffn_hidden) = 0;
   TORCH_ARG(Activation, activation) = Activation::gelu;
-  /// Epsilon of every LayerNorm.
+  /// The family's parts (see TransformerLayerOptions): GPT-2's by default;
+  /// a Llama is `norm(rms_norm).rotary(..).gated_mlp(true)
+  /// .activation(silu).bias(false)` with its `num_kv_heads`.
+  TORCH_ARG(NormType, norm) = NormType::layer_norm;
+  TORCH_ARG(bool, norm_bias) = true;
+  /// Biases of every projection but the output layer (which has none),
+  /// unless `qkv_bias` / `proj_bias` say otherwise for the attention's.
+  TORCH_ARG(bool, bias) = true;
+  TORCH_ARG(c10::optional<bool>, qkv_bias) = c10::nullopt;
+  TORCH_ARG(c10::optional<bool>, proj_bias) = c10::nullopt;
+  /// 0: num_heads (multi-head attention).
+  TORCH_ARG(int64_t, num_kv_heads) = 0;
+  /// 0: d_model / num_heads.
+  TORCH_ARG(int64_t, head_dim) = 0;
+  TORCH_ARG(bool, gated_mlp) = false;
+  /// Rotary positions in every attention instead of the learned position
+  /// embedding (which is then not made).
+  TORCH_ARG(c10::optional<RotaryOptions>, rotary) = c10::nullopt;
+  /// Epsilon of every norm (LayerNorm or RMSNorm).
   TORCH_ARG(double, layer_norm_eps) = 1e-5;
   /// The output layer reuses the token embedding's weight (GPT-2's
   /// layout): no `lm_head` is made, and the shared weight gets the
@@ -74,37 +92,18 @@ struct GPTOptions {
   TORCH_ARG(c10::optional<torch::Dtype>, dtype) = c10::nullopt;
 };
 
-/// What a `GPT` has seen while it generates: every layer's `KVCache` (this
-/// rank's heads), which cached positions are real tokens, and each
-/// sequence's next position. Made by `GPTImpl::make_cache`.
-struct GPTCache {
-  std::vector<KVCache> layers;
-  /// `[batch, length]` bool: false for padding.
-  torch::Tensor key_mask;
-  /// `[batch]` int64: the position the next real token of each sequence
-  /// gets (its real tokens so far).
-  torch::Tensor next_position;
-  /// Positions filled (real or padding), at most `capacity()`.
-  int64_t length() const {
-    return layers.empty() ? key_mask.defined() ? key_mask.size(1) : 0
-                          : layers.front().length;
-  }
-  int64_t capacity() const {
-    return capacity_;
-  }
-
- private:
-  friend class GPTImpl;
-  int64_t capacity_ = 0;
-};
+/// The cache of a `GPT` (see `LMCache`).
+using GPTCache = LMCache;
 
 /// A GPT-style decoder built from torchtp blocks: a `VocabParallelEmbedding`
-/// plus a replicated position embedding, `num_layers` pre-norm
-/// `TransformerLayer`s, a final LayerNorm, and a `ColumnParallelLinear`
-/// output layer (or, with `tie_embeddings`, the token embedding's weight)
-/// that leaves the logits split over the vocabulary, for
-/// `vocab_parallel_cross_entropy`. `load_gpt2` (gpt2.h) builds one from a
-/// Hugging Face GPT-2 checkpoint.
+/// plus a replicated position embedding (none with rotary positions),
+/// `num_layers` pre-norm `TransformerLayer`s, a final norm, and a
+/// `ColumnParallelLinear` output layer (or, with `tie_embeddings`, the
+/// token embedding's weight) that leaves the logits split over the
+/// vocabulary, for `vocab_parallel_cross_entropy`. Its options make it any
+/// family of that shape: GPT-2, or Llama, Mistral and Qwen2 (RMSNorm,
+/// rotary positions, grouped-query attention, gated SiLU MLP).
+/// `load_gpt2` (gpt2.h) builds one from a Hugging Face GPT-2 checkpoint.
 ///
 /// Built after the same `torch::manual_seed`, its full weights are the same
 /// at every tensor-parallel size, and so are its logits and gradients.
@@ -116,7 +115,7 @@ struct GPTCache {
 ///   auto loss = gpt->loss(ids, targets);  // ids, targets: [batch, seq]
 ///   loss.backward();
 /// ```
-class GPTImpl : public torch::nn::Cloneable<GPTImpl> {
+class GPTImpl : public torch::nn::Cloneable<GPTImpl>, public CausalLM {
  public:
   explicit GPTImpl(GPTOptions options);
   void reset() override;
@@ -132,7 +131,7 @@ class GPTImpl : public torch::nn::Cloneable<GPTImpl> {
       double label_smoothing = 0.0);
   /// An empty cache for `forward_cached`, holding up to `max_seq_len`
   /// positions.
-  GPTCache make_cache() const;
+  LMCache make_cache() const override;
   /// Inference: this rank's logits `[batch, s, V_padded / ws]` for new ids
   /// `[batch, s]` that follow those in `cache` (which they join). `mask`
   /// `[batch, s]` (bool; default all true) marks the real tokens: padding
@@ -142,8 +141,8 @@ class GPTImpl : public torch::nn::Cloneable<GPTImpl> {
   /// `torch::InferenceMode` or `torch::NoGradGuard`.
   torch::Tensor forward_cached(
       const torch::Tensor& ids,
-      GPTCache& cache,
-      const torch::Tensor& mask = {});
+      LMCache& cache,
+      const torch::Tensor& mask = {}) override;
   /// Full logits over the real vocabulary, `[batch, seq, vocab_size]`, the
   /// same on every rank (all-gathers; for sampling and tests).
   torch::Tensor full_logits(const torch::Tensor& ids);
@@ -152,22 +151,32 @@ class GPTImpl : public torch::nn::Cloneable<GPTImpl> {
     return padded_vocab_;
   }
   /// How the (padded) vocabulary of the logits is split over the ranks.
-  const Partition& vocab_partition() const {
+  const Partition& vocab_partition() const override {
     return token_embedding->vocab_partition();
+  }
+  int64_t vocab_size() const override {
+    return options.vocab_size();
+  }
+  int64_t max_seq_len() const override {
+    return options.max_seq_len();
+  }
+  torch::nn::Module& module() override {
+    return *this;
   }
   /// The dropout streams; reseed them to make a step reproducible.
   RngTracker& rng() {
     return *rng_;
   }
-  const Group& group() const {
+  const Group& group() const override {
     return *group_;
   }
 
   GPTOptions options;
   VocabParallelEmbedding token_embedding{nullptr};
+  /// Empty with rotary positions.
   torch::nn::Embedding position_embedding{nullptr};
   torch::nn::ModuleList layers{nullptr};
-  torch::nn::LayerNorm final_norm{nullptr};
+  Norm final_norm{nullptr};
   /// Empty with `tie_embeddings`.
   ColumnParallelLinear lm_head{nullptr};
 

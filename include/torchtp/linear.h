@@ -52,6 +52,14 @@ struct ColumnParallelLinearOptions {
   /// Output features move between ranks in blocks of this many (a head's
   /// width, so that every rank holds whole heads).
   TORCH_ARG(int64_t, split_unit) = 1;
+  /// Grouped-query attention's fused projection (with `segments(3)` and
+  /// `split_unit` the head width): the output is `[Q; K; V]` with this many
+  /// key/value heads in K and in V, the query heads the rest; 0: equal
+  /// segments. The query heads split over the ranks (unevenly with
+  /// `uneven`) and each rank holds the key/value heads its query heads read
+  /// (see `ShardSpec::kv_heads`): a head held by several ranks gets the sum
+  /// of their weight gradients on each of them. Not with `gather_output`.
+  TORCH_ARG(int64_t, kv_heads) = 0;
   /// Ranks to split over; default: the group of `init_from_env()`.
   TORCH_ARG(c10::optional<Group>, group) = c10::nullopt;
   /// Parameter dtype; default: torch's default dtype.
@@ -149,10 +157,18 @@ class ColumnParallelLinearImpl
   }
 
   /// The split of each of the `segments` blocks of out_features (of all of
-  /// out_features when segments is 1).
+  /// out_features when segments is 1; of the query heads' block with
+  /// `kv_heads`).
   const Partition& output_partition() const {
     return *partition_;
   }
+  /// The weight and bias as `forward` uses them: the parameters, entering
+  /// through a mapping whose backward sums the gradients of key/value heads
+  /// over the ranks that share them (with `kv_heads`, in training). For
+  /// callers that fuse this layer's product into their own (sequence
+  /// parallelism).
+  torch::Tensor forward_weight() const;
+  torch::Tensor forward_bias() const;
 
   ColumnParallelLinearOptions options;
   /// `[out/ws, in]`

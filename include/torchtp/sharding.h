@@ -28,6 +28,14 @@ struct ShardSpec {
   /// indices (see `Partition`).
   bool uneven = false;
   int64_t unit = 1;
+  /// Grouped-query attention's fused `[Q; K; V]` (with `segments` 3 and
+  /// `unit` the head width): the number of key/value heads; the query heads
+  /// are the rest of the dim. 0: equal segments. The query heads split by
+  /// `Partition` (in units of one head); each rank holds the key/value
+  /// heads its query heads read (`kv_heads_read`), so when there are fewer
+  /// of them than ranks, or an uneven split cuts a group, a head is held by
+  /// several ranks.
+  int64_t kv_heads = 0;
 
   /// Every rank holds the whole tensor.
   static ShardSpec replicated() {
@@ -46,6 +54,12 @@ struct ShardSpec {
     return Partition(segment_size, parts, rank, what, uneven, unit);
   }
 };
+
+/// The key/value heads `[first, last)` that query heads `[q_first, q_last)`
+/// read when each key/value head serves `group_size` consecutive query
+/// heads (grouped-query attention): the one home of the rule.
+std::pair<int64_t, int64_t> kv_heads_read(
+    int64_t q_first, int64_t q_last, int64_t group_size);
 
 /// Implemented by every torchtp module that holds split parameters.
 class Sharded {
@@ -87,6 +101,29 @@ struct SegmentRange {
 /// the full dim, `to` an index of the shard.
 std::vector<SegmentRange> shard_ranges(
     const Partition& part, int64_t segments, int64_t rank);
+
+/// Where shard `rank` of `parts` comes from under `spec`, for a split dim
+/// of `full_size` indices (all segments): one range per segment, `from` an
+/// index of the full dim, `to` an index of the shard. `what` names the
+/// tensor in the error raised when the split does not divide.
+std::vector<SegmentRange> shard_ranges(
+    const ShardSpec& spec,
+    int64_t full_size,
+    int64_t parts,
+    int64_t rank,
+    const std::string& what);
+
+/// The parts of `shard_ranges(spec, ..)` of shard `rank` that no lower
+/// rank holds too (`to` still an index of shard `rank`): over all ranks
+/// they cover the full dim once, so they say which shard each index is
+/// taken from when shards are put together. The same as `shard_ranges`
+/// unless `spec.kv_heads` makes ranks share heads.
+std::vector<SegmentRange> owned_ranges(
+    const ShardSpec& spec,
+    int64_t full_size,
+    int64_t parts,
+    int64_t rank,
+    const std::string& what);
 
 /// Where the shard of `now.rank()` under `now` overlaps shard `rank` under
 /// `then`, two splits of the same segments: `from` an index of shard `rank`

@@ -3,6 +3,7 @@
 /// torchtp: Megatron-style tensor parallelism for LibTorch.
 /// One include for the whole public API.
 
+#include "torchtp/causal_lm.h"
 #include "torchtp/checkpoint.h"
 #include "torchtp/cross_entropy.h"
 #include "torchtp/data_parallel.h"
@@ -15,8 +16,10 @@
 #include "torchtp/init.h"
 #include "torchtp/linear.h"
 #include "torchtp/mappings.h"
+#include "torchtp/norm.h"
 #include "torchtp/partition.h"
 #include "torchtp/random.h"
+#include "torchtp/rotary.h"
 #include "torchtp/safetensors.h"
 #include "torchtp/sampling.h"
 #include "torchtp/sharding.h"

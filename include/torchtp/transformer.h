@@ -2,11 +2,12 @@
 
 #include "torchtp/group.h"
 #include "torchtp/linear.h"
+#include "torchtp/norm.h"
 #include "torchtp/random.h"
+#include "torchtp/rotary.h"
 
 #include <torch/nn/cloneable.h>
 #include <torch/nn/modules/common.h>
-#include <torch/nn/modules/normalization.h>
 #include <torch/nn/pimpl.h>
 #include <torch/types.h>
 
@@ -23,6 +24,8 @@ enum class Activation {
   gelu,
   /// GELU's tanh approximation (GPT-2's "gelu_new").
   gelu_tanh,
+  /// `x * sigmoid(x)` (Llama's SwiGLU, with `gated`).
+  silu,
 };
 
 /// Options of `ParallelMLP`.
@@ -36,6 +39,10 @@ struct ParallelMLPOptions {
   TORCH_ARG(int64_t, ffn_hidden);
   TORCH_ARG(bool, bias) = true;
   TORCH_ARG(Activation, activation) = Activation::gelu;
+  /// The gated form `fc2(act(gate(x)) * up(x))` (SwiGLU with `silu`):
+  /// `fc1` is then one column layer of two segments, `[gate; up]`, each
+  /// `ffn_hidden` wide and split the same way.
+  TORCH_ARG(bool, gated) = false;
   /// Allow an ffn_hidden that does not divide by the world size (see
   /// `Partition`: the first `ffn_hidden % ws` ranks hold one more unit).
   TORCH_ARG(bool, uneven) = false;
@@ -50,7 +57,8 @@ struct ParallelMLPOptions {
 
 /// The transformer feed-forward block: `fc2(act(fc1(x)))` with `fc1` a
 /// `ColumnParallelLinear` (d_model -> ffn_hidden/ws, no gather) and `fc2` a
-/// `RowParallelLinear` (ffn_hidden/ws -> d_model). Input and output
+/// `RowParallelLinear` (ffn_hidden/ws -> d_model); with `gated`,
+/// `fc2(act(gate) * up)` for `[gate; up] = fc1(x)`. Input and output
 /// `[*, d_model]`, the same on every rank; one all-reduce forward, one
 /// backward.
 ///
@@ -81,7 +89,7 @@ class ParallelMLPImpl : public torch::nn::Cloneable<ParallelMLPImpl> {
   FORWARD_HAS_DEFAULT_ARGS({1, torch::nn::AnyValue(int64_t{-1})})
 
  private:
-  // fc2(act(up)) for fc1's output `up`.
+  // fc2(act(up)), or fc2(act(gate) * up) when gated, for fc1's output.
   torch::Tensor down(const torch::Tensor& up);
 };
 TORCH_MODULE(ParallelMLP);
@@ -94,7 +102,8 @@ struct KVCache {
   int64_t capacity;
   /// Positions filled so far.
   int64_t length = 0;
-  /// `[batch, local_heads, capacity, head_dim]`.
+  /// `[batch, local_kv_heads, capacity, head_dim]`; keys after rotary
+  /// positions are applied.
   torch::Tensor k, v;
 };
 
@@ -104,11 +113,28 @@ struct ParallelSelfAttentionOptions {
       : d_model_(d_model), num_heads_(num_heads) {}
 
   TORCH_ARG(int64_t, d_model);
-  /// Number of heads; split over the ranks (each rank holds whole heads).
+  /// Number of (query) heads; split over the ranks (each rank holds whole
+  /// heads).
   TORCH_ARG(int64_t, num_heads);
+  /// Key/value heads (grouped-query attention: each serves num_heads /
+  /// num_kv_heads consecutive query heads; 1 is multi-query attention).
+  /// 0: num_heads. Each rank holds the key/value heads its query heads
+  /// read, so with fewer of them than ranks a head is held, and its
+  /// gradient summed, on several ranks.
+  TORCH_ARG(int64_t, num_kv_heads) = 0;
+  /// Width of a head; 0: d_model / num_heads.
+  TORCH_ARG(int64_t, head_dim) = 0;
   /// Mask future positions (a decoder).
   TORCH_ARG(bool, causal) = true;
+  /// Biases of the Q, K, V and output projections, unless set below.
   TORCH_ARG(bool, bias) = true;
+  /// Bias of the Q, K, V projection (Qwen2 has one and no output bias).
+  TORCH_ARG(c10::optional<bool>, qkv_bias) = c10::nullopt;
+  /// Bias of the output projection.
+  TORCH_ARG(c10::optional<bool>, proj_bias) = c10::nullopt;
+  /// Rotary position embeddings applied to the queries and keys of each
+  /// head (Hugging Face's "rotate half" convention); none when unset.
+  TORCH_ARG(c10::optional<RotaryOptions>, rotary) = c10::nullopt;
   /// Dropout on the attention probabilities (a sharded region: each rank
   /// draws from its own stream).
   TORCH_ARG(double, attention_dropout) = 0.0;
@@ -128,8 +154,10 @@ struct ParallelSelfAttentionOptions {
 
 /// Multi-head self-attention with the heads split over the ranks. The fused
 /// Q, K, V projection is a `ColumnParallelLinear` with `segments(3)`: its
-/// full weight is the `[Wq; Wk; Wv]` stack (`[3 d_model, d_model]`) at every
-/// world size, and rank r holds whole heads of each. The output projection
+/// full weight is the `[Wq; Wk; Wv]` stack (`[(heads + 2 kv_heads)
+/// head_dim, d_model]`) at every world size, and rank r holds whole heads
+/// of each: its query heads and the key/value heads they read (see
+/// `num_kv_heads`). The output projection
 /// is a `RowParallelLinear`. Input and output `[batch, seq, d_model]`, the
 /// same on every rank; one all-reduce forward, one backward.
 ///
@@ -150,14 +178,26 @@ class ParallelSelfAttentionImpl
   /// Inference on new positions `x [batch, s, d_model]` after the ones held
   /// in `cache`, which they join. `key_mask [batch, cache.length + s]`
   /// (bool) says which positions, old and new, are real tokens: padding is
-  /// never attended to. Causal attention (the option is ignored), no
-  /// dropout. Equals `forward` on the whole sequence, for the new rows.
+  /// never attended to. `positions [batch, s]` (int64) are the rotary
+  /// positions of the new tokens (default: the cache's slots). Causal
+  /// attention (the option is ignored), no dropout. Equals `forward` on the
+  /// whole sequence, for the new rows.
   torch::Tensor forward_cached(
-      const torch::Tensor& x, KVCache& cache, const torch::Tensor& key_mask);
+      const torch::Tensor& x,
+      KVCache& cache,
+      const torch::Tensor& key_mask,
+      const torch::Tensor& positions = {});
 
-  /// Heads on this rank.
+  /// Query heads on this rank.
   int64_t local_heads() const {
     return local_heads_;
+  }
+  /// Key/value heads on this rank.
+  int64_t local_kv_heads() const {
+    return local_kv_heads_;
+  }
+  int64_t head_dim() const {
+    return head_dim_;
   }
 
   ParallelSelfAttentionOptions options;
@@ -169,8 +209,10 @@ class ParallelSelfAttentionImpl
 
  private:
   void check_input(const torch::Tensor& x) const;
-  // Q, K, V from qkv's output, each [batch, local_heads, seq, head_dim].
-  std::array<torch::Tensor, 3> split_heads(const torch::Tensor& projected);
+  // Q [batch, local_heads, seq, head_dim] and K, V [batch, local_kv_heads,
+  // seq, head_dim] from qkv's output, rotated at `positions` with rotary.
+  std::array<torch::Tensor, 3> split_heads(
+      const torch::Tensor& projected, const torch::Tensor& positions);
   // Attention of q over k, v where `allowed` [.., s_q, s_k] is true, then
   // the output projection.
   torch::Tensor attend(
@@ -181,6 +223,13 @@ class ParallelSelfAttentionImpl
       bool with_dropout);
 
   int64_t local_heads_ = 0;
+  int64_t local_kv_heads_ = 0;
+  int64_t head_dim_ = 0;
+  // For each local query head, its key/value head among this rank's;
+  // undefined when they are one to one.
+  torch::Tensor kv_of_head_;
+  // Rotary inverse frequencies (float64); undefined without rotary.
+  torch::Tensor inverse_frequencies_;
   std::shared_ptr<RngTracker> rng_;
 };
 TORCH_MODULE(ParallelSelfAttention);
@@ -195,12 +244,29 @@ struct TransformerLayerOptions {
   /// Hidden width of the MLP; 0: 4 x d_model.
   TORCH_ARG(int64_t, ffn_hidden) = 0;
   TORCH_ARG(bool, causal) = true;
+  /// Biases of every projection, unless `qkv_bias` / `proj_bias` say
+  /// otherwise for the attention's.
   TORCH_ARG(bool, bias) = true;
+  TORCH_ARG(c10::optional<bool>, qkv_bias) = c10::nullopt;
+  TORCH_ARG(c10::optional<bool>, proj_bias) = c10::nullopt;
+  /// Grouped-query attention and head width (see
+  /// ParallelSelfAttentionOptions); 0: num_heads, d_model / num_heads.
+  TORCH_ARG(int64_t, num_kv_heads) = 0;
+  TORCH_ARG(int64_t, head_dim) = 0;
+  /// Rotary positions in the attention; none when unset.
+  TORCH_ARG(c10::optional<RotaryOptions>, rotary) = c10::nullopt;
   TORCH_ARG(Activation, activation) = Activation::gelu;
+  /// The gated MLP (SwiGLU with Activation::silu; see ParallelMLPOptions).
+  TORCH_ARG(bool, gated_mlp) = false;
+  /// LayerNorm (GPT-2) or RMSNorm (Llama) before each branch.
+  TORCH_ARG(NormType, norm) = NormType::layer_norm;
+  /// LayerNorm only: with a bias.
+  TORCH_ARG(bool, norm_bias) = true;
   /// Dropout on each residual branch (a replicated region: every rank draws
   /// the same mask; with `sequence_parallel`, each its own, see there).
   TORCH_ARG(double, hidden_dropout) = 0.0;
   TORCH_ARG(double, attention_dropout) = 0.0;
+  /// Epsilon of both norms (LayerNorm or RMSNorm).
   TORCH_ARG(double, layer_norm_eps) = 1e-5;
   /// Allow heads and ffn_hidden that do not divide by the world size (see
   /// ParallelSelfAttentionOptions and ParallelMLPOptions).
@@ -235,8 +301,10 @@ struct TransformerLayerOptions {
 };
 
 /// A pre-norm transformer block:
-/// `x = x + drop(attn(ln1(x))); x = x + drop(mlp(ln2(x)))`. The LayerNorms
-/// are replicated (every rank holds and updates the same copy; their
+/// `x = x + drop(attn(ln1(x))); x = x + drop(mlp(ln2(x)))`, GPT-2's with
+/// the default options and Llama's with RMSNorm, rotary positions,
+/// grouped-query attention and the gated SiLU MLP. The norms are
+/// replicated (every rank holds and updates the same copy; their
 /// gradients agree across ranks without communication). Input and output
 /// `[batch, seq, d_model]`, the same on every rank: two all-reduces forward,
 /// two backward. With `sequence_parallel`, input and output are this
@@ -262,7 +330,10 @@ class TransformerLayerImpl : public torch::nn::Cloneable<TransformerLayerImpl> {
   /// sequences, the same on every rank, with or without sequence
   /// parallelism.
   torch::Tensor forward_cached(
-      const torch::Tensor& x, KVCache& cache, const torch::Tensor& key_mask);
+      const torch::Tensor& x,
+      KVCache& cache,
+      const torch::Tensor& key_mask,
+      const torch::Tensor& positions = {});
   /// How sequence parallelism splits a sequence of `seq_len` positions over
   /// this layer's group (by `Partition`'s uneven rule with `uneven`); raises
   /// a `c10::Error` naming the rank, the world size and the length when it
@@ -270,7 +341,7 @@ class TransformerLayerImpl : public torch::nn::Cloneable<TransformerLayerImpl> {
   Partition sequence_partition(int64_t seq_len) const;
 
   TransformerLayerOptions options;
-  torch::nn::LayerNorm ln1{nullptr}, ln2{nullptr};
+  Norm ln1{nullptr}, ln2{nullptr};
   ParallelSelfAttention attention{nullptr};
   ParallelMLP mlp{nullptr};
 

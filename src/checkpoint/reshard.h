@@ -9,6 +9,7 @@
 
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <utility>
@@ -36,32 +37,47 @@ struct ShardRead {
   std::vector<SegmentRange> ranges;
 };
 
-/// The reads that fill the shard of `now.rank()`, where `now` splits one
-/// segment of `saved`'s split dim over the new group, in shard order; saved
-/// shards that hold nothing of it are not read. `saved` must be split (not
-/// replicated) with a full shape that has `now.full_size()` per segment.
-/// `what` names the tensor in the error raised when the saved degree does
-/// not divide a segment.
+/// The reads that fill shard `rank` of `parts` (the new split, by the
+/// same spec as `saved`'s but for the degree), in saved-shard order; saved
+/// shards that hold nothing of it, or only indices a lower saved shard
+/// holds too, are not read. `saved` must be split (not replicated). `what`
+/// names the tensor in the error raised when a degree does not divide it.
 inline std::vector<ShardRead> plan_reshard(
-    const SavedLayout& saved, const Partition& now, const std::string& what) {
+    const SavedLayout& saved,
+    int64_t parts,
+    int64_t rank,
+    const std::string& what) {
   const auto& spec = saved.spec;
   TORCH_INTERNAL_ASSERT(
       !spec.is_replicated() &&
           spec.dim < static_cast<int64_t>(saved.shape.size()),
       "resharding needs a split tensor");
-  TORCH_INTERNAL_ASSERT(
-      saved.shape[spec.dim] == spec.segments * now.full_size(),
-      "the new split does not cover the saved dim");
-  const Partition then =
-      spec.partition(now.full_size(), saved.shards, /*rank=*/0, what);
+  const int64_t full = saved.shape[spec.dim];
+  const auto wanted = shard_ranges(spec, full, parts, rank, what);
   std::vector<ShardRead> reads;
   for (int64_t k = 0; k < saved.shards; ++k) {
-    auto ranges = overlap_ranges(then, k, now, spec.segments);
+    // Every full index is taken from the lowest saved shard holding it.
+    std::vector<SegmentRange> ranges;
+    int64_t held = 0;
+    for (const auto& src : owned_ranges(spec, full, saved.shards, k, what)) {
+      for (const auto& dst : wanted) {
+        const int64_t lo = std::max(src.from, dst.from);
+        const int64_t hi =
+            std::min(src.from + src.length, dst.from + dst.length);
+        if (lo < hi) {
+          ranges.push_back(
+              {src.to + lo - src.from, dst.to + lo - dst.from, hi - lo});
+        }
+      }
+    }
+    for (const auto& r : shard_ranges(spec, full, saved.shards, k, what)) {
+      held += r.length;
+    }
     if (ranges.empty()) {
       continue; // shard k holds nothing of this rank's shard
     }
     auto shape = saved.shape;
-    shape[spec.dim] = spec.segments * then.size(k);
+    shape[spec.dim] = held;
     reads.push_back({k, std::move(shape), std::move(ranges)});
   }
   return reads;

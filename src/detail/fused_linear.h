@@ -5,6 +5,7 @@
 
 #include "torchtp/group.h"
 #include "torchtp/partition.h"
+#include "torchtp/sharding.h"
 
 #include <ATen/core/Tensor.h>
 
@@ -45,6 +46,15 @@ at::Tensor gather_sequence_and_linear(
     const Group& group,
     const Partition& seq,
     int64_t dim);
+
+/// `shard` (a weight or bias of a column-parallel layer split by `spec`,
+/// whose `kv_heads` makes ranks share key/value heads), unchanged in
+/// forward; backward sums the gradient of every shared head over the ranks
+/// that hold it (one all-reduce of the K and V blocks, each rank adding
+/// its own heads' gradients and zeros elsewhere). `shard` itself when no
+/// head is shared or no gradient is recorded.
+at::Tensor sum_shared_heads(
+    const at::Tensor& shard, const ShardSpec& spec, const Group& group);
 
 /// reduce_from_tp_region for an input the caller owns (a fresh partial sum
 /// that nothing else reads): reduced in place, with no copy. Used by

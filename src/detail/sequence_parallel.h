@@ -5,9 +5,9 @@
 // biases applied to a rank's part of it.
 
 #include "torchtp/group.h"
+#include "torchtp/norm.h"
 #include "torchtp/partition.h"
 
-#include <torch/nn/modules/normalization.h>
 #include <torch/types.h>
 
 #include <string>
@@ -37,11 +37,11 @@ Partition sequence_partition_of(
 torch::Tensor reduce_scatter_sequence(
     const torch::Tensor& x, const Group& group, const Partition& seq);
 
-/// LayerNorm of this rank's part of the sequence with the replicated
-/// `norm`'s parameters, whose gradients are summed over `group` in backward
-/// (each rank's covers its own positions only).
-torch::Tensor layer_norm_on_shard(
-    torch::nn::LayerNormImpl& norm, const torch::Tensor& x, const Group& group);
+/// `norm` (LayerNorm or RMSNorm) of this rank's part of the sequence with
+/// the replicated `norm`'s parameters, whose gradients are summed over
+/// `group` in backward (each rank's covers its own positions only).
+torch::Tensor norm_on_shard(
+    const NormImpl& norm, const torch::Tensor& x, const Group& group);
 
 /// `y + bias` for `y` a part of the sequence and `bias` replicated (may be
 /// undefined): the bias gradient is summed over `group` in backward.

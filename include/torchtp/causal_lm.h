@@ -1,0 +1,72 @@
+#pragma once
+
+#include "torchtp/group.h"
+#include "torchtp/partition.h"
+#include "torchtp/transformer.h"
+
+#include <torch/nn/module.h>
+#include <torch/types.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace torchtp {
+
+/// What a causal LM has seen while it generates: every layer's `KVCache`
+/// (this rank's key/value heads), which cached positions are real tokens,
+/// and each sequence's next position. Made by `CausalLM::make_cache`.
+struct LMCache {
+  LMCache() = default;
+  /// Room for `capacity` positions in each of `layers` layers.
+  LMCache(int64_t capacity, int64_t layers)
+      : layers(layers, KVCache(capacity)), capacity_(capacity) {}
+
+  std::vector<KVCache> layers;
+  /// `[batch, length]` bool: false for padding.
+  torch::Tensor key_mask;
+  /// `[batch]` int64: the position the next real token of each sequence
+  /// gets (its real tokens so far).
+  torch::Tensor next_position;
+  /// Positions filled (real or padding), at most `capacity()`.
+  int64_t length() const {
+    return layers.empty() ? key_mask.defined() ? key_mask.size(1) : 0
+                          : layers.front().length;
+  }
+  int64_t capacity() const {
+    return capacity_;
+  }
+
+ private:
+  int64_t capacity_ = 0;
+};
+
+/// What generation, sampling and serving need of a decoder-only language
+/// model split over a tensor-parallel group: every family (GPT-2, Llama,
+/// Mistral, Qwen2: `GPT` with their options) implements it, so the code
+/// above it never names a family.
+class CausalLM {
+ public:
+  virtual ~CausalLM() = default;
+  /// An empty cache holding up to `max_seq_len()` positions.
+  virtual LMCache make_cache() const = 0;
+  /// Inference: this rank's logits `[batch, s, padded_vocab / ws]` (split as
+  /// `vocab_partition()` says) for new ids `[batch, s]` that follow those
+  /// in `cache`, which they join. `mask [batch, s]` (bool; default all
+  /// true) marks real tokens: padding takes no position and is never
+  /// attended to. Collective over `group()`.
+  virtual torch::Tensor forward_cached(
+      const torch::Tensor& ids,
+      LMCache& cache,
+      const torch::Tensor& mask = {}) = 0;
+  /// How the (padded) vocabulary of the logits is split over the ranks.
+  virtual const Partition& vocab_partition() const = 0;
+  /// Ids below this are real tokens; the rest of the logits are padding.
+  virtual int64_t vocab_size() const = 0;
+  /// The context: positions a cache holds.
+  virtual int64_t max_seq_len() const = 0;
+  virtual const Group& group() const = 0;
+  /// The module itself (to switch training off while generating).
+  virtual torch::nn::Module& module() = 0;
+};
+
+} // namespace torchtp

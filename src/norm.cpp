@@ -1,0 +1,65 @@
+#include "torchtp/norm.h"
+
+#include "detail/dtype.h"
+
+#include <torch/nn/init.h>
+
+namespace torchtp {
+
+NormImpl::NormImpl(NormOptions options_) : options(std::move(options_)) {
+  reset();
+}
+
+void NormImpl::reset() {
+  TORCH_CHECK(
+      options.dim() > 0 && options.eps() >= 0,
+      "torchtp::Norm: dim must be positive and eps not negative, got dim ",
+      options.dim(), " and eps ", options.eps());
+  const auto dtype = options.dtype().value_or(
+      c10::typeMetaToScalarType(at::get_default_dtype()));
+  weight = register_parameter("weight", torch::empty({options.dim()}, dtype));
+  bias = options.type() == NormType::layer_norm && options.bias()
+             ? register_parameter("bias", torch::empty({options.dim()}, dtype))
+             : torch::Tensor();
+  reset_parameters();
+}
+
+void NormImpl::reset_parameters() {
+  torch::NoGradGuard no_grad;
+  weight.fill_(1);
+  if (bias.defined()) {
+    bias.zero_();
+  }
+}
+
+torch::Tensor NormImpl::forward(const torch::Tensor& x) {
+  return forward_with(x, weight, bias);
+}
+
+torch::Tensor NormImpl::forward_with(
+    const torch::Tensor& x,
+    const torch::Tensor& w,
+    const torch::Tensor& b) const {
+  TORCH_CHECK(
+      x.defined() && x.dim() >= 1 && x.size(-1) == options.dim(),
+      "torchtp::Norm: expected input [*, ", options.dim(), "] but got ",
+      x.defined() ? c10::str(x.sizes()) : "undefined");
+  if (options.type() == NormType::layer_norm) {
+    return torch::layer_norm(x, {options.dim()}, w, b, options.eps());
+  }
+  // Hugging Face's LlamaRMSNorm: normalised in float32 (or wider), rounded
+  // to the input's dtype, then scaled by the weight.
+  const auto wide = x.to(detail::compute_dtype(x.scalar_type()));
+  const auto normed =
+      wide * torch::rsqrt(wide.pow(2).mean(-1, /*keepdim=*/true) + options.eps());
+  return w * normed.to(x.scalar_type());
+}
+
+void NormImpl::pretty_print(std::ostream& stream) const {
+  stream << "torchtp::Norm("
+         << (options.type() == NormType::layer_norm ? "LayerNorm" : "RMSNorm")
+         << ", dim=" << options.dim() << ", eps=" << options.eps()
+         << (bias.defined() ? "" : ", no bias") << ")";
+}
+
+} // namespace torchtp
