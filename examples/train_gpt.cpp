@@ -36,6 +36,8 @@ struct Args {
   int d_model = 128;
   int heads = 4;
   int layers = 4;
+  std::string family = "gpt2";
+  int kv_heads = 0;
   double lr = 3e-3;
   double clip = 1.0;
   double dropout = 0.0;
@@ -109,6 +111,17 @@ int run(int argc, char** argv) {
   app.add_option("--heads", a.heads, "attention heads")->capture_default_str();
   app.add_option("--layers", a.layers, "transformer layers")
       ->capture_default_str();
+  app.add_option(
+         "--family", a.family,
+         "blocks of gpt2 (LayerNorm, learned positions, GELU MLP, biases) or "
+         "llama (RMSNorm, rotary positions, gated SiLU MLP, no biases, "
+         "grouped-query attention)")
+      ->check(CLI::IsMember({"gpt2", "llama"}))
+      ->capture_default_str();
+  app.add_option(
+      "--kv-heads", a.kv_heads,
+      "key/value heads of --family llama (0: half the heads, or all of an "
+      "odd number); each serves heads / kv-heads query heads");
   app.add_option("--lr", a.lr, "AdamW learning rate")->capture_default_str();
   app.add_option(
          "--clip", a.clip,
@@ -170,19 +183,31 @@ int run(int argc, char** argv) {
     c[i] = stoi[static_cast<unsigned char>(text[i])];
   }
 
+  auto options = torchtp::GPTOptions(static_cast<int64_t>(itos.size()), a.seq)
+                     .d_model(a.d_model)
+                     .num_heads(a.heads)
+                     .num_layers(a.layers)
+                     .hidden_dropout(a.dropout)
+                     .attention_dropout(a.dropout)
+                     .dropout_seed(a.seed)
+                     .uneven(a.uneven)
+                     .sequence_parallel(a.sequence_parallel)
+                     .recompute(a.recompute)
+                     .group(pg.tensor)
+                     .dtype(dtype);
+  if (a.family == "llama") {
+    const int kv = a.kv_heads > 0 ? a.kv_heads
+                   : a.heads % 2 == 0 ? a.heads / 2
+                                      : a.heads;
+    options.norm(torchtp::NormType::rms_norm)
+        .rotary(torchtp::RotaryOptions())
+        .gated_mlp(true)
+        .activation(torchtp::Activation::silu)
+        .bias(false)
+        .num_kv_heads(kv);
+  }
   torch::manual_seed(a.seed); // the same full weights at every TP size
-  torchtp::GPT gpt(torchtp::GPTOptions(static_cast<int64_t>(itos.size()), a.seq)
-                       .d_model(a.d_model)
-                       .num_heads(a.heads)
-                       .num_layers(a.layers)
-                       .hidden_dropout(a.dropout)
-                       .attention_dropout(a.dropout)
-                       .dropout_seed(a.seed)
-                       .uneven(a.uneven)
-                       .sequence_parallel(a.sequence_parallel)
-                       .recompute(a.recompute)
-                       .group(pg.tensor)
-                       .dtype(dtype));
+  torchtp::GPT gpt(options);
   torch::optim::AdamW opt(
       gpt->parameters(), torch::optim::AdamWOptions(a.lr).weight_decay(0.0));
   int64_t params = 0;

@@ -51,11 +51,20 @@ double clip_grad_norm(torch::nn::Module& module, double max_norm) {
       continue;
     }
     grads.push_back(g);
-    const double sq = g.to(torch::kDouble).square().sum().item<double>();
-    if (specs.at(p.key()).is_replicated()) {
-      replicated += sq;
-    } else {
-      split += sq;
+    const auto& spec = specs.at(p.key());
+    if (spec.is_replicated()) {
+      replicated += g.to(torch::kDouble).square().sum().item<double>();
+      continue;
+    }
+    // Only the indices this rank owns: a key/value head that several ranks
+    // hold counts once.
+    const int64_t full = full_shape(g.sizes(), spec, group)[spec.dim];
+    for (const auto& r : owned_ranges(
+             spec, full, group.size(), group.rank(), "clip_grad_norm")) {
+      split += g.narrow(spec.dim, r.to, r.length)
+                   .to(torch::kDouble)
+                   .square()
+                   .sum();
     }
   }
   group.all_reduce(split);

@@ -138,9 +138,9 @@ void ParallelSelfAttentionImpl::reset() {
       heads > 0 && d > 0 && options.num_kv_heads() >= 0 &&
           options.head_dim() >= 0,
       kAttention, group,
-      "d_model and num_heads must be positive, num_kv_heads and head_dim "
-      "not negative; got d_model ", d, ", num_heads ", heads, ", num_kv_heads ",
-      options.num_kv_heads(), ", head_dim ", options.head_dim());
+      "d_model (", d, ") and num_heads (", heads,
+      ") must be positive, num_kv_heads (", options.num_kv_heads(),
+      ") and head_dim (", options.head_dim(), ") not negative");
   TORCHTP_CHECK(
       options.head_dim() > 0 || d % heads == 0, kAttention, group, "d_model (",
       d, ") is not divisible by num_heads (", heads,

@@ -221,6 +221,14 @@ TEST_P(LlamaBlocks, LogitsLossAndEveryGradientMatchTheUnshardedLlama) {
         p.value().grad(),
         torchtp::shard_of(w.at(p.key()).grad(), specs.at(p.key()), g, p.key())));
   }
+  // The full gradient's norm, a key/value head held by several ranks
+  // counted once.
+  double squares = 0;
+  for (const auto& item : w) {
+    squares += item.second.grad().square().sum().item<double>();
+  }
+  const double norm = std::sqrt(squares);
+  EXPECT_NEAR(torchtp::clip_grad_norm(*model, 1e9), norm, 1e-9 * norm);
 }
 
 TEST_P(LlamaBlocks, CachedDecodingEqualsRecomputationWithLeftPadding) {

@@ -62,6 +62,20 @@ diff=$(loss_diff "$work/straight/loss.csv" "$work/sp/loss.csv" 12)
 echo "largest loss difference, TP=2 vs TP=2 sequence-parallel + recompute: $diff"
 check "--sequence-parallel --recompute follow TP=2 within 1e-9" \
   "awk -v d='$diff' 'BEGIN { exit !(d ~ /^[0-9.e+-]+$/ && d + 0 < 1e-9) }'"
+# The Llama blocks (RMSNorm, rotary positions, gated SiLU MLP, 4 query
+# heads reading 1 key/value head, so at TP=2 both ranks hold it and sum its
+# gradients): TP=2 follows TP=1 within 1e-9 in float64, and learns.
+"$run" --nproc-per-node 1 "$train" "${small[@]}" --batch 4 --steps 12 \
+  --family llama --kv-heads 1 --out "$work/llama1"
+"$run" --nproc-per-node 2 "$train" "${small[@]}" --batch 4 --steps 12 \
+  --family llama --kv-heads 1 --out "$work/llama2"
+diff=$(loss_diff "$work/llama1/loss.csv" "$work/llama2/loss.csv" 12)
+echo "largest loss difference, Llama blocks, TP=1 vs TP=2: $diff"
+check "--family llama at TP=2 follows TP=1 within 1e-9" \
+  "awk -v d='$diff' 'BEGIN { exit !(d ~ /^[0-9.e+-]+$/ && d + 0 < 1e-9) }'"
+first=$(sed -n 2p "$work/llama2/loss.csv" | cut -d, -f2)
+last=$(tail -n 1 "$work/llama2/loss.csv" | cut -d, -f2)
+check "the Llama loss falls ($first -> $last)" "awk 'BEGIN { exit !($last < $first) }'"
 if "$run" --nproc-per-node 3 "$train" "${f32[@]}" --out "$work/tp3even" \
     > "$work/tp3even.log" 2>&1; then
   check "TP=3 without --uneven is refused" false
