@@ -27,6 +27,7 @@ struct Shape {
   std::string name;
   int64_t heads, kv_heads, head_dim, d = 24, ffn = 20, layers = 2;
   bool qkv_bias = false, tied = false, sequence_parallel = false;
+  bool recompute = false;
   torchtp::RotaryOptions rotary = torchtp::RotaryOptions().theta(500.0);
 };
 
@@ -53,6 +54,7 @@ torchtp::GPTOptions options_of(const Shape& s, const torchtp::Group& g) {
       .vocab_pad_multiple(1)
       .uneven(true)
       .sequence_parallel(s.sequence_parallel)
+      .recompute(s.recompute)
       .group(g)
       .dtype(torch::kDouble);
 }
@@ -188,6 +190,10 @@ std::vector<Shape> shapes() {
   Shape sp{"grouped_query_sequence_parallel", 8, 2, 4};
   sp.sequence_parallel = true;
   out.push_back(sp);
+  // Recomputation runs the shared heads' forward again in backward.
+  Shape again{"multi_query_recompute", 6, 1, 4};
+  again.recompute = true;
+  out.push_back(again);
   return out;
 }
 
@@ -335,6 +341,22 @@ TEST(LlamaBlocks, HeadsThatCannotBeSplitAreRefusedWithTheNumbers) {
                 g));
       },
       {"num_heads (6)", "num_kv_heads (4)", "[rank"}));
+}
+
+TEST(LlamaBlocks, UnevenHeadsNeedUnevenAndSayHowMany) {
+  auto g = world();
+  if (g.size() < 3) {
+    return; // 8 query heads divide by 1 and 2 ranks
+  }
+  auto options = torchtp::ParallelSelfAttentionOptions(24, 8)
+                     .num_kv_heads(2)
+                     .head_dim(4)
+                     .group(g);
+  if (8 % g.size() != 0) {
+    EXPECT_TRUE(raises_with(
+        [&] { torchtp::ParallelSelfAttention attention(options); },
+        {"num_heads", "(8)", "(" + std::to_string(g.size()) + ")", "[rank"}));
+  }
 }
 
 TEST(Rotary, EqualsTheRotationOfEachPairByItsAngle) {
