@@ -42,9 +42,12 @@ json parse_json(const std::string& text, const std::string& where) {
   }
 }
 
-// Unicode \w (the library's test for single_word added tokens).
+// The library's test for single_word added tokens: Rust regex's Unicode
+// \w (Alphabetic, marks, decimal digits, connector punctuation, joiners).
 bool is_word_char_at(std::string_view s, size_t i) {
-  static const Regex word("^\\w", "single_word");
+  static const Regex word(
+      "^[\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\x{200c}\\x{200d}]",
+      "single_word");
   bool found = false;
   word.for_each_match(s.substr(i, utf8_length(static_cast<unsigned char>(
                                       s[i]))),

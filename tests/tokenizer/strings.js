@@ -38,6 +38,8 @@ const hand = [
   '<think>reasoning</think>', '<|endoftext', 'endoftext|>', '<0x41>', '▁', '▁▁hello', 'Ġhello', 'âĢĻ',
   'mask: <mask> and  <mask>x', 'a [SEP]   b [SEP]', 'cat category bobcat cat_ cat. (cat)', ' <both>  x',
   'hello hello', ' hello', 'Say hello!', '<mask>long <mask>lon',
+  'cat\u0301 cat', '2cat cat2 _cat cat_ écat', 'ab\u00a0 <mask>', '<mask>\u3000 x', 'x [SEP]\n\ny',
+  '<both><both>', '  <both>  <mask>  ', 'cat', ' cat ', 'cat\u200dcat',
 ];
 
 // Pieces mixed into more strings by a fixed generator.
