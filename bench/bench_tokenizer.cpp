@@ -70,9 +70,10 @@ int64_t checksum(const std::vector<int64_t>& ids) {
 int run(int argc, char** argv) {
   const char* cache_env = std::getenv("TORCHTP_CACHE");
   const char* home = std::getenv("HOME");
-  std::string cache = cache_env != nullptr
-      ? cache_env
-      : std::string(home != nullptr ? home : ".") + "/.cache/torchtp";
+  std::string cache =
+      cache_env != nullptr
+          ? cache_env
+          : std::string(home != nullptr ? home : ".") + "/.cache/torchtp";
   std::vector<std::string> models{"gpt2", "llama3", "qwen3", "llama2"};
   int rounds = 5;
   int repeats = 3;
@@ -100,17 +101,20 @@ int run(int argc, char** argv) {
   const std::string script = TORCHTP_SOURCE_DIR "/bench/bench_tokenizer.js";
   const std::string node_modules = cache + "/npm/node_modules";
   const std::string text_path = json_path + ".text.txt";
-  run_command("node " + quoted(script) + " text " + quoted(text_path) + " " +
-              std::to_string(chars));
+  run_command(
+      "node " + quoted(script) + " text " + quoted(text_path) + " " +
+      std::to_string(chars));
   const std::string text = read_file(text_path);
   const double mb = static_cast<double>(text.size()) / 1e6;
 
-  std::printf("# bench_tokenizer on %s; one thread; text %.2f MB UTF-8 "
-              "(mixed scripts, code, numbers); %d rounds x %d encodes per "
-              "side, medians\n",
-              torchtp::bench::cpu_model().c_str(), mb, rounds, repeats);
-  std::printf("%-10s %9s %14s %14s %8s %6s\n", "vocab", "ids", "torchtp_MB/s",
-              "hf_rust_MB/s", "ratio", "same");
+  std::printf(
+      "# bench_tokenizer on %s; one thread; text %.2f MB UTF-8 "
+      "(mixed scripts, code, numbers); %d rounds x %d encodes per "
+      "side, medians\n",
+      torchtp::bench::cpu_model().c_str(), mb, rounds, repeats);
+  std::printf(
+      "%-10s %9s %14s %14s %8s %6s\n", "vocab", "ids", "torchtp_MB/s",
+      "hf_rust_MB/s", "ratio", "same");
   nlohmann::json rows = nlohmann::json::array();
   for (const std::string& name : models) {
     const std::string dir = cache + "/tokenizer-models/" + name;
@@ -154,20 +158,21 @@ int run(int argc, char** argv) {
     const double their_mbs =
         reference ? mb / torchtp::bench::median(theirs) : 0.0;
     const bool same = their_ids == static_cast<int64_t>(ids.size()) &&
-        their_checksum == checksum(ids);
-    std::printf("%-10s %9zu %14.2f %14.2f %8.2f %6s\n", name.c_str(),
-                ids.size(), our_mbs, their_mbs,
-                reference ? our_mbs / their_mbs : 0.0,
-                reference ? (same ? "yes" : "NO") : "-");
+                      their_checksum == checksum(ids);
+    std::printf(
+        "%-10s %9zu %14.2f %14.2f %8.2f %6s\n", name.c_str(), ids.size(),
+        our_mbs, their_mbs, reference ? our_mbs / their_mbs : 0.0,
+        reference ? (same ? "yes" : "NO") : "-");
     std::fflush(stdout);
-    rows.push_back({{"vocab", name},
-                    {"ids", ids.size()},
-                    {"torchtp_mb_per_s", our_mbs},
-                    {"hf_tokenizers_mb_per_s", their_mbs},
-                    {"ratio", reference ? our_mbs / their_mbs : 0.0},
-                    {"same_ids", same},
-                    {"torchtp_seconds", ours},
-                    {"hf_tokenizers_seconds", theirs}});
+    rows.push_back(
+        {{"vocab", name},
+         {"ids", ids.size()},
+         {"torchtp_mb_per_s", our_mbs},
+         {"hf_tokenizers_mb_per_s", their_mbs},
+         {"ratio", reference ? our_mbs / their_mbs : 0.0},
+         {"same_ids", same},
+         {"torchtp_seconds", ours},
+         {"hf_tokenizers_seconds", theirs}});
   }
   nlohmann::json out = {
       {"machine", torchtp::bench::cpu_model()},
@@ -175,8 +180,9 @@ int run(int argc, char** argv) {
       {"text_mb", mb},
       {"rounds", rounds},
       {"repeats", repeats},
-      {"reference", "npm tokenizers (Hugging Face's Rust library), "
-                    "RAYON_NUM_THREADS=1"},
+      {"reference",
+       "npm tokenizers (Hugging Face's Rust library), "
+       "RAYON_NUM_THREADS=1"},
       {"rows", rows}};
   std::ofstream(json_path) << out.dump(2) << "\n";
   std::printf("wrote %s\n", json_path.c_str());

@@ -61,16 +61,14 @@ class Tokenizer {
   /// (e.g. a BOS) are added; added and special tokens written in the text
   /// are recognised as those tokens either way. An empty text is valid.
   std::vector<int64_t> encode(
-      const std::string& text,
-      bool add_special_tokens = true) const;
+      const std::string& text, bool add_special_tokens = true) const;
 
   /// The text of `ids` through the decoder. Ids that are not in the
   /// vocabulary are skipped, as the library does; with
   /// `skip_special_tokens` special tokens are left out. Byte tokens that do
   /// not form valid UTF-8 decode to U+FFFD as the library's decoders say.
   std::string decode(
-      const std::vector<int64_t>& ids,
-      bool skip_special_tokens = true) const;
+      const std::vector<int64_t>& ids, bool skip_special_tokens = true) const;
 
   /// Distinct tokens of the model's vocabulary and the added tokens.
   int64_t vocab_size() const;
@@ -112,8 +110,7 @@ class DecodeStream {
  public:
   /// A stream over `tokenizer` (which it keeps alive).
   explicit DecodeStream(
-      const Tokenizer& tokenizer,
-      bool skip_special_tokens = true);
+      const Tokenizer& tokenizer, bool skip_special_tokens = true);
 
   /// Adds one id; returns the newly complete text (may be empty).
   std::string step(int64_t id);

@@ -120,8 +120,9 @@ BpeModel::BpeModel(
   model_keys_.reserve(vocab.size());
   int32_t max_id = -1;
   for (const auto& [token, id] : vocab) {
-    TORCH_CHECK(id >= 0, where, ": model.vocab gives '", token,
-                "' the negative id ", id);
+    TORCH_CHECK(
+        id >= 0, where, ": model.vocab gives '", token, "' the negative id ",
+        id);
     max_id = std::max(max_id, id);
   }
   tokens_by_id_.resize(static_cast<size_t>(max_id + 1));
@@ -152,8 +153,9 @@ BpeModel::BpeModel(
   }
   if (options_.has_unk) {
     unk_id_ = vocab_.get(options_.unk_token);
-    TORCH_CHECK(unk_id_ >= 0, where, ": the unk_token '", options_.unk_token,
-                "' is not in model.vocab");
+    TORCH_CHECK(
+        unk_id_ >= 0, where, ": the unk_token '", options_.unk_token,
+        "' is not in model.vocab");
   }
   const size_t size = table_size_for(merges.size());
   merges_.assign(size, MergeSlot{});
@@ -165,12 +167,14 @@ BpeModel::BpeModel(
     const int32_t ib = vocab_.get(b);
     joined.assign(a).append(b);
     const int32_t merged = vocab_.get(joined);
-    TORCH_CHECK(ia >= 0 && ib >= 0, where, ": merge ", rank, " ('", a, "' '",
-                b, "') has a token that is not in model.vocab");
-    TORCH_CHECK(merged >= 0, where, ": merge ", rank, " ('", a, "' '", b,
-                "') makes '", joined, "', which is not in model.vocab");
-    const uint64_t key = (static_cast<uint64_t>(ia) << 32) |
-        static_cast<uint32_t>(ib);
+    TORCH_CHECK(
+        ia >= 0 && ib >= 0, where, ": merge ", rank, " ('", a, "' '", b,
+        "') has a token that is not in model.vocab");
+    TORCH_CHECK(
+        merged >= 0, where, ": merge ", rank, " ('", a, "' '", b, "') makes '",
+        joined, "', which is not in model.vocab");
+    const uint64_t key =
+        (static_cast<uint64_t>(ia) << 32) | static_cast<uint32_t>(ib);
     size_t s = hash_pair(key) & merge_mask_;
     while (merges_[s].key != ~uint64_t{0} && merges_[s].key != key) {
       s = (s + 1) & merge_mask_;
@@ -180,10 +184,10 @@ BpeModel::BpeModel(
   }
 }
 
-bool BpeModel::find_merge(int32_t a, int32_t b, uint32_t& rank, int32_t& id)
-    const {
-  const uint64_t key = (static_cast<uint64_t>(a) << 32) |
-      static_cast<uint32_t>(b);
+bool BpeModel::find_merge(
+    int32_t a, int32_t b, uint32_t& rank, int32_t& id) const {
+  const uint64_t key =
+      (static_cast<uint64_t>(a) << 32) | static_cast<uint32_t>(b);
   size_t s = hash_pair(key) & merge_mask_;
   while (true) {
     const MergeSlot& slot = merges_[s];
@@ -232,8 +236,8 @@ struct MergeScratch {
 
 } // namespace
 
-void BpeModel::merge_word(std::string_view word, std::vector<int32_t>& out)
-    const {
+void BpeModel::merge_word(
+    std::string_view word, std::vector<int32_t>& out) const {
   thread_local MergeScratch scratch;
   auto& symbols = scratch.symbols;
   symbols.clear();
@@ -348,8 +352,8 @@ void BpeModel::merge_word(std::string_view word, std::vector<int32_t>& out)
   }
 }
 
-void BpeModel::tokenize(std::string_view word, std::vector<int64_t>& ids)
-    const {
+void BpeModel::tokenize(
+    std::string_view word, std::vector<int64_t>& ids) const {
   if (word.empty()) {
     return;
   }

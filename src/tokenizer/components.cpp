@@ -14,8 +14,9 @@ namespace {
 using json = nlohmann::json;
 
 std::string type_of(const json& j, const std::string& where, const char* what) {
-  TORCH_CHECK(j.is_object() && j.contains("type") && j["type"].is_string(),
-              where, ": a ", what, " without a \"type\": ", j.dump());
+  TORCH_CHECK(
+      j.is_object() && j.contains("type") && j["type"].is_string(), where,
+      ": a ", what, " without a \"type\": ", j.dump());
   return j["type"].get<std::string>();
 }
 
@@ -33,14 +34,20 @@ struct Pattern {
   std::unique_ptr<Regex> regex;
 
   Pattern(const json& j, const std::string& where) {
-    TORCH_CHECK(j.is_object(), where, ": a pattern must be {\"String\": ...} "
-                "or {\"Regex\": ...}, not ", j.dump());
+    TORCH_CHECK(
+        j.is_object(), where,
+        ": a pattern must be {\"String\": ...} "
+        "or {\"Regex\": ...}, not ",
+        j.dump());
     if (j.contains("String")) {
       literal = j["String"].get<std::string>();
       TORCH_CHECK(!literal.empty(), where, ": an empty String pattern");
     } else {
-      TORCH_CHECK(j.contains("Regex"), where, ": a pattern must be "
-                  "{\"String\": ...} or {\"Regex\": ...}, not ", j.dump());
+      TORCH_CHECK(
+          j.contains("Regex"), where,
+          ": a pattern must be "
+          "{\"String\": ...} or {\"Regex\": ...}, not ",
+          j.dump());
       regex = std::make_unique<Regex>(j["Regex"].get<std::string>(), where);
     }
   }
@@ -59,8 +66,8 @@ struct Pattern {
     }
   }
 
-  std::string replace_all(std::string_view text, const std::string& with)
-      const {
+  std::string replace_all(
+      std::string_view text, const std::string& with) const {
     std::string out;
     size_t last = 0;
     for_each_match(text, [&](size_t b, size_t e) {
@@ -116,15 +123,18 @@ struct ReplaceNormalizer : Normalizer {
 
 // -------------------------------------------------------------- pre-tokenizers
 
-enum class Behavior { kIsolated, kRemoved, kMergedWithPrevious, kMergedWithNext };
+enum class Behavior {
+  kIsolated,
+  kRemoved,
+  kMergedWithPrevious,
+  kMergedWithNext
+};
 
 // Splits every piece at the matches of `pattern` as `behavior` says; empty
 // pieces are dropped, as the library drops them.
 template <typename Matches>
 void split_pieces(
-    std::vector<Piece>& pieces,
-    Behavior behavior,
-    Matches&& matches) {
+    std::vector<Piece>& pieces, Behavior behavior, Matches&& matches) {
   std::vector<Piece> out;
   out.reserve(pieces.size() * 4);
   for (Piece& piece : pieces) {
@@ -132,8 +142,8 @@ void split_pieces(
     size_t last = 0; // start of the text not yet emitted
     auto emit = [&](size_t b, size_t e) {
       if (e > b) {
-        out.push_back(Piece{std::string(text.substr(b, e - b)),
-                            piece.at_start && b == 0});
+        out.push_back(Piece{
+            std::string(text.substr(b, e - b)), piece.at_start && b == 0});
       }
     };
     size_t pending = 0; // MergedWithNext: where the current piece starts
@@ -210,10 +220,10 @@ struct ByteLevelPreTokenizer : PreTokenizer {
       }
     }
     if (regex) {
-      split_pieces(pieces, Behavior::kIsolated,
-                   [&](std::string_view text, auto&& out) {
-                     regex->for_each_match(text, out);
-                   });
+      split_pieces(
+          pieces, Behavior::kIsolated, [&](std::string_view text, auto&& out) {
+            regex->for_each_match(text, out);
+          });
     }
   }
   bool byte_level() const override {
@@ -232,20 +242,22 @@ PrependScheme parse_prepend_scheme(const json& j, const std::string& where) {
     if (s == "first") {
       return PrependScheme::kFirst;
     }
-    TORCH_CHECK(s == "never", where, ": Metaspace prepend_scheme '", s,
-                "' is not always, first or never");
+    TORCH_CHECK(
+        s == "never", where, ": Metaspace prepend_scheme '", s,
+        "' is not always, first or never");
     return PrependScheme::kNever;
   }
   // Files written before prepend_scheme existed.
   return value_or(j, "add_prefix_space", true) ? PrependScheme::kAlways
-                                                : PrependScheme::kNever;
+                                               : PrependScheme::kNever;
 }
 
 std::string metaspace_replacement(const json& j, const std::string& where) {
   const auto r = value_or<std::string>(j, "replacement", "\xE2\x96\x81");
   size_t i = 0;
-  TORCH_CHECK(!r.empty() && (next_code_point(r, i), i == r.size()), where,
-              ": Metaspace replacement '", r, "' is not one character");
+  TORCH_CHECK(
+      !r.empty() && (next_code_point(r, i), i == r.size()), where,
+      ": Metaspace replacement '", r, "' is not one character");
   return r;
 }
 
@@ -272,15 +284,16 @@ struct MetaspacePreTokenizer : PreTokenizer {
       p.text.swap(t);
     }
     if (split) {
-      split_pieces(pieces, Behavior::kMergedWithNext,
-                   [&](std::string_view text, auto&& out) {
-                     size_t pos = 0;
-                     while ((pos = text.find(replacement, pos)) !=
-                            std::string_view::npos) {
-                       out(pos, pos + replacement.size());
-                       pos += replacement.size();
-                     }
-                   });
+      split_pieces(
+          pieces, Behavior::kMergedWithNext,
+          [&](std::string_view text, auto&& out) {
+            size_t pos = 0;
+            while ((pos = text.find(replacement, pos)) !=
+                   std::string_view::npos) {
+              out(pos, pos + replacement.size());
+              pos += replacement.size();
+            }
+          });
     }
   }
 };
@@ -403,12 +416,13 @@ struct StripDecoder : Decoder {
   void decode_chain(std::vector<std::string>& tokens) const override {
     for (std::string& t : tokens) {
       size_t b = 0;
-      for (size_t k = 0; k < start && t.compare(b, content.size(), content) == 0;
-           ++k) {
+      for (size_t k = 0;
+           k < start && t.compare(b, content.size(), content) == 0; ++k) {
         b += content.size();
       }
       size_t e = t.size();
-      for (size_t k = 0; k < stop && e >= b + content.size() &&
+      for (size_t k = 0;
+           k < stop && e >= b + content.size() &&
            t.compare(e - content.size(), content.size(), content) == 0;
            ++k) {
         e -= content.size();
@@ -443,11 +457,11 @@ struct MetaspaceDecoder : Decoder {
   }
 };
 
-template <typename T>
-std::vector<const json*> list_of(const json& j, const char* key,
-                                 const std::string& where) {
-  TORCH_CHECK(j.contains(key) && j[key].is_array(), where, ": a ",
-              j["type"].get<std::string>(), " without the list \"", key, "\"");
+std::vector<const json*> list_of(
+    const json& j, const char* key, const std::string& where) {
+  TORCH_CHECK(
+      j.contains(key) && j[key].is_array(), where, ": a ",
+      j["type"].get<std::string>(), " without the list \"", key, "\"");
   std::vector<const json*> out;
   for (const auto& e : j[key]) {
     out.push_back(&e);
@@ -455,23 +469,31 @@ std::vector<const json*> list_of(const json& j, const char* key,
   return out;
 }
 
+// A Sequence of normalizers, pre-tokenizers or decoders: `make` builds each
+// step (a null step, JSON null, is left out).
+template <typename Sequence, typename Make>
+std::unique_ptr<Sequence> make_sequence(
+    const json& j, const char* key, const std::string& where, Make&& make) {
+  auto sequence = std::make_unique<Sequence>();
+  for (const json* e : list_of(j, key, where)) {
+    if (auto step = make(*e, where)) {
+      sequence->steps.push_back(std::move(step));
+    }
+  }
+  return sequence;
+}
+
 } // namespace
 
 std::unique_ptr<Normalizer> make_normalizer(
-    const json& j,
-    const std::string& where) {
+    const json& j, const std::string& where) {
   if (j.is_null()) {
     return nullptr;
   }
   const std::string type = type_of(j, where, "normalizer");
   if (type == "Sequence") {
-    auto n = std::make_unique<SequenceNormalizer>();
-    for (const json* e : list_of<json>(j, "normalizers", where)) {
-      if (auto step = make_normalizer(*e, where)) {
-        n->steps.push_back(std::move(step));
-      }
-    }
-    return n;
+    return make_sequence<SequenceNormalizer>(
+        j, "normalizers", where, make_normalizer);
   }
   if (type == "NFC" || type == "NFD" || type == "NFKC" || type == "NFKD") {
     auto n = std::make_unique<UnicodeNormalizer>();
@@ -489,26 +511,21 @@ std::unique_ptr<Normalizer> make_normalizer(
     n->content = j.at("content").get<std::string>();
     return n;
   }
-  TORCH_CHECK(false, where, ": the normalizer type '", type,
-              "' is not supported (NFC, NFD, NFKC, NFKD, Prepend, Replace, "
-              "Sequence)");
+  TORCH_CHECK(
+      false, where, ": the normalizer type '", type,
+      "' is not supported (NFC, NFD, NFKC, NFKD, Prepend, Replace, "
+      "Sequence)");
 }
 
 std::unique_ptr<PreTokenizer> make_pre_tokenizer(
-    const json& j,
-    const std::string& where) {
+    const json& j, const std::string& where) {
   if (j.is_null()) {
     return nullptr;
   }
   const std::string type = type_of(j, where, "pre-tokenizer");
   if (type == "Sequence") {
-    auto p = std::make_unique<SequencePreTokenizer>();
-    for (const json* e : list_of<json>(j, "pretokenizers", where)) {
-      if (auto step = make_pre_tokenizer(*e, where)) {
-        p->steps.push_back(std::move(step));
-      }
-    }
-    return p;
+    return make_sequence<SequencePreTokenizer>(
+        j, "pretokenizers", where, make_pre_tokenizer);
   }
   if (type == "ByteLevel") {
     auto p = std::make_unique<ByteLevelPreTokenizer>();
@@ -531,12 +548,14 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(
     } else if (behavior == "MergedWithNext") {
       p->behavior = Behavior::kMergedWithNext;
     } else {
-      TORCH_CHECK(false, where, ": the Split pre-tokenizer's behavior '",
-                  behavior, "' is not supported (Isolated, Removed, "
-                  "MergedWithPrevious, MergedWithNext)");
+      TORCH_CHECK(
+          false, where, ": the Split pre-tokenizer's behavior '", behavior,
+          "' is not supported (Isolated, Removed, "
+          "MergedWithPrevious, MergedWithNext)");
     }
-    TORCH_CHECK(!value_or(j, "invert", false), where,
-                ": the Split pre-tokenizer with invert: true is not supported");
+    TORCH_CHECK(
+        !value_or(j, "invert", false), where,
+        ": the Split pre-tokenizer with invert: true is not supported");
     return p;
   }
   if (type == "Metaspace") {
@@ -546,8 +565,9 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(
     p->split = value_or(j, "split", true);
     return p;
   }
-  TORCH_CHECK(false, where, ": the pre-tokenizer type '", type,
-              "' is not supported (ByteLevel, Metaspace, Split, Sequence)");
+  TORCH_CHECK(
+      false, where, ": the pre-tokenizer type '", type,
+      "' is not supported (ByteLevel, Metaspace, Split, Sequence)");
 }
 
 std::unique_ptr<Decoder> make_decoder(const json& j, const std::string& where) {
@@ -556,13 +576,7 @@ std::unique_ptr<Decoder> make_decoder(const json& j, const std::string& where) {
   }
   const std::string type = type_of(j, where, "decoder");
   if (type == "Sequence") {
-    auto d = std::make_unique<SequenceDecoder>();
-    for (const json* e : list_of<json>(j, "decoders", where)) {
-      if (auto step = make_decoder(*e, where)) {
-        d->steps.push_back(std::move(step));
-      }
-    }
-    return d;
+    return make_sequence<SequenceDecoder>(j, "decoders", where, make_decoder);
   }
   if (type == "ByteLevel") {
     return std::make_unique<ByteLevelDecoder>();
@@ -592,9 +606,10 @@ std::unique_ptr<Decoder> make_decoder(const json& j, const std::string& where) {
     d->scheme = parse_prepend_scheme(j, where);
     return d;
   }
-  TORCH_CHECK(false, where, ": the decoder type '", type,
-              "' is not supported (ByteLevel, ByteFallback, Fuse, Metaspace, "
-              "Replace, Strip, Sequence)");
+  TORCH_CHECK(
+      false, where, ": the decoder type '", type,
+      "' is not supported (ByteLevel, ByteFallback, Fuse, Metaspace, "
+      "Replace, Strip, Sequence)");
 }
 
 PostProcessor make_post_processor(const json& j, const std::string& where) {
@@ -607,12 +622,11 @@ PostProcessor make_post_processor(const json& j, const std::string& where) {
     return post; // offsets only
   }
   if (type == "Sequence") {
-    for (const json* e : list_of<json>(j, "processors", where)) {
+    for (const json* e : list_of(j, "processors", where)) {
       PostProcessor step = make_post_processor(*e, where);
-      post.before.insert(post.before.end(), step.before.begin(),
-                         step.before.end());
-      post.after.insert(post.after.end(), step.after.begin(),
-                        step.after.end());
+      post.before.insert(
+          post.before.end(), step.before.begin(), step.before.end());
+      post.after.insert(post.after.end(), step.after.begin(), step.after.end());
     }
     return post;
   }
@@ -622,19 +636,24 @@ PostProcessor make_post_processor(const json& j, const std::string& where) {
     bool seen_sequence = false;
     for (const auto& item : single) {
       if (item.contains("Sequence")) {
-        TORCH_CHECK(item["Sequence"].at("id") == "A", where,
-                    ": TemplateProcessing's single template names sequence ",
-                    item["Sequence"].at("id").dump());
+        TORCH_CHECK(
+            item["Sequence"].at("id") == "A", where,
+            ": TemplateProcessing's single template names sequence ",
+            item["Sequence"].at("id").dump());
         seen_sequence = true;
         continue;
       }
-      TORCH_CHECK(item.contains("SpecialToken"), where,
-                  ": a TemplateProcessing item that is neither Sequence nor "
-                  "SpecialToken: ", item.dump());
+      TORCH_CHECK(
+          item.contains("SpecialToken"), where,
+          ": a TemplateProcessing item that is neither Sequence nor "
+          "SpecialToken: ",
+          item.dump());
       const auto name = item["SpecialToken"].at("id").get<std::string>();
-      TORCH_CHECK(specials.contains(name), where, ": TemplateProcessing "
-                  "uses the special token '", name,
-                  "' that its special_tokens do not define");
+      TORCH_CHECK(
+          specials.contains(name), where,
+          ": TemplateProcessing "
+          "uses the special token '",
+          name, "' that its special_tokens do not define");
       auto& side = seen_sequence ? post.after : post.before;
       for (const auto& id : specials[name].at("ids")) {
         side.push_back(id.get<int64_t>());
@@ -642,11 +661,13 @@ PostProcessor make_post_processor(const json& j, const std::string& where) {
     }
     return post;
   }
-  TORCH_CHECK(false, where, ": the post-processor type '", type,
-              "' is not supported (ByteLevel, TemplateProcessing, Sequence)");
+  TORCH_CHECK(
+      false, where, ": the post-processor type '", type,
+      "' is not supported (ByteLevel, TemplateProcessing, Sequence)");
 }
 
-std::unique_ptr<PreTokenizer> make_gpt2_pre_tokenizer(const std::string& where) {
+std::unique_ptr<PreTokenizer> make_gpt2_pre_tokenizer(
+    const std::string& where) {
   auto p = std::make_unique<ByteLevelPreTokenizer>();
   p->add_prefix_space = false;
   p->regex = std::make_unique<Regex>(kGpt2Pattern, where);

@@ -8,9 +8,9 @@
 #include <c10/util/Exception.h>
 #include <nlohmann/json.hpp>
 
+#include <sys/stat.h>
 #include <fstream>
 #include <sstream>
-#include <sys/stat.h>
 
 namespace torchtp {
 
@@ -49,9 +49,9 @@ bool is_word_char_at(std::string_view s, size_t i) {
       "^[\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\x{200c}\\x{200d}]",
       "single_word");
   bool found = false;
-  word.for_each_match(s.substr(i, utf8_length(static_cast<unsigned char>(
-                                      s[i]))),
-                      [&](size_t, size_t) { found = true; });
+  word.for_each_match(
+      s.substr(i, utf8_length(static_cast<unsigned char>(s[i]))),
+      [&](size_t, size_t) { found = true; });
   return found;
 }
 
@@ -70,8 +70,7 @@ struct Split {
 };
 
 std::vector<std::pair<std::string, std::string>> parse_merges(
-    const json& merges,
-    const std::string& where) {
+    const json& merges, const std::string& where) {
   std::vector<std::pair<std::string, std::string>> out;
   out.reserve(merges.size());
   for (const auto& m : merges) {
@@ -82,17 +81,17 @@ std::vector<std::pair<std::string, std::string>> parse_merges(
     }
     const auto s = m.get<std::string>();
     const size_t space = s.find(' ');
-    TORCH_CHECK(space != std::string::npos &&
-                    s.find(' ', space + 1) == std::string::npos,
-                where, ": the merge '", s, "' is not two tokens");
+    TORCH_CHECK(
+        space != std::string::npos &&
+            s.find(' ', space + 1) == std::string::npos,
+        where, ": the merge '", s, "' is not two tokens");
     out.emplace_back(s.substr(0, space), s.substr(space + 1));
   }
   return out;
 }
 
 std::vector<std::pair<std::string, int32_t>> parse_vocab(
-    const json& vocab,
-    const std::string& where) {
+    const json& vocab, const std::string& where) {
   TORCH_CHECK(vocab.is_object(), where, ": the vocabulary is not an object");
   std::vector<std::pair<std::string, int32_t>> out;
   out.reserve(vocab.size());
@@ -133,10 +132,7 @@ void AddedMatcher::add(const std::string& pattern, size_t token_index) {
 }
 
 bool AddedMatcher::match_at(
-    std::string_view text,
-    size_t pos,
-    size_t& token,
-    size_t& end) const {
+    std::string_view text, size_t pos, size_t& token, size_t& end) const {
   int32_t node = 0;
   bool found = false;
   for (size_t i = pos; i < text.size(); ++i) {
@@ -181,9 +177,9 @@ void TokenizerImpl::add_tokens(std::vector<AddedToken> tokens) {
       }
       const auto model_size = static_cast<int64_t>(model->vocab_size());
       t.id = max_added < 0
-          ? model_size
-          : (max_added >= model_size || model_size == 0 ? max_added + 1
-                                                         : model_size);
+                 ? model_size
+                 : (max_added >= model_size || model_size == 0 ? max_added + 1
+                                                               : model_size);
     }
     added_by_content[t.content] = added.size();
     added_by_id[t.id] = added.size();
@@ -234,8 +230,8 @@ void TokenizerImpl::encode_piece(
       pos = match_end;
       if (t.single_word) {
         const bool space_before =
-            start == 0 || !is_word_char_at(text, last_char_start(
-                                                     text.substr(0, start)));
+            start == 0 ||
+            !is_word_char_at(text, last_char_start(text.substr(0, start)));
         const bool space_after =
             stop == text.size() || !is_word_char_at(text, stop);
         if (!space_before || !space_after) {
@@ -296,8 +292,8 @@ void TokenizerImpl::encode_piece(
   }
 }
 
-void TokenizerImpl::encode_pre_tokens(Piece piece, std::vector<int64_t>& ids)
-    const {
+void TokenizerImpl::encode_pre_tokens(
+    Piece piece, std::vector<int64_t>& ids) const {
   if (piece.text.empty()) {
     return;
   }
@@ -314,8 +310,7 @@ void TokenizerImpl::encode_pre_tokens(Piece piece, std::vector<int64_t>& ids)
 }
 
 std::string TokenizerImpl::decode(
-    const std::vector<int64_t>& ids,
-    bool skip_special) const {
+    const std::vector<int64_t>& ids, bool skip_special) const {
   std::vector<std::string> tokens;
   tokens.reserve(ids.size());
   for (const int64_t id : ids) {
@@ -355,8 +350,7 @@ std::string TokenizerImpl::decode(
 namespace {
 
 std::vector<AddedToken> parse_added_tokens(
-    const json& j,
-    const std::string& where) {
+    const json& j, const std::string& where) {
   std::vector<AddedToken> out;
   if (j.is_null()) {
     return out;
@@ -377,33 +371,37 @@ std::vector<AddedToken> parse_added_tokens(
 }
 
 std::shared_ptr<TokenizerImpl> load_tokenizer_json(
-    const std::string& text,
-    const std::string& where) {
+    const std::string& text, const std::string& where) {
   const json j = parse_json(text, where);
   try {
     TORCH_CHECK(j.is_object(), where, ": not a tokenizer.json object");
     for (const char* key : {"truncation", "padding"}) {
-      TORCH_CHECK(!j.contains(key) || j[key].is_null(), where, ": \"", key,
-                  "\" is set; encoding with ", key, " is not supported");
+      TORCH_CHECK(
+          !j.contains(key) || j[key].is_null(), where, ": \"", key,
+          "\" is set; encoding with ", key, " is not supported");
     }
     auto impl = std::make_shared<TokenizerImpl>();
     impl->source = where;
-    TORCH_CHECK(j.contains("model") && j["model"].is_object(), where,
-                ": no \"model\"");
+    TORCH_CHECK(
+        j.contains("model") && j["model"].is_object(), where, ": no \"model\"");
     const json& model = j["model"];
     std::string type = model.value("type", "");
     if (type.empty() && model.contains("merges")) {
       type = "BPE"; // files written before models were tagged
     }
-    TORCH_CHECK(type == "BPE", where, ": the model type '", type,
-                "' is not supported (BPE)");
-    TORCH_CHECK(!model.contains("dropout") || model["dropout"].is_null() ||
-                    model["dropout"].get<double>() == 0.0,
-                where, ": BPE dropout is not supported");
-    for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
-      TORCH_CHECK(!model.contains(key) || model[key].is_null() ||
-                      model[key].get<std::string>().empty(),
-                  where, ": BPE ", key, " is not supported");
+    TORCH_CHECK(
+        type == "BPE", where, ": the model type '", type,
+        "' is not supported (BPE)");
+    TORCH_CHECK(
+        !model.contains("dropout") || model["dropout"].is_null() ||
+            model["dropout"].get<double>() == 0.0,
+        where, ": BPE dropout is not supported");
+    for (const char* key :
+         {"continuing_subword_prefix", "end_of_word_suffix"}) {
+      TORCH_CHECK(
+          !model.contains(key) || model[key].is_null() ||
+              model[key].get<std::string>().empty(),
+          where, ": BPE ", key, " is not supported");
     }
     impl->normalizer = make_normalizer(j.value("normalizer", json()), where);
     impl->pre_tokenizer =
@@ -423,7 +421,8 @@ std::shared_ptr<TokenizerImpl> load_tokenizer_json(
     impl->model = std::make_unique<BpeModel>(
         parse_vocab(model.at("vocab"), where),
         parse_merges(model.at("merges"), where), options, byte_level, where);
-    impl->add_tokens(parse_added_tokens(j.value("added_tokens", json()), where));
+    impl->add_tokens(
+        parse_added_tokens(j.value("added_tokens", json()), where));
     return impl;
   } catch (const json::exception& e) {
     TORCH_CHECK(false, where, ": ", e.what());
@@ -440,8 +439,7 @@ Tokenizer::Tokenizer(std::shared_ptr<const detail::TokenizerImpl> impl)
     : impl_(std::move(impl)) {}
 
 Tokenizer Tokenizer::from_json(
-    const std::string& tokenizer_json_text,
-    const std::string& source) {
+    const std::string& tokenizer_json_text, const std::string& source) {
   return Tokenizer(detail::load_tokenizer_json(tokenizer_json_text, source));
 }
 
@@ -459,14 +457,16 @@ Tokenizer Tokenizer::from_vocab_and_merges(
     if (!line.empty() && line.back() == '\r') {
       line.pop_back();
     }
-    if (line.rfind("#version", 0) == 0 || (line.empty() && lines.peek() == EOF)) {
+    if (line.rfind("#version", 0) == 0 ||
+        (line.empty() && lines.peek() == EOF)) {
       continue;
     }
     const size_t space = line.find(' ');
-    TORCH_CHECK(space != std::string::npos &&
-                    line.find(' ', space + 1) == std::string::npos,
-                source, ": line ", number, " of merges.txt ('", line,
-                "') is not two tokens");
+    TORCH_CHECK(
+        space != std::string::npos &&
+            line.find(' ', space + 1) == std::string::npos,
+        source, ": line ", number, " of merges.txt ('", line,
+        "') is not two tokens");
     merges.emplace_back(line.substr(0, space), line.substr(space + 1));
   }
   auto impl = std::make_shared<detail::TokenizerImpl>();
@@ -475,8 +475,8 @@ Tokenizer Tokenizer::from_vocab_and_merges(
   impl->decoder = detail::make_gpt2_decoder();
   try {
     impl->model = std::make_unique<detail::BpeModel>(
-        detail::parse_vocab(vocab, source), merges,
-        detail::BpeModel::Options{}, true, source);
+        detail::parse_vocab(vocab, source), merges, detail::BpeModel::Options{},
+        true, source);
   } catch (const nlohmann::json::exception& e) {
     TORCH_CHECK(false, source, ": ", e.what());
   }
@@ -509,12 +509,12 @@ Tokenizer Tokenizer::from_directory(const std::string& dir) {
 }
 
 std::vector<int64_t> Tokenizer::encode(
-    const std::string& text,
-    bool add_special_tokens) const {
+    const std::string& text, bool add_special_tokens) const {
   const size_t bad = detail::find_invalid_utf8(text);
-  TORCH_CHECK(bad == std::string::npos,
-              "torchtp::Tokenizer::encode: the text is not valid UTF-8 (byte ",
-              bad, " of ", text.size(), ")");
+  TORCH_CHECK(
+      bad == std::string::npos,
+      "torchtp::Tokenizer::encode: the text is not valid UTF-8 (byte ", bad,
+      " of ", text.size(), ")");
   std::vector<int64_t> ids;
   ids.reserve(text.size() / 3 + 4);
   if (add_special_tokens) {
@@ -528,8 +528,7 @@ std::vector<int64_t> Tokenizer::encode(
 }
 
 std::string Tokenizer::decode(
-    const std::vector<int64_t>& ids,
-    bool skip_special_tokens) const {
+    const std::vector<int64_t>& ids, bool skip_special_tokens) const {
   return impl_->decode(ids, skip_special_tokens);
 }
 
@@ -555,8 +554,9 @@ std::string Tokenizer::id_to_token(int64_t id) const {
     return impl_->added[a->second].content;
   }
   const std::string* token = impl_->model->id_to_token(id);
-  TORCH_CHECK(token != nullptr, "torchtp::Tokenizer::id_to_token: id ", id,
-              " is not in the vocabulary of ", impl_->source);
+  TORCH_CHECK(
+      token != nullptr, "torchtp::Tokenizer::id_to_token: id ", id,
+      " is not in the vocabulary of ", impl_->source);
   return *token;
 }
 
@@ -593,7 +593,7 @@ std::string DecodeStream::step(int64_t id) {
   }
   if (token != nullptr) {
     in_byte_run_ = token->size() == 6 && token->compare(0, 3, "<0x") == 0 &&
-        token->back() == '>';
+                   token->back() == '>';
   }
   if (in_byte_run_) {
     return "";
@@ -601,17 +601,20 @@ std::string DecodeStream::step(int64_t id) {
   const std::string text = tokenizer_.decode(ids_, skip_special_tokens_);
   static const std::string kReplacement = "\xEF\xBF\xBD";
   const bool incomplete = text.size() >= kReplacement.size() &&
-      text.compare(text.size() - kReplacement.size(), kReplacement.size(),
-                   kReplacement) == 0;
+                          text.compare(
+                              text.size() - kReplacement.size(),
+                              kReplacement.size(), kReplacement) == 0;
   if (text.size() <= prefix_.size() || incomplete) {
     return "";
   }
-  TORCH_CHECK(text.compare(0, prefix_.size(), prefix_) == 0,
-              "torchtp::DecodeStream: the decoded text no longer starts with "
-              "what was already returned");
+  TORCH_CHECK(
+      text.compare(0, prefix_.size(), prefix_) == 0,
+      "torchtp::DecodeStream: the decoded text no longer starts with "
+      "what was already returned");
   std::string fresh = text.substr(prefix_.size());
   const size_t new_prefix_index = ids_.size() - prefix_index_;
-  ids_.erase(ids_.begin(), ids_.begin() + static_cast<ptrdiff_t>(prefix_index_));
+  ids_.erase(
+      ids_.begin(), ids_.begin() + static_cast<ptrdiff_t>(prefix_index_));
   prefix_ = tokenizer_.decode(ids_, skip_special_tokens_);
   prefix_index_ = new_prefix_index;
   return fresh;

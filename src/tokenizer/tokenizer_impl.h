@@ -82,8 +82,8 @@ class Regex {
   }
 
  private:
-  bool find(std::string_view text, size_t start, size_t& begin, size_t& end)
-      const;
+  bool find(
+      std::string_view text, size_t start, size_t& begin, size_t& end) const;
   void* code_ = nullptr;
   std::string where_;
 };
@@ -128,17 +128,13 @@ struct PostProcessor {
 
 /// `where` names the file in error messages.
 std::unique_ptr<Normalizer> make_normalizer(
-    const nlohmann::json& j,
-    const std::string& where);
+    const nlohmann::json& j, const std::string& where);
 std::unique_ptr<PreTokenizer> make_pre_tokenizer(
-    const nlohmann::json& j,
-    const std::string& where);
+    const nlohmann::json& j, const std::string& where);
 std::unique_ptr<Decoder> make_decoder(
-    const nlohmann::json& j,
-    const std::string& where);
+    const nlohmann::json& j, const std::string& where);
 PostProcessor make_post_processor(
-    const nlohmann::json& j,
-    const std::string& where);
+    const nlohmann::json& j, const std::string& where);
 
 /// GPT-2's ByteLevel pre-tokenizer and decoder (vocab.json + merges.txt).
 std::unique_ptr<PreTokenizer> make_gpt2_pre_tokenizer(const std::string& where);
@@ -206,11 +202,11 @@ class BpeModel {
  private:
   void merge_word(std::string_view word, std::vector<int32_t>& out) const;
 
-  StringIdMap vocab_; // as written in the file
+  StringIdMap vocab_;      // as written in the file
   StringIdMap model_keys_; // what the words are matched against
   std::vector<std::string> tokens_by_id_;
   std::vector<bool> has_id_;
-  std::array<int32_t, 256> byte_ids_{}; // byte-level: the id of each byte
+  std::array<int32_t, 256> byte_ids_{};     // byte-level: the id of each byte
   std::array<int32_t, 256> fallback_ids_{}; // <0xNN> tokens
   bool byte_level_;
   Options options_;
@@ -251,8 +247,8 @@ class AddedMatcher {
   }
   /// The longest pattern starting at `pos`: its token index and end, or
   /// false.
-  bool match_at(std::string_view text, size_t pos, size_t& token, size_t& end)
-      const;
+  bool match_at(
+      std::string_view text, size_t pos, size_t& token, size_t& end) const;
   bool may_start(unsigned char c) const {
     return first_[c];
   }
@@ -271,7 +267,7 @@ struct TokenizerImpl {
   std::vector<AddedToken> added;
   std::unordered_map<std::string, size_t> added_by_content;
   std::unordered_map<int64_t, size_t> added_by_id;
-  AddedMatcher raw_matcher; // tokens with normalized = false
+  AddedMatcher raw_matcher;        // tokens with normalized = false
   AddedMatcher normalized_matcher; // normalized = true, patterns normalized
   std::unique_ptr<Normalizer> normalizer;
   std::unique_ptr<PreTokenizer> pre_tokenizer;
@@ -287,8 +283,7 @@ struct TokenizerImpl {
       bool normalized_stage,
       std::vector<int64_t>& ids) const;
   void encode_pre_tokens(Piece piece, std::vector<int64_t>& ids) const;
-  std::string decode(const std::vector<int64_t>& ids, bool skip_special)
-      const;
+  std::string decode(const std::vector<int64_t>& ids, bool skip_special) const;
 };
 
 } // namespace torchtp::detail

@@ -122,8 +122,10 @@ void append_utf8(std::string& out, uint32_t cp) {
 uint32_t next_code_point(std::string_view s, size_t& i) {
   const auto b = static_cast<unsigned char>(s[i]);
   const size_t len = utf8_length(b);
-  uint32_t cp = len == 1 ? b : len == 2 ? (b & 0x1F) : len == 3 ? (b & 0x0F)
-                                                                  : (b & 0x07);
+  uint32_t cp = len == 1   ? b
+                : len == 2 ? (b & 0x1F)
+                : len == 3 ? (b & 0x0F)
+                           : (b & 0x07);
   for (size_t k = 1; k < len && i + k < s.size(); ++k) {
     cp = (cp << 6) | (static_cast<unsigned char>(s[i + k]) & 0x3F);
   }
@@ -139,7 +141,8 @@ const std::array<uint32_t, 256>& byte_to_unicode() {
     uint32_t next = 256;
     for (uint32_t b = 0; b < 256; ++b) {
       const bool printable = (b >= '!' && b <= '~') ||
-          (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+                             (b >= 0xA1 && b <= 0xAC) ||
+                             (b >= 0xAE && b <= 0xFF);
       t[b] = printable ? b : next++;
     }
     return t;
@@ -172,9 +175,20 @@ bool byte_level_to_bytes(std::string_view token, std::string& bytes) {
 
 bool is_unicode_whitespace(uint32_t cp) {
   switch (cp) {
-    case 0x09: case 0x0A: case 0x0B: case 0x0C: case 0x0D: case 0x20:
-    case 0x85: case 0xA0: case 0x1680: case 0x2028: case 0x2029:
-    case 0x202F: case 0x205F: case 0x3000:
+    case 0x09:
+    case 0x0A:
+    case 0x0B:
+    case 0x0C:
+    case 0x0D:
+    case 0x20:
+    case 0x85:
+    case 0xA0:
+    case 0x1680:
+    case 0x2028:
+    case 0x2029:
+    case 0x202F:
+    case 0x205F:
+    case 0x3000:
       return true;
     default:
       return cp >= 0x2000 && cp <= 0x200A;
@@ -283,10 +297,7 @@ Regex::~Regex() {
 }
 
 bool Regex::find(
-    std::string_view text,
-    size_t start,
-    size_t& begin,
-    size_t& end) const {
+    std::string_view text, size_t start, size_t& begin, size_t& end) const {
   MatchScratch& s = scratch();
   const int rc = pcre2_match(
       static_cast<pcre2_code*>(code_),
@@ -327,8 +338,8 @@ std::string unicode_normalize(std::string_view text, const std::string& form) {
   std::string out;
   icu::StringByteSink<std::string> sink(&out);
   n->normalizeUTF8(0, piece, sink, nullptr, status);
-  TORCH_CHECK(U_SUCCESS(status), form, " normalization failed: ",
-              u_errorName(status));
+  TORCH_CHECK(
+      U_SUCCESS(status), form, " normalization failed: ", u_errorName(status));
   return out;
 }
 

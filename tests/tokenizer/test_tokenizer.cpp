@@ -124,8 +124,7 @@ TEST_P(Reference, EncodeEqualsHuggingFaceOnEveryString) {
                     << ids_text(got) << " / plain " << ids_text(got_plain);
     }
   }
-  EXPECT_EQ(failures, 0) << "strings encoded differently, of "
-                         << cases.size();
+  EXPECT_EQ(failures, 0) << "strings encoded differently, of " << cases.size();
 }
 
 TEST_P(Reference, DecodeOfTheExpectedIdsEqualsHuggingFace) {
@@ -140,8 +139,8 @@ TEST_P(Reference, DecodeOfTheExpectedIdsEqualsHuggingFace) {
     const std::string got_special = tok.decode(ids, false);
     if ((got != expected || got_special != expected_special) &&
         ++failures <= 8) {
-      ADD_FAILURE() << GetParam() << " string " << k << " ids "
-                    << ids_text(ids) << "\n  expected \"" << escaped(expected)
+      ADD_FAILURE() << GetParam() << " string " << k << " ids " << ids_text(ids)
+                    << "\n  expected \"" << escaped(expected)
                     << "\" / with special \"" << escaped(expected_special)
                     << "\"\n  got      \"" << escaped(got)
                     << "\" / with special \"" << escaped(got_special) << "\"";
@@ -200,8 +199,8 @@ TEST_P(Reference, DecodeStreamEqualsDecode) {
       text += piece;
     }
     text += stream.finish();
-    EXPECT_EQ(text, tok.decode(ids, skip)) << GetParam() << " ids "
-                                           << ids_text(ids);
+    EXPECT_EQ(text, tok.decode(ids, skip))
+        << GetParam() << " ids " << ids_text(ids);
   };
   for (const json& c : model()["cases"]) {
     check(ids_of(c["ids"]), true);
@@ -317,8 +316,7 @@ TEST(TokenizerLoading, RefusesUnknownComponentsByName) {
           minimal_json(c.model, c.field, c.component), "dir/tokenizer.json");
     });
     EXPECT_NE(message.find(c.named), std::string::npos) << message;
-    EXPECT_NE(message.find("dir/tokenizer.json"), std::string::npos)
-        << message;
+    EXPECT_NE(message.find("dir/tokenizer.json"), std::string::npos) << message;
   }
 }
 
@@ -344,8 +342,9 @@ TEST(TokenizerLoading, RefusesMalformedJson) {
 TEST(TokenizerLoading, RefusesAMissingDirectoryOrFile) {
   const std::string message = error_of(
       [] { torchtp::Tokenizer::from_directory("/nonexistent/model"); });
-  EXPECT_NE(message.find("/nonexistent/model has no tokenizer.json"),
-            std::string::npos)
+  EXPECT_NE(
+      message.find("/nonexistent/model has no tokenizer.json"),
+      std::string::npos)
       << message;
 }
 
