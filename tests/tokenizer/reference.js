@@ -25,8 +25,8 @@ try {
 }
 const { strings, longText } = require('./strings.js');
 
-const names = ['gpt2', 'gpt2-files', 'gpt2-added', 'gpt2-prefix', 'llama2', 'llama2-metaspace',
-  'llama2-metaspace-legacy', 'llama3', 'llama3-bos', 'qwen3'];
+const names = ['gpt2', 'gpt2-files', 'gpt2-added', 'gpt2-prefix', 'llama2', 'mistral',
+  'mistral-metaspace', 'mistral-metaspace-legacy', 'llama3', 'llama3-bos', 'qwen3'];
 
 async function load(name) {
   const dir = path.join(models, name);

@@ -1,7 +1,8 @@
 // torchtp::Tokenizer against Hugging Face's `tokenizers` (the Rust library,
 // through its npm Node binding): tests/tokenizer/reference.js writes what the
 // library gives for every string and id list in strings.js, on real
-// vocabularies (GPT-2, Llama 2, Llama 3, Qwen2-style) and variants of them;
+// vocabularies (GPT-2, Llama 2, Mistral, Llama 3, Qwen2-style) and variants
+// of them;
 // this test asks the C++ tokenizer for the same. TORCHTP_TOKENIZER_REFERENCE
 // names the directory reference.js wrote (CTest's fixture runs it first).
 
@@ -236,8 +237,9 @@ INSTANTIATE_TEST_SUITE_P(
         "gpt2-added",
         "gpt2-prefix",
         "llama2",
-        "llama2-metaspace",
-        "llama2-metaspace-legacy",
+        "mistral",
+        "mistral-metaspace",
+        "mistral-metaspace-legacy",
         "llama3",
         "llama3-bos",
         "qwen3"),
