@@ -4,7 +4,7 @@
 // text, per vocabulary. Needs scripts/setup.sh's cache (node, the binding,
 // the vocabularies); no LibTorch.
 //
-//   ./bench_tokenizer [--models gpt2,llama3,qwen3,llama2] [--rounds 5]
+//   ./bench_tokenizer [--models gpt2,llama3,qwen3,llama2,mistral] [--rounds 5]
 //       [--repeats 3] [--chars 500000] [--json F] [--no-reference]
 //
 // Each round runs both sides, in alternating order; each side encodes the
@@ -74,7 +74,7 @@ int run(int argc, char** argv) {
       cache_env != nullptr
           ? cache_env
           : std::string(home != nullptr ? home : ".") + "/.cache/torchtp";
-  std::vector<std::string> models{"gpt2", "llama3", "qwen3", "llama2"};
+  std::vector<std::string> models{"gpt2", "llama3", "qwen3", "llama2", "mistral"};
   int rounds = 5;
   int repeats = 3;
   int chars = 500000;
