@@ -3,6 +3,7 @@
 #include "detail/check.h"
 #include "detail/hf_files.h"
 #include "detail/options.h"
+#include "detail/shard_init.h"
 #include "torchtp/sharding.h"
 
 #include <nlohmann/json.hpp>
@@ -147,7 +148,12 @@ GPT load_gpt2(const std::string& dir, const LoadGPT2Options& options) {
         "', which a GPT-2 of config.json (n_layer ", config.n_layer,
         ") does not have");
   }
-  GPT gpt(gpt2_options(config, group, options.uneven()).dtype(options.dtype()));
+  // Every parameter is overwritten below: skip drawing the initial ones.
+  GPT gpt = [&] {
+    detail::SkipInitGuard no_init;
+    return GPT(
+        gpt2_options(config, group, options.uneven()).dtype(options.dtype()));
+  }();
   const auto specs = shard_specs(*gpt);
   for (auto& p : gpt->named_parameters()) {
     auto it = from.find(p.key());

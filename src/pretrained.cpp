@@ -3,6 +3,7 @@
 #include "detail/check.h"
 #include "detail/hf_files.h"
 #include "detail/options.h"
+#include "detail/shard_init.h"
 #include "torchtp/sharding.h"
 
 #include <nlohmann/json.hpp>
@@ -466,7 +467,11 @@ GPT load_pretrained(const std::string& dir, const LoadPretrainedOptions& options
         config.proj_bias ? ", o_proj bias" : "", config.mlp_bias ? ", MLP biases" : "",
         ") does not have");
   }
-  GPT gpt(gpt_options);
+  // Every parameter is overwritten below: skip drawing the initial ones.
+  GPT gpt = [&] {
+    detail::SkipInitGuard no_init;
+    return GPT(gpt_options);
+  }();
   const auto specs = shard_specs(*gpt);
   for (auto& p : gpt->named_parameters()) {
     auto it = from.find(p.key());

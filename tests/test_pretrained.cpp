@@ -363,8 +363,10 @@ class PretrainedFiles : public ::testing::Test {
   std::string dir_;
 };
 
+namespace {
 class PretrainedLoader : public PretrainedFiles,
                          public ::testing::WithParamInterface<HFShape> {};
+} // namespace
 
 TEST_P(PretrainedLoader, LogitsAndGreedyTokensEqualTheUnshardedModel) {
   const auto s = GetParam();
