@@ -19,16 +19,9 @@
 #include <string>
 #include <vector>
 
-namespace {
-
-namespace fs = std::filesystem;
-using torchtp::testing::all_close;
-using torchtp::testing::raises_with;
-using torchtp::testing::world;
-
-// A vocabulary no world size divides (padded to 128 for the split); 8
-// query heads over 2 key/value heads, so 4 ranks hold each twice.
-constexpr int64_t kHfVocab = 101, kHfPositions = 32, kHfSeq = 9;
+// Named, not anonymous: the parametrised fixture below derives from a
+// template of it, and this file is compiled inside a unity unit.
+namespace pretrained_test {
 
 // A Llama-layout checkpoint's shape and family.
 struct HFShape {
@@ -55,6 +48,20 @@ struct HFShape {
 std::ostream& operator<<(std::ostream& os, const HFShape& s) {
   return os << s.name;
 }
+
+} // namespace pretrained_test
+
+namespace {
+
+using pretrained_test::HFShape;
+namespace fs = std::filesystem;
+using torchtp::testing::all_close;
+using torchtp::testing::raises_with;
+using torchtp::testing::world;
+
+// A vocabulary no world size divides (padded to 128 for the split); 8
+// query heads over 2 key/value heads, so 4 ranks hold each twice.
+constexpr int64_t kHfVocab = 101, kHfPositions = 32, kHfSeq = 9;
 
 using HFTensors = std::map<std::string, torch::Tensor>;
 
@@ -363,10 +370,9 @@ class PretrainedFiles : public ::testing::Test {
   std::string dir_;
 };
 
-namespace {
-class PretrainedLoader : public PretrainedFiles,
-                         public ::testing::WithParamInterface<HFShape> {};
-} // namespace
+class PretrainedLoader
+    : public PretrainedFiles,
+      public ::testing::WithParamInterface<pretrained_test::HFShape> {};
 
 TEST_P(PretrainedLoader, LogitsAndGreedyTokensEqualTheUnshardedModel) {
   const auto s = GetParam();
