@@ -9,6 +9,8 @@
 
 #include "test_util.h"
 
+#include "detail/read_counter.h"
+
 #include <c10/core/InferenceMode.h>
 #include <nlohmann/json.hpp>
 
@@ -454,7 +456,8 @@ TEST_F(PretrainedFiles, ReducedPrecisionFilesLoadAsTheirRoundedWeights) {
 
 // Every rank loads from a directory of its own in which every value it
 // should not read is NaN: its logits are still the unsharded model's, so it
-// read nothing outside its shards.
+// used nothing outside its shards; and the bytes it read from the file are
+// its shards' values and the header, nothing more.
 TEST_F(PretrainedFiles, EachRankReadsOnlyItsShards) {
   for (const auto& s : {hf_shapes()[0], hf_shapes()[3]}) {
     SCOPED_TRACE(s.name);
@@ -468,7 +471,7 @@ TEST_F(PretrainedFiles, EachRankReadsOnlyItsShards) {
     torchtp::GPT shaped(torchtp::pretrained_options(config, world(), hf_uneven()));
     const auto specs = torchtp::shard_specs(*shaped);
     HFTensors poisoned;
-    int64_t poisoned_values = 0;
+    int64_t poisoned_values = 0, kept_values = 0;
     for (const auto& [param, names] : hf_param_parts(s)) {
       const auto& spec = specs.at(param);
       auto local = shaped->named_parameters()[param];
@@ -490,13 +493,21 @@ TEST_F(PretrainedFiles, EachRankReadsOnlyItsShards) {
         poisoned[name] = torch::where(
             mask, value, torch::full_like(value, std::nan("")));
         poisoned_values += (~mask).sum().item<int64_t>();
+        kept_values += mask.sum().item<int64_t>();
       }
     }
     if (world().size() > 1) {
       EXPECT_GT(poisoned_values, 0);
     }
     write_hf_single(mine, poisoned);
+    uint64_t header = 0;
+    std::ifstream(mine + "/model.safetensors", std::ios::binary)
+        .read(reinterpret_cast<char*>(&header), sizeof(header));
+    const uint64_t before = torchtp::detail::safetensors_bytes_read();
     auto loaded = torchtp::load_pretrained(mine, opts(torch::kDouble, 128));
+    EXPECT_EQ(
+        torchtp::detail::safetensors_bytes_read() - before,
+        8 + header + kept_values * sizeof(float));
     auto ref = hf_reference(s, t, torch::kDouble);
     c10::InferenceMode inference;
     const auto ids = hf_prompt_ids();
