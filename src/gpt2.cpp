@@ -3,12 +3,9 @@
 #include "detail/check.h"
 #include "detail/hf_files.h"
 #include "detail/options.h"
-#include "detail/shard_init.h"
-#include "torchtp/sharding.h"
 
 #include <nlohmann/json.hpp>
 
-#include <numeric>
 #include <set>
 
 namespace torchtp {
@@ -21,8 +18,8 @@ using detail::ParameterSource;
 // Every parameter of a GPT-2-shaped GPT with where it is stored: `Conv1D`
 // weights transposed, the vocabulary tables' stored rows fewer than the
 // padded parameter's.
-std::map<std::string, ParameterSource> sources(const GPT2Config& c) {
-  std::map<std::string, ParameterSource> out;
+detail::ParameterSources sources(const GPT2Config& c) {
+  detail::ParameterSources out;
   auto both = [&](const std::string& to, const std::string& from, bool conv) {
     out[to + ".weight"] = {{{from + ".weight"}}, conv};
     out[to + ".bias"] = {{{from + ".bias"}}};
@@ -121,7 +118,7 @@ GPTOptions gpt2_options(const GPT2Config& c, const Group& group, bool uneven) {
                                           : Activation::gelu_tanh)
       .layer_norm_eps(c.layer_norm_epsilon)
       .tie_embeddings(c.tie_word_embeddings)
-      .vocab_pad_multiple(uneven ? 64 : std::lcm<int64_t>(64, group.size()))
+      .vocab_pad_multiple(detail::loaded_vocab_pad_multiple(group, uneven))
       .uneven(uneven)
       .group(group);
 }
@@ -132,38 +129,16 @@ GPT load_gpt2(const std::string& dir, const LoadGPT2Options& options) {
       options.block_bytes() > 0, kLoadGPT2, group,
       "block_bytes must be positive");
   const auto config = read_gpt2_config(dir);
-  // Open and check every file before the model takes memory.
+  // Open and check every file, and find every tensor, before the model
+  // takes memory.
   detail::HFFiles files(dir, group, kLoadGPT2, "transformer.");
   const auto from = sources(config);
-  std::set<std::string> used;
-  for (const auto& item : from) {
-    for (const auto& part : item.second.parts) {
-      used.insert(part.name);
-    }
-  }
-  for (const auto& name : files.names()) {
-    TORCHTP_CHECK(
-        used.count(name) > 0 || skipped(name, config), kLoadGPT2, group,
-        files.path_of(name), " has tensor '", name,
-        "', which a GPT-2 of config.json (n_layer ", config.n_layer,
-        ") does not have");
-  }
-  // Every parameter is overwritten below: skip drawing the initial ones.
-  GPT gpt = [&] {
-    detail::SkipInitGuard no_init;
-    return GPT(
-        gpt2_options(config, group, options.uneven()).dtype(options.dtype()));
-  }();
-  const auto specs = shard_specs(*gpt);
-  for (auto& p : gpt->named_parameters()) {
-    auto it = from.find(p.key());
-    TORCH_INTERNAL_ASSERT(
-        it != from.end(), "no GPT-2 tensor for parameter ", p.key());
-    detail::load_parameter(
-        p.value(), specs.at(p.key()), group, files, it->second,
-        static_cast<uint64_t>(options.block_bytes()), kLoadGPT2);
-  }
-  return gpt;
+  detail::check_tensors(
+      files, from, [&](const std::string& name) { return skipped(name, config); },
+      "a GPT-2 of config.json (n_layer " + std::to_string(config.n_layer) + ")");
+  return detail::load_gpt(
+      gpt2_options(config, group, options.uneven()).dtype(options.dtype()),
+      files, from, static_cast<uint64_t>(options.block_bytes()));
 }
 
 } // namespace torchtp

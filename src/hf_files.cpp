@@ -1,11 +1,14 @@
 #include "detail/hf_files.h"
 
 #include "detail/check.h"
+#include "detail/shard_init.h"
 
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <fstream>
+#include <numeric>
+#include <set>
 
 namespace torchtp::detail {
 
@@ -226,6 +229,51 @@ void load_parameter(
            component + ": " + parts.front().name)) {
     place(spec.dim, r.from, r.to, r.length);
   }
+}
+
+int64_t loaded_vocab_pad_multiple(const Group& group, bool uneven) {
+  return uneven ? 64 : std::lcm<int64_t>(64, group.size());
+}
+
+void check_tensors(
+    const HFFiles& files,
+    const ParameterSources& sources,
+    const std::function<bool(const std::string&)>& skipped,
+    const std::string& model) {
+  std::set<std::string> used;
+  for (const auto& item : sources) {
+    for (const auto& part : item.second.parts) {
+      used.insert(part.name);
+      files.find(part.name);
+    }
+  }
+  for (const auto& name : files.names()) {
+    TORCHTP_CHECK(
+        used.count(name) > 0 || skipped(name), files.component(),
+        files.group(), files.path_of(name), " has tensor '", name,
+        "', which ", model, " does not have");
+  }
+}
+
+GPT load_gpt(
+    const GPTOptions& options,
+    const HFFiles& files,
+    const ParameterSources& sources,
+    uint64_t block_bytes) {
+  GPT gpt = [&] {
+    SkipInitGuard no_init;
+    return GPT(GPTOptions(options).group(files.group()));
+  }();
+  const auto specs = shard_specs(*gpt);
+  for (auto& p : gpt->named_parameters()) {
+    auto it = sources.find(p.key());
+    TORCH_INTERNAL_ASSERT(
+        it != sources.end(), "no stored tensor for parameter ", p.key());
+    load_parameter(
+        p.value(), specs.at(p.key()), files.group(), files, it->second,
+        block_bytes, files.component());
+  }
+  return gpt;
 }
 
 } // namespace torchtp::detail

@@ -3,15 +3,11 @@
 #include "detail/check.h"
 #include "detail/hf_files.h"
 #include "detail/options.h"
-#include "detail/shard_init.h"
-#include "torchtp/sharding.h"
 
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <map>
-#include <numeric>
-#include <set>
 
 namespace torchtp {
 namespace {
@@ -269,9 +265,8 @@ PretrainedConfig read_llama_family(
 // Where each GPT parameter of a Llama-layout model is stored: the fused
 // qkv weight from q_proj, k_proj, v_proj, the gated MLP's fc1 from
 // gate_proj and up_proj, both along dim 0 in that order.
-std::map<std::string, detail::ParameterSource> llama_sources(
-    const PretrainedConfig& c) {
-  std::map<std::string, detail::ParameterSource> out;
+detail::ParameterSources llama_sources(const PretrainedConfig& c) {
+  detail::ParameterSources out;
   const int64_t q = c.num_attention_heads * c.head_dim;
   const int64_t kv = c.num_key_value_heads * c.head_dim;
   const int64_t ffn = c.intermediate_size;
@@ -423,7 +418,7 @@ GPTOptions pretrained_options(
       .qkv_bias(c.qkv_bias)
       .proj_bias(c.proj_bias)
       .tie_embeddings(c.tie_word_embeddings)
-      .vocab_pad_multiple(uneven ? 64 : std::lcm<int64_t>(64, group.size()))
+      .vocab_pad_multiple(detail::loaded_vocab_pad_multiple(group, uneven))
       .uneven(uneven)
       .group(group);
 }
@@ -450,38 +445,19 @@ GPT load_pretrained(const std::string& dir, const LoadPretrainedOptions& options
   // takes memory.
   detail::HFFiles files(dir, group, kLoadPretrained);
   const auto from = llama_sources(config);
-  std::set<std::string> used;
-  for (const auto& item : from) {
-    for (const auto& part : item.second.parts) {
-      used.insert(part.name);
-      files.find(part.name);
-    }
-  }
-  for (const auto& name : files.names()) {
-    TORCHTP_CHECK(
-        used.count(name) > 0 || llama_skipped(name, config), kLoadPretrained,
-        group, files.path_of(name), " has tensor '", name, "', which a ",
-        config.model_type, " of config.json (num_hidden_layers ",
-        config.num_hidden_layers,
-        config.tie_word_embeddings ? ", tied" : "", config.qkv_bias ? ", q/k/v biases" : "",
-        config.proj_bias ? ", o_proj bias" : "", config.mlp_bias ? ", MLP biases" : "",
-        ") does not have");
-  }
-  // Every parameter is overwritten below: skip drawing the initial ones.
-  GPT gpt = [&] {
-    detail::SkipInitGuard no_init;
-    return GPT(gpt_options);
-  }();
-  const auto specs = shard_specs(*gpt);
-  for (auto& p : gpt->named_parameters()) {
-    auto it = from.find(p.key());
-    TORCH_INTERNAL_ASSERT(
-        it != from.end(), "no Hugging Face tensor for parameter ", p.key());
-    detail::load_parameter(
-        p.value(), specs.at(p.key()), group, files, it->second,
-        static_cast<uint64_t>(options.block_bytes()), kLoadPretrained);
-  }
-  return gpt;
+  std::string model = "a " + config.model_type +
+                      " of config.json (num_hidden_layers " +
+                      std::to_string(config.num_hidden_layers);
+  model += config.tie_word_embeddings ? ", tied" : "";
+  model += config.qkv_bias ? ", q/k/v biases" : "";
+  model += config.proj_bias ? ", o_proj bias" : "";
+  model += config.mlp_bias ? ", MLP biases" : "";
+  detail::check_tensors(
+      files, from,
+      [&](const std::string& name) { return llama_skipped(name, config); },
+      model + ")");
+  return detail::load_gpt(
+      gpt_options, files, from, static_cast<uint64_t>(options.block_bytes()));
 }
 
 } // namespace torchtp

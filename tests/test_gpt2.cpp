@@ -182,25 +182,9 @@ torch::Tensor prompt_ids() {
 } // namespace
 
 // Outside the anonymous namespace: gtest derives each test from it.
-class GPT2Loader : public ::testing::Test {
+class GPT2Loader : public torchtp::testing::SharedDirTest {
  protected:
-  void SetUp() override {
-    dir_ = torchtp::testing::shared_tmpdir("gpt2");
-  }
-  void TearDown() override {
-    world().barrier();
-    if (world().rank() == 0) {
-      fs::remove_all(dir_);
-    }
-  }
-  // Runs `write` on rank 0, then every rank continues.
-  template <typename F>
-  void on_rank0(F&& write) {
-    if (world().rank() == 0) {
-      write();
-    }
-    world().barrier();
-  }
+  GPT2Loader() : SharedDirTest("gpt2") {}
   void expect_logits_match(
       const Tensors& weights, torch::Dtype dtype, int64_t block_bytes = 1024) {
     auto gpt = torchtp::load_gpt2(
@@ -214,7 +198,6 @@ class GPT2Loader : public ::testing::Test {
     const double tol = dtype == torch::kDouble ? 1e-10 : 1e-4;
     EXPECT_TRUE(all_close(logits, gpt2_logits(weights, ids), {tol, tol}));
   }
-  std::string dir_;
 };
 
 

@@ -323,27 +323,9 @@ std::vector<HFShape> hf_shapes() {
 } // namespace
 
 // Outside the anonymous namespace: gtest derives each test from it.
-class PretrainedFiles : public ::testing::Test {
+class PretrainedFiles : public torchtp::testing::SharedDirTest {
  protected:
-  void SetUp() override {
-    dir_ = torchtp::testing::shared_tmpdir("pretrained");
-  }
-  void TearDown() override {
-    world().barrier();
-    if (world().rank() == 0) {
-      fs::remove_all(dir_);
-    }
-  }
-  // Runs `write` on rank 0 once every rank is done with the files, then
-  // every rank continues.
-  template <typename F>
-  void on_rank0(F&& write) {
-    world().barrier();
-    if (world().rank() == 0) {
-      write();
-    }
-    world().barrier();
-  }
+  PretrainedFiles() : SharedDirTest("pretrained") {}
   torchtp::LoadPretrainedOptions opts(torch::Dtype dtype, int64_t block = 256) {
     return torchtp::LoadPretrainedOptions()
         .group(world())
@@ -369,7 +351,6 @@ class PretrainedFiles : public ::testing::Test {
         torchtp::generate(*loaded, prompts, options).tokens,
         torchtp::generate(*ref, prompts, options).tokens);
   }
-  std::string dir_;
 };
 
 class PretrainedLoader

@@ -5,6 +5,7 @@
 // and the copy of this rank's shard of a parameter out of them. Shared by
 // load_gpt2 (gpt2.cpp) and load_pretrained (pretrained.cpp).
 
+#include "torchtp/gpt.h"
 #include "torchtp/group.h"
 #include "torchtp/safetensors.h"
 #include "torchtp/sharding.h"
@@ -12,6 +13,7 @@
 #include <nlohmann/json_fwd.hpp>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -53,6 +55,12 @@ class HFFiles {
   std::vector<std::string> names() const;
   /// The paths of the files, comma-separated (for messages).
   std::string files() const;
+  const Group& group() const {
+    return group_;
+  }
+  const std::string& component() const {
+    return component_;
+  }
 
  private:
   void add(const std::string& stored, size_t reader, const std::string& from);
@@ -81,6 +89,34 @@ struct ParameterSource {
   std::vector<StoredPart> parts;
   bool transposed = false;
 };
+
+/// The vocabulary padding of a loaded checkpoint's GPT over `group`: a
+/// multiple of 64 and of the group's size (so the split is even), or with
+/// `uneven` of 64 only. One rule for every family.
+int64_t loaded_vocab_pad_multiple(const Group& group, bool uneven);
+
+/// Where each parameter of a model is stored, by the parameter's name.
+using ParameterSources = std::map<std::string, ParameterSource>;
+
+/// Checks, before a model takes memory, that `files` hold every tensor
+/// `sources` names and nothing else that `skipped` does not accept: a
+/// missing tensor is refused naming the files looked in, an unknown one
+/// naming its file and `model` (what config.json describes, e.g. "a GPT-2 of
+/// config.json (n_layer 2)").
+void check_tensors(
+    const HFFiles& files,
+    const ParameterSources& sources,
+    const std::function<bool(const std::string&)>& skipped,
+    const std::string& model);
+
+/// A GPT of `options` over `files.group()` holding this rank's shards of the
+/// parameters `sources` describe (every one of them, `load_parameter`).
+/// Built without drawing initial weights, since all are overwritten.
+GPT load_gpt(
+    const GPTOptions& options,
+    const HFFiles& files,
+    const ParameterSources& sources,
+    uint64_t block_bytes);
 
 /// Copies this rank's shard of the parameter `source` describes into
 /// `param` (split by `spec` over `group`), reading from the files only the
