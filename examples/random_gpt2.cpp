@@ -126,7 +126,11 @@ std::vector<Spec> llama_specs(
 }
 
 nlohmann::json config_of(
-    const Args& a, int64_t ffn, int64_t kv_heads, int64_t head_dim, bool tied,
+    const Args& a,
+    int64_t ffn,
+    int64_t kv_heads,
+    int64_t head_dim,
+    bool tied,
     const std::string& dtype) {
   if (a.family == "gpt2") {
     return {
@@ -148,25 +152,24 @@ nlohmann::json config_of(
   const std::string arch = a.family == "llama"     ? "LlamaForCausalLM"
                            : a.family == "mistral" ? "MistralForCausalLM"
                                                    : "Qwen2ForCausalLM";
-  nlohmann::json c = {
-      {"model_type", a.family},
-      {"architectures", {arch}},
-      {"vocab_size", a.vocab},
-      {"hidden_size", a.embd},
-      {"intermediate_size", ffn},
-      {"num_hidden_layers", a.layers},
-      {"num_attention_heads", a.heads},
-      {"num_key_value_heads", kv_heads},
-      {"head_dim", head_dim},
-      {"max_position_embeddings", a.positions},
-      {"rms_norm_eps", 1e-6},
-      {"rope_theta", a.rope_theta},
-      {"rope_scaling", nullptr},
-      {"hidden_act", "silu"},
-      {"tie_word_embeddings", tied},
-      {"bos_token_id", a.vocab - 2},
-      {"eos_token_id", a.vocab - 1},
-      {"torch_dtype", dtype}};
+  nlohmann::json c = {{"model_type", a.family},
+                      {"architectures", {arch}},
+                      {"vocab_size", a.vocab},
+                      {"hidden_size", a.embd},
+                      {"intermediate_size", ffn},
+                      {"num_hidden_layers", a.layers},
+                      {"num_attention_heads", a.heads},
+                      {"num_key_value_heads", kv_heads},
+                      {"head_dim", head_dim},
+                      {"max_position_embeddings", a.positions},
+                      {"rms_norm_eps", 1e-6},
+                      {"rope_theta", a.rope_theta},
+                      {"rope_scaling", nullptr},
+                      {"hidden_act", "silu"},
+                      {"tie_word_embeddings", tied},
+                      {"bos_token_id", a.vocab - 2},
+                      {"eos_token_id", a.vocab - 1},
+                      {"torch_dtype", dtype}};
   if (a.family == "llama") {
     c["attention_bias"] = false;
     c["mlp_bias"] = false;
@@ -204,8 +207,7 @@ int run(int argc, char** argv) {
          "--kv-heads", a.kv_heads,
          "num_key_value_heads (Llama families; 0: --heads)")
       ->capture_default_str();
-  app.add_option(
-         "--ffn", a.ffn, "n_inner / intermediate_size (0: 4 x --embd)")
+  app.add_option("--ffn", a.ffn, "n_inner / intermediate_size (0: 4 x --embd)")
       ->capture_default_str();
   app.add_option(
          "--head-dim", a.head_dim,
@@ -243,9 +245,9 @@ int run(int argc, char** argv) {
           a.heads > 0 && ffn > 0,
       "random_gpt2: sizes must be positive (vocab above 2)");
   TORCH_CHECK(
-      a.head_dim > 0 || a.embd % a.heads == 0,
-      "random_gpt2: --embd (", a.embd, ") must be divisible by --heads (",
-      a.heads, ") unless --head-dim is given");
+      a.head_dim > 0 || a.embd % a.heads == 0, "random_gpt2: --embd (", a.embd,
+      ") must be divisible by --heads (", a.heads,
+      ") unless --head-dim is given");
   TORCH_CHECK(
       !gpt2 || (a.kv_heads == 0 && a.head_dim == 0),
       "random_gpt2: --kv-heads and --head-dim are for the Llama families");
@@ -253,7 +255,7 @@ int run(int argc, char** argv) {
       a.heads % kv_heads == 0, "random_gpt2: --heads (", a.heads,
       ") must be a multiple of --kv-heads (", kv_heads, ")");
   const int64_t head_dim = a.head_dim > 0 ? a.head_dim : a.embd / a.heads;
-  const auto dtype = a.dtype == "bfloat16" ? torch::kBFloat16
+  const auto dtype = a.dtype == "bfloat16"  ? torch::kBFloat16
                      : a.dtype == "float16" ? torch::kHalf
                                             : torch::kFloat;
 
@@ -298,8 +300,8 @@ int run(int argc, char** argv) {
     // Close this file when it holds its share, or at the end.
     const bool last = i + 1 == specs.size();
     if (last ||
-        (file + 1 < files &&
-         (written + in_file) * files >= total * static_cast<uint64_t>(file + 1))) {
+        (file + 1 < files && (written + in_file) * files >=
+                                 total * static_cast<uint64_t>(file + 1))) {
       torchtp::write_safetensors(
           a.out + "/" + file_name(file), tensors, {{"format", "pt"}});
       tensors.clear();
@@ -310,9 +312,8 @@ int run(int argc, char** argv) {
   }
   if (files > 1) {
     std::ofstream(a.out + "/model.safetensors.index.json")
-        << nlohmann::json(
-               {{"metadata", {{"total_size", total}}},
-                {"weight_map", weight_map}})
+        << nlohmann::json({{"metadata", {{"total_size", total}}},
+                           {"weight_map", weight_map}})
                .dump(2)
         << "\n";
   }

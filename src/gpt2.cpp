@@ -134,8 +134,10 @@ GPT load_gpt2(const std::string& dir, const LoadGPT2Options& options) {
   detail::HFFiles files(dir, group, kLoadGPT2, "transformer.");
   const auto from = sources(config);
   detail::check_tensors(
-      files, from, [&](const std::string& name) { return skipped(name, config); },
-      "a GPT-2 of config.json (n_layer " + std::to_string(config.n_layer) + ")");
+      files, from,
+      [&](const std::string& name) { return skipped(name, config); },
+      "a GPT-2 of config.json (n_layer " + std::to_string(config.n_layer) +
+          ")");
   return detail::load_gpt(
       gpt2_options(config, group, options.uneven()).dtype(options.dtype()),
       files, from, static_cast<uint64_t>(options.block_bytes()));

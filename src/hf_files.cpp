@@ -48,8 +48,8 @@ HFFiles::HFFiles(
     std::map<std::string, size_t> opened;
     for (const auto& [name, file] : json["weight_map"].items()) {
       TORCHTP_CHECK(
-          file.is_string(), component_, group_, index, ": the file of '",
-          name, "' is not a string");
+          file.is_string(), component_, group_, index, ": the file of '", name,
+          "' is not a string");
       const auto path = join_path(dir, file.get<std::string>());
       auto it = opened.find(path);
       if (it == opened.end()) {
@@ -71,8 +71,9 @@ HFFiles::HFFiles(
 
 void HFFiles::add(
     const std::string& stored, size_t reader, const std::string& from) {
-  const bool prefixed = !strip_prefix_.empty() &&
-                        stored.compare(0, strip_prefix_.size(), strip_prefix_) == 0;
+  const bool prefixed =
+      !strip_prefix_.empty() &&
+      stored.compare(0, strip_prefix_.size(), strip_prefix_) == 0;
   const auto name = prefixed ? stored.substr(strip_prefix_.size()) : stored;
   TORCHTP_CHECK(
       where_.emplace(name, std::make_pair(reader, stored)).second, component_,
@@ -144,12 +145,12 @@ void load_parameter(
     }
     TORCHTP_CHECK(
         file->shape(stored) == expected, component, group, file->path(),
-        ": tensor '", stored, "' has shape ", at::IntArrayRef(file->shape(stored)),
-        ", expected ", at::IntArrayRef(expected), " from config.json");
+        ": tensor '", stored, "' has shape ",
+        at::IntArrayRef(file->shape(stored)), ", expected ",
+        at::IntArrayRef(expected), " from config.json");
     TORCHTP_CHECK(
-        at::isFloatingType(file->dtype(stored)), component, group,
-        file->path(), ": tensor '", stored, "' is stored as ",
-        file->dtype(stored),
+        at::isFloatingType(file->dtype(stored)), component, group, file->path(),
+        ": tensor '", stored, "' is stored as ", file->dtype(stored),
         "; expected floating point (float32, bfloat16, float16, float64)");
     parts.push_back({file, stored, stored_rows, rows});
     stored_rows += rows;
@@ -249,9 +250,9 @@ void check_tensors(
   }
   for (const auto& name : files.names()) {
     TORCHTP_CHECK(
-        used.count(name) > 0 || skipped(name), files.component(),
-        files.group(), files.path_of(name), " has tensor '", name,
-        "', which ", model, " does not have");
+        used.count(name) > 0 || skipped(name), files.component(), files.group(),
+        files.path_of(name), " has tensor '", name, "', which ", model,
+        " does not have");
   }
 }
 

@@ -79,8 +79,8 @@ class ConfigReader {
       return fallback;
     }
     TORCH_CHECK(
-        object[key].is_number(), kLoadPretrained, ": ", path_, ": ", where,
-        key, " must be a number, got ", object[key].dump());
+        object[key].is_number(), kLoadPretrained, ": ", path_, ": ", where, key,
+        " must be a number, got ", object[key].dump());
     return object[key].get<double>();
   }
   bool boolean(const std::string& key, bool fallback) const {
@@ -92,7 +92,8 @@ class ConfigReader {
         " must be true or false, got ", json_[key].dump());
     return json_[key].get<bool>();
   }
-  std::string string(const std::string& key, const std::string& fallback) const {
+  std::string string(
+      const std::string& key, const std::string& fallback) const {
     if (!has(key) || json_[key].is_null()) {
       return fallback;
     }
@@ -152,8 +153,8 @@ RotaryOptions read_rotary(const ConfigReader& r) {
         .factor(required("factor"))
         .low_freq_factor(required("low_freq_factor"))
         .high_freq_factor(required("high_freq_factor"))
-        .original_max_position_embeddings(static_cast<int64_t>(
-            required("original_max_position_embeddings")));
+        .original_max_position_embeddings(
+            static_cast<int64_t>(required("original_max_position_embeddings")));
   }
   TORCH_CHECK(
       false, kLoadPretrained, ": ", r.path(), ": ", key, " ", type_key, " \"",
@@ -246,17 +247,17 @@ PretrainedConfig read_llama_family(
   }
 
   TORCH_CHECK(
-      c.vocab_size > 0 && c.intermediate_size > 0 &&
-          c.num_hidden_layers >= 0 && c.num_key_value_heads > 0 &&
-          c.head_dim > 0 && c.max_position_embeddings > 0 &&
-          c.rms_norm_eps > 0 && c.sliding_window >= 0,
+      c.vocab_size > 0 && c.intermediate_size > 0 && c.num_hidden_layers >= 0 &&
+          c.num_key_value_heads > 0 && c.head_dim > 0 &&
+          c.max_position_embeddings > 0 && c.rms_norm_eps > 0 &&
+          c.sliding_window >= 0,
       kLoadPretrained, ": ", r.path(),
       ": vocab_size, intermediate_size, num_key_value_heads, head_dim, "
       "max_position_embeddings and rms_norm_eps must be positive, "
       "num_hidden_layers and sliding_window not negative");
   TORCH_CHECK(
-      c.num_attention_heads % c.num_key_value_heads == 0, kLoadPretrained,
-      ": ", r.path(), ": num_attention_heads (", c.num_attention_heads,
+      c.num_attention_heads % c.num_key_value_heads == 0, kLoadPretrained, ": ",
+      r.path(), ": num_attention_heads (", c.num_attention_heads,
       ") is not a multiple of num_key_value_heads (", c.num_key_value_heads,
       ")");
   return c;
@@ -279,7 +280,8 @@ detail::ParameterSources llama_sources(const PretrainedConfig& c) {
     }
     return source;
   };
-  out["token_embedding.weight"] = {{{"model.embed_tokens.weight", c.vocab_size}}};
+  out["token_embedding.weight"] = {
+      {{"model.embed_tokens.weight", c.vocab_size}}};
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     const auto to = "layers." + std::to_string(i) + ".";
     const auto from = "model.layers." + std::to_string(i) + ".";
@@ -318,8 +320,8 @@ detail::ParameterSources llama_sources(const PretrainedConfig& c) {
 bool llama_skipped(const std::string& name, const PretrainedConfig& c) {
   static const std::string inv_freq = "rotary_emb.inv_freq";
   return (name.size() >= inv_freq.size() &&
-          name.compare(name.size() - inv_freq.size(), inv_freq.size(),
-                       inv_freq) == 0) ||
+          name.compare(
+              name.size() - inv_freq.size(), inv_freq.size(), inv_freq) == 0) ||
          (c.tie_word_embeddings && name == "lm_head.weight");
 }
 
@@ -339,7 +341,8 @@ PretrainedConfig read_pretrained_config(const std::string& dir) {
     c.gpt2 = read_gpt2_config(dir);
     c.vocab_size = c.gpt2.vocab_size;
     c.hidden_size = c.gpt2.n_embd;
-    c.intermediate_size = c.gpt2.n_inner > 0 ? c.gpt2.n_inner : 4 * c.gpt2.n_embd;
+    c.intermediate_size =
+        c.gpt2.n_inner > 0 ? c.gpt2.n_inner : 4 * c.gpt2.n_embd;
     c.num_hidden_layers = c.gpt2.n_layer;
     c.num_attention_heads = c.num_key_value_heads = c.gpt2.n_head;
     c.head_dim = c.gpt2.n_embd / c.gpt2.n_head;
@@ -360,7 +363,8 @@ PretrainedConfig read_pretrained_config(const std::string& dir) {
   try {
     return read_llama_family(r, type);
   } catch (const nlohmann::json::exception& e) {
-    TORCH_CHECK(false, kLoadPretrained, ": ", path, " is malformed: ", e.what());
+    TORCH_CHECK(
+        false, kLoadPretrained, ": ", path, " is malformed: ", e.what());
   }
 }
 
@@ -385,10 +389,11 @@ GPTOptions pretrained_options(
       ") must not be negative");
   if (c.model_type == "gpt2") {
     TORCHTP_CHECK(
-        max_seq_len == 0 || max_seq_len == c.gpt2.n_positions,
-        kLoadPretrained, group, c.path, ": a GPT-2 holds n_positions (",
-        c.gpt2.n_positions, ") positions, its position table's rows; got "
-        "max_seq_len ", max_seq_len);
+        max_seq_len == 0 || max_seq_len == c.gpt2.n_positions, kLoadPretrained,
+        group, c.path, ": a GPT-2 holds n_positions (", c.gpt2.n_positions,
+        ") positions, its position table's rows; got "
+        "max_seq_len ",
+        max_seq_len);
     return gpt2_options(c.gpt2, group, uneven);
   }
   const int64_t n = max_seq_len > 0 ? max_seq_len : default_max_seq_len(c);
@@ -423,7 +428,8 @@ GPTOptions pretrained_options(
       .group(group);
 }
 
-GPT load_pretrained(const std::string& dir, const LoadPretrainedOptions& options) {
+GPT load_pretrained(
+    const std::string& dir, const LoadPretrainedOptions& options) {
   const Group group = detail::group_or_default(options.group());
   TORCHTP_CHECK(
       options.block_bytes() > 0, kLoadPretrained, group,

@@ -200,7 +200,6 @@ class GPT2Loader : public torchtp::testing::SharedDirTest {
   }
 };
 
-
 TEST_F(GPT2Loader, LogitsEqualGPT2FromItsArchitectureInFloat64) {
   const auto weights = random_gpt2(/*tied=*/true);
   on_rank0([&] { write_single(dir_, weights, /*tied=*/true); });
@@ -265,9 +264,9 @@ TEST_F(GPT2Loader, EachRankReadsOnlyItsShardsBytes) {
     values += p.value().numel();
   }
   const auto& emb = gpt->token_embedding;
-  const int64_t padded_rows =
-      std::max<int64_t>(0, emb->vocab_end_index() -
-                               std::max(emb->vocab_start_index(), kGPT2Vocab));
+  const int64_t padded_rows = std::max<int64_t>(
+      0,
+      emb->vocab_end_index() - std::max(emb->vocab_start_index(), kGPT2Vocab));
   values -= 2 * padded_rows * kEmbd; // wte and lm_head, split alike
   EXPECT_EQ(read, 8 + header + values * sizeof(float));
 }

@@ -83,7 +83,8 @@ std::map<std::string, std::vector<std::string>> hf_param_parts(
     out[to + "attention.qkv.weight"] = {
         attn + "q_proj.weight", attn + "k_proj.weight", attn + "v_proj.weight"};
     out[to + "attention.proj.weight"] = {attn + "o_proj.weight"};
-    out[to + "mlp.fc1.weight"] = {mlp + "gate_proj.weight", mlp + "up_proj.weight"};
+    out[to + "mlp.fc1.weight"] = {
+        mlp + "gate_proj.weight", mlp + "up_proj.weight"};
     out[to + "mlp.fc2.weight"] = {mlp + "down_proj.weight"};
     if (s.qkv_bias()) {
       out[to + "attention.qkv.bias"] = {
@@ -225,7 +226,8 @@ void write_hf_index(const std::string& dir, const HFTensors& t) {
         files[f]);
   }
   std::ofstream(dir + "/model.safetensors.index.json")
-      << nlohmann::json({{"metadata", {{"total_size", 0}}}, {"weight_map", map}})
+      << nlohmann::json(
+             {{"metadata", {{"total_size", 0}}}, {"weight_map", map}})
              .dump(2);
 }
 
@@ -379,7 +381,6 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::ValuesIn(hf_shapes()),
     [](const auto& info) { return info.param.name; });
 
-
 namespace {
 HFShape mistral_shape() {
   return {"mistral", "mistral"};
@@ -421,10 +422,10 @@ TEST_F(PretrainedFiles, ReducedPrecisionFilesLoadAsTheirRoundedWeights) {
       auto full = ref_params[p.key()];
       if (p.key() == "token_embedding.weight" || p.key() == "lm_head.weight") {
         // Padded rows are zeros.
-        const int64_t padded =
-            torchtp::full_shape(p.value().sizes(), specs.at(p.key()), world())[0];
-        full = torch::cat(
-            {full, torch::zeros({padded - kHfVocab, s.hidden})}, 0);
+        const int64_t padded = torchtp::full_shape(
+            p.value().sizes(), specs.at(p.key()), world())[0];
+        full =
+            torch::cat({full, torch::zeros({padded - kHfVocab, s.hidden})}, 0);
       }
       EXPECT_TRUE(torch::equal(
           p.value(),
@@ -449,7 +450,8 @@ TEST_F(PretrainedFiles, EachRankReadsOnlyItsShards) {
     // model at the world size.
     write_hf_config(mine, hf_config(s));
     auto config = torchtp::read_pretrained_config(mine);
-    torchtp::GPT shaped(torchtp::pretrained_options(config, world(), hf_uneven()));
+    torchtp::GPT shaped(
+        torchtp::pretrained_options(config, world(), hf_uneven()));
     const auto specs = torchtp::shard_specs(*shaped);
     HFTensors poisoned;
     int64_t poisoned_values = 0, kept_values = 0;
@@ -471,8 +473,8 @@ TEST_F(PretrainedFiles, EachRankReadsOnlyItsShards) {
         const auto& value = t.at(name);
         auto mask = keep.narrow(0, row, value.size(0));
         row += value.size(0);
-        poisoned[name] = torch::where(
-            mask, value, torch::full_like(value, std::nan("")));
+        poisoned[name] =
+            torch::where(mask, value, torch::full_like(value, std::nan("")));
         poisoned_values += (~mask).sum().item<int64_t>();
         kept_values += mask.sum().item<int64_t>();
       }
@@ -572,7 +574,8 @@ TEST_F(PretrainedFiles, AMissingUnknownOrMisshapenTensorIsNamedWithItsFile) {
              "num_hidden_layers 2"}));
   on_rank0([&] {
     auto broken = t;
-    broken["model.layers.0.self_attn.k_proj.weight"] = torch::zeros({4, s.hidden});
+    broken["model.layers.0.self_attn.k_proj.weight"] =
+        torch::zeros({4, s.hidden});
     write_hf_single(dir_, broken);
   });
   EXPECT_TRUE(raises_with(
@@ -608,7 +611,7 @@ TEST_F(PretrainedFiles, ConfigsItCannotServeAreRefusedNamingTheKey) {
     torchtp::load_pretrained(
         dir_, opts(torch::kFloat).max_seq_len(max_seq_len));
   };
-  EXPECT_TRUE(raises_with([&] { load(); }, {path}));  // no config.json yet
+  EXPECT_TRUE(raises_with([&] { load(); }, {path})); // no config.json yet
   with({{"hidden_act", "gelu"}});
   EXPECT_TRUE(raises_with([&] { load(); }, {path, "hidden_act", "\"gelu\""}));
   with({{"rope_scaling", {{"rope_type", "yarn"}, {"factor", 4.0}}}});
@@ -620,8 +623,7 @@ TEST_F(PretrainedFiles, ConfigsItCannotServeAreRefusedNamingTheKey) {
   EXPECT_TRUE(
       raises_with([&] { load(); }, {path, "rope_scaling", "low_freq_factor"}));
   with({{"model_type", "falcon"}});
-  EXPECT_TRUE(
-      raises_with([&] { load(); }, {path, "model_type", "\"falcon\""}));
+  EXPECT_TRUE(raises_with([&] { load(); }, {path, "model_type", "\"falcon\""}));
   with({{"num_key_value_heads", 3}});
   EXPECT_TRUE(raises_with(
       [&] { load(); },
@@ -635,15 +637,17 @@ TEST_F(PretrainedFiles, ConfigsItCannotServeAreRefusedNamingTheKey) {
   with({{"sliding_window", 8}});
   EXPECT_TRUE(raises_with([&] { load(16); }, {path, "sliding_window", "8"}));
   // By default the context is the window.
-  EXPECT_EQ(torchtp::load_pretrained(dir_, opts(torch::kFloat))->max_seq_len(), 8);
+  EXPECT_EQ(
+      torchtp::load_pretrained(dir_, opts(torch::kFloat))->max_seq_len(), 8);
   // A missing sliding_window is MistralConfig's 4096: more than 32.
   on_rank0([&] {
     auto c = hf_config(s);
     c.erase("sliding_window");
     write_hf_config(dir_, c);
   });
-  EXPECT_EQ(torchtp::load_pretrained(dir_, opts(torch::kFloat))->max_seq_len(),
-            kHfPositions);
+  EXPECT_EQ(
+      torchtp::load_pretrained(dir_, opts(torch::kFloat))->max_seq_len(),
+      kHfPositions);
 }
 
 TEST_F(PretrainedFiles, Qwen2SlidingWindowLayersAreRefusedNamingTheKey) {
