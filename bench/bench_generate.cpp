@@ -1,6 +1,7 @@
 // bench_generate: serving latency of a GPT-2-small-shaped model (d_model
 // 768, 12 layers, 12 heads, vocabulary 50257, random weights), or of a
-// GPT-2 directory loaded with load_gpt2 (--model), at the world size it is
+// Hugging Face directory (GPT-2, Llama, Mistral or Qwen2) loaded with
+// load_pretrained (--model), at the world size it is
 // started with: prefill of a prompt, then greedy decoding with the
 // key/value cache. Prints a table on rank 0 and writes JSON.
 //
@@ -59,8 +60,9 @@ int run(int argc, char** argv) {
       ->capture_default_str();
   app.add_option(
       "--model", model_dir,
-      "GPT-2 directory (config.json + safetensors) instead of random "
-      "weights; its load time and peak memory are reported");
+      "Hugging Face directory (config.json + safetensors; GPT-2, Llama, "
+      "Mistral or Qwen2) instead of random weights; its load time and peak "
+      "memory are reported");
   app.add_option("--json", json_path, "output file")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
@@ -111,8 +113,10 @@ int run(int argc, char** argv) {
       }
       world.barrier();
       const auto start = std::chrono::steady_clock::now();
-      models.push_back(torchtp::load_gpt2(
-          model_dir, torchtp::LoadGPT2Options().group(g).dtype(dtype)));
+      // Uneven where the size does not divide (Qwen2.5's 14 heads at 4).
+      models.push_back(torchtp::load_pretrained(
+          model_dir,
+          torchtp::LoadPretrainedOptions().group(g).dtype(dtype).uneven(true)));
       auto t = torch::tensor(
           {std::chrono::duration<double>(std::chrono::steady_clock::now() -
                                          start)

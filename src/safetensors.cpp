@@ -1,5 +1,7 @@
 #include "torchtp/safetensors.h"
 
+#include "detail/read_counter.h"
+
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 #include <zlib.h>
@@ -9,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 
@@ -60,8 +63,11 @@ void write_all(int fd, const void* data, size_t size, const std::string& path) {
   }
 }
 
+std::atomic<uint64_t> bytes_read{0};
+
 void read_all(
     int fd, void* data, size_t size, uint64_t offset, const std::string& path) {
+  bytes_read += size;
   char* p = static_cast<char*>(data);
   while (size > 0) {
     ssize_t n = ::pread(fd, p, size, static_cast<off_t>(offset));
@@ -344,5 +350,11 @@ at::Tensor SafetensorsReader::read(
       "): the file was altered or corrupted");
   return t;
 }
+
+namespace detail {
+uint64_t safetensors_bytes_read() {
+  return bytes_read.load();
+}
+} // namespace detail
 
 } // namespace torchtp

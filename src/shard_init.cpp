@@ -23,6 +23,9 @@ namespace {
 // draws, and small next to any layer worth splitting.
 std::atomic<int64_t> block_bytes{int64_t{4} << 20};
 
+// Set by SkipInitGuard.
+thread_local bool skip_init = false;
+
 // A scratch tensor in memory mapped for it alone, unmapped when the tensor
 // goes. From malloc, a freed block of this size stays resident as a hole in
 // the heap (measured: about one block per transformer layer, ~140 MiB over
@@ -40,6 +43,14 @@ at::Tensor mapped_scratch(at::IntArrayRef sizes, c10::ScalarType dtype) {
       at::TensorOptions().dtype(dtype));
 }
 } // namespace
+
+SkipInitGuard::SkipInitGuard() : previous_(skip_init) {
+  skip_init = true;
+}
+
+SkipInitGuard::~SkipInitGuard() {
+  skip_init = previous_;
+}
 
 int64_t init_block_bytes() {
   return block_bytes.load();
@@ -69,7 +80,7 @@ void draw_shard(
       "shard ", shard.sizes(), " is not a shard of ", full_sizes);
   const int64_t rows = full_sizes[0];
   const int64_t row_numel = c10::multiply_integers(full_sizes.slice(1));
-  if (rows == 0 || row_numel == 0) {
+  if (rows == 0 || row_numel == 0 || skip_init) {
     return;
   }
   // Rows per block: a multiple of `step` rows holds a multiple of

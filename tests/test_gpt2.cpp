@@ -6,6 +6,8 @@
 
 #include "test_util.h"
 
+#include "detail/read_counter.h"
+
 #include <c10/core/InferenceMode.h>
 #include <nlohmann/json.hpp>
 
@@ -180,25 +182,9 @@ torch::Tensor prompt_ids() {
 } // namespace
 
 // Outside the anonymous namespace: gtest derives each test from it.
-class GPT2Loader : public ::testing::Test {
+class GPT2Loader : public torchtp::testing::SharedDirTest {
  protected:
-  void SetUp() override {
-    dir_ = torchtp::testing::shared_tmpdir("gpt2");
-  }
-  void TearDown() override {
-    world().barrier();
-    if (world().rank() == 0) {
-      fs::remove_all(dir_);
-    }
-  }
-  // Runs `write` on rank 0, then every rank continues.
-  template <typename F>
-  void on_rank0(F&& write) {
-    if (world().rank() == 0) {
-      write();
-    }
-    world().barrier();
-  }
+  GPT2Loader() : SharedDirTest("gpt2") {}
   void expect_logits_match(
       const Tensors& weights, torch::Dtype dtype, int64_t block_bytes = 1024) {
     auto gpt = torchtp::load_gpt2(
@@ -212,9 +198,7 @@ class GPT2Loader : public ::testing::Test {
     const double tol = dtype == torch::kDouble ? 1e-10 : 1e-4;
     EXPECT_TRUE(all_close(logits, gpt2_logits(weights, ids), {tol, tol}));
   }
-  std::string dir_;
 };
-
 
 TEST_F(GPT2Loader, LogitsEqualGPT2FromItsArchitectureInFloat64) {
   const auto weights = random_gpt2(/*tied=*/true);
@@ -261,6 +245,30 @@ TEST_F(GPT2Loader, PaddedVocabularyIsZeroAndNeverGenerated) {
   for (int64_t id : out.tokens[0]) {
     EXPECT_LT(id, kGPT2Vocab);
   }
+}
+
+TEST_F(GPT2Loader, EachRankReadsOnlyItsShardsBytes) {
+  const auto weights = random_gpt2(/*tied=*/false);
+  on_rank0([&] { write_single(dir_, weights, /*tied=*/false); });
+  uint64_t header = 0;
+  std::ifstream(dir_ + "/model.safetensors", std::ios::binary)
+      .read(reinterpret_cast<char*>(&header), sizeof(header));
+  const uint64_t before = torchtp::detail::safetensors_bytes_read();
+  auto gpt = torchtp::load_gpt2(
+      dir_, torchtp::LoadGPT2Options().group(world()).block_bytes(1024));
+  const uint64_t read = torchtp::detail::safetensors_bytes_read() - before;
+  // This rank's shards, but for the padded vocabulary rows, which no file
+  // holds.
+  int64_t values = 0;
+  for (const auto& p : gpt->named_parameters()) {
+    values += p.value().numel();
+  }
+  const auto& emb = gpt->token_embedding;
+  const int64_t padded_rows = std::max<int64_t>(
+      0,
+      emb->vocab_end_index() - std::max(emb->vocab_start_index(), kGPT2Vocab));
+  values -= 2 * padded_rows * kEmbd; // wte and lm_head, split alike
+  EXPECT_EQ(read, 8 + header + values * sizeof(float));
 }
 
 TEST_F(GPT2Loader, ReadBlockReadsTheSlice) {

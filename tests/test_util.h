@@ -13,7 +13,9 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <string>
+#include <utility>
 
 namespace torchtp::testing {
 
@@ -107,5 +109,35 @@ template <typename F>
   }
   return ::testing::AssertionFailure() << "did not raise";
 }
+
+/// A fixture with a directory every rank shares (`dir_`, removed after
+/// the test), for tests that write files on rank 0 and read them on all.
+class SharedDirTest : public ::testing::Test {
+ protected:
+  explicit SharedDirTest(std::string what) : what_(std::move(what)) {}
+  void SetUp() override {
+    dir_ = shared_tmpdir(what_);
+  }
+  void TearDown() override {
+    world().barrier();
+    if (world().rank() == 0) {
+      std::filesystem::remove_all(dir_);
+    }
+  }
+  /// Runs `write` on rank 0 once every rank is done with the files (so a
+  /// rank still reading never sees them change), then every rank continues.
+  template <typename F>
+  void on_rank0(F&& write) {
+    world().barrier();
+    if (world().rank() == 0) {
+      write();
+    }
+    world().barrier();
+  }
+  std::string dir_;
+
+ private:
+  std::string what_;
+};
 
 } // namespace torchtp::testing

@@ -103,7 +103,8 @@ using GPTCache = LMCache;
 /// vocabulary, for `vocab_parallel_cross_entropy`. Its options make it any
 /// family of that shape: GPT-2, or Llama, Mistral and Qwen2 (RMSNorm,
 /// rotary positions, grouped-query attention, gated SiLU MLP).
-/// `load_gpt2` (gpt2.h) builds one from a Hugging Face GPT-2 checkpoint.
+/// `load_gpt2` (gpt2.h) builds one from a Hugging Face GPT-2 checkpoint,
+/// `load_pretrained` (pretrained.h) from a GPT-2, Llama, Mistral or Qwen2 one.
 ///
 /// Built after the same `torch::manual_seed`, its full weights are the same
 /// at every tensor-parallel size, and so are its logits and gradients.

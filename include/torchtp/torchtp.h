@@ -18,6 +18,7 @@
 #include "torchtp/mappings.h"
 #include "torchtp/norm.h"
 #include "torchtp/partition.h"
+#include "torchtp/pretrained.h"
 #include "torchtp/random.h"
 #include "torchtp/rotary.h"
 #include "torchtp/safetensors.h"

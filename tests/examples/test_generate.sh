@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # End to end: generate --model on a random GPT-2 directory in Hugging Face's
 # layout (written by random_gpt2) gives the same greedy tokens at TP=1, 2,
-# 3 and 5 (12 heads split 3, 3, 2, 2, 2), and refuses bad input with a
-# clear message.
+# 3 and 5 (12 heads split 3, 3, 2, 2, 2), so do random Llama, Mistral and
+# Qwen2 directories at TP=1, 2 and 3, and bad input is refused with a clear
+# message.
 # Usage: test_generate.sh TORCHTP_RUN GENERATE RANDOM_GPT2
 set -euo pipefail
 run=$1 generate=$2 random_gpt2=$3
@@ -37,6 +38,33 @@ check "every token is in the real vocabulary" \
 check "the JSON holds the steps" "grep -q '\"generated_ids\"' '$work/tp2.json'"
 check "rank 0 reports the decode speed" "grep -q 'ms/token' '$work/tp2.log'"
 
+# The Llama-layout families (random_gpt2 --family), each over two bfloat16
+# files: the same greedy tokens at TP=1, 2 and 3 (8 query heads over 2
+# key/value heads, split 3, 3, 2 at 3 ranks; Qwen2 tied with q/k/v biases).
+for family in llama mistral qwen2; do
+  tied=$([ "$family" = qwen2 ] && echo --tied || true)
+  "$random_gpt2" --family "$family" --out "$work/$family" --vocab 101 \
+    --positions 32 --embd 48 --layers 2 --heads 8 --kv-heads 2 --ffn 40 \
+    --head-dim 8 --std 0.3 --seed 4 --dtype bfloat16 --shards 2 $tied \
+    > /dev/null
+  for tp in 1 2 3; do
+    "$run" --nproc-per-node "$tp" "$generate" --model "$work/$family" \
+      --prompt-ids 5,17,42,99,0 --max-new-tokens 12 --greedy \
+      --dtype float64 --eos-id -1 > "$work/$family$tp.log"
+    sed -n -E 's/^(\[rank 0\] )?([0-9]+( [0-9]+)*) ?$/\2/p' \
+      "$work/$family$tp.log" | head -n 1 > "$work/$family-ids$tp"
+  done
+  echo "$family TP=1 tokens: $(cat "$work/$family-ids1")"
+  check "$family: 12 tokens generated" \
+    "[ \$(wc -w < '$work/$family-ids1') -eq 12 ]"
+  check "$family: TP=2 gives TP=1's tokens" \
+    "cmp -s '$work/$family-ids1' '$work/$family-ids2'"
+  check "$family: TP=3 gives TP=1's tokens" \
+    "cmp -s '$work/$family-ids1' '$work/$family-ids3'"
+done
+check "the index lists two files" \
+  "[ \$(ls '$work/qwen2'/model-0000?-of-00002.safetensors | wc -l) -eq 2 ]"
+
 # Bad input: each ends the job with a non-zero exit and a clear message.
 refused() { # name, expected message, command...
   local name=$1 want=$2; shift 2
@@ -55,5 +83,9 @@ cp -r "$work/gpt2" "$work/cut"
 truncate -s -64 "$work/cut/model.safetensors"
 refused "a truncated model.safetensors is named" "cut/model.safetensors" \
   "$run" --nproc-per-node 2 "$generate" --model "$work/cut" --prompt-ids 1,2
+refused "a context past the sliding window is refused" "sliding_window" \
+  bash -c "sed -i 's/\"sliding_window\": null/\"sliding_window\": 16/' \
+    '$work/mistral/config.json' && '$run' --nproc-per-node 1 '$generate' \
+    --model '$work/mistral' --prompt-ids 1,2 --max-seq-len 32"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
