@@ -6,8 +6,12 @@
 //   torchtp-run --nproc-per-node 2 ./generate --checkpoint
 //   out/demo/tp2/checkpoint \
 //       --prompt "First Citizen:" --max-new-tokens 200 --top-k 10 --seed 1
-//   torchtp-run --nproc-per-node 2 ./generate --model gpt2 \
-//       --prompt-ids 464,2068,7586,21831 --max-new-tokens 20 --greedy
+//   torchtp-run --nproc-per-node 2 ./generate --model Qwen2.5-0.5B \
+//       --prompt "The capital of France is" --max-new-tokens 20 --greedy
+//
+// A --model directory's tokenizer (tokenizer.json, or GPT-2's vocab.json +
+// merges.txt) encodes --prompt / --prompt-file and decodes what comes;
+// without one, prompts are ids (--prompt-ids).
 //
 // Each rank holds its slices of the model and caches the keys and values of
 // its own heads; only each rank's best candidates for a token are exchanged,
@@ -26,6 +30,9 @@
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <memory>
+#include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -35,6 +42,7 @@ struct Args {
   std::string checkpoint;
   std::string model;
   std::string prompt;
+  std::string prompt_file;
   std::vector<int64_t> prompt_ids;
   int64_t max_new_tokens = 64;
   bool greedy = false;
@@ -47,6 +55,91 @@ struct Args {
   int64_t max_seq_len = 0;
   std::string json;
 };
+
+// Text to ids and back: a Hugging Face tokenizer, the main job's character
+// vocabulary, or nothing (ids only).
+class Text {
+ public:
+  static Text of_tokenizer(torchtp::Tokenizer tokenizer) {
+    Text t;
+    t.tokenizer_ = std::move(tokenizer);
+    return t;
+  }
+  static Text of_characters(std::string vocab) {
+    Text t;
+    t.chars_ = std::move(vocab);
+    return t;
+  }
+  bool has_text() const {
+    return tokenizer_.has_value() || !chars_.empty();
+  }
+  std::vector<int64_t> encode(const std::string& text) const {
+    if (tokenizer_) {
+      return tokenizer_->encode(text);
+    }
+    std::vector<int64_t> ids;
+    for (char c : text) {
+      const auto at = chars_.find(c);
+      TORCH_CHECK(
+          at != std::string::npos, "generate: the prompt's character '", c,
+          "' is not in the model's vocabulary");
+      ids.push_back(static_cast<int64_t>(at));
+    }
+    return ids;
+  }
+  std::string decode(const std::vector<int64_t>& ids) const {
+    if (tokenizer_) {
+      return tokenizer_->decode(ids);
+    }
+    std::string text;
+    for (int64_t id : ids) {
+      text += chars_.at(id);
+    }
+    return text;
+  }
+  // Streams the text `ids` add after `context`: whole UTF-8 characters
+  // only, spaced as in a decode of context and ids together.
+  class Stream {
+   public:
+    Stream(const Text& text, const std::vector<int64_t>& context)
+        : text_(text) {
+      if (text.tokenizer_) {
+        stream_.emplace(*text.tokenizer_);
+        for (int64_t id : context) {
+          stream_->step(id); // the prompt's text is printed as given
+        }
+      }
+    }
+    std::string step(int64_t id) {
+      return stream_ ? stream_->step(id) : text_.decode({id});
+    }
+    std::string finish() {
+      return stream_ ? stream_->finish() : std::string();
+    }
+
+   private:
+    const Text& text_;
+    std::optional<torchtp::DecodeStream> stream_;
+  };
+
+ private:
+  std::optional<torchtp::Tokenizer> tokenizer_;
+  std::string chars_;
+};
+
+bool has_tokenizer(const std::string& dir) {
+  return std::ifstream(dir + "/tokenizer.json").good() ||
+         (std::ifstream(dir + "/vocab.json").good() &&
+          std::ifstream(dir + "/merges.txt").good());
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  TORCH_CHECK(in.good(), "generate: cannot read --prompt-file ", path);
+  std::ostringstream bytes;
+  bytes << in.rdbuf();
+  return bytes.str();
+}
 
 int64_t setting(
     const std::map<std::string, std::string>& extra, const std::string& key) {
@@ -79,11 +172,21 @@ int run(int argc, char** argv) {
       ->capture_default_str();
   auto* text = app.add_option(
       "--prompt", a.prompt,
-      "prompt text (the --checkpoint model's character vocabulary)");
+      "prompt text, encoded with the --model directory's tokenizer (or the "
+      "--checkpoint model's character vocabulary)");
+  auto* file = app.add_option(
+                      "--prompt-file", a.prompt_file,
+                      "one prompt: this file's exact bytes (as --prompt)")
+                   ->excludes(text);
   app.add_option("--prompt-ids", a.prompt_ids, "prompt as ids: 1,2,3")
       ->delimiter(',')
-      ->excludes(text);
-  app.add_option("--max-new-tokens", a.max_new_tokens, "tokens to generate")
+      ->excludes(text)
+      ->excludes(file);
+  app.add_option(
+         "--max-new-tokens", a.max_new_tokens,
+         "tokens to generate; 0: only encode the prompt (or decode "
+         "--prompt-ids) and print it")
+      ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   app.add_flag("--greedy", a.greedy, "always the most likely token");
   app.add_option("--temperature", a.temperature, "divides the logits")
@@ -98,20 +201,21 @@ int run(int argc, char** argv) {
       "stop after this id (default: --model's eos_token_id; -1: never)");
   app.add_option("--dtype", a.dtype, "float32, float64 or bfloat16")
       ->capture_default_str();
-  app.add_option("--json", a.json, "write ids and top-5 logits per step");
+  app.add_option(
+      "--json", a.json,
+      "write prompt_ids, generated_ids and the top-5 logits of every step "
+      "(and prompt_text, generated_text when there is a tokenizer)");
   CLI11_PARSE(app, argc, argv);
   if (a.checkpoint.empty() == a.model.empty()) {
     std::fprintf(stderr, "generate: give --checkpoint or --model\n");
     return 2;
   }
-  // Tokenizer seam: a --model directory's tokenizer (tokenizer.json, issue
-  // 17 item 4) will encode --prompt here and decode in the stream callback
-  // below; until then --model takes ids.
-  if (!a.model.empty() && a.prompt_ids.empty()) {
+  if (!a.model.empty() && a.prompt_ids.empty() && !has_tokenizer(a.model)) {
     std::fprintf(
         stderr,
-        "generate: --model needs --prompt-ids (no tokenizer here yet: "
-        "tokenize elsewhere)\n");
+        "generate: %s has no tokenizer (tokenizer.json, or vocab.json and "
+        "merges.txt): give the prompt as --prompt-ids\n",
+        a.model.c_str());
     return 2;
   }
 
@@ -157,54 +261,90 @@ int run(int argc, char** argv) {
     torchtp::load_checkpoint(a.checkpoint, *gpt);
   }
 
+  Text text_of;
+  if (!a.model.empty()) {
+    if (has_tokenizer(a.model)) {
+      text_of = Text::of_tokenizer(torchtp::Tokenizer::from_directory(a.model));
+    }
+  } else {
+    text_of = Text::of_characters(vocab);
+  }
+  std::string prompt_text;
   std::vector<int64_t> prompt;
   if (!a.prompt_ids.empty()) {
     prompt = a.prompt_ids;
+    if (text_of.has_text()) {
+      prompt_text = text_of.decode(prompt);
+    }
   } else {
-    const std::string p = a.prompt.empty() ? std::string("\n") : a.prompt;
-    for (char c : p) {
-      const auto at = vocab.find(c);
-      TORCH_CHECK(
-          at != std::string::npos, "generate: the prompt's character '", c,
-          "' is not in the model's vocabulary");
-      prompt.push_back(static_cast<int64_t>(at));
+    prompt_text = !a.prompt_file.empty() ? read_file(a.prompt_file)
+                  : a.prompt.empty() && a.model.empty() ? std::string("\n")
+                                                        : a.prompt;
+    prompt = text_of.encode(prompt_text);
+  }
+  TORCH_CHECK(
+      !prompt.empty() || a.max_new_tokens == 0,
+      "generate: the prompt encodes to no ids; give a longer one (or "
+      "--prompt-ids)");
+
+  if (a.max_new_tokens == 0) {
+    // Only the prompt: its ids when given text, its text when given ids.
+    if (lead) {
+      if (a.prompt_ids.empty()) {
+        for (size_t i = 0; i < prompt.size(); ++i) {
+          std::printf("%s%lld", i ? "," : "", static_cast<long long>(prompt[i]));
+        }
+        std::printf("\n");
+      } else {
+        std::printf("%s\n", prompt_text.c_str());
+      }
     }
   }
-
-  auto options = torchtp::GenerateOptions()
-                     .max_new_tokens(a.max_new_tokens)
-                     .seed(a.seed)
-                     .eos_id(eos_id)
-                     .top_logits(5)
-                     .sampling(torchtp::SamplingOptions()
-                                   .greedy(a.greedy)
-                                   .temperature(a.temperature)
-                                   .top_k(a.top_k)
-                                   .top_p(a.top_p));
-  if (lead) {
-    std::printf("%s", a.prompt_ids.empty() ? a.prompt.c_str() : "");
-    std::fflush(stdout);
-  }
-  auto gen = torchtp::generate(
-      *gpt, {prompt}, options, [&](int64_t, const at::Tensor& ids) {
-        if (lead) {
-          const int64_t id = ids[0].item<int64_t>();
-          // Tokenizer seam: ids of a --model become text here.
-          if (a.prompt_ids.empty()) {
-            std::printf("%c", vocab[id]);
-          } else {
-            std::printf("%lld ", static_cast<long long>(id));
+  torchtp::Generation gen;
+  std::string generated_text;
+  if (a.max_new_tokens > 0) {
+    auto options = torchtp::GenerateOptions()
+                       .max_new_tokens(a.max_new_tokens)
+                       .seed(a.seed)
+                       .eos_id(eos_id)
+                       .top_logits(5)
+                       .sampling(torchtp::SamplingOptions()
+                                     .greedy(a.greedy)
+                                     .temperature(a.temperature)
+                                     .top_k(a.top_k)
+                                     .top_p(a.top_p));
+    if (lead) {
+      std::printf("%s", prompt_text.c_str());
+      std::fflush(stdout);
+    }
+    Text::Stream stream(text_of, prompt);
+    gen = torchtp::generate(
+        *gpt, {prompt}, options, [&](int64_t, const at::Tensor& ids) {
+          if (lead) {
+            const int64_t id = ids[0].item<int64_t>();
+            if (text_of.has_text()) {
+              const auto piece = stream.step(id);
+              generated_text += piece;
+              std::printf("%s", piece.c_str());
+            } else {
+              std::printf("%lld ", static_cast<long long>(id));
+            }
+            std::fflush(stdout);
           }
-          std::fflush(stdout);
-        }
-      });
+        });
+    if (lead && text_of.has_text()) {
+      const auto rest = stream.finish();
+      generated_text += rest;
+      std::printf("%s", rest.c_str());
+    }
+  }
 
   const auto& steps = gen.step_seconds;
   double decode = 0;
   for (double s : steps) {
     decode += s;
   }
-  if (lead) {
+  if (lead && a.max_new_tokens > 0) {
     std::printf(
         "\n\nTP=%d: prompt %zu tokens, prefill + first token %.1f ms; "
         "%zu more tokens at %.2f ms/token (%.0f tokens/s)\n",
@@ -215,8 +355,14 @@ int run(int argc, char** argv) {
   if (lead && !a.json.empty()) {
     nlohmann::json out = {
         {"prompt_ids", prompt},
-        {"generated_ids", gen.tokens[0]},
+        {"generated_ids",
+         gen.tokens.empty() ? std::vector<int64_t>() : gen.tokens[0]},
         {"steps", nlohmann::json::array()}};
+    if (text_of.has_text()) {
+      // What was streamed: the text the generated ids add to the prompt's.
+      out["prompt_text"] = prompt_text;
+      out["generated_text"] = generated_text;
+    }
     for (const auto& top : gen.top) {
       nlohmann::json pairs = nlohmann::json::array();
       auto values = top.values.to(torch::kDouble);

@@ -19,11 +19,15 @@
 //   torchtp-run --nproc-per-node 2 ./generate --model /tmp/qwen2-random \
 //       --prompt-ids 1,2,3 --max-new-tokens 16 --greedy
 //
+// --tokenizer DIR copies a real tokenizer next to the weights (and sizes
+// the vocabulary to it), so `generate --prompt TEXT` works.
+//
 // The same --seed gives the same weights whatever --shards and --dtype
 // (rounded): the tensors are drawn in one order, and each file is written
 // as soon as its tensors are drawn, so memory holds one file's worth.
 
 #include <torchtp/safetensors.h>
+#include <torchtp/tokenizer.h>
 
 #include "guarded_main.h"
 
@@ -50,6 +54,7 @@ struct Args {
   double rope_theta = 10000.0;
   std::string dtype = "float32";
   int64_t shards = 1;
+  std::string tokenizer;
   double std_dev = 0.02;
   uint64_t seed = 0;
 };
@@ -192,7 +197,15 @@ int run(int argc, char** argv) {
   app.add_option("--family", a.family, "gpt2, llama, mistral or qwen2")
       ->check(CLI::IsMember({"gpt2", "llama", "mistral", "qwen2"}))
       ->capture_default_str();
-  app.add_option("--vocab", a.vocab, "vocab_size")->capture_default_str();
+  auto* vocab = app.add_option("--vocab", a.vocab, "vocab_size")
+                    ->capture_default_str();
+  app.add_option(
+         "--tokenizer", a.tokenizer,
+         "copy this directory's tokenizer files (tokenizer.json, "
+         "tokenizer_config.json, vocab.json, merges.txt) into --out, so "
+         "generate takes --prompt text; without --vocab, vocab_size is the "
+         "tokenizer's rounded up to a multiple of 64")
+      ->check(CLI::ExistingDirectory);
   app.add_option(
          "--positions", a.positions,
          "n_positions (GPT-2) or max_position_embeddings")
@@ -236,6 +249,11 @@ int run(int argc, char** argv) {
   app.add_option("--seed", a.seed, "random seed")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
+  if (!a.tokenizer.empty() && vocab->count() == 0) {
+    const auto tokens =
+        torchtp::Tokenizer::from_directory(a.tokenizer).vocab_size();
+    a.vocab = (tokens + 63) / 64 * 64;
+  }
   const bool gpt2 = a.family == "gpt2";
   const bool is_tied = gpt2 ? !a.untied : a.tied;
   const int64_t ffn = a.ffn > 0 ? a.ffn : 4 * a.embd;
@@ -320,6 +338,16 @@ int run(int argc, char** argv) {
   std::ofstream(a.out + "/config.json")
       << config_of(a, ffn, kv_heads, head_dim, is_tied, a.dtype).dump(2)
       << "\n";
+  for (const char* name : {"tokenizer.json", "tokenizer_config.json",
+                           "special_tokens_map.json", "vocab.json",
+                           "merges.txt"}) {
+    const auto from = std::filesystem::path(a.tokenizer) / name;
+    if (!a.tokenizer.empty() && std::filesystem::exists(from)) {
+      std::filesystem::copy_file(
+          from, std::filesystem::path(a.out) / name,
+          std::filesystem::copy_options::overwrite_existing);
+    }
+  }
   std::printf(
       "wrote %s: %s config.json and %lld safetensors file%s (%zu tensors, "
       "%.1f MB)\n",

@@ -24,5 +24,6 @@
 #include "torchtp/safetensors.h"
 #include "torchtp/sampling.h"
 #include "torchtp/sharding.h"
+#include "torchtp/tokenizer.h"
 #include "torchtp/transformer.h"
 #include "torchtp/work.h"

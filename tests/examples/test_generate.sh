@@ -3,10 +3,12 @@
 # layout (written by random_gpt2) gives the same greedy tokens at TP=1, 2,
 # 3 and 5 (12 heads split 3, 3, 2, 2, 2), so do random Llama, Mistral and
 # Qwen2 directories at TP=1, 2 and 3, and bad input is refused with a clear
-# message.
-# Usage: test_generate.sh TORCHTP_RUN GENERATE RANDOM_GPT2
+# message. With a real tokenizer next to the weights (Qwen2's and Llama 2's,
+# from the npm cache scripts/setup.sh fills), --prompt text gives the same
+# text at TP=1, 2 and 3.
+# Usage: test_generate.sh TORCHTP_RUN GENERATE RANDOM_GPT2 TOKENIZER_MODELS
 set -euo pipefail
-run=$1 generate=$2 random_gpt2=$3
+run=$1 generate=$2 random_gpt2=$3 tokenizers=$4
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 passed=0 failed=0
@@ -65,6 +67,60 @@ done
 check "the index lists two files" \
   "[ \$(ls '$work/qwen2'/model-0000?-of-00002.safetensors | wc -l) -eq 2 ]"
 
+# Text in, text out: random Qwen2 and Llama weights with real tokenizers
+# (byte-level BPE and SentencePiece-style BPE with byte fallback).
+json_field() { # file, field: the field's value as JSON
+  node -e "process.stdout.write(JSON.stringify(require('$1')['$2']))"
+}
+prompt='Héllo, 世界! The café costs 12.50€ — 👋🏽'
+for pair in qwen2:qwen3 llama:llama2; do
+  family=${pair%%:*} tok=${pair#*:}
+  "$random_gpt2" --family "$family" --out "$work/$family-text" --embd 32 \
+    --layers 2 --heads 4 --kv-heads 2 --ffn 64 --positions 64 --std 0.3 \
+    --tokenizer "$tokenizers/$tok" > /dev/null
+  for tp in 1 2 3; do
+    "$run" --nproc-per-node "$tp" "$generate" --model "$work/$family-text" \
+      --prompt "$prompt" --max-new-tokens 10 --greedy --dtype float64 \
+      --eos-id -1 --json "$work/$family-text$tp.json" > "$work/$family-text$tp.log"
+  done
+  for field in generated_ids generated_text; do
+    json_field "$work/$family-text1.json" $field > "$work/$family-f1"
+    for tp in 2 3; do
+      json_field "$work/$family-text$tp.json" $field > "$work/$family-f$tp"
+      check "$family text: TP=$tp gives TP=1's $field" \
+        "cmp -s '$work/$family-f1' '$work/$family-f$tp'"
+    done
+  done
+  check "$family text: the JSON holds the prompt as given" \
+    "[ \"\$(json_field '$work/$family-text2.json' prompt_text)\" = \
+       \"\$(node -e 'process.stdout.write(JSON.stringify(process.argv[1]))' \"$prompt\")\" ]"
+  check "$family text: some text was generated" \
+    "[ -s '$work/$family-f1' ] && [ \"\$(cat '$work/$family-f1')\" != '\"\"' ]"
+  # --max-new-tokens 0: the prompt's ids; they decode back to the prompt.
+  "$run" --nproc-per-node 2 "$generate" --model "$work/$family-text" \
+    --prompt "$prompt" --max-new-tokens 0 > "$work/$family-enc.log"
+  ids=$(sed -n -E 's/^(\[rank 0\] )?([0-9]+(,[0-9]+)*)$/\2/p' "$work/$family-enc.log")
+  check "$family text: --max-new-tokens 0 prints the prompt_ids" \
+    "[ '[$ids]' = \"\$(json_field '$work/$family-text1.json' prompt_ids)\" ]"
+  "$run" --nproc-per-node 1 "$generate" --model "$work/$family-text" \
+    --prompt-ids "$ids" --max-new-tokens 0 > "$work/$family-dec.log"
+  check "$family text: the ids decode back to the prompt" \
+    "grep -qF -- '$prompt' '$work/$family-dec.log'"
+  # --prompt-file: the file's exact bytes, trailing newline included.
+  printf '%s\n' "$prompt" > "$work/prompt.txt"
+  "$run" --nproc-per-node 1 "$generate" --model "$work/$family-text" \
+    --prompt-file "$work/prompt.txt" --max-new-tokens 0 > "$work/$family-file.log"
+  "$run" --nproc-per-node 1 "$generate" --model "$work/$family-text" \
+    --prompt "$prompt
+" --max-new-tokens 0 > "$work/$family-nl.log"
+  check "$family text: --prompt-file encodes the file's exact bytes" \
+    "[ -n \"\$(grep -E '^(\[rank 0\] )?[0-9,]+$' '$work/$family-file.log')\" ] &&
+     diff <(grep -E '^(\[rank 0\] )?[0-9,]+$' '$work/$family-file.log') \
+          <(grep -E '^(\[rank 0\] )?[0-9,]+$' '$work/$family-nl.log') > /dev/null &&
+     ! diff <(grep -E '^(\[rank 0\] )?[0-9,]+$' '$work/$family-file.log') \
+          <(grep -E '^(\[rank 0\] )?[0-9,]+$' '$work/$family-enc.log') > /dev/null"
+done
+
 # Bad input: each ends the job with a non-zero exit and a clear message.
 refused() { # name, expected message, command...
   local name=$1 want=$2; shift 2
@@ -74,7 +130,7 @@ refused() { # name, expected message, command...
     check "$name" "grep -q -- '$want' '$work/bad.log'"
   fi
 }
-refused "--model without --prompt-ids is refused" "needs --prompt-ids" \
+refused "text for a --model without a tokenizer is refused" "has no tokenizer" \
   "$run" --nproc-per-node 1 "$generate" --model "$work/gpt2" --prompt hi
 refused "a prompt beyond the context is refused" "context" \
   "$run" --nproc-per-node 2 "$generate" --model "$work/gpt2" \
