@@ -47,7 +47,10 @@ int run(int argc, char** argv) {
   app.add_option("--batches", batches, "prompts per batch")
       ->delimiter(',')
       ->capture_default_str();
-  app.add_option("--dtypes", dtypes, "float32, bfloat16, float64")
+  app.add_option(
+         "--dtypes", dtypes,
+         "float32, bfloat16, float64, or int8 (int8 weights, float32 "
+         "activations)")
       ->delimiter(',')
       ->capture_default_str();
   app.add_option("--backends", backend_names, "communicators (world size > 1)")
@@ -96,7 +99,9 @@ int run(int argc, char** argv) {
   nlohmann::json rows = nlohmann::json::array();
   nlohmann::json loads = nlohmann::json::array();
   for (const auto& dtype_name : dtypes) {
-    const auto dtype = torchtp::bench::parse_dtype(dtype_name);
+    const bool int8 = dtype_name == "int8";
+    const auto dtype =
+        int8 ? torch::kFloat : torchtp::bench::parse_dtype(dtype_name);
     // One model per communicator, the same full weights.
     std::vector<torchtp::GPT> models;
     for (size_t b = 0; b < groups.size(); ++b) {
@@ -109,6 +114,9 @@ int run(int argc, char** argv) {
                                 .num_layers(12)
                                 .group(g)
                                 .dtype(dtype));
+        if (int8) {
+          torchtp::quantize_int8(*models.back());
+        }
         continue;
       }
       world.barrier();
@@ -116,7 +124,11 @@ int run(int argc, char** argv) {
       // Uneven where the size does not divide (Qwen2.5's 14 heads at 4).
       models.push_back(torchtp::load_pretrained(
           model_dir,
-          torchtp::LoadPretrainedOptions().group(g).dtype(dtype).uneven(true)));
+          torchtp::LoadPretrainedOptions()
+              .group(g)
+              .dtype(dtype)
+              .uneven(true)
+              .int8_weights(int8)));
       auto t = torch::tensor(
           {std::chrono::duration<double>(std::chrono::steady_clock::now() -
                                          start)

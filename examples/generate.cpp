@@ -199,7 +199,10 @@ int run(int argc, char** argv) {
   auto* eos = app.add_option(
       "--eos-id", a.eos_id,
       "stop after this id (default: --model's eos_token_id; -1: never)");
-  app.add_option("--dtype", a.dtype, "float32, float64 or bfloat16")
+  app.add_option(
+         "--dtype", a.dtype,
+         "float32, float64, bfloat16, or int8 (int8 weights with one scale "
+         "per row, float32 activations: a quarter of float32's memory)")
       ->capture_default_str();
   app.add_option(
       "--json", a.json,
@@ -221,12 +224,14 @@ int run(int argc, char** argv) {
 
   torchtp::Group world = torchtp::init_from_env();
   const bool lead = world.rank() == 0;
+  const bool int8 = a.dtype == "int8";
   const auto dtype = a.dtype == "float64"    ? torch::kDouble
                      : a.dtype == "bfloat16" ? torch::kBFloat16
-                     : a.dtype == "float32"
+                     : a.dtype == "float32" || int8
                          ? torch::kFloat
                          : throw std::invalid_argument(
-                               "--dtype must be float32, float64 or bfloat16");
+                               "--dtype must be float32, float64, bfloat16 "
+                               "or int8");
 
   torchtp::GPT gpt{nullptr};
   std::string vocab; // the checkpoint's characters
@@ -243,7 +248,8 @@ int run(int argc, char** argv) {
             .group(world)
             .dtype(dtype)
             .uneven(true)
-            .max_seq_len(a.max_seq_len));
+            .max_seq_len(a.max_seq_len)
+            .int8_weights(int8));
   } else {
     // The model is the one train_gpt trained: its shape is in the checkpoint.
     const auto info = torchtp::read_checkpoint_extra(a.checkpoint);
@@ -259,6 +265,9 @@ int run(int argc, char** argv) {
                            .group(world)
                            .dtype(dtype));
     torchtp::load_checkpoint(a.checkpoint, *gpt);
+    if (int8) {
+      torchtp::quantize_int8(*gpt);
+    }
   }
 
   Text text_of;

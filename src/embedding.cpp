@@ -3,6 +3,7 @@
 #include "detail/check.h"
 #include "detail/dtype.h"
 #include "detail/options.h"
+#include "detail/quantize_parameter.h"
 #include "detail/shard_init.h"
 #include "torchtp/mappings.h"
 
@@ -71,15 +72,36 @@ torch::Tensor VocabParallelEmbeddingImpl::forward(const torch::Tensor& ids) {
         lo, ", ", hi, "]");
   }
   if (group_->size() == 1) {
-    return torch::nn::functional::embedding(ids, weight);
+    return lookup(ids);
   }
   // Ids this rank does not own look up row 0 and are zeroed; the sum over
   // ranks then holds exactly one real row per id.
   auto outside = (ids < vocab_start_index()) | (ids >= vocab_end_index());
   auto local = (ids - vocab_start_index()).masked_fill(outside, 0);
-  auto rows = torch::nn::functional::embedding(local, weight);
+  auto rows = lookup(local);
   rows = rows.masked_fill(outside.unsqueeze(-1), 0);
   return options.reduce_output() ? reduce_from_tp_region(rows, *group_) : rows;
+}
+
+torch::Tensor VocabParallelEmbeddingImpl::lookup(const torch::Tensor& local) {
+  if (!weight_scale.defined()) {
+    return torch::nn::functional::embedding(local, weight);
+  }
+  // int8 rows widened with their scales.
+  const auto flat = local.reshape({-1});
+  auto shape = local.sizes().vec();
+  shape.push_back(weight.size(1));
+  return (weight.index_select(0, flat).to(torch::kFloat) *
+          weight_scale.index_select(0, flat).unsqueeze(1))
+      .view(shape)
+      .to(dense_dtype_);
+}
+
+void VocabParallelEmbeddingImpl::quantize_int8() {
+  const auto dtype = weight.scalar_type();
+  weight_scale = detail::quantize_parameter(
+      *this, weight, *group_, /*row_split=*/false, kEmbedding);
+  dense_dtype_ = dtype;
 }
 
 void VocabParallelEmbeddingImpl::pretty_print(std::ostream& stream) const {

@@ -131,7 +131,8 @@ torch::Tensor GPTImpl::forward_sequence_parallel(const torch::Tensor& ids) {
   return detail::gather_sequence_and_linear(
       detail::norm_on_shard(*final_norm, h, *group_),
       lm_head ? lm_head->weight : token_embedding->weight, torch::Tensor(),
-      *group_, seq, /*dim=*/1);
+      *group_, seq, /*dim=*/1,
+      lm_head ? lm_head->weight_scale : token_embedding->weight_scale);
 }
 
 torch::Tensor GPTImpl::output(const torch::Tensor& h) {
@@ -142,7 +143,8 @@ torch::Tensor GPTImpl::output(const torch::Tensor& h) {
   // What a ColumnParallelLinear without gather does, with the embedding's
   // rows as its output features.
   return detail::copy_to_tp_region_and_linear(
-      x, token_embedding->weight, torch::Tensor(), *group_);
+      x, token_embedding->weight, torch::Tensor(), *group_,
+      token_embedding->weight_scale);
 }
 
 LMCache GPTImpl::make_cache() const {

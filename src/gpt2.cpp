@@ -140,7 +140,8 @@ GPT load_gpt2(const std::string& dir, const LoadGPT2Options& options) {
           ")");
   return detail::load_gpt(
       gpt2_options(config, group, options.uneven()).dtype(options.dtype()),
-      files, from, static_cast<uint64_t>(options.block_bytes()));
+      files, from, static_cast<uint64_t>(options.block_bytes()),
+      options.int8_weights());
 }
 
 } // namespace torchtp

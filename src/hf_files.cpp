@@ -2,11 +2,13 @@
 
 #include "detail/check.h"
 #include "detail/shard_init.h"
+#include "torchtp/quantize.h"
 
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <fstream>
+#include <map>
 #include <numeric>
 #include <set>
 
@@ -260,12 +262,23 @@ GPT load_gpt(
     const GPTOptions& options,
     const HFFiles& files,
     const ParameterSources& sources,
-    uint64_t block_bytes) {
+    uint64_t block_bytes,
+    bool int8_weights) {
   GPT gpt = [&] {
     SkipInitGuard no_init;
     return GPT(GPTOptions(options).group(files.group()));
   }();
   const auto specs = shard_specs(*gpt);
+  // The modules whose "weight" parameter quantize_int8 replaces. Untouched
+  // float pages are not resident yet (no initial draw), and each layer's
+  // float weight is freed once quantized.
+  std::map<std::string, std::shared_ptr<torch::nn::Module>> quantized_by_weight;
+  if (int8_weights) {
+    for (const auto& m : gpt->named_modules()) {
+      quantized_by_weight[m.key().empty() ? "weight" : m.key() + ".weight"] =
+          m.value();
+    }
+  }
   for (auto& p : gpt->named_parameters()) {
     auto it = sources.find(p.key());
     TORCH_INTERNAL_ASSERT(
@@ -273,6 +286,13 @@ GPT load_gpt(
     load_parameter(
         p.value(), specs.at(p.key()), files.group(), files, it->second,
         block_bytes, files.component());
+    if (auto m = quantized_by_weight.find(p.key());
+        m != quantized_by_weight.end()) {
+      // Only torchtp's layers are quantized (quantize_int8 skips others,
+      // such as a norm's weight, and a layer's children are not reached:
+      // the layers have none).
+      quantize_int8(*m->second);
+    }
   }
   return gpt;
 }

@@ -5,6 +5,7 @@
 #include "detail/fused_linear.h"
 #include "detail/mapping_context.h"
 #include "detail/options.h"
+#include "detail/quantize_parameter.h"
 #include "detail/shard_init.h"
 #include "torchtp/mappings.h"
 
@@ -32,6 +33,24 @@ struct ReduceFromTpInPlace : torch::autograd::Function<ReduceFromTpInPlace> {
   }
 };
 
+// Whether autograd records a product of these: the fused functions are
+// needed only then (decoding skips them and their bookkeeping).
+bool records_grad(
+    const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  return at::GradMode::is_enabled() &&
+         (x.requires_grad() || weight.requires_grad() ||
+          (bias.defined() && bias.requires_grad()));
+}
+
+// The weight a recorded product differentiates through: an int8 weight
+// widened to the input's dtype (it has no gradient of its own).
+at::Tensor dense(
+    const at::Tensor& weight, const at::Tensor& scale, const at::Tensor& x) {
+  return weight.scalar_type() == at::kChar
+             ? dequantize_rows(weight, scale, x.scalar_type())
+             : weight;
+}
+
 // The weight and bias gradients of `y = x W^T + b` (the ones the context
 // asks for) from the gradient `grad` of y: the part both fused linears
 // below compute while their input gradient travels.
@@ -40,7 +59,7 @@ std::pair<at::Tensor, at::Tensor> weight_and_bias_grads(
   at::Tensor grad_w, grad_b;
   const auto grad_2d = grad.reshape({-1, grad.size(-1)});
   if (ctx->needs_input_grad(1)) {
-    grad_w = grad_2d.t().mm(x.reshape({-1, x.size(-1)}));
+    grad_w = detail::matmul(grad_2d.t(), x.reshape({-1, x.size(-1)}));
   }
   if (ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)) {
     grad_b = grad_2d.sum(0);
@@ -71,7 +90,7 @@ struct CopyToTpAndLinear : torch::autograd::Function<CopyToTpAndLinear> {
     at::Tensor grad_x;
     c10::optional<Work> pending;
     if (ctx->needs_input_grad(0)) {
-      grad_x = at::matmul(grad, weight); // fresh: reduced in place
+      grad_x = detail::matmul(grad, weight); // fresh: reduced in place
       pending = saved_group(ctx).all_reduce_async(grad_x);
     }
     auto [grad_w, grad_b] = weight_and_bias_grads(ctx, grad, x);
@@ -117,7 +136,7 @@ struct GatherSequenceAndLinear
       // Every rank's partial input gradient of the whole sequence: summed
       // and split back in one exchange.
       scattering =
-          g.reduce_scatter_async(at::matmul(grad, weight), s.dim, s.part);
+          g.reduce_scatter_async(detail::matmul(grad, weight), s.dim, s.part);
     }
     auto [grad_w, grad_b] = weight_and_bias_grads(ctx, grad, whole);
     at::Tensor grad_x;
@@ -178,33 +197,17 @@ struct SumSharedHeads : torch::autograd::Function<SumSharedHeads> {
 
 } // namespace
 
-at::Tensor linear(
-    const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias) {
-  const auto dtype = input.scalar_type();
-  const bool one_row = input.dim() >= 1 && input.numel() == input.size(-1) &&
-                       input.numel() > 0 && weight.dim() == 2 &&
-                       weight.scalar_type() == dtype &&
-                       (dtype == at::kFloat || dtype == at::kDouble);
-  if (!one_row) {
-    return at::linear(input, weight, bias);
-  }
-  auto shape = input.sizes().vec();
-  shape.back() = weight.size(0);
-  auto y = bias.defined() ? at::addmv(bias, weight, input.reshape({-1}))
-                          : at::mv(weight, input.reshape({-1}));
-  return y.view(shape);
-}
-
 at::Tensor copy_to_tp_region_and_linear(
     const at::Tensor& input,
     const at::Tensor& weight,
     const at::Tensor& bias,
-    const Group& group) {
-  if (group.size() == 1) {
-    return linear(input, weight, bias);
+    const Group& group,
+    const at::Tensor& scale) {
+  if (group.size() == 1 || !records_grad(input, weight, bias)) {
+    return linear(input, weight, bias, scale);
   }
   return CopyToTpAndLinear::apply(
-      input, weight,
+      input, dense(weight, scale, input),
       bias.defined() ? c10::optional<at::Tensor>(bias) : c10::nullopt, group);
 }
 
@@ -214,14 +217,18 @@ at::Tensor gather_sequence_and_linear(
     const at::Tensor& bias,
     const Group& group,
     const Partition& seq,
-    int64_t dim) {
+    int64_t dim,
+    const at::Tensor& scale) {
   if (group.size() == 1) {
-    return linear(input, weight, bias);
+    return linear(input, weight, bias, scale);
   }
   const auto d =
       split_dim("gather_sequence_and_linear", input, dim, seq, group);
+  if (!records_grad(input, weight, bias)) {
+    return linear(group.all_gather(input, d, seq), weight, bias, scale);
+  }
   return GatherSequenceAndLinear::apply(
-      input, weight,
+      input, dense(weight, scale, input),
       bias.defined() ? c10::optional<at::Tensor>(bias) : c10::nullopt, group,
       seq, d);
 }
@@ -272,10 +279,20 @@ void check_layer_input(
       input.dim() >= 1 && input.size(-1) == width, layer, g,
       "expected input of shape [*, ", width, "] (", width_name, ") but got ",
       input.sizes(), "; weight shard is ", weight.sizes());
-  TORCHTP_CHECK(
-      input.scalar_type() == weight.scalar_type(), layer, g,
-      "expected input dtype ", weight.scalar_type(), " (the weight's) but got ",
-      input.scalar_type(), " for input of shape ", input.sizes());
+  if (weight.scalar_type() == torch::kChar) { // quantize_int8
+    TORCHTP_CHECK(
+        input.scalar_type() == torch::kFloat ||
+            input.scalar_type() == torch::kBFloat16,
+        layer, g,
+        "expected input dtype Float or BFloat16 (the weight is int8) but got ",
+        input.scalar_type(), " for input of shape ", input.sizes());
+  } else {
+    TORCHTP_CHECK(
+        input.scalar_type() == weight.scalar_type(), layer, g,
+        "expected input dtype ", weight.scalar_type(),
+        " (the weight's) but got ", input.scalar_type(),
+        " for input of shape ", input.sizes());
+  }
   TORCHTP_CHECK(
       input.device() == weight.device(), layer, g, "expected input on ",
       weight.device(), " (the weight's device) but got one on ",
@@ -411,7 +428,8 @@ torch::Tensor ColumnParallelLinearImpl::forward(const torch::Tensor& input) {
       kColumn, input, options.in_features(), "in_features", weight, *group_);
   auto y = detail::copy_to_tp_region_and_linear(
       input, forward_weight(),
-      options.skip_bias_add() ? torch::Tensor() : forward_bias(), *group_);
+      options.skip_bias_add() ? torch::Tensor() : forward_bias(), *group_,
+      weight_scale);
   if (!options.gather_output()) {
     return y;
   }
@@ -440,6 +458,11 @@ torch::Tensor ColumnParallelLinearImpl::forward_weight() const {
 
 torch::Tensor ColumnParallelLinearImpl::forward_bias() const {
   return detail::sum_shared_heads(bias, shard_spec("bias"), *group_);
+}
+
+void ColumnParallelLinearImpl::quantize_int8() {
+  weight_scale = detail::quantize_parameter(
+      *this, weight, *group_, /*row_split=*/false, kColumn);
 }
 
 void ColumnParallelLinearImpl::pretty_print(std::ostream& stream) const {
@@ -512,7 +535,7 @@ torch::Tensor RowParallelLinearImpl::forward(const torch::Tensor& input) {
   auto x = options.input_is_parallel()
                ? input
                : scatter_to_tp_region(input, *group_, *partition_);
-  auto partial = detail::linear(x, weight, torch::Tensor());
+  auto partial = detail::linear(x, weight, torch::Tensor(), weight_scale);
   if (!options.reduce_output()) {
     return partial; // the caller reduces it and adds the bias
   }
@@ -530,6 +553,11 @@ ShardSpec RowParallelLinearImpl::shard_spec(const std::string& name) const {
   return name == "weight"
              ? ShardSpec{1, 1, options.in_features(), options.uneven(), options.split_unit()}
              : ShardSpec::replicated();
+}
+
+void RowParallelLinearImpl::quantize_int8() {
+  weight_scale = detail::quantize_parameter(
+      *this, weight, *group_, /*row_split=*/true, kRow);
 }
 
 void RowParallelLinearImpl::pretty_print(std::ostream& stream) const {

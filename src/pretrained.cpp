@@ -442,7 +442,8 @@ GPT load_pretrained(
                  .group(group)
                  .dtype(options.dtype())
                  .block_bytes(options.block_bytes())
-                 .uneven(options.uneven()));
+                 .uneven(options.uneven())
+                 .int8_weights(options.int8_weights()));
   }
   const auto gpt_options =
       pretrained_options(config, group, options.uneven(), options.max_seq_len())
@@ -463,7 +464,8 @@ GPT load_pretrained(
       [&](const std::string& name) { return llama_skipped(name, config); },
       model + ")");
   return detail::load_gpt(
-      gpt_options, files, from, static_cast<uint64_t>(options.block_bytes()));
+      gpt_options, files, from, static_cast<uint64_t>(options.block_bytes()),
+      options.int8_weights());
 }
 
 } // namespace torchtp

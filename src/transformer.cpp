@@ -104,7 +104,7 @@ torch::Tensor ParallelMLPImpl::forward(
   auto seq =
       detail::sequence_partition_of(x, seq_len, group, kMLP, options.uneven());
   auto up = detail::gather_sequence_and_linear(
-      x, fc1->weight, fc1->bias, group, seq, /*dim=*/1);
+      x, fc1->weight, fc1->bias, group, seq, /*dim=*/1, fc1->weight_scale);
   return reduce_to_shard(down(up), fc2, seq);
 }
 
@@ -232,7 +232,7 @@ torch::Tensor ParallelSelfAttentionImpl::attend(
   const auto values =
       kv_of_head_.defined() ? v.index_select(1, kv_of_head_) : v;
   auto scores =
-      torch::matmul(q, keys.transpose(-2, -1)) / std::sqrt(double(hd));
+      detail::matmul(q, keys.transpose(-2, -1)) / std::sqrt(double(hd));
   if (allowed.defined()) {
     scores = scores.masked_fill(
         allowed.logical_not(), -std::numeric_limits<float>::infinity());
@@ -245,7 +245,7 @@ torch::Tensor ParallelSelfAttentionImpl::attend(
     probs = dropout(
         probs, options.attention_dropout(), is_training(), rng_->sharded());
   }
-  auto context = torch::matmul(probs, values) // [b, lh, s, hd]
+  auto context = detail::matmul(probs, values) // [b, lh, s, hd]
                      .permute({0, 2, 1, 3}) // [b, s, lh, hd]
                      .reshape({b, s, local_heads_ * hd});
   return proj(context);
@@ -262,7 +262,7 @@ torch::Tensor ParallelSelfAttentionImpl::forward(
         x, seq_len, group, kAttention, options.uneven());
     projected = detail::gather_sequence_and_linear(
         x, qkv->forward_weight(), qkv->forward_bias(), group, *seq,
-        /*dim=*/1);
+        /*dim=*/1, qkv->weight_scale);
   } else {
     projected = qkv(x);
   }

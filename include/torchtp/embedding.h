@@ -72,7 +72,11 @@ class VocabParallelEmbeddingImpl
   /// Copies this rank's rows of a full `[V, dim]` table.
   void load_full_weights(const torch::Tensor& weight);
 
-  /// weight: dim 0.
+  /// Replaces the weight by int8 rows with float32 scales (`weight_scale`)
+  /// for serving; see quantize_int8 in quantize.h. Collective.
+  void quantize_int8();
+
+  /// weight and weight_scale: dim 0.
   ShardSpec shard_spec(const std::string&) const override {
     return {0, 1, options.num_embeddings(), options.uneven()};
   }
@@ -94,10 +98,16 @@ class VocabParallelEmbeddingImpl
   VocabParallelEmbeddingOptions options;
   /// `[V/ws, dim]`
   torch::Tensor weight;
+  /// `[V/ws]` float32 after quantize_int8, else undefined.
+  torch::Tensor weight_scale;
 
  private:
   c10::optional<Group> group_;
   c10::optional<Partition> partition_;
+  // This rank's rows of `local` ids (int8 rows widened).
+  torch::Tensor lookup(const torch::Tensor& local);
+  // The dtype rows are looked up in once the weight is int8.
+  torch::Dtype dense_dtype_ = torch::kFloat;
 };
 TORCH_MODULE(VocabParallelEmbedding);
 

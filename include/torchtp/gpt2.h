@@ -53,7 +53,10 @@ struct LoadGPT2Options {
   TORCH_ARG(int64_t, block_bytes) = 8 << 20;
   /// Split heads and vocabulary unevenly when the group's size does not
   /// divide them (see `gpt2_options`).
-  TORCH_ARG(bool, uneven) = false;
+  TORCH_ARG(bool, uneven) = false;  /// Quantize every layer's weight to int8 as it is read (quantize_int8 in
+  /// quantize.h): resident memory about a quarter of float32's, never
+  /// the float32 model at once. Activations keep `dtype`.
+  TORCH_ARG(bool, int8_weights) = false;
 };
 
 /// A GPT built from a Hugging Face GPT-2 directory: `config.json` plus

@@ -150,7 +150,11 @@ class ColumnParallelLinearImpl
   void load_full_weights(
       const torch::Tensor& weight, const torch::Tensor& bias = {});
 
-  /// weight and bias: dim 0, `segments` blocks.
+  /// Replaces the weight by int8 rows with float32 scales (`weight_scale`)
+  /// for serving; see quantize_int8 in quantize.h. Collective.
+  void quantize_int8();
+
+  /// weight, weight_scale and bias: dim 0, `segments` blocks.
   ShardSpec shard_spec(const std::string& name) const override;
   const Group& shard_group() const override {
     return *group_;
@@ -175,6 +179,8 @@ class ColumnParallelLinearImpl
   torch::Tensor weight;
   /// `[out/ws]`, undefined without bias.
   torch::Tensor bias;
+  /// `[out/ws]` float32 after quantize_int8, else undefined.
+  torch::Tensor weight_scale;
 
  private:
   c10::optional<Group> group_;
@@ -218,7 +224,11 @@ class RowParallelLinearImpl
   void load_full_weights(
       const torch::Tensor& weight, const torch::Tensor& bias = {});
 
-  /// weight: dim 1; bias: replicated.
+  /// Replaces the weight by int8 rows with float32 scales (`weight_scale`)
+  /// for serving; see quantize_int8 in quantize.h. Collective.
+  void quantize_int8();
+
+  /// weight: dim 1; bias and weight_scale: replicated.
   ShardSpec shard_spec(const std::string& name) const override;
   const Group& shard_group() const override {
     return *group_;
@@ -234,6 +244,9 @@ class RowParallelLinearImpl
   torch::Tensor weight;
   /// `[out]`, undefined without bias.
   torch::Tensor bias;
+  /// `[out]` float32 after quantize_int8 (each whole row's scale), else
+  /// undefined.
+  torch::Tensor weight_scale;
 
  private:
   c10::optional<Group> group_;

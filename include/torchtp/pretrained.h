@@ -106,7 +106,10 @@ struct LoadPretrainedOptions {
   TORCH_ARG(bool, uneven) = false;
   /// Positions the model (and its KV cache) holds; 0:
   /// `default_max_seq_len(config)`. GPT-2 takes 0 or its `n_positions`.
-  TORCH_ARG(int64_t, max_seq_len) = 0;
+  TORCH_ARG(int64_t, max_seq_len) = 0;  /// Quantize every layer's weight to int8 as it is read (quantize_int8 in
+  /// quantize.h): resident memory about a quarter of float32's, never
+  /// the float32 model at once. Activations keep `dtype`.
+  TORCH_ARG(bool, int8_weights) = false;
 };
 
 /// A GPT built from a Hugging Face model directory: `config.json` plus

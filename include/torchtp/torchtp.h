@@ -19,6 +19,7 @@
 #include "torchtp/norm.h"
 #include "torchtp/partition.h"
 #include "torchtp/pretrained.h"
+#include "torchtp/quantize.h"
 #include "torchtp/random.h"
 #include "torchtp/rotary.h"
 #include "torchtp/safetensors.h"

@@ -3,6 +3,7 @@
 // The linear products of the layers and blocks, each fused with its
 // mapping into one autograd function (defined in linear.cpp).
 
+#include "detail/products.h"
 #include "torchtp/group.h"
 #include "torchtp/partition.h"
 #include "torchtp/sharding.h"
@@ -13,15 +14,8 @@
 
 namespace torchtp::detail {
 
-/// `input W^T + bias` (`bias` may be undefined), as `at::linear`, except that
-/// a single float32 or float64 row goes through gemv: OpenBLAS's sgemm packs
-/// the whole weight on every call, which is most of the time of decoding
-/// one token at batch 1. Used by every torchtp linear layer.
-at::Tensor linear(
-    const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias);
-
-/// copy_to_tp_region followed by `linear(input, weight, bias)`, as one
-/// autograd function (Megatron's LinearWithGradAccumulationAndAsync...):
+/// copy_to_tp_region followed by `linear(input, weight, bias, scale)`
+/// (products.h: `scale` for an int8 weight), as one autograd function (Megatron's LinearWithGradAccumulationAndAsync...):
 /// backward starts the all-reduce of the input gradient, computes the weight
 /// and bias gradients while it runs, then waits. Used by
 /// ColumnParallelLinear.
@@ -29,10 +23,11 @@ at::Tensor copy_to_tp_region_and_linear(
     const at::Tensor& input,
     const at::Tensor& weight,
     const at::Tensor& bias,
-    const Group& group);
+    const Group& group,
+    const at::Tensor& scale = at::Tensor());
 
 /// `linear(gather_from_sequence_region(input, group, seq, dim), weight,
-/// bias)` for a column-parallel `weight` (`bias` may be undefined), as one
+/// bias, scale)` for a column-parallel `weight` (`bias` may be undefined), as one
 /// autograd function that keeps only `input`, this rank's part of the
 /// sequence, for backward (Megatron's sequence-parallel linear): backward
 /// all-gathers it again for the weight gradient and reduce-scatters the
@@ -45,7 +40,8 @@ at::Tensor gather_sequence_and_linear(
     const at::Tensor& bias,
     const Group& group,
     const Partition& seq,
-    int64_t dim);
+    int64_t dim,
+    const at::Tensor& scale = at::Tensor());
 
 /// `shard` (a weight or bias of a column-parallel layer split by `spec`,
 /// whose `kv_heads` makes ranks share key/value heads), unchanged in

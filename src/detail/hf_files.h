@@ -112,11 +112,14 @@ void check_tensors(
 /// A GPT of `options` over `files.group()` holding this rank's shards of the
 /// parameters `sources` describe (every one of them, `load_parameter`).
 /// Built without drawing initial weights, since all are overwritten.
+/// `int8_weights`: each layer's weight is quantized (quantize.h) as soon
+/// as it is read, so the float weights never all exist at once.
 GPT load_gpt(
     const GPTOptions& options,
     const HFFiles& files,
     const ParameterSources& sources,
-    uint64_t block_bytes);
+    uint64_t block_bytes,
+    bool int8_weights = false);
 
 /// Copies this rank's shard of the parameter `source` describes into
 /// `param` (split by `spec` over `group`), reading from the files only the

@@ -1,0 +1,51 @@
+#pragma once
+
+// The matrix products of every layer and block, by weight format: float32
+// and float64 as LibTorch does them (one row through gemv); bfloat16 and
+// int8 weights through the hand kernels for few rows (decoding) and
+// through float32 tiles of the weight, or oneDNN's native bfloat16 GEMM,
+// for many (prefill, training). weight_kernels.h says which path a CPU
+// takes and how to force another.
+
+#include <ATen/core/Tensor.h>
+
+#include <utility>
+
+namespace torchtp::detail {
+
+/// Up to this many activation rows go through the hand kernels; more are
+/// a GEMM's work.
+constexpr int64_t kSmallRows = 16;
+
+/// `input W^T + bias` (`bias` may be undefined), as `at::linear`. An int8
+/// `weight` [n, k] stands for `weight * scale[:, None]` (`scale` float32
+/// [n]) and gives outputs of `input`'s dtype (float32 or bfloat16); any
+/// other weight has `input`'s dtype and no scale. Differentiable in input,
+/// weight and bias (an int8 weight has no gradient).
+at::Tensor linear(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const at::Tensor& bias,
+    const at::Tensor& scale = at::Tensor());
+
+/// `at::matmul(a, b)`; bfloat16 operands go through float32 where this
+/// CPU has no native bfloat16 GEMM (LibTorch's own loop there is tens of
+/// times slower). For the attention's products and the linears' backward.
+at::Tensor matmul(const at::Tensor& a, const at::Tensor& b);
+
+/// `q * scale[:, None]` in `dtype`.
+at::Tensor dequantize_rows(
+    const at::Tensor& q, const at::Tensor& scale, c10::ScalarType dtype);
+
+/// Symmetric int8 per row of `w` [n, k]: scale = absmax / 127 and q =
+/// round(w / scale) in [-127, 127]. `absmax` [n] (float32) is each row's
+/// largest magnitude, which the caller may have taken over several ranks'
+/// parts of the rows so every part shares one scale; undefined: `w`'s own.
+/// A row of zeros gets scale 1. Returns {q, scale}.
+std::pair<at::Tensor, at::Tensor> quantize_rows(
+    const at::Tensor& w, const at::Tensor& absmax = at::Tensor());
+
+/// Each row's largest magnitude, in float32.
+at::Tensor row_absmax(const at::Tensor& w);
+
+} // namespace torchtp::detail

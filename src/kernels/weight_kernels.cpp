@@ -1,0 +1,314 @@
+#include "detail/weight_kernels.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+
+namespace torchtp::detail {
+namespace {
+
+inline float widen(uint16_t bfloat16_bits) {
+  const uint32_t u = static_cast<uint32_t>(bfloat16_bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
+inline float widen(int8_t q) {
+  return static_cast<float>(q);
+}
+
+// Plain C++: what any x86-64 (or other) CPU runs. Eight lanes of scalars
+// the compiler may vectorise with the baseline instruction set.
+namespace generic {
+constexpr int kLanes = 8;
+constexpr int kMaxM = 4;
+struct V {
+  float v[kLanes];
+};
+inline V vzero() {
+  return V{};
+}
+inline V vloadx(const float* p) {
+  V r;
+  for (int i = 0; i < kLanes; ++i) {
+    r.v[i] = p[i];
+  }
+  return r;
+}
+template <typename W>
+inline V vloadw(const W* p) {
+  V r;
+  for (int i = 0; i < kLanes; ++i) {
+    r.v[i] = widen(p[i]);
+  }
+  return r;
+}
+inline V vfma(const V& a, const V& b, V c) {
+  for (int i = 0; i < kLanes; ++i) {
+    c.v[i] += a.v[i] * b.v[i];
+  }
+  return c;
+}
+inline float vsum(const V& a) {
+  float s = 0;
+  for (int i = 0; i < kLanes; ++i) {
+    s += a.v[i];
+  }
+  return s;
+}
+#include "small_rows_gemm.inc"
+} // namespace generic
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace avx2 {
+constexpr int kLanes = 8;
+constexpr int kMaxM = 2; // 16 ymm registers: 4 x 2 accumulators
+using V = __m256;
+inline V vzero() {
+  return _mm256_setzero_ps();
+}
+inline V vloadx(const float* p) {
+  return _mm256_loadu_ps(p);
+}
+inline V vloadw(const uint16_t* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+inline V vloadw(const int8_t* p) {
+  const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+}
+inline V vfma(V a, V b, V c) {
+  return _mm256_fmadd_ps(a, b, c);
+}
+inline float vsum(V a) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
+}
+#include "small_rows_gemm.inc"
+} // namespace avx2
+#pragma GCC pop_options
+
+// GCC 12's AVX-512 headers leave "undefined" registers self-initialised
+// (`__m512i __Y = __Y;`), which -Wmaybe-uninitialized reports.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
+namespace avx512 {
+constexpr int kLanes = 16;
+constexpr int kMaxM = 4; // 32 zmm registers: 4 x 4 accumulators
+using V = __m512;
+inline V vzero() {
+  return _mm512_setzero_ps();
+}
+inline V vloadx(const float* p) {
+  return _mm512_loadu_ps(p);
+}
+inline V vloadw(const uint16_t* p) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+inline V vloadw(const int8_t* p) {
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
+}
+inline V vfma(V a, V b, V c) {
+  return _mm512_fmadd_ps(a, b, c);
+}
+inline float vsum(V a) {
+  return _mm512_reduce_add_ps(a);
+}
+#include "small_rows_gemm.inc"
+} // namespace avx512
+#pragma GCC pop_options
+#pragma GCC diagnostic pop
+
+bool has(const char* feature) {
+  // __builtin_cpu_supports takes only literals; the names used here.
+  if (std::strcmp(feature, "avx2") == 0) {
+    return __builtin_cpu_supports("avx2");
+  }
+  if (std::strcmp(feature, "fma") == 0) {
+    return __builtin_cpu_supports("fma");
+  }
+  if (std::strcmp(feature, "avx512f") == 0) {
+    return __builtin_cpu_supports("avx512f");
+  }
+  if (std::strcmp(feature, "avx512bw") == 0) {
+    return __builtin_cpu_supports("avx512bw");
+  }
+  if (std::strcmp(feature, "avx512vl") == 0) {
+    return __builtin_cpu_supports("avx512vl");
+  }
+  if (std::strcmp(feature, "avx512dq") == 0) {
+    return __builtin_cpu_supports("avx512dq");
+  }
+  if (std::strcmp(feature, "avx512_bf16") == 0) {
+    return __builtin_cpu_supports("avx512bf16");
+  }
+  if (std::strcmp(feature, "avx512_vnni") == 0) {
+    return __builtin_cpu_supports("avx512vnni");
+  }
+  return false;
+}
+
+// AMX is not in GCC 12's __builtin_cpu_supports: cpuid leaf 7, EDX bit 22
+// (amx_bf16).
+bool has_amx_bf16() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(7), "c"(0));
+  return (d >> 22) & 1u;
+}
+
+Isa best_isa() {
+  if (cpu_supports(Isa::avx512)) {
+    return Isa::avx512;
+  }
+  return cpu_supports(Isa::avx2) ? Isa::avx2 : Isa::generic;
+}
+
+KernelChoice choice_from_environment() {
+  KernelChoice c;
+  c.isa = best_isa();
+  c.native_bfloat16_gemm = cpu_has_native_bfloat16();
+  if (const char* e = std::getenv("TORCHTP_KERNELS"); e != nullptr && *e) {
+    const std::string v(e);
+    if (v == "library") {
+      c.hand_kernels = false;
+    } else {
+      const Isa wanted = v == "avx512" ? Isa::avx512
+                         : v == "avx2" ? Isa::avx2
+                                       : Isa::generic;
+      TORCH_CHECK(
+          v == "avx512" || v == "avx2" || v == "generic",
+          "TORCHTP_KERNELS is '", v,
+          "'; expected avx512, avx2, generic or library");
+      TORCH_CHECK(
+          cpu_supports(wanted), "TORCHTP_KERNELS=", v,
+          ": this CPU lacks it (it has: ", cpu_kernel_flags(), ")");
+      c.isa = wanted;
+    }
+  }
+  if (const char* e = std::getenv("TORCHTP_BF16_GEMM"); e != nullptr && *e) {
+    const std::string v(e);
+    TORCH_CHECK(
+        v == "native" || v == "float32", "TORCHTP_BF16_GEMM is '", v,
+        "'; expected native or float32");
+    c.native_bfloat16_gemm = v == "native";
+  }
+  return c;
+}
+
+KernelChoice& current() {
+  static KernelChoice choice = choice_from_environment();
+  return choice;
+}
+
+} // namespace
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::generic:
+      return "generic";
+    case Isa::avx2:
+      return "avx2";
+    case Isa::avx512:
+      return "avx512";
+  }
+  return "?";
+}
+
+bool cpu_supports(Isa isa) {
+  switch (isa) {
+    case Isa::generic:
+      return true;
+    case Isa::avx2:
+      return has("avx2") && has("fma");
+    case Isa::avx512:
+      return has("avx512f") && has("avx512bw") && has("avx512vl") &&
+             has("avx512dq") && has("fma");
+  }
+  return false;
+}
+
+bool cpu_has_native_bfloat16() {
+  return has("avx512_bf16") || has_amx_bf16();
+}
+
+std::string cpu_kernel_flags() {
+  std::string out;
+  for (const char* f : {"avx2", "fma", "avx512f", "avx512bw", "avx512_bf16",
+                        "avx512_vnni"}) {
+    if (has(f)) {
+      out += out.empty() ? "" : " ";
+      out += f;
+    }
+  }
+  if (has_amx_bf16()) {
+    out += out.empty() ? "amx_bf16" : " amx_bf16";
+  }
+  return out.empty() ? "none of avx2, avx512" : out;
+}
+
+const KernelChoice& kernel_choice() {
+  return current();
+}
+
+KernelChoice set_kernel_choice(const KernelChoice& choice) {
+  TORCH_CHECK(
+      cpu_supports(choice.isa), "torchtp kernels: this CPU cannot run ",
+      isa_name(choice.isa), " (it has: ", cpu_kernel_flags(), ")");
+  const KernelChoice previous = current();
+  current() = choice;
+  return previous;
+}
+
+void small_rows_gemm(
+    Isa isa,
+    const float* x,
+    int64_t rows,
+    int64_t k,
+    const void* w,
+    WeightType type,
+    const float* scale,
+    const float* bias,
+    float* y,
+    int64_t n) {
+  TORCH_CHECK(cpu_supports(isa), "small_rows_gemm: CPU lacks ", isa_name(isa));
+  // Blocks of 64 output rows per task: 8 register blocks, and for
+  // GPT-2's 768-row layers 12 tasks over the threads.
+  constexpr int64_t kGrain = 64;
+  at::parallel_for(0, n, kGrain, [&](int64_t n0, int64_t n1) {
+    auto go = [&](auto* wt) {
+      switch (isa) {
+        case Isa::avx512:
+          avx512::run(x, rows, k, wt, scale, bias, y, n, n0, n1);
+          break;
+        case Isa::avx2:
+          avx2::run(x, rows, k, wt, scale, bias, y, n, n0, n1);
+          break;
+        case Isa::generic:
+          generic::run(x, rows, k, wt, scale, bias, y, n, n0, n1);
+          break;
+      }
+    };
+    if (type == WeightType::bfloat16) {
+      go(static_cast<const uint16_t*>(w));
+    } else {
+      go(static_cast<const int8_t*>(w));
+    }
+  });
+}
+
+} // namespace torchtp::detail

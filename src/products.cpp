@@ -1,0 +1,237 @@
+#include "detail/products.h"
+
+#include "detail/weight_kernels.h"
+
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <algorithm>
+#include <initializer_list>
+
+namespace torchtp::detail {
+namespace {
+
+// The float32 tile of a weight that products convert at once: 4 MiB,
+// which stays in L2/L3 while the GEMM reads it, and bounds the temporary
+// memory whatever the layer's size.
+constexpr int64_t kTileElements = int64_t{1} << 20;
+
+bool records_grad(std::initializer_list<const at::Tensor*> tensors) {
+  if (!at::GradMode::is_enabled()) {
+    return false;
+  }
+  for (const auto* t : tensors) {
+    if (t->defined() && t->requires_grad()) {
+      return true;
+    }
+  }
+  return false;
+}
+
+int64_t rows_of(const at::Tensor& input) {
+  return input.dim() == 0 || input.size(-1) == 0
+             ? 0
+             : input.numel() / input.size(-1);
+}
+
+std::vector<int64_t> output_shape(const at::Tensor& input, int64_t n) {
+  auto shape = input.sizes().vec();
+  shape.back() = n;
+  return shape;
+}
+
+const float* data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<float>() : nullptr;
+}
+
+// Few rows through the hand kernels, the weight widened in registers.
+at::Tensor hand_linear(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const at::Tensor& bias,
+    const at::Tensor& scale) {
+  const int64_t k = input.size(-1), n = weight.size(0);
+  const auto x = input.reshape({-1, k}).to(at::kFloat).contiguous();
+  const auto w = weight.contiguous();
+  const auto b = bias.defined() ? bias.to(at::kFloat).contiguous() : bias;
+  const auto s = scale.defined() ? scale.to(at::kFloat).contiguous() : scale;
+  auto y = at::empty({x.size(0), n}, x.options());
+  small_rows_gemm(
+      kernel_choice().isa, x.data_ptr<float>(), x.size(0), k, w.data_ptr(),
+      w.scalar_type() == at::kChar ? WeightType::int8 : WeightType::bfloat16,
+      data_or_null(s), data_or_null(b), y.data_ptr<float>(), n);
+  return y.view(output_shape(input, n)).to(input.scalar_type());
+}
+
+// Many rows: the weight widened to float32 a tile of rows at a time, each
+// tile's columns of the output by sgemm. No autograd.
+at::Tensor tiled_linear(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const at::Tensor& bias,
+    const at::Tensor& scale) {
+  const int64_t k = input.size(-1), n = weight.size(0);
+  const auto x = input.reshape({-1, k}).to(at::kFloat);
+  auto y = at::empty({x.size(0), n}, x.options());
+  const int64_t tile = std::max<int64_t>(1, kTileElements / std::max<int64_t>(k, 1));
+  for (int64_t j = 0; j < n; j += tile) {
+    const int64_t t = std::min(tile, n - j);
+    const auto w = scale.defined()
+                       ? dequantize_rows(
+                             weight.narrow(0, j, t), scale.narrow(0, j, t),
+                             at::kFloat)
+                       : weight.narrow(0, j, t).to(at::kFloat);
+    auto out = y.narrow(1, j, t); // row stride n: sgemm writes it in place
+    if (bias.defined()) {
+      at::addmm_out(out, bias.narrow(0, j, t).to(at::kFloat), x, w.t());
+    } else {
+      at::mm_out(out, x, w.t());
+    }
+  }
+  return y.view(output_shape(input, n)).to(input.scalar_type());
+}
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// A bfloat16 linear that records gradients, on a CPU without native
+// bfloat16 GEMM: forward through float32 tiles, backward's products in
+// float32 too, and only the bfloat16 input and weight kept for backward
+// (a float32 copy of the weight kept instead would double its memory).
+struct WidenedLinear : torch::autograd::Function<WidenedLinear> {
+  static at::Tensor forward(
+      AutogradContext* ctx,
+      at::Tensor x,
+      at::Tensor weight,
+      c10::optional<at::Tensor> bias) {
+    ctx->save_for_backward({x, weight});
+    ctx->saved_data["has_bias"] = bias.has_value();
+    return tiled_linear(x, weight, bias.value_or(at::Tensor()), at::Tensor());
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto& x = saved[0];
+    const auto& weight = saved[1];
+    const auto grad = grads[0].reshape({-1, grads[0].size(-1)}).to(at::kFloat);
+    at::Tensor grad_x, grad_w, grad_b;
+    if (ctx->needs_input_grad(0)) {
+      grad_x = grad.mm(weight.to(at::kFloat))
+                   .view(output_shape(x, weight.size(1)))
+                   .to(x.scalar_type());
+    }
+    if (ctx->needs_input_grad(1)) {
+      grad_w = grad.t()
+                   .mm(x.reshape({-1, x.size(-1)}).to(at::kFloat))
+                   .to(weight.scalar_type());
+    }
+    if (ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)) {
+      grad_b = grad.sum(0).to(weight.scalar_type());
+    }
+    return {grad_x, grad_w, grad_b};
+  }
+};
+
+} // namespace
+
+at::Tensor linear(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const at::Tensor& bias,
+    const at::Tensor& scale) {
+  const auto& choice = kernel_choice();
+  const int64_t rows = rows_of(input);
+  const bool few_rows = choice.hand_kernels && rows > 0 && rows <= kSmallRows &&
+                        weight.dim() == 2;
+  if (weight.scalar_type() == at::kChar) {
+    TORCH_CHECK(
+        scale.defined() && scale.dim() == 1 && scale.size(0) == weight.size(0),
+        "an int8 weight ", weight.sizes(), " needs one scale per row, got ",
+        scale.defined() ? c10::str(scale.sizes()) : "none");
+    if (records_grad({&input, &bias})) {
+      return at::linear(
+          input, dequantize_rows(weight, scale, input.scalar_type()), bias);
+    }
+    return few_rows ? hand_linear(input, weight, bias, scale)
+                    : tiled_linear(input, weight, bias, scale);
+  }
+  if (weight.scalar_type() == at::kBFloat16 &&
+      input.scalar_type() == at::kBFloat16) {
+    const bool grad = records_grad({&input, &weight, &bias});
+    if (few_rows && !grad) {
+      return hand_linear(input, weight, bias, at::Tensor());
+    }
+    if (choice.native_bfloat16_gemm) {
+      return at::linear(input, weight, bias);
+    }
+    if (!grad) {
+      return tiled_linear(input, weight, bias, at::Tensor());
+    }
+    return WidenedLinear::apply(
+        input, weight,
+        bias.defined() ? c10::optional<at::Tensor>(bias) : c10::nullopt);
+  }
+  // float32 and float64: a single row through gemv. OpenBLAS's sgemm
+  // packs the whole weight on every call, which is most of the time of
+  // decoding one token at batch 1.
+  const auto dtype = input.scalar_type();
+  const bool one_row = rows == 1 && input.numel() > 0 && weight.dim() == 2 &&
+                       weight.scalar_type() == dtype &&
+                       (dtype == at::kFloat || dtype == at::kDouble);
+  if (!one_row) {
+    return at::linear(input, weight, bias);
+  }
+  auto y = bias.defined() ? at::addmv(bias, weight, input.reshape({-1}))
+                          : at::mv(weight, input.reshape({-1}));
+  return y.view(output_shape(input, weight.size(0)));
+}
+
+at::Tensor matmul(const at::Tensor& a, const at::Tensor& b) {
+  if (a.scalar_type() == at::kBFloat16 && b.scalar_type() == at::kBFloat16 &&
+      !kernel_choice().native_bfloat16_gemm) {
+    return at::matmul(a.to(at::kFloat), b.to(at::kFloat)).to(at::kBFloat16);
+  }
+  return at::matmul(a, b);
+}
+
+at::Tensor dequantize_rows(
+    const at::Tensor& q, const at::Tensor& scale, c10::ScalarType dtype) {
+  return (q.to(at::kFloat) * scale.to(at::kFloat).unsqueeze(1)).to(dtype);
+}
+
+at::Tensor row_absmax(const at::Tensor& w) {
+  TORCH_CHECK(w.dim() == 2, "row_absmax: expected a matrix, got ", w.sizes());
+  auto out = at::empty({w.size(0)}, w.options().dtype(at::kFloat));
+  const int64_t tile = std::max<int64_t>(1, kTileElements / std::max<int64_t>(w.size(1), 1));
+  for (int64_t j = 0; j < w.size(0); j += tile) {
+    const int64_t t = std::min(tile, w.size(0) - j);
+    out.narrow(0, j, t).copy_(
+        at::amax(at::abs(w.narrow(0, j, t).to(at::kFloat)), {1}));
+  }
+  return out;
+}
+
+std::pair<at::Tensor, at::Tensor> quantize_rows(
+    const at::Tensor& w, const at::Tensor& absmax) {
+  const auto amax = absmax.defined() ? absmax.to(at::kFloat) : row_absmax(w);
+  TORCH_CHECK(
+      amax.dim() == 1 && amax.size(0) == w.size(0),
+      "quantize_rows: one absmax per row of ", w.sizes(), ", got ",
+      amax.sizes());
+  const auto scale =
+      at::where(amax > 0, amax / 127.0, at::ones_like(amax)).contiguous();
+  auto q = at::empty(w.sizes(), w.options().dtype(at::kChar));
+  const int64_t tile = std::max<int64_t>(1, kTileElements / std::max<int64_t>(w.size(1), 1));
+  for (int64_t j = 0; j < w.size(0); j += tile) {
+    const int64_t t = std::min(tile, w.size(0) - j);
+    q.narrow(0, j, t).copy_(
+        at::clamp(
+            at::round(
+                w.narrow(0, j, t).to(at::kFloat) /
+                scale.narrow(0, j, t).unsqueeze(1)),
+            -127, 127)
+            .to(at::kChar));
+  }
+  return {q, scale};
+}
+
+} // namespace torchtp::detail
