@@ -45,6 +45,24 @@ struct Item {
   ShardSpec spec;
 };
 
+// What a checkpoint holds of a model: its parameters, and the scales of
+// int8 weights (quantize_int8's "weight_scale" buffers), by name.
+std::vector<std::pair<std::string, at::Tensor>> stored_tensors(
+    const torch::nn::Module& model) {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& p : model.named_parameters()) {
+    out.emplace_back(p.key(), p.value());
+  }
+  for (const auto& b : model.named_buffers()) {
+    const auto& k = b.key();
+    if (k == "weight_scale" ||
+        (k.size() > 13 && k.compare(k.size() - 13, 13, ".weight_scale") == 0)) {
+      out.emplace_back(k, b.value());
+    }
+  }
+  return out;
+}
+
 // Collects the model's parameters and the optimizer's per-parameter tensors.
 std::vector<Item> collect(
     const torch::nn::Module& model,
@@ -52,23 +70,23 @@ std::vector<Item> collect(
     nlohmann::json& steps) {
   auto specs = shard_specs(model);
   std::vector<Item> items;
-  for (const auto& p : model.named_parameters()) {
-    items.push_back({p.key(), p.value().detach(), specs.at(p.key())});
-    if (opt == nullptr) {
-      continue;
+  for (const auto& [name, tensor] : stored_tensors(model)) {
+    items.push_back({name, tensor.detach(), specs.at(name)});
+    if (opt == nullptr || !tensor.requires_grad()) {
+      continue; // int8 weights and scales have no optimizer state
     }
-    auto st = detail::read_adam_state(*opt, p.value());
+    auto st = detail::read_adam_state(*opt, tensor);
     if (!st.has_value()) {
       continue; // never stepped
     }
-    const auto base = "optimizer." + p.key() + ".";
-    items.push_back({base + "exp_avg", st->exp_avg, specs.at(p.key())});
-    items.push_back({base + "exp_avg_sq", st->exp_avg_sq, specs.at(p.key())});
+    const auto base = "optimizer." + name + ".";
+    items.push_back({base + "exp_avg", st->exp_avg, specs.at(name)});
+    items.push_back({base + "exp_avg_sq", st->exp_avg_sq, specs.at(name)});
     if (st->max_exp_avg_sq.defined()) {
       items.push_back(
-          {base + "max_exp_avg_sq", st->max_exp_avg_sq, specs.at(p.key())});
+          {base + "max_exp_avg_sq", st->max_exp_avg_sq, specs.at(name)});
     }
-    steps[p.key()] = st->step;
+    steps[name] = st->step;
   }
   return items;
 }
@@ -230,6 +248,15 @@ void load_tensor(
   TORCHTP_CHECK(
       expected == shape, kLoad, g, "'", name, "' in ", dir, " has full shape ",
       at::IntArrayRef(shape), ", the model's is ", at::IntArrayRef(expected));
+  // Floating-point dtypes convert; int8 weights only load into int8.
+  const auto saved_dtype = entry.value("dtype", std::string());
+  const bool saved_int8 = saved_dtype == "Char";
+  TORCHTP_CHECK(
+      saved_int8 == (dest.scalar_type() == at::kChar), kLoad, g, "'", name,
+      "' in ", dir, " is ", saved_dtype, ", the model's is ",
+      dest.scalar_type(),
+      ": int8 weights load only into a model quantize_int8 made int8 (quantize "
+      "after loading a floating-point checkpoint)");
 
   auto read = [&](int64_t k) {
     const auto& shard = shards.at(k);
@@ -362,18 +389,18 @@ std::map<std::string, std::string> load_checkpoint(
           saved_kind.empty() ? "no" : saved_kind,
           " optimizer state, the optimizer is ", kind);
     }
-    for (auto& p : model.named_parameters()) {
-      const auto& spec = specs.at(p.key());
-      auto value = at::empty_like(p.value().detach());
-      load_tensor(p.key(), find(p.key()), value, spec, g, files, path);
-      params.emplace_back(p.value(), value);
+    for (auto& [name, tensor] : stored_tensors(model)) {
+      const auto& spec = specs.at(name);
+      auto value = at::empty_like(tensor.detach());
+      load_tensor(name, find(name), value, spec, g, files, path);
+      params.emplace_back(tensor, value);
       if (optimizer == nullptr || !saved_opt.contains("step") ||
-          !saved_opt.at("step").contains(p.key())) {
+          !saved_opt.at("step").contains(name)) {
         continue;
       }
       detail::AdamState st;
-      st.step = saved_opt.at("step").at(p.key()).get<int64_t>();
-      const auto base = "optimizer." + p.key() + ".";
+      st.step = saved_opt.at("step").at(name).get<int64_t>();
+      const auto base = "optimizer." + name + ".";
       const std::pair<const char*, at::Tensor*> slots[] = {
           {"exp_avg", &st.exp_avg},
           {"exp_avg_sq", &st.exp_avg_sq},
@@ -382,12 +409,12 @@ std::map<std::string, std::string> load_checkpoint(
         if (!tensors.contains(base + suffix)) {
           continue;
         }
-        *slot = at::empty_like(p.value().detach());
+        *slot = at::empty_like(tensor.detach());
         load_tensor(
             base + suffix, tensors.at(base + suffix), *slot, spec, g, files,
             path);
       }
-      states.emplace_back(p.value(), st);
+      states.emplace_back(tensor, st);
     }
     extra = read_extra(meta, path, kLoad);
   });
@@ -416,6 +443,12 @@ void load_full_state(const std::string& path, torch::nn::Module& model) {
   const std::string error = attempt([&] {
     auto specs = shard_specs(model);
     TORCHTP_CHECK(fs::exists(path), kLoadFull, g, path, " not found");
+    for (const auto& p : model.named_parameters()) {
+      TORCHTP_CHECK(
+          p.value().scalar_type() != at::kChar, kLoadFull, g, "'", p.key(),
+          "' is int8: load the full state into the floating-point model, "
+          "then quantize_int8 it");
+    }
     const bool safetensors =
         path.size() > 12 && path.substr(path.size() - 12) == ".safetensors";
     std::function<at::Tensor(const std::string&)> read_full;

@@ -140,8 +140,11 @@ at::Tensor linear(
     const at::Tensor& scale) {
   const auto& choice = kernel_choice();
   const int64_t rows = rows_of(input);
-  const bool few_rows = choice.hand_kernels && rows > 0 && rows <= kSmallRows &&
-                        weight.dim() == 2;
+  const bool bfloat16_gemm_too = weight.scalar_type() == at::kBFloat16 &&
+                                 choice.native_bfloat16_gemm;
+  const bool few_rows =
+      choice.hand_kernels && rows > 0 && weight.dim() == 2 &&
+      rows <= (bfloat16_gemm_too ? kSmallRowsBesideNativeBfloat16 : kSmallRows);
   if (weight.scalar_type() == at::kChar) {
     TORCH_CHECK(
         scale.defined() && scale.dim() == 1 && scale.size(0) == weight.size(0),

@@ -246,6 +246,11 @@ std::map<std::string, ShardSpec> shard_specs(const torch::nn::Module& model) {
           const auto name = prefix.empty() ? p.key() : prefix + "." + p.key();
           specs[name] = s.shard_spec(p.key());
         }
+        // quantize_int8's scales split as the layer says.
+        for (const auto& b : m.named_buffers(/*recurse=*/false)) {
+          const auto name = prefix.empty() ? b.key() : prefix + "." + b.key();
+          specs[name] = s.shard_spec(b.key());
+        }
       });
   return specs;
 }

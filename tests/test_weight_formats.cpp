@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -506,6 +507,69 @@ TEST(QuantizedGPT, Int8AgreesWithFloat32OnTheTopTokenOver1000Steps) {
         a.abs().mean().item<double>());
   }
   EXPECT_GE(agree, 0.99) << g.rank_label();
+}
+
+// int8 weights and their scales in sharded checkpoints, resharded between
+// this world size and one rank; floating-point and int8 never mix.
+TEST(QuantizedCheckpoint, SavesAndReshardsInt8Weights) {
+  const auto g = world();
+  const auto single = g.split(g.rank());
+  const auto o = llama_like();
+  auto model = build(o, g, torch::kFloat, true);
+  auto alone = build(o, single, torch::kFloat, true);
+  auto other_weights = [&](const torchtp::Group& group) {
+    torch::manual_seed(77);
+    torchtp::GPT gpt(torchtp::GPTOptions(o).group(group).dtype(torch::kFloat));
+    gpt->eval();
+    torchtp::quantize_int8(*gpt);
+    return gpt;
+  };
+  auto same_stored = [](torchtp::GPT& a, torchtp::GPT& b) {
+    auto pb = b->named_parameters();
+    for (const auto& p : a->named_parameters()) {
+      if (!torch::equal(p.value(), pb[p.key()])) {
+        return ::testing::AssertionFailure() << p.key() << " differs";
+      }
+    }
+    auto bb = b->named_buffers();
+    for (const auto& p : a->named_buffers()) {
+      if (!torch::equal(p.value(), bb[p.key()])) {
+        return ::testing::AssertionFailure() << p.key() << " differs";
+      }
+    }
+    return ::testing::AssertionSuccess();
+  };
+  const auto dir = torchtp::testing::shared_tmpdir("int8-ckpt");
+  // Saved at this world size, loaded by one rank alone.
+  torchtp::save_checkpoint(dir + "/tp", *model);
+  auto one = other_weights(single);
+  torchtp::load_checkpoint(dir + "/tp", *one);
+  EXPECT_TRUE(same_stored(one, alone)) << g.rank_label();
+  // Saved by one rank, loaded at this world size: the same logits as the
+  // model quantized here.
+  if (g.rank() == 0) {
+    torchtp::save_checkpoint(dir + "/one", *alone);
+  }
+  g.barrier();
+  auto split = other_weights(g);
+  torchtp::load_checkpoint(dir + "/one", *split);
+  const auto ids = torch::randint(40, {2, 6});
+  torch::NoGradGuard no_grad;
+  EXPECT_TRUE(torch::equal(split->full_logits(ids), model->full_logits(ids)))
+      << g.rank_label();
+  // int8 into floating point, and back, are refused.
+  torchtp::GPT dense(torchtp::GPTOptions(o).group(g).dtype(torch::kFloat));
+  EXPECT_TRUE(torchtp::testing::raises_with(
+      [&] { torchtp::load_checkpoint(dir + "/tp", *dense); },
+      {"is Char", "the model's is Float", "quantize_int8"}));
+  torchtp::save_checkpoint(dir + "/dense", *dense);
+  EXPECT_TRUE(torchtp::testing::raises_with(
+      [&] { torchtp::load_checkpoint(dir + "/dense", *split); },
+      {"is Float", "the model's is Char"}));
+  g.barrier();
+  if (g.rank() == 0) {
+    std::filesystem::remove_all(dir);
+  }
 }
 
 TEST(QuantizedGPT, QuantizingTwiceIsRefused) {

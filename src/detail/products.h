@@ -16,6 +16,11 @@ namespace torchtp::detail {
 /// Up to this many activation rows go through the hand kernels; more are
 /// a GEMM's work.
 constexpr int64_t kSmallRows = 16;
+/// With a native bfloat16 GEMM (oneDNN on avx512_bf16), the hand kernels
+/// take bfloat16 weights only up to this many rows: oneDNN is faster
+/// beyond (bench_weights: at 6 rows and more on an AMD EPYC with
+/// avx512_bf16).
+constexpr int64_t kSmallRowsBesideNativeBfloat16 = 4;
 
 /// `input W^T + bias` (`bias` may be undefined), as `at::linear`. An int8
 /// `weight` [n, k] stands for `weight * scale[:, None]` (`scale` float32

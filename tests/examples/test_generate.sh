@@ -64,6 +64,25 @@ for family in llama mistral qwen2; do
   check "$family: TP=3 gives TP=1's tokens" \
     "cmp -s '$work/$family-ids1' '$work/$family-ids3'"
 done
+# bfloat16 and int8 weights (int8 quantized as the loader reads each
+# layer, with whole rows' scales at every size): for each, the same greedy
+# tokens at TP=1, 2 and 3.
+for dtype in int8 bfloat16; do
+  for tp in 1 2 3; do
+    "$run" --nproc-per-node "$tp" "$generate" --model "$work/llama" \
+      --prompt-ids 5,17,42,99,0 --max-new-tokens 12 --greedy \
+      --dtype $dtype --eos-id -1 > "$work/llama-$dtype$tp.log"
+    sed -n -E 's/^(\[rank 0\] )?([0-9]+( [0-9]+)*) ?$/\2/p' \
+      "$work/llama-$dtype$tp.log" | head -n 1 > "$work/llama-$dtype-ids$tp"
+  done
+  echo "llama $dtype TP=1 tokens: $(cat "$work/llama-$dtype-ids1")"
+  check "llama $dtype: 12 tokens generated" \
+    "[ \$(wc -w < '$work/llama-$dtype-ids1') -eq 12 ]"
+  for tp in 2 3; do
+    check "llama $dtype: TP=$tp gives TP=1's tokens" \
+      "cmp -s '$work/llama-$dtype-ids1' '$work/llama-$dtype-ids$tp'"
+  done
+done
 check "the index lists two files" \
   "[ \$(ls '$work/qwen2'/model-0000?-of-00002.safetensors | wc -l) -eq 2 ]"
 

@@ -1,0 +1,176 @@
+// bench_weights: the products of decoding and prefill with float32,
+// bfloat16 and int8 weights, on every path this CPU can take: the hand
+// kernels (per instruction set), LibTorch's bfloat16 GEMM (oneDNN), and
+// float32 tiles of the weight through sgemm. One process, all its
+// intra-op threads, the weights of a GPT-2-small-shaped model (12 x
+// [qkv 2304x768, proj 768x768, fc1 3072x768, fc2 768x3072] plus the tied
+// output layer 50257x768), so the weights stream from memory as in a
+// decode step. Prints ms per pass over all of them and the weight bytes
+// read per second; writes JSON.
+//
+//   torchtp-run --nproc-per-node 1 ./bench_weights [--rows 1,8,128]
+//       [--repeats 5] [--json F]
+
+#include "bench_util.h"
+#include "guarded_main.h"
+#include "detail/products.h"
+#include "detail/weight_kernels.h"
+
+#include <torchtp/torchtp.h>
+
+#include <torch/torch.h>
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace d = torchtp::detail;
+
+namespace {
+
+struct Layer {
+  torch::Tensor weight, scale;
+};
+
+std::vector<Layer> make_weights(const std::string& format) {
+  torch::manual_seed(0);
+  std::vector<std::pair<int64_t, int64_t>> shapes;
+  for (int i = 0; i < 12; ++i) {
+    shapes.insert(
+        shapes.end(), {{2304, 768}, {768, 768}, {3072, 768}, {768, 3072}});
+  }
+  shapes.push_back({50257, 768});
+  std::vector<Layer> out;
+  for (auto [n, k] : shapes) {
+    auto w = torch::randn({n, k}) * 0.02;
+    Layer l;
+    if (format == "int8") {
+      std::tie(l.weight, l.scale) = d::quantize_rows(w);
+    } else {
+      l.weight = format == "bfloat16" ? w.to(torch::kBFloat16) : w;
+    }
+    out.push_back(l);
+  }
+  return out;
+}
+
+int64_t bytes_of(const std::vector<Layer>& layers) {
+  int64_t b = 0;
+  for (const auto& l : layers) {
+    b += l.weight.nbytes() + (l.scale.defined() ? l.scale.nbytes() : 0);
+  }
+  return b;
+}
+
+int run(int argc, char** argv) {
+  std::vector<int64_t> rows_list{1, 8, 128};
+  int repeats = 5;
+  std::string json_path = "bench_weights.json";
+  CLI::App app(
+      "Products with float32, bfloat16 and int8 weights of a GPT-2-small "
+      "shape on every path this CPU can take (one process, all threads)");
+  app.add_option("--rows", rows_list, "activation rows (batch x tokens)")
+      ->delimiter(',')
+      ->capture_default_str();
+  app.add_option("--repeats", repeats, "passes per row (median)")
+      ->capture_default_str();
+  app.add_option("--json", json_path, "output file")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  // Threads as a rank of its own host gets them (all cores for one).
+  torchtp::Group world = torchtp::init_from_env();
+  TORCH_CHECK(world.size() == 1, "bench_weights runs as one process");
+  torch::NoGradGuard no_grad;
+
+  torchtp::bench::print_header("bench_weights", 1);
+  std::printf("# CPU kernel flags: %s\n", d::cpu_kernel_flags().c_str());
+  const auto chosen = d::kernel_choice();
+  // (format, path name, choice)
+  struct Path {
+    std::string format, name;
+    d::KernelChoice choice;
+  };
+  std::vector<Path> paths{{"float32", "libtorch", chosen}};
+  for (const std::string format : {"bfloat16", "int8"}) {
+    for (auto isa : {d::Isa::avx512, d::Isa::avx2, d::Isa::generic}) {
+      if (d::cpu_supports(isa)) {
+        paths.push_back(
+            {format, std::string("hand ") + d::isa_name(isa),
+             {isa, true, chosen.native_bfloat16_gemm}});
+      }
+    }
+    paths.push_back(
+        {format, "float32 tiles", {chosen.isa, false, false}});
+    if (format == "bfloat16") {
+      paths.push_back({format, "libtorch bf16", {chosen.isa, false, true}});
+    }
+  }
+  std::printf(
+      "%-9s %-15s %5s %10s %9s %8s\n", "weights", "path", "rows", "ms/pass",
+      "GB/s", "vs_f32");
+  nlohmann::json rows_json = nlohmann::json::array();
+  std::map<int64_t, double> float32_ms;
+  std::string current_format;
+  std::vector<Layer> layers;
+  for (const auto& p : paths) {
+    if (p.format != current_format) {
+      layers = make_weights(p.format);
+      current_format = p.format;
+    }
+    const int64_t bytes = bytes_of(layers);
+    const auto previous = d::set_kernel_choice(p.choice);
+    for (const int64_t rows : rows_list) {
+      const auto act = p.format == "bfloat16" ? torch::kBFloat16 : torch::kFloat;
+      auto x = torch::randn({rows, 768}).to(act);
+      auto x_wide = torch::randn({rows, 3072}).to(act);
+      std::vector<double> times;
+      for (int r = 0; r < repeats + 1; ++r) { // the first pass warms up
+        const auto t0 = std::chrono::steady_clock::now();
+        for (const auto& l : layers) {
+          const auto& in = l.weight.size(1) == 768 ? x : x_wide;
+          auto y = d::linear(in, l.weight, torch::Tensor(), l.scale);
+        }
+        if (r > 0) {
+          times.push_back(torchtp::bench::seconds_since(t0));
+        }
+      }
+      const double ms = 1e3 * torchtp::bench::median(times);
+      if (p.format == "float32") {
+        float32_ms[rows] = ms;
+      }
+      const double gbs = bytes / (ms * 1e-3) / 1e9;
+      const double ratio = float32_ms.count(rows) ? ms / float32_ms[rows] : 0;
+      std::printf(
+          "%-9s %-15s %5lld %10.2f %9.1f %8.2f\n", p.format.c_str(),
+          p.name.c_str(), static_cast<long long>(rows), ms, gbs, ratio);
+      std::fflush(stdout);
+      rows_json.push_back(
+          {{"weights", p.format},
+           {"path", p.name},
+           {"rows", rows},
+           {"ms_per_pass", ms},
+           {"weight_bytes", bytes},
+           {"weight_gb_per_s", gbs},
+           {"vs_float32", ratio}});
+    }
+    d::set_kernel_choice(previous);
+  }
+  nlohmann::json out = torchtp::bench::header_json(1);
+  out["cpu_kernel_flags"] = d::cpu_kernel_flags();
+  out["repeats"] = repeats;
+  out["rows"] = rows_json;
+  std::ofstream(json_path) << out.dump(2) << "\n";
+  std::printf("wrote %s\n", json_path.c_str());
+  return 0;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  return torchtp::tools::guarded_main(
+      "bench_weights", [&] { return run(argc, argv); });
+}
