@@ -141,11 +141,9 @@ inline float sum_floats(const float* p, int64_t n) {
   return total;
 }
 
-/// Seconds of one read of `buffer` (float32, contiguous) with `threads`
-/// intra-op threads, each summing its chunks (at::parallel_for).
-inline double read_seconds(const torch::Tensor& buffer, int threads) {
-  const int mine = at::get_num_threads();
-  at::set_num_threads(threads);
+/// Seconds of one read of `buffer` (float32, contiguous) with this
+/// thread's intra-op threads, each summing its chunks (at::parallel_for).
+inline double read_seconds(const torch::Tensor& buffer) {
   const float* p = buffer.data_ptr<float>();
   const int64_t n = buffer.numel();
   const auto t0 = std::chrono::steady_clock::now();
@@ -156,7 +154,6 @@ inline double read_seconds(const torch::Tensor& buffer, int threads) {
       },
       std::plus<float>());
   const double s = seconds_since(t0);
-  at::set_num_threads(mine);
   // Every element is 1: a wrong sum means a chunk was skipped.
   TORCH_INTERNAL_ASSERT(sum > 0, "read_seconds: bad sum ", sum);
   return s;
@@ -196,18 +193,28 @@ inline ReadBandwidth measure_read_bandwidth(
   auto buffer = torch::ones({bytes / 4}, torch::kFloat);
   bw.bytes = buffer.nbytes();
   const double gb = bw.bytes / 1e9;
+  // The thread count is switched once per figure, before the warm-up pass:
+  // at::set_num_threads recreates libtorch's pthreadpool, whose new
+  // workers spin for several ms before they sleep, taking a core.
   auto median_gbs = [&](int threads, bool together) {
-    read_seconds(buffer, threads); // warm-up
+    const int mine = at::get_num_threads();
+    if (threads != mine) {
+      at::set_num_threads(threads);
+    }
+    read_seconds(buffer); // warm-up
     std::vector<double> s;
     for (int i = 0; i < passes; ++i) {
       if (together) {
         world.barrier();
       }
-      auto t = torch::tensor({read_seconds(buffer, threads)}, torch::kDouble);
+      auto t = torch::tensor({read_seconds(buffer)}, torch::kDouble);
       if (together) {
         world.all_reduce(t, torchtp::ReduceOp::max);
       }
       s.push_back(t.item<double>());
+    }
+    if (threads != mine) {
+      at::set_num_threads(mine);
     }
     return gb / median(s);
   };
