@@ -15,6 +15,15 @@
 // model on the same ranks (Group::with_backend); repeats alternate them.
 // The peak is the process's: for one model's memory, run one dtype and one
 // backend (and with --model, the peak after loading is printed too).
+//
+// Decoding one token reads every weight once, so it is bound by memory
+// bandwidth, measured first in the same run (bench_util.h's
+// measure_read_bandwidth: each rank alone with one thread and with all its
+// threads, then every rank at once). Per row: the bytes of weights the
+// largest rank reads per step (batch 8 reads them once per step too), the
+// time that reading them takes at the all-ranks-at-once bandwidth of a
+// rank (limit_ms), and the fraction of that limit a step reaches
+// (limit_ms / ms per token; 1 would be memory-bound at full bandwidth).
 
 #include <torchtp/torchtp.h>
 
@@ -32,6 +41,41 @@
 #include <vector>
 
 namespace {
+
+/// Bytes of weights this rank reads per decode step: every parameter and
+/// buffer (at its own dtype, so quantized weights count as stored) except
+/// the tables that are only looked up: the position table, and the token
+/// table unless it is the output layer too (tied), which reads it whole.
+int64_t decode_weight_bytes(const torchtp::GPTImpl& model) {
+  auto only_looked_up = [&](const torch::Tensor& t) {
+    const bool token_table = t.is_same(model.token_embedding->weight) &&
+                             !model.options.tie_embeddings();
+    const bool position_table =
+        model.position_embedding && t.is_same(model.position_embedding->weight);
+    return token_table || position_table;
+  };
+  std::vector<torch::Tensor> seen;
+  int64_t bytes = 0;
+  auto add = [&](const torch::Tensor& t) {
+    if (!t.defined() || only_looked_up(t)) {
+      return;
+    }
+    for (const auto& s : seen) {
+      if (s.is_same(t)) {
+        return;
+      }
+    }
+    seen.push_back(t);
+    bytes += static_cast<int64_t>(t.nbytes());
+  };
+  for (const auto& p : model.parameters()) {
+    add(p);
+  }
+  for (const auto& b : model.buffers()) {
+    add(b);
+  }
+  return bytes;
+}
 
 int run(int argc, char** argv) {
   std::vector<int64_t> batches{1, 8};
@@ -83,11 +127,20 @@ int run(int argc, char** argv) {
       torch::tensor({torchtp::bench::resident_mib("VmHWM")}, torch::kDouble);
   world.all_reduce(base, torchtp::ReduceOp::max);
   const double baseline_mib = base.item<double>();
+  const auto bandwidth = torchtp::bench::measure_read_bandwidth(world);
+  // The bandwidth buffer is freed; the peak columns are the models'.
+  const bool peak_reset = torchtp::bench::reset_peak_resident();
   if (root) {
     torchtp::bench::print_header("bench_generate", world.size());
     std::printf(
         "# peak RSS before any model: %.0f MiB (largest rank)\n",
         baseline_mib);
+    torchtp::bench::print_read_bandwidth(bandwidth, world.size());
+    if (!peak_reset) {
+      std::printf(
+          "# (the kernel refused to reset the peak: peak_rss_MiB includes "
+          "the bandwidth buffer)\n");
+    }
     std::printf(
         "# %s, prompt %lld, %lld new tokens, greedy, median of %d\n",
         model_dir.empty()
@@ -149,10 +202,19 @@ int run(int argc, char** argv) {
             t[1].item<double>());
       }
     }
+    // The same weights under every communicator; the largest rank's.
+    auto weights = torch::tensor(
+        {static_cast<double>(decode_weight_bytes(*models.front()))},
+        torch::kDouble);
+    world.all_reduce(weights, torchtp::ReduceOp::max);
+    const double weight_bytes = weights.item<double>();
+    const double limit_ms =
+        1e3 * weight_bytes / (1e9 * bandwidth.all_ranks_gbs);
     if (root && dtype_name == dtypes.front()) {
       std::printf(
-        "%-9s %5s %-5s %11s %14s %12s %13s %12s\n", "dtype", "batch", "comm",
-        "prefill_ms", "prefill_tok/s", "ms/token", "peak_rss_MiB", "rss_MiB");
+          "%-9s %5s %-5s %11s %14s %12s %13s %12s %10s %9s %8s\n", "dtype",
+          "batch", "comm", "prefill_ms", "prefill_tok/s", "ms/token",
+          "peak_rss_MiB", "rss_MiB", "weight_MB", "limit_ms", "of_limit");
     }
     const int64_t vocab = models.front()->options.vocab_size();
     for (const int64_t batch : batches) {
@@ -198,13 +260,18 @@ int run(int argc, char** argv) {
              {"prefill_tokens_per_s", tok_s},
              {"ms_per_token", step_ms},
              {"peak_rss_mib", mem[0].item<double>()},
-             {"rss_mib", mem[1].item<double>()}});
+             {"rss_mib", mem[1].item<double>()},
+             {"weight_bytes_per_token", weight_bytes},
+             {"bandwidth_limit_ms", limit_ms},
+             {"fraction_of_limit", limit_ms / step_ms}});
         if (root) {
           std::printf(
-              "%-9s %5lld %-5s %11.1f %14.0f %12.2f %13.0f %12.0f\n",
+              "%-9s %5lld %-5s %11.1f %14.0f %12.2f %13.0f %12.0f %10.1f "
+              "%9.2f %8.2f\n",
               dtype_name.c_str(), static_cast<long long>(batch),
               backends[b].c_str(), 1e3 * prefill_s, tok_s, step_ms,
-              mem[0].item<double>(), mem[1].item<double>());
+              mem[0].item<double>(), mem[1].item<double>(), weight_bytes / 1e6,
+              limit_ms, limit_ms / step_ms);
           std::fflush(stdout);
         }
       }
@@ -219,6 +286,7 @@ int run(int argc, char** argv) {
     out["rows"] = rows;
     out["loads"] = loads;
     out["baseline_peak_rss_mib"] = baseline_mib;
+    out["memory_bandwidth"] = torchtp::bench::bandwidth_json(bandwidth);
     std::ofstream(json_path) << out.dump(2) << "\n";
     std::printf("wrote %s\n", json_path.c_str());
   }
