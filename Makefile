@@ -41,7 +41,8 @@ test: build
 
 # Collectives per communicator next to memcpy (and a PNG of bus bandwidth),
 # the MLP from latency- to compute-bound and every layer and block next to
-# the unsharded module, the main job's tokens/s, decoding latency,
+# the unsharded module, the main job's tokens/s, decoding latency (float32,
+# bfloat16, int8), the weight products on every kernel path,
 # tokenizer encode MB/s next to Hugging Face's Rust library, the
 # memory of building the GPT and of training it at TP=1, 2 and 4 with and
 # without sequence parallelism and recomputation (one process per mode:
@@ -56,6 +57,7 @@ bench: bench-build
 	bash bench/train_throughput.sh $(BUILD) 5 40 out/train_throughput.json
 	./$(BUILD)/torchtp-run --nproc-per-node 1 ./$(BUILD)/bench/bench_generate --json out/bench_generate_tp1.json
 	./$(BUILD)/torchtp-run --nproc-per-node $(NPROC) ./$(BUILD)/bench/bench_generate --json out/bench_generate_tp$(NPROC).json
+	./$(BUILD)/torchtp-run --nproc-per-node 1 ./$(BUILD)/bench/bench_weights --json out/bench_weights.json
 	./$(BUILD)/bench/bench_tokenizer --json out/bench_tokenizer.json
 	./$(BUILD)/torchtp-run --nproc-per-node 1 ./$(BUILD)/bench/bench_init --json out/bench_init_tp1.json
 	./$(BUILD)/torchtp-run --nproc-per-node $(NPROC) ./$(BUILD)/bench/bench_init --json out/bench_init_tp$(NPROC).json

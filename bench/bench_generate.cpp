@@ -79,7 +79,7 @@ int64_t decode_weight_bytes(const torchtp::GPTImpl& model) {
 
 int run(int argc, char** argv) {
   std::vector<int64_t> batches{1, 8};
-  std::vector<std::string> dtypes{"float32", "bfloat16"};
+  std::vector<std::string> dtypes{"float32", "bfloat16", "int8"};
   std::vector<std::string> backend_names{"shm", "gloo"};
   std::string json_path = "bench_generate.json";
   int64_t prompt = 128, new_tokens = 64;
