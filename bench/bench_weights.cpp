@@ -96,8 +96,11 @@ int run(int argc, char** argv) {
   };
   std::vector<Path> paths{{"float32", "libtorch", chosen}};
   for (const std::string format : {"bfloat16", "int8"}) {
-    for (auto isa : {d::Isa::avx512, d::Isa::avx2, d::Isa::generic}) {
-      if (d::cpu_supports(isa)) {
+    for (auto isa : {d::Isa::avx512_bf16, d::Isa::avx512, d::Isa::avx2,
+                     d::Isa::generic}) {
+      // avx512_bf16 differs from avx512 for bfloat16 weights only.
+      if (d::cpu_supports(isa) &&
+          (isa != d::Isa::avx512_bf16 || format == "bfloat16")) {
         paths.push_back(
             {format, std::string("hand ") + d::isa_name(isa),
              {isa, true, chosen.native_bfloat16_gemm}});

@@ -51,13 +51,25 @@ at::Tensor hand_linear(
     const at::Tensor& bias,
     const at::Tensor& scale) {
   const int64_t k = input.size(-1), n = weight.size(0);
-  const auto x = input.reshape({-1, k}).to(at::kFloat).contiguous();
   const auto w = weight.contiguous();
   const auto b = bias.defined() ? bias.to(at::kFloat).contiguous() : bias;
+  const Isa isa = kernel_choice().isa;
+  if (isa == Isa::avx512_bf16 && w.scalar_type() == at::kBFloat16 &&
+      input.scalar_type() == at::kBFloat16) {
+    // Both read as stored: no widening of the activations either.
+    const auto x = input.reshape({-1, k}).contiguous();
+    auto y = at::empty({x.size(0), n}, x.options().dtype(at::kFloat));
+    small_rows_gemm_bfloat16(
+        reinterpret_cast<const uint16_t*>(x.data_ptr()), x.size(0), k,
+        reinterpret_cast<const uint16_t*>(w.data_ptr()), data_or_null(b),
+        y.data_ptr<float>(), n);
+    return y.view(output_shape(input, n)).to(input.scalar_type());
+  }
+  const auto x = input.reshape({-1, k}).to(at::kFloat).contiguous();
   const auto s = scale.defined() ? scale.to(at::kFloat).contiguous() : scale;
   auto y = at::empty({x.size(0), n}, x.options());
   small_rows_gemm(
-      kernel_choice().isa, x.data_ptr<float>(), x.size(0), k, w.data_ptr(),
+      isa, x.data_ptr<float>(), x.size(0), k, w.data_ptr(),
       w.scalar_type() == at::kChar ? WeightType::int8 : WeightType::bfloat16,
       data_or_null(s), data_or_null(b), y.data_ptr<float>(), n);
   return y.view(output_shape(input, n)).to(input.scalar_type());

@@ -35,7 +35,8 @@ constexpr double kBfloat16Eps = 1.0 / (1 << 8); // twice bfloat16's 2^-9
 std::vector<d::KernelChoice> every_choice() {
   std::vector<d::KernelChoice> out;
   const bool native = d::cpu_has_native_bfloat16();
-  for (auto isa : {d::Isa::generic, d::Isa::avx2, d::Isa::avx512}) {
+  for (auto isa : {d::Isa::generic, d::Isa::avx2, d::Isa::avx512,
+                   d::Isa::avx512_bf16}) {
     if (d::cpu_supports(isa)) {
       out.push_back({isa, true, native});
     }
@@ -93,10 +94,13 @@ std::pair<torch::Tensor, torch::Tensor> product_and_magnitude(
 
 TEST(WeightKernels, EveryInstructionSetMatchesFloat64) {
   torch::manual_seed(11);
-  for (auto isa : {d::Isa::generic, d::Isa::avx2, d::Isa::avx512}) {
+  std::string tested;
+  for (auto isa : {d::Isa::generic, d::Isa::avx2, d::Isa::avx512,
+                   d::Isa::avx512_bf16}) {
     if (!d::cpu_supports(isa)) {
       continue; // this CPU cannot run it; the others are still tested
     }
+    tested += std::string(tested.empty() ? "" : ", ") + d::isa_name(isa);
     for (const bool int8 : {false, true}) {
       for (const int64_t rows : {1, 2, 3, 4, 5, 8, 16}) {
         // k: whole vectors, a tail after them, and a layer's width.
@@ -114,13 +118,24 @@ TEST(WeightKernels, EveryInstructionSetMatchesFloat64) {
           }
           const auto bias = torch::randn({n});
           auto y = torch::empty({rows, n});
-          d::small_rows_gemm(
-              isa, x.data_ptr<float>(), rows, k, w.data_ptr(),
-              int8 ? d::WeightType::int8 : d::WeightType::bfloat16,
-              int8 ? scale.data_ptr<float>() : nullptr, bias.data_ptr<float>(),
-              y.data_ptr<float>(), n);
+          // avx512_bf16's dot products take bfloat16 activations as
+          // stored (a bfloat16 model's): exact products, float32 sums.
+          const bool dot = isa == d::Isa::avx512_bf16 && !int8;
+          const auto x_used = dot ? x.to(torch::kBFloat16) : x;
+          if (dot) {
+            d::small_rows_gemm_bfloat16(
+                reinterpret_cast<const uint16_t*>(x_used.data_ptr()), rows, k,
+                reinterpret_cast<const uint16_t*>(w.data_ptr()),
+                bias.data_ptr<float>(), y.data_ptr<float>(), n);
+          } else {
+            d::small_rows_gemm(
+                isa, x.data_ptr<float>(), rows, k, w.data_ptr(),
+                int8 ? d::WeightType::int8 : d::WeightType::bfloat16,
+                int8 ? scale.data_ptr<float>() : nullptr,
+                bias.data_ptr<float>(), y.data_ptr<float>(), n);
+          }
           auto [ref, mag] =
-              product_and_magnitude(x.to(torch::kDouble), widened);
+              product_and_magnitude(x_used.to(torch::kDouble), widened);
           ref = ref + bias.to(torch::kDouble);
           const auto bound =
               (k + 4) * kFloat32Eps * (mag + bias.abs().to(torch::kDouble));
@@ -131,6 +146,11 @@ TEST(WeightKernels, EveryInstructionSetMatchesFloat64) {
         }
       }
     }
+  }
+  if (world().rank() == 0) {
+    std::printf(
+        "[ kernels ] tested: %s (CPU flags: %s)\n", tested.c_str(),
+        d::cpu_kernel_flags().c_str());
   }
 }
 
@@ -217,9 +237,10 @@ TEST(WeightKernels, TheEnvironmentChoosesThePath) {
     // The best this CPU has.
     EXPECT_TRUE(c.hand_kernels);
     EXPECT_EQ(
-        c.isa, d::cpu_supports(d::Isa::avx512) ? d::Isa::avx512
-               : d::cpu_supports(d::Isa::avx2) ? d::Isa::avx2
-                                               : d::Isa::generic);
+        c.isa, d::cpu_supports(d::Isa::avx512_bf16) ? d::Isa::avx512_bf16
+               : d::cpu_supports(d::Isa::avx512)    ? d::Isa::avx512
+               : d::cpu_supports(d::Isa::avx2)      ? d::Isa::avx2
+                                                    : d::Isa::generic);
   } else if (std::string(kernels) == "library") {
     EXPECT_FALSE(c.hand_kernels);
   } else {

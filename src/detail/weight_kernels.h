@@ -14,8 +14,11 @@
 
 namespace torchtp::detail {
 
-/// The instruction sets the kernels are written for.
-enum class Isa { generic, avx2, avx512 };
+/// The instruction sets the kernels are written for. `avx512_bf16` is
+/// `avx512` plus dot products of bfloat16 pairs, for bfloat16 weights
+/// times bfloat16 activations (int8 weights and float32 activations take
+/// the `avx512` kernels there).
+enum class Isa { generic, avx2, avx512, avx512_bf16 };
 
 const char* isa_name(Isa isa);
 
@@ -47,7 +50,7 @@ struct KernelChoice {
 };
 
 /// The current choice: the best this CPU has unless TORCHTP_KERNELS
-/// (`avx512`, `avx2`, `generic` or `library`) or TORCHTP_BF16_GEMM
+/// (`avx512_bf16`, `avx512`, `avx2`, `generic` or `library`) or TORCHTP_BF16_GEMM
 /// (`native` or `float32`) say otherwise. An instruction set the CPU lacks
 /// is refused with the CPU's flags named.
 const KernelChoice& kernel_choice();
@@ -72,6 +75,18 @@ void small_rows_gemm(
     const void* w,
     WeightType type,
     const float* scale,
+    const float* bias,
+    float* y,
+    int64_t n);
+
+/// small_rows_gemm for a bfloat16 weight and bfloat16 activations `x`
+/// (bits, [rows, k]), no scale: Isa::avx512_bf16's dot products, which read
+/// both as stored. Raises where the CPU lacks avx512_bf16.
+void small_rows_gemm_bfloat16(
+    const uint16_t* x,
+    int64_t rows,
+    int64_t k,
+    const uint16_t* w,
     const float* bias,
     float* y,
     int64_t n);
