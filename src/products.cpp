@@ -201,8 +201,12 @@ at::Tensor linear(
 }
 
 at::Tensor matmul(const at::Tensor& a, const at::Tensor& b) {
+  // A few rows (the attention of a decode step) also go through float32:
+  // oneDNN's bfloat16 primitives cost more to set up than such products
+  // take.
   if (a.scalar_type() == at::kBFloat16 && b.scalar_type() == at::kBFloat16 &&
-      !kernel_choice().native_bfloat16_gemm) {
+      (!kernel_choice().native_bfloat16_gemm ||
+       (a.dim() >= 2 && a.size(-2) <= kSmallRowsBesideNativeBfloat16))) {
     return at::matmul(a.to(at::kFloat), b.to(at::kFloat)).to(at::kBFloat16);
   }
   return at::matmul(a, b);
