@@ -77,7 +77,7 @@ bench: bench-build
 # (libtorch's registries are never freed); a UBSan finding aborts the test.
 SANITIZE_TARGETS_thread := torchtp-run test_group test_failures
 SANITIZE_TARGETS_address := torchtp-run test_group test_failures test_mappings \
-  test_linear test_blocks test_llama test_fuzz test_weight_formats
+  test_linear test_blocks test_llama test_fuzz test_weight_formats test_engine
 sanitize: setup
 	for s in thread address; do \
 	  targets="$(SANITIZE_TARGETS_thread)"; \

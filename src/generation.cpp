@@ -1,6 +1,7 @@
 #include "torchtp/generation.h"
 
 #include "detail/check.h"
+#include "detail/eval_guard.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <c10/core/InferenceMode.h>
@@ -17,19 +18,6 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
       .count();
 }
-
-// Restores a module's training flag on every exit.
-struct EvalGuard {
-  explicit EvalGuard(torch::nn::Module& m)
-      : model(m), was_training(m.is_training()) {
-    model.eval();
-  }
-  ~EvalGuard() {
-    model.train(was_training);
-  }
-  torch::nn::Module& model;
-  bool was_training;
-};
 
 } // namespace
 
@@ -64,7 +52,7 @@ Generation generate(
       o.top_logits() >= 0, kGenerate, g, "top_logits must not be negative");
 
   c10::InferenceMode inference;
-  EvalGuard eval(model.module());
+  detail::EvalGuard eval(model.module());
   auto sampling = o.sampling();
   sampling.vocab_size(model.vocab_size())
       .group(g)

@@ -1,11 +1,14 @@
 #include "torchtp/gpt.h"
 
 #include "detail/check.h"
+#include "detail/dtype.h"
 #include "detail/fused_linear.h"
 #include "detail/options.h"
 #include "detail/sequence_parallel.h"
 #include "torchtp/init.h"
 #include "torchtp/mappings.h"
+
+#include <algorithm>
 
 namespace torchtp {
 namespace {
@@ -200,6 +203,80 @@ torch::Tensor GPTImpl::forward_cached(
         h, cache.layers[i], cache.key_mask, positions);
   }
   return output(h);
+}
+
+KVBlocks GPTImpl::make_kv_blocks(int64_t num_blocks, int64_t block_size)
+    const {
+  KVBlocks cache;
+  cache.num_blocks = num_blocks;
+  cache.block_size = block_size;
+  // Keys and values in the precision the model computes in.
+  const auto dtype = detail::compute_dtype(final_norm->weight.scalar_type());
+  for (const auto& layer : *layers) {
+    cache.layers.push_back(
+        layer->as<TransformerLayerImpl>()->attention->make_kv_blocks(
+            num_blocks, block_size, dtype));
+  }
+  return cache;
+}
+
+torch::Tensor GPTImpl::forward_paged(const PagedBatch& b, KVBlocks& cache) {
+  const int64_t t = b.ids.defined() ? b.ids.numel() : 0;
+  auto is_long = [](const torch::Tensor& x, int64_t dims) {
+    return x.defined() && x.dim() == dims && x.scalar_type() == torch::kLong;
+  };
+  TORCHTP_CHECK(
+      is_long(b.ids, 1) && t > 0 && is_long(b.positions, 1) &&
+          is_long(b.token_seq, 1) && is_long(b.slots, 1) &&
+          is_long(b.block_tables, 2) && is_long(b.logits_rows, 1) &&
+          b.positions.numel() == t && b.token_seq.numel() == t &&
+          b.slots.numel() == t &&
+          b.logits_rows.numel() == b.block_tables.size(0),
+      kGPT, *group_,
+      "a PagedBatch needs int64 ids, positions, token_seq and slots [T > 0], "
+      "block_tables [sequences, max_blocks] and logits_rows [sequences]");
+  TORCHTP_CHECK(
+      static_cast<int64_t>(cache.layers.size()) == options.num_layers() &&
+          cache.block_size > 0,
+      kGPT, *group_, "the key/value pool was not made by this model's ",
+      "make_kv_blocks()");
+  // The attention kernel trusts these indices: check them all once here.
+  auto within = [](const torch::Tensor& x, int64_t end) {
+    return x.numel() == 0 ||
+        (x.min().item<int64_t>() >= 0 && x.max().item<int64_t>() < end);
+  };
+  const int64_t max_blocks = b.block_tables.size(1);
+  TORCHTP_CHECK(
+      within(b.ids, options.vocab_size()), kGPT, *group_,
+      "ids must be in [0, ", options.vocab_size(), ")");
+  TORCHTP_CHECK(
+      within(b.positions, std::min(options.max_seq_len(),
+                                   max_blocks * cache.block_size)) &&
+          within(b.slots, cache.num_blocks * cache.block_size) &&
+          within(b.block_tables, cache.num_blocks) &&
+          within(b.token_seq, b.block_tables.size(0)) &&
+          within(b.logits_rows, t),
+      kGPT, *group_, "a PagedBatch index is out of range: positions must be ",
+      "below max_seq_len (", options.max_seq_len(), ") and the block table's ",
+      "reach (", max_blocks, " blocks of ", cache.block_size, "), slots below ",
+      cache.num_blocks * cache.block_size, ", blocks below ",
+      cache.num_blocks, ", token_seq below the ", b.block_tables.size(0),
+      " sequences, logits_rows below ", t);
+  auto ids = b.ids.view({1, t});
+  auto h = token_embedding(ids);
+  if (options.sequence_parallel()) {
+    // Built to leave the sum to its caller; here it is over whole sequences.
+    h = reduce_from_tp_region(h, *group_);
+  }
+  if (position_embedding) {
+    h = h + position_embedding(b.positions.view({1, t}));
+  }
+  for (size_t i = 0; i < cache.layers.size(); ++i) {
+    h = layers[i]->as<TransformerLayerImpl>()->forward_paged(
+        h, cache.layers[i], b);
+  }
+  // Only the rows whose logits are wanted reach the output layer.
+  return output(h.index_select(1, b.logits_rows)).squeeze(0);
 }
 
 torch::Tensor GPTImpl::loss(

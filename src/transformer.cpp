@@ -4,6 +4,7 @@
 #include "detail/dtype.h"
 #include "detail/fused_linear.h"
 #include "detail/options.h"
+#include "detail/paged_attention.h"
 #include "detail/sequence_parallel.h"
 #include "torchtp/mappings.h"
 
@@ -341,6 +342,85 @@ torch::Tensor ParallelSelfAttentionImpl::forward_cached(
   return options.sequence_parallel() ? reduce_whole(y, proj) : y;
 }
 
+KVBlocks::Layer ParallelSelfAttentionImpl::make_kv_blocks(
+    int64_t num_blocks, int64_t block_size, torch::Dtype dtype) const {
+  TORCHTP_CHECK(
+      num_blocks > 0 && block_size > 0, kAttention, qkv->shard_group(),
+      "a key/value pool needs blocks and positions per block, got ",
+      num_blocks, " blocks of ", block_size);
+  auto k = torch::zeros(
+      {num_blocks, block_size, local_kv_heads_, head_dim_}, dtype);
+  return {k, torch::zeros_like(k)};
+}
+
+torch::Tensor ParallelSelfAttentionImpl::forward_paged(
+    const torch::Tensor& x,
+    KVBlocks::Layer& cache,
+    const PagedBatch& batch) {
+  check_input(x);
+  const auto& group = qkv->shard_group();
+  const int64_t t = x.size(1), hd = head_dim_;
+  TORCHTP_CHECK(
+      x.size(0) == 1 && batch.positions.sizes() == torch::IntArrayRef({t}) &&
+          batch.slots.sizes() == torch::IntArrayRef({t}) &&
+          batch.token_seq.sizes() == torch::IntArrayRef({t}) &&
+          batch.block_tables.dim() == 2,
+      kAttention, group, "expected input [1, tokens, d_model] and positions, ",
+      "slots and token_seq [tokens] (", t, " tokens) but got input ",
+      x.sizes(), ", positions ", batch.positions.sizes(), ", slots ",
+      batch.slots.sizes(), ", token_seq ", batch.token_seq.sizes());
+  TORCHTP_CHECK(
+      cache.k.defined() && cache.k.dim() == 4 &&
+          cache.k.size(2) == local_kv_heads_ && cache.k.size(3) == hd,
+      kAttention, group, "the key/value pool was not made for this layer (",
+      local_kv_heads_, " heads of ", hd, " on this rank)");
+  const int64_t block_size = cache.k.size(1);
+  const int64_t pool_slots = cache.k.size(0) * block_size;
+  auto [q, k, v] = split_heads(
+      qkv(x),
+      inverse_frequencies_.defined() ? batch.positions.unsqueeze(0)
+                                     : torch::Tensor());
+  const auto dtype = cache.k.scalar_type();
+  // [1, heads, T, hd] -> [T, heads, hd]
+  auto rows = [&](const torch::Tensor& heads) {
+    return heads.squeeze(0).transpose(0, 1).to(dtype).contiguous();
+  };
+  auto k_slots = cache.k.view({pool_slots, local_kv_heads_, hd});
+  auto v_slots = cache.v.view({pool_slots, local_kv_heads_, hd});
+  k_slots.index_copy_(0, batch.slots, rows(k));
+  v_slots.index_copy_(0, batch.slots, rows(v));
+  const auto query = rows(q);
+  auto context = torch::empty_like(query);
+  const auto kv_of_head = kv_of_head_.defined()
+                              ? kv_of_head_
+                              : torch::arange(local_heads_, torch::kLong);
+  const auto tables = batch.block_tables.contiguous();
+  const auto seq = batch.token_seq.contiguous();
+  const auto positions = batch.positions.contiguous();
+  const detail::PagedAttentionShape shape{
+      t, local_heads_, local_kv_heads_, hd, block_size, tables.size(1)};
+  const double scale = 1.0 / std::sqrt(double(hd));
+  if (dtype == torch::kDouble) {
+    detail::paged_attention<double>(
+        query.data_ptr<double>(), k_slots.data_ptr<double>(),
+        v_slots.data_ptr<double>(), kv_of_head.data_ptr<int64_t>(),
+        seq.data_ptr<int64_t>(), positions.data_ptr<int64_t>(),
+        tables.data_ptr<int64_t>(), scale, context.data_ptr<double>(), shape);
+  } else {
+    TORCHTP_CHECK(
+        dtype == torch::kFloat, kAttention, group,
+        "the key/value pool holds float32 or float64, not ", dtype);
+    detail::paged_attention<float>(
+        query.data_ptr<float>(), k_slots.data_ptr<float>(),
+        v_slots.data_ptr<float>(), kv_of_head.data_ptr<int64_t>(),
+        seq.data_ptr<int64_t>(), positions.data_ptr<int64_t>(),
+        tables.data_ptr<int64_t>(), scale, context.data_ptr<float>(), shape);
+  }
+  auto y = proj(context.view({1, t, local_heads_ * hd}).to(x.scalar_type()));
+  // Sequence parallelism leaves proj's reduction to this block.
+  return options.sequence_parallel() ? reduce_whole(y, proj) : y;
+}
+
 void ParallelSelfAttentionImpl::pretty_print(std::ostream& stream) const {
   stream << "torchtp::ParallelSelfAttention(d_model=" << options.d_model()
          << ", num_heads=" << options.num_heads() << " (" << local_heads_
@@ -407,6 +487,14 @@ torch::Tensor TransformerLayerImpl::forward_cached(
     const torch::Tensor& key_mask,
     const torch::Tensor& positions) {
   auto h = x + attention->forward_cached(ln1(x), cache, key_mask, positions);
+  return h + mlp->forward_replicated(ln2(h));
+}
+
+torch::Tensor TransformerLayerImpl::forward_paged(
+    const torch::Tensor& x,
+    KVBlocks::Layer& cache,
+    const PagedBatch& batch) {
+  auto h = x + attention->forward_paged(ln1(x), cache, batch);
   return h + mlp->forward_replicated(ln2(h));
 }
 

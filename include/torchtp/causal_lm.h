@@ -1,6 +1,7 @@
 #pragma once
 
 #include "torchtp/group.h"
+#include "torchtp/kv_blocks.h"
 #include "torchtp/partition.h"
 #include "torchtp/transformer.h"
 
@@ -58,6 +59,21 @@ class CausalLM {
       const torch::Tensor& ids,
       LMCache& cache,
       const torch::Tensor& mask = {}) = 0;
+  /// An empty pool of `num_blocks` blocks of `block_size` positions for
+  /// `forward_paged` (this rank's key/value heads, in the model's dtype;
+  /// float32 for bfloat16 and int8 models).
+  virtual KVBlocks make_kv_blocks(int64_t num_blocks, int64_t block_size)
+      const = 0;
+  /// Inference over many sequences at once (continuous batching): each
+  /// token of `batch` attends to its own sequence's earlier positions in
+  /// `cache` (written by earlier steps) and its own; its key and value are
+  /// written at its slot. Returns this rank's logits `[sequences,
+  /// padded_vocab / ws]` of the tokens `batch.logits_rows` names. A
+  /// sequence's result does not depend on the others in the batch.
+  /// Collective over `group()`.
+  virtual torch::Tensor forward_paged(
+      const PagedBatch& batch,
+      KVBlocks& cache) = 0;
   /// How the (padded) vocabulary of the logits is split over the ranks.
   virtual const Partition& vocab_partition() const = 0;
   /// Ids below this are real tokens; the rest of the logits are padding.

@@ -144,6 +144,13 @@ class GPTImpl : public torch::nn::Cloneable<GPTImpl>, public CausalLM {
       const torch::Tensor& ids,
       LMCache& cache,
       const torch::Tensor& mask = {}) override;
+  /// A pool of keys and values for `forward_paged` (see `CausalLM`).
+  KVBlocks make_kv_blocks(int64_t num_blocks, int64_t block_size)
+      const override;
+  /// Inference over many sequences' new tokens at once, each attending to
+  /// its own positions in `cache` (see `CausalLM::forward_paged`).
+  torch::Tensor forward_paged(const PagedBatch& batch, KVBlocks& cache)
+      override;
   /// Full logits over the real vocabulary, `[batch, seq, vocab_size]`, the
   /// same on every rank (all-gathers; for sampling and tests).
   torch::Tensor full_logits(const torch::Tensor& ids);

@@ -1,6 +1,7 @@
 #pragma once
 
 #include "torchtp/group.h"
+#include "torchtp/kv_blocks.h"
 #include "torchtp/linear.h"
 #include "torchtp/norm.h"
 #include "torchtp/random.h"
@@ -187,6 +188,20 @@ class ParallelSelfAttentionImpl
       KVCache& cache,
       const torch::Tensor& key_mask,
       const torch::Tensor& positions = {});
+  /// Inference over many sequences' new tokens `x [1, T, d_model]`,
+  /// flattened as `batch` lays them out: their keys and values are written
+  /// into `cache` at their slots, then each token attends to its own
+  /// sequence's positions up to its own (see `PagedBatch`). No dropout.
+  torch::Tensor forward_paged(
+      const torch::Tensor& x,
+      KVBlocks::Layer& cache,
+      const PagedBatch& batch);
+  /// Keys and values of `num_blocks` blocks of `block_size` positions for
+  /// `forward_paged`, in `dtype`.
+  KVBlocks::Layer make_kv_blocks(
+      int64_t num_blocks,
+      int64_t block_size,
+      torch::Dtype dtype) const;
 
   /// Query heads on this rank.
   int64_t local_heads() const {
@@ -334,6 +349,12 @@ class TransformerLayerImpl : public torch::nn::Cloneable<TransformerLayerImpl> {
       KVCache& cache,
       const torch::Tensor& key_mask,
       const torch::Tensor& positions = {});
+  /// Inference over many sequences (see
+  /// `ParallelSelfAttentionImpl::forward_paged`).
+  torch::Tensor forward_paged(
+      const torch::Tensor& x,
+      KVBlocks::Layer& cache,
+      const PagedBatch& batch);
   /// How sequence parallelism splits a sequence of `seq_len` positions over
   /// this layer's group (by `Partition`'s uneven rule with `uneven`); raises
   /// a `c10::Error` naming the rank, the world size and the length when it

@@ -1,0 +1,477 @@
+#include "torchtp/engine.h"
+
+#include "detail/check.h"
+#include "detail/eval_guard.h"
+#include "serving/step_plan.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <c10/core/InferenceMode.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <unordered_map>
+
+namespace torchtp {
+namespace detail {
+
+// A request as rank 0 holds it.
+struct EngineRequest {
+  int64_t id = -1;
+  std::vector<int64_t> prompt;
+  RequestOptions options;
+  // max_tokens, cut to what the context leaves.
+  int64_t max_tokens = 0;
+  std::vector<int64_t> blocks;
+  // Positions in the cache; the prompt's are written at its first step.
+  int64_t cached = 0;
+  int64_t generated = 0;
+  int64_t last_token = -1;
+};
+
+using EngineRequestPtr = std::unique_ptr<EngineRequest>;
+
+} // namespace detail
+
+namespace {
+
+constexpr const char* kEngine = "torchtp::Engine";
+
+int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
+
+} // namespace
+
+const char* finish_reason_name(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::none:
+      return "none";
+    case FinishReason::stop:
+      return "stop";
+    case FinishReason::length:
+      return "length";
+    case FinishReason::cancelled:
+      return "cancelled";
+  }
+  return "unknown";
+}
+
+struct Engine::State {
+  using Request = detail::EngineRequest;
+  using RequestPtr = detail::EngineRequestPtr;
+
+  State(CausalLM& model, const EngineOptions& options)
+      : model(model), options(options), group(model.group()) {}
+
+  CausalLM& model;
+  EngineOptions options;
+  Group group;
+  KVBlocks cache;
+
+  // Rank 0: what other threads hand in, under `mutex`.
+  mutable std::mutex mutex;
+  std::condition_variable work;
+  std::deque<RequestPtr> waiting;
+  std::vector<int64_t> cancels;
+  int64_t next_id = 0;
+  EngineStats stats;
+  bool shut = false;
+
+  // Rank 0, the stepping thread only.
+  std::vector<RequestPtr> running;
+  std::vector<int64_t> free_blocks;
+
+  // Every rank: the generators of the sampled requests in the last step.
+  std::unordered_map<int64_t, at::Generator> generators;
+
+  int64_t blocks_needed(int64_t prompt, int64_t max_tokens) const {
+    // The last token generated is never fed back, so never cached.
+    return ceil_div(prompt + max_tokens - 1, cache.block_size);
+  }
+
+  void check_rank0(const char* what) const {
+    TORCHTP_CHECK(
+        group.rank() == 0, kEngine, group, what,
+        " is rank 0's (the other ranks call follow())");
+  }
+
+  std::vector<RequestUpdate> take_cancels_and_admit(
+      std::vector<RequestPtr>& started);
+  detail::StepPlan plan(const std::vector<RequestPtr>& started);
+  at::Tensor run(const detail::StepPlan& plan);
+  void free(Request& r) {
+    free_blocks.insert(free_blocks.end(), r.blocks.begin(), r.blocks.end());
+    r.blocks.clear();
+  }
+};
+
+Engine::Engine(CausalLM& model, const EngineOptions& options)
+    : state_(std::make_unique<State>(model, options)) {
+  auto& s = *state_;
+  const auto& g = s.group;
+  TORCHTP_CHECK(
+      options.max_batch() > 0 && options.block_size() > 0 &&
+          options.kv_cache_tokens() >= 0 && options.max_queue() >= 0 &&
+          options.max_prefill_tokens() > 0,
+      kEngine, g,
+      "max_batch, block_size and max_prefill_tokens must be positive, "
+      "kv_cache_tokens and max_queue not negative; got max_batch ",
+      options.max_batch(), ", block_size ", options.block_size(),
+      ", kv_cache_tokens ", options.kv_cache_tokens(), ", max_queue ",
+      options.max_queue(), ", max_prefill_tokens ",
+      options.max_prefill_tokens());
+  // Every rank must lay its pool out as rank 0 does.
+  auto mine = torch::tensor(
+      {options.max_batch(), options.block_size(), options.kv_cache_tokens(),
+       options.max_queue(), options.max_prefill_tokens()},
+      torch::kLong);
+  auto root = mine.clone();
+  g.broadcast(root, 0);
+  TORCHTP_CHECK(
+      root.equal(mine), kEngine, g,
+      "every rank must make the engine with the same options; rank 0 has "
+      "(max_batch, block_size, kv_cache_tokens, max_queue, "
+      "max_prefill_tokens) = ",
+      root, ", this rank ", mine);
+  const int64_t tokens = options.kv_cache_tokens() > 0
+                             ? options.kv_cache_tokens()
+                             : options.max_batch() * model.max_seq_len();
+  s.cache = model.make_kv_blocks(
+      ceil_div(tokens, options.block_size()), options.block_size());
+  s.stats.blocks_total = s.cache.num_blocks;
+  s.stats.kv_cache_bytes = s.cache.bytes();
+  // Lowest blocks first.
+  for (int64_t b = s.cache.num_blocks - 1; b >= 0; --b) {
+    s.free_blocks.push_back(b);
+  }
+}
+
+Engine::~Engine() = default;
+
+const EngineOptions& Engine::options() const {
+  return state_->options;
+}
+
+int64_t Engine::add_request(
+    const std::vector<int64_t>& prompt, const RequestOptions& o) {
+  auto& s = *state_;
+  const auto& g = s.group;
+  s.check_rank0("add_request");
+  const int64_t p = static_cast<int64_t>(prompt.size());
+  const int64_t context = s.model.max_seq_len();
+  TORCHTP_CHECK(p > 0, kEngine, g, "the prompt is empty");
+  for (int64_t id : prompt) {
+    TORCHTP_CHECK(
+        id >= 0 && id < s.model.vocab_size(), kEngine, g, "the prompt holds id ",
+        id, ", outside the vocabulary [0, ", s.model.vocab_size(), ")");
+  }
+  TORCHTP_CHECK(
+      p < context, kEngine, g, "the prompt has ", p,
+      " tokens; the context holds ", context, ", so none is left to generate");
+  TORCHTP_CHECK(
+      o.max_tokens() > 0, kEngine, g, "max_tokens must be positive, got ",
+      o.max_tokens());
+  const auto& sampling = o.sampling();
+  TORCHTP_CHECK(
+      sampling.greedy() || (sampling.temperature() > 0 &&
+                            sampling.top_k() >= 0 && sampling.top_p() > 0 &&
+                            sampling.top_p() <= 1),
+      kEngine, g,
+      "sampling needs temperature > 0, top_k >= 0 and top_p in (0, 1]; got "
+      "temperature ",
+      sampling.temperature(), ", top_k ", sampling.top_k(), ", top_p ",
+      sampling.top_p());
+  auto r = std::make_unique<detail::EngineRequest>();
+  r->prompt = prompt;
+  r->options = o;
+  r->max_tokens = std::min(o.max_tokens(), context - p);
+  const int64_t blocks = s.blocks_needed(p, r->max_tokens);
+  TORCHTP_CHECK(
+      blocks <= s.cache.num_blocks, kEngine, g, "the request needs ", blocks,
+      " key/value blocks of ", s.cache.block_size, " positions (", p,
+      " prompt tokens and ", r->max_tokens,
+      " to generate); the whole pool has ", s.cache.num_blocks);
+  std::lock_guard<std::mutex> lock(s.mutex);
+  TORCHTP_CHECK(!s.shut, kEngine, g, "the engine was shut down");
+  TORCHTP_CHECK(
+      static_cast<int64_t>(s.waiting.size()) < s.options.max_queue(), kEngine,
+      g, "the queue is full: ", s.waiting.size(), " requests wait (max_queue ",
+      s.options.max_queue(), ")");
+  r->id = s.next_id++;
+  const int64_t id = r->id;
+  s.waiting.push_back(std::move(r));
+  s.stats.waiting = static_cast<int64_t>(s.waiting.size());
+  s.work.notify_all();
+  return id;
+}
+
+void Engine::cancel(int64_t id) {
+  auto& s = *state_;
+  s.check_rank0("cancel");
+  std::lock_guard<std::mutex> lock(s.mutex);
+  s.cancels.push_back(id);
+  s.work.notify_all();
+}
+
+bool Engine::wait_for_work(std::chrono::milliseconds timeout) {
+  auto& s = *state_;
+  s.check_rank0("wait_for_work");
+  std::unique_lock<std::mutex> lock(s.mutex);
+  auto busy = [&] {
+    return !s.waiting.empty() || !s.cancels.empty() || s.stats.running > 0;
+  };
+  s.work.wait_for(lock, timeout, busy);
+  return busy();
+}
+
+EngineStats Engine::stats() const {
+  std::lock_guard<std::mutex> lock(state_->mutex);
+  return state_->stats;
+}
+
+std::vector<RequestUpdate> Engine::State::take_cancels_and_admit(
+    std::vector<detail::EngineRequestPtr>& started) {
+  std::vector<RequestUpdate> updates;
+  std::lock_guard<std::mutex> lock(mutex);
+  for (int64_t id : cancels) {
+    auto match = [id](const RequestPtr& r) { return r->id == id; };
+    auto w = std::find_if(waiting.begin(), waiting.end(), match);
+    if (w != waiting.end()) {
+      waiting.erase(w);
+      updates.push_back({id, -1, FinishReason::cancelled});
+      continue;
+    }
+    auto r = std::find_if(running.begin(), running.end(), match);
+    if (r != running.end()) {
+      free(**r);
+      running.erase(r);
+      updates.push_back({id, -1, FinishReason::cancelled});
+    }
+  }
+  cancels.clear();
+  // In order of arrival: the first that does not fit waits, and so do all
+  // behind it.
+  int64_t prefill = 0;
+  while (!waiting.empty() &&
+         static_cast<int64_t>(running.size() + started.size()) <
+             options.max_batch()) {
+    auto& r = *waiting.front();
+    const int64_t p = static_cast<int64_t>(r.prompt.size());
+    const int64_t need = blocks_needed(p, r.max_tokens);
+    if (need > static_cast<int64_t>(free_blocks.size()) ||
+        (prefill > 0 && prefill + p > options.max_prefill_tokens())) {
+      break;
+    }
+    prefill += p;
+    r.blocks.assign(free_blocks.end() - need, free_blocks.end());
+    std::reverse(r.blocks.begin(), r.blocks.end());
+    free_blocks.resize(free_blocks.size() - need);
+    started.push_back(std::move(waiting.front()));
+    waiting.pop_front();
+  }
+  stats.waiting = static_cast<int64_t>(waiting.size());
+  return updates;
+}
+
+detail::StepPlan Engine::State::plan(
+    const std::vector<detail::EngineRequestPtr>& started) {
+  detail::StepPlan plan;
+  const int64_t n = static_cast<int64_t>(running.size() + started.size());
+  if (n == 0) {
+    return plan;
+  }
+  plan.kind = detail::StepPlan::Kind::run;
+  std::vector<int64_t> ids, positions, token_seq, slots, logits_rows;
+  int64_t max_blocks = 0;
+  auto add = [&](const Request& r, bool starts) {
+    const int64_t seq = static_cast<int64_t>(plan.sequences.size());
+    auto put = [&](int64_t id, int64_t position) {
+      ids.push_back(id);
+      positions.push_back(position);
+      token_seq.push_back(seq);
+      slots.push_back(
+          r.blocks[position / cache.block_size] * cache.block_size +
+          position % cache.block_size);
+    };
+    if (starts) {
+      for (size_t i = 0; i < r.prompt.size(); ++i) {
+        put(r.prompt[i], static_cast<int64_t>(i));
+      }
+    } else {
+      put(r.last_token, r.cached);
+    }
+    logits_rows.push_back(static_cast<int64_t>(ids.size()) - 1);
+    max_blocks = std::max<int64_t>(max_blocks, r.blocks.size());
+    const auto& o = r.options.sampling();
+    plan.sequences.push_back(
+        {r.id, starts, r.options.seed(), o.greedy(), o.temperature(),
+         o.top_k(), o.top_p()});
+  };
+  for (const auto& r : running) {
+    add(*r, false);
+  }
+  for (const auto& r : started) {
+    add(*r, true);
+  }
+  auto tables = torch::zeros({n, max_blocks}, torch::kLong);
+  auto all = [&](size_t i) -> const Request& {
+    return i < running.size() ? *running[i] : *started[i - running.size()];
+  };
+  for (int64_t i = 0; i < n; ++i) {
+    const auto& blocks = all(i).blocks;
+    tables[i]
+        .narrow(0, 0, static_cast<int64_t>(blocks.size()))
+        .copy_(torch::tensor(blocks, torch::kLong));
+  }
+  auto& b = plan.batch;
+  b.ids = torch::tensor(ids, torch::kLong);
+  b.positions = torch::tensor(positions, torch::kLong);
+  b.token_seq = torch::tensor(token_seq, torch::kLong);
+  b.slots = torch::tensor(slots, torch::kLong);
+  b.block_tables = tables;
+  b.logits_rows = torch::tensor(logits_rows, torch::kLong);
+  return plan;
+}
+
+at::Tensor Engine::State::run(const detail::StepPlan& plan) {
+  c10::InferenceMode inference;
+  detail::EvalGuard eval(model.module());
+  // Generators of requests that left are dropped; new ones made.
+  std::unordered_map<int64_t, at::Generator> kept;
+  for (const auto& q : plan.sequences) {
+    if (q.greedy) {
+      continue;
+    }
+    auto g = generators.find(q.request);
+    kept.emplace(
+        q.request,
+        q.starts || g == generators.end()
+            ? at::detail::createCPUGenerator(q.seed)
+            : g->second);
+  }
+  generators = std::move(kept);
+
+  auto logits = model.forward_paged(plan.batch, cache);
+  const int64_t n = static_cast<int64_t>(plan.sequences.size());
+  auto tokens = torch::empty({n}, torch::kLong);
+  auto sampling = SamplingOptions()
+                      .vocab_size(model.vocab_size())
+                      .group(group)
+                      .vocab_partition(model.vocab_partition());
+  // Greedy rows in one call; each sampled row with its own generator, in
+  // the plan's order (the same calls, so the same collectives, on every
+  // rank).
+  std::vector<int64_t> greedy;
+  for (int64_t i = 0; i < n; ++i) {
+    if (plan.sequences[i].greedy) {
+      greedy.push_back(i);
+    }
+  }
+  if (!greedy.empty()) {
+    auto rows = torch::tensor(greedy, torch::kLong);
+    static auto unused = at::detail::createCPUGenerator(0);
+    tokens.index_copy_(
+        0, rows,
+        sample_next_token(
+            logits.index_select(0, rows), unused,
+            SamplingOptions(sampling).greedy(true)));
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const auto& q = plan.sequences[i];
+    if (q.greedy) {
+      continue;
+    }
+    tokens.narrow(0, i, 1).copy_(sample_next_token(
+        logits.narrow(0, i, 1), generators.at(q.request),
+        SamplingOptions(sampling)
+            .temperature(q.temperature)
+            .top_k(q.top_k)
+            .top_p(q.top_p)));
+  }
+  return tokens;
+}
+
+std::vector<RequestUpdate> Engine::step() {
+  auto& s = *state_;
+  s.check_rank0("step");
+  std::vector<detail::EngineRequestPtr> started;
+  auto updates = s.take_cancels_and_admit(started);
+  auto plan = s.plan(started);
+  detail::broadcast_plan(plan, s.group);
+  int64_t prompt_tokens = 0;
+  if (plan.kind == detail::StepPlan::Kind::run) {
+    const auto tokens = s.run(plan);
+    const auto* t = tokens.data_ptr<int64_t>();
+    for (auto& r : started) {
+      r->cached = 0;
+      prompt_tokens += static_cast<int64_t>(r->prompt.size());
+      s.running.push_back(std::move(r));
+    }
+    // The plan lists the running requests first, then the started ones:
+    // the order they now have in `running`.
+    std::vector<detail::EngineRequestPtr> still;
+    for (size_t i = 0; i < s.running.size(); ++i) {
+      auto& r = *s.running[i];
+      r.cached += r.generated == 0 ? static_cast<int64_t>(r.prompt.size()) : 1;
+      r.last_token = t[i];
+      ++r.generated;
+      const auto& stop = r.options.stop_ids();
+      FinishReason reason = FinishReason::none;
+      if (std::find(stop.begin(), stop.end(), t[i]) != stop.end()) {
+        reason = FinishReason::stop;
+      } else if (r.generated >= r.max_tokens) {
+        reason = FinishReason::length;
+      }
+      updates.push_back({r.id, t[i], reason});
+      if (reason == FinishReason::none) {
+        still.push_back(std::move(s.running[i]));
+      } else {
+        s.free(r);
+      }
+    }
+    s.running = std::move(still);
+  }
+  std::lock_guard<std::mutex> lock(s.mutex);
+  s.stats.running = static_cast<int64_t>(s.running.size());
+  s.stats.blocks_used =
+      s.cache.num_blocks - static_cast<int64_t>(s.free_blocks.size());
+  s.stats.steps += plan.kind == detail::StepPlan::Kind::run;
+  s.stats.prompt_tokens += prompt_tokens;
+  s.stats.generated_tokens += static_cast<int64_t>(std::count_if(
+      updates.begin(), updates.end(),
+      [](const RequestUpdate& u) { return u.token >= 0; }));
+  return updates;
+}
+
+void Engine::shutdown() {
+  auto& s = *state_;
+  s.check_rank0("shutdown");
+  {
+    std::lock_guard<std::mutex> lock(s.mutex);
+    s.shut = true;
+  }
+  detail::StepPlan plan;
+  plan.kind = detail::StepPlan::Kind::shutdown;
+  detail::broadcast_plan(plan, s.group);
+}
+
+void Engine::follow() {
+  auto& s = *state_;
+  TORCHTP_CHECK(
+      s.group.rank() != 0, kEngine, s.group,
+      "follow() is for the ranks other than 0, which decides the steps");
+  for (;;) {
+    detail::StepPlan plan;
+    detail::broadcast_plan(plan, s.group);
+    if (plan.kind == detail::StepPlan::Kind::shutdown) {
+      return;
+    }
+    if (plan.kind == detail::StepPlan::Kind::run) {
+      s.run(plan);
+    }
+  }
+}
+
+} // namespace torchtp

@@ -1,0 +1,456 @@
+// The serving engine: paged attention against the padded cache, and
+// continuous batching against `generate` serving each request alone, at
+// every world size: requests arriving at different steps, greedy and
+// sampled, stop ids, the context's end, a full pool, cancellation, and
+// every refusal.
+
+#include "test_util.h"
+
+#include <torchtp/engine.h>
+
+#include <c10/core/InferenceMode.h>
+
+#include <functional>
+#include <map>
+#include <vector>
+
+namespace {
+
+using torchtp::testing::all_close;
+using torchtp::testing::raises_with;
+using torchtp::testing::world;
+
+constexpr int64_t kVocab = 37;
+constexpr int64_t kContext = 40;
+
+// A GPT-2 layout (learned positions, LayerNorm, tied output) and a Llama
+// layout (rotary positions, RMSNorm, grouped-query attention whose two
+// key/value heads are replicated at 4 ranks).
+enum class Family { gpt2, llama };
+
+torchtp::GPT make_model(Family f, torch::Dtype dtype) {
+  torch::manual_seed(11);
+  auto o = torchtp::GPTOptions(kVocab, kContext)
+               .num_layers(2)
+               .vocab_pad_multiple(12)
+               .uneven(true)
+               .group(world())
+               .dtype(dtype);
+  if (f == Family::gpt2) {
+    o.d_model(48).num_heads(12);
+  } else {
+    o.d_model(32)
+        .num_heads(8)
+        .num_kv_heads(2)
+        .head_dim(4)
+        .ffn_hidden(40)
+        .norm(torchtp::NormType::rms_norm)
+        .rotary(torchtp::RotaryOptions().theta(500.0))
+        .gated_mlp(true)
+        .activation(torchtp::Activation::silu)
+        .bias(false)
+        .tie_embeddings(false);
+  }
+  return torchtp::GPT(o);
+}
+
+std::vector<int64_t> random_prompt(int64_t length, uint64_t seed) {
+  torch::manual_seed(seed);
+  auto ids = torch::randint(kVocab, {length}, torch::kLong);
+  return {ids.data_ptr<int64_t>(), ids.data_ptr<int64_t>() + length};
+}
+
+// Rank 0 runs `drive` (which calls step()); the others follow its steps
+// until it shuts the engine down, even when `drive` fails.
+void serve(torchtp::Engine& engine, const std::function<void()>& drive) {
+  if (world().rank() != 0) {
+    engine.follow();
+    return;
+  }
+  try {
+    drive();
+  } catch (...) {
+    engine.shutdown();
+    throw;
+  }
+  engine.shutdown();
+}
+
+// What one request got, in order, and how it ended.
+struct Outcome {
+  std::vector<int64_t> tokens;
+  torchtp::FinishReason reason = torchtp::FinishReason::none;
+};
+
+// Steps until every request has ended and `last_arrival` has passed (at
+// most `max_steps`), recording each request's tokens; `before_step(step)`
+// may add or cancel requests.
+std::map<int64_t, Outcome> run_to_end(
+    torchtp::Engine& engine,
+    const std::function<void(int64_t)>& before_step = nullptr,
+    int64_t last_arrival = 0,
+    int64_t max_steps = 500) {
+  std::map<int64_t, Outcome> out;
+  for (int64_t step = 0; step < max_steps; ++step) {
+    if (before_step) {
+      before_step(step);
+    }
+    for (const auto& u : engine.step()) {
+      auto& o = out[u.id];
+      EXPECT_EQ(o.reason, torchtp::FinishReason::none)
+          << "request " << u.id << " got news after it ended";
+      if (u.token >= 0) {
+        o.tokens.push_back(u.token);
+      }
+      o.reason = u.finished;
+    }
+    const auto s = engine.stats();
+    if (step >= last_arrival && s.waiting == 0 && s.running == 0) {
+      return out;
+    }
+  }
+  ADD_FAILURE() << "requests still running after " << max_steps << " steps";
+  return out;
+}
+
+std::vector<int64_t> generate_alone(
+    torchtp::GPT& model,
+    const std::vector<int64_t>& prompt,
+    int64_t n,
+    const torchtp::SamplingOptions& sampling,
+    uint64_t seed) {
+  return torchtp::generate(
+             *model, {prompt},
+             torchtp::GenerateOptions()
+                 .max_new_tokens(n)
+                 .sampling(sampling)
+                 .seed(seed))
+      .tokens[0];
+}
+
+// ---------------------------------------------------------------------------
+// forward_paged against forward_cached
+
+void expect_paged_equals_cached(Family family) {
+  auto model = make_model(family, torch::kDouble);
+  model->eval();
+  c10::InferenceMode inference;
+  // Two sequences in a pool of 10 blocks of 4, their blocks interleaved and
+  // out of order: sequence 0 prefills 6 tokens while sequence 1 prefills 3,
+  // then they decode one token each for 5 steps.
+  auto pool = model->make_kv_blocks(10, 4);
+  const std::vector<std::vector<int64_t>> blocks = {{7, 2, 9}, {0, 5, 3}};
+  const auto a = random_prompt(11, 1), b = random_prompt(8, 2);
+  const std::vector<std::vector<int64_t>> seqs = {a, b};
+  auto tables = torch::tensor({7, 2, 9, 0, 5, 3}, torch::kLong).view({2, 3});
+  // The reference: each sequence alone through the padded cache.
+  std::vector<torch::Tensor> expected;
+  for (const auto& s : seqs) {
+    auto cache = model->make_cache();
+    expected.push_back(model->forward_cached(
+        torch::tensor(s, torch::kLong).unsqueeze(0), cache)[0]);
+  }
+  std::vector<int64_t> done = {0, 0};
+  const std::vector<int64_t> first = {6, 3};
+  for (int step = 0; step < 6; ++step) {
+    std::vector<int64_t> ids, pos, seq, slots, rows;
+    for (int64_t i = 0; i < 2; ++i) {
+      const int64_t n = step == 0 ? first[i] : 1;
+      for (int64_t p = done[i]; p < done[i] + n; ++p) {
+        ids.push_back(seqs[i][p]);
+        pos.push_back(p);
+        seq.push_back(i);
+        slots.push_back(blocks[i][p / 4] * 4 + p % 4);
+      }
+      done[i] += n;
+      rows.push_back(static_cast<int64_t>(ids.size()) - 1);
+    }
+    torchtp::PagedBatch batch{
+        torch::tensor(ids), torch::tensor(pos), torch::tensor(seq),
+        torch::tensor(slots), tables, torch::tensor(rows)};
+    auto logits = model->forward_paged(batch, pool);
+    ASSERT_EQ(logits.size(0), 2);
+    for (int64_t i = 0; i < 2; ++i) {
+      EXPECT_TRUE(all_close(logits[i], expected[i][done[i] - 1]))
+          << "sequence " << i << " at position " << done[i] - 1;
+    }
+  }
+}
+
+TEST(PagedAttention, EqualsTheCacheOfOneSequenceGPT2) {
+  expect_paged_equals_cached(Family::gpt2);
+}
+
+TEST(PagedAttention, EqualsTheCacheOfOneSequenceLlama) {
+  expect_paged_equals_cached(Family::llama);
+}
+
+TEST(PagedAttention, IndicesOutsideThePoolAreRefused) {
+  auto model = make_model(Family::gpt2, torch::kDouble);
+  c10::InferenceMode inference;
+  auto pool = model->make_kv_blocks(2, 4);
+  auto one = torch::zeros({1}, torch::kLong);
+  torchtp::PagedBatch batch{
+      one, one, one, torch::full({1}, 8, torch::kLong),
+      torch::zeros({1, 2}, torch::kLong), one};
+  EXPECT_TRUE(raises_with(
+      [&] { model->forward_paged(batch, pool); },
+      {"out of range", "slots below 8", "[rank "}));
+  batch.slots = one;
+  batch.positions = torch::full({1}, 8, torch::kLong);
+  EXPECT_TRUE(raises_with(
+      [&] { model->forward_paged(batch, pool); },
+      {"out of range", "2 blocks of 4"}));
+}
+
+// ---------------------------------------------------------------------------
+// Continuous batching
+
+struct Arrival {
+  int64_t step;
+  int64_t prompt_length;
+  int64_t max_tokens;
+  torchtp::SamplingOptions sampling;
+  uint64_t seed;
+};
+
+// Requests arriving at different steps, each compared with `generate`
+// serving it alone.
+void expect_batched_equals_alone(
+    Family family,
+    torch::Dtype dtype,
+    const std::vector<Arrival>& arrivals,
+    const torchtp::EngineOptions& options) {
+  auto model = make_model(family, dtype);
+  std::map<int64_t, size_t> arrival_of;
+  std::map<int64_t, Outcome> got;
+  int64_t last_arrival = 0;
+  for (const auto& a : arrivals) {
+    last_arrival = std::max(last_arrival, a.step);
+  }
+  torchtp::Engine engine(*model, options);
+  serve(engine, [&] {
+    got = run_to_end(engine, [&](int64_t step) {
+      for (size_t i = 0; i < arrivals.size(); ++i) {
+        const auto& a = arrivals[i];
+        if (a.step == step) {
+          const auto id = engine.add_request(
+              random_prompt(a.prompt_length, 100 + i),
+              torchtp::RequestOptions()
+                  .sampling(a.sampling)
+                  .seed(a.seed)
+                  .max_tokens(a.max_tokens));
+          arrival_of[id] = i;
+        }
+      }
+    }, last_arrival);
+  });
+  // Every rank computes the references (generate is collective).
+  for (size_t i = 0; i < arrivals.size(); ++i) {
+    const auto& a = arrivals[i];
+    const int64_t n = std::min(a.max_tokens, kContext - a.prompt_length);
+    const auto alone = generate_alone(
+        model, random_prompt(a.prompt_length, 100 + i), n, a.sampling,
+        a.seed);
+    if (world().rank() != 0) {
+      continue;
+    }
+    int64_t id = -1;
+    for (const auto& [k, v] : arrival_of) {
+      id = v == i ? k : id;
+    }
+    ASSERT_GE(id, 0);
+    EXPECT_EQ(got[id].tokens, alone) << "request " << i;
+    EXPECT_EQ(got[id].reason, torchtp::FinishReason::length) << "request " << i;
+  }
+}
+
+std::vector<Arrival> staggered(const torchtp::SamplingOptions& sampling) {
+  // Eight requests: some together, some joining a running batch, one
+  // reaching the end of the context (36 + 10 > 40).
+  return {
+      {0, 5, 9, sampling, 1},  {0, 12, 4, sampling, 2},
+      {1, 1, 12, sampling, 3}, {3, 36, 10, sampling, 4},
+      {3, 7, 6, sampling, 5},  {4, 20, 8, sampling, 6},
+      {9, 3, 5, sampling, 7},  {9, 3, 5, sampling, 7}};
+}
+
+TEST(Engine, GreedyRequestsJoiningAtAnyStepEqualEachAloneGPT2) {
+  expect_batched_equals_alone(
+      Family::gpt2, torch::kDouble,
+      staggered(torchtp::SamplingOptions().greedy(true)),
+      torchtp::EngineOptions().max_batch(4).block_size(4));
+}
+
+TEST(Engine, GreedyRequestsJoiningAtAnyStepEqualEachAloneLlama) {
+  expect_batched_equals_alone(
+      Family::llama, torch::kDouble,
+      staggered(torchtp::SamplingOptions().greedy(true)),
+      torchtp::EngineOptions().max_batch(8).block_size(8));
+}
+
+TEST(Engine, GreedyRequestsInFloat32EqualEachAlone) {
+  expect_batched_equals_alone(
+      Family::llama, torch::kFloat,
+      staggered(torchtp::SamplingOptions().greedy(true)),
+      torchtp::EngineOptions().max_batch(8).block_size(16));
+}
+
+TEST(Engine, SampledRequestsDrawFromTheirOwnGenerators) {
+  // Temperature, top-k and top-p, each with its own seed; the last two
+  // share a seed and a prompt, so they must agree with each other too.
+  auto arrivals = staggered(torchtp::SamplingOptions().temperature(0.8));
+  arrivals[1].sampling = torchtp::SamplingOptions().temperature(1.3).top_k(5);
+  arrivals[2].sampling = torchtp::SamplingOptions().top_p(0.7);
+  arrivals[4].sampling =
+      torchtp::SamplingOptions().temperature(0.9).top_k(8).top_p(0.9);
+  arrivals[5].sampling = torchtp::SamplingOptions().greedy(true);
+  expect_batched_equals_alone(
+      Family::gpt2, torch::kDouble, arrivals,
+      torchtp::EngineOptions().max_batch(3).block_size(4));
+}
+
+TEST(Engine, StopIdsEndARequestWithTheirToken) {
+  auto model = make_model(Family::gpt2, torch::kDouble);
+  const auto prompt = random_prompt(6, 5);
+  const auto alone = generate_alone(
+      model, prompt, 10, torchtp::SamplingOptions().greedy(true), 0);
+  // The first step whose token has not come before.
+  size_t k = 3;
+  while (std::find(alone.begin(), alone.begin() + k, alone[k]) !=
+         alone.begin() + k) {
+    ++k;
+  }
+  ASSERT_LT(k, alone.size());
+  torchtp::Engine engine(*model, torchtp::EngineOptions().block_size(4));
+  std::map<int64_t, Outcome> got;
+  serve(engine, [&] {
+    engine.add_request(
+        prompt, torchtp::RequestOptions().max_tokens(10).stop_ids(
+                    {alone[k], kVocab + 5}));
+    got = run_to_end(engine);
+  });
+  if (world().rank() == 0) {
+    EXPECT_EQ(
+        got[0].tokens, std::vector<int64_t>(alone.begin(), alone.begin() + k + 1));
+    EXPECT_EQ(got[0].reason, torchtp::FinishReason::stop);
+    EXPECT_EQ(engine.stats().blocks_used, 0);
+  }
+}
+
+TEST(Engine, AFullPoolQueuesRequestsAndCancellingFreesBlocks) {
+  auto model = make_model(Family::llama, torch::kDouble);
+  // 6 blocks of 4 positions: a request of 10 + 10 needs 5 (19 positions),
+  // so only one runs at a time.
+  torchtp::Engine engine(
+      *model, torchtp::EngineOptions().block_size(4).kv_cache_tokens(24));
+  std::map<int64_t, Outcome> got;
+  std::vector<torchtp::EngineStats> seen;
+  serve(engine, [&] {
+    const auto options = torchtp::RequestOptions().max_tokens(10);
+    const auto a = engine.add_request(random_prompt(10, 1), options);
+    const auto b = engine.add_request(random_prompt(10, 2), options);
+    const auto c = engine.add_request(random_prompt(10, 3), options);
+    EXPECT_EQ(engine.stats().waiting, 3);
+    got = run_to_end(engine, [&](int64_t step) {
+      if (step == 3) {
+        engine.cancel(a); // running: its blocks go to b
+      }
+      if (step == 5) {
+        engine.cancel(c); // still waiting behind b
+        engine.cancel(12345); // unknown: ignored
+      }
+      if (step > 0) {
+        seen.push_back(engine.stats());
+      }
+    });
+    EXPECT_EQ(got[a].reason, torchtp::FinishReason::cancelled);
+    EXPECT_EQ(got[a].tokens.size(), 3u);
+    EXPECT_EQ(got[b].reason, torchtp::FinishReason::length);
+    EXPECT_EQ(got[b].tokens.size(), 10u);
+    EXPECT_EQ(got[c].reason, torchtp::FinishReason::cancelled);
+    EXPECT_TRUE(got[c].tokens.empty());
+  });
+  if (world().rank() == 0) {
+    ASSERT_GE(seen.size(), 3u);
+    EXPECT_EQ(seen[0].running, 1);
+    EXPECT_EQ(seen[0].waiting, 2);
+    EXPECT_EQ(seen[0].blocks_used, 5);
+    EXPECT_EQ(seen[0].blocks_total, 6);
+    const auto end = engine.stats();
+    EXPECT_EQ(end.blocks_used, 0);
+    EXPECT_EQ(end.running, 0);
+    EXPECT_EQ(end.generated_tokens, 13);
+  }
+}
+
+TEST(Engine, BadRequestsAreRefusedAndNothingIsQueued) {
+  auto model = make_model(Family::gpt2, torch::kDouble);
+  torchtp::Engine engine(
+      *model,
+      torchtp::EngineOptions().block_size(4).kv_cache_tokens(16).max_queue(1));
+  serve(engine, [&] {
+    const auto ok = torchtp::RequestOptions().max_tokens(2);
+    EXPECT_TRUE(raises_with(
+        [&] { engine.add_request({}, ok); }, {"prompt is empty", "[rank 0/"}));
+    EXPECT_TRUE(raises_with(
+        [&] { engine.add_request({1, kVocab}, ok); },
+        {"holds id 37", "[0, 37)"}));
+    EXPECT_TRUE(raises_with(
+        [&] { engine.add_request(random_prompt(kContext, 1), ok); },
+        {"40 tokens", "context holds 40"}));
+    EXPECT_TRUE(raises_with(
+        [&] {
+          engine.add_request({1}, torchtp::RequestOptions().max_tokens(0));
+        },
+        {"max_tokens must be positive"}));
+    EXPECT_TRUE(raises_with(
+        [&] {
+          engine.add_request(
+              {1}, torchtp::RequestOptions().sampling(
+                       torchtp::SamplingOptions().temperature(0)));
+        },
+        {"temperature > 0"}));
+    EXPECT_TRUE(raises_with(
+        [&] {
+          engine.add_request(
+              random_prompt(10, 1), torchtp::RequestOptions().max_tokens(10));
+        },
+        {"needs 5 key/value blocks", "pool has 4"}));
+    EXPECT_TRUE(raises_with([&] { engine.follow(); }, {"other than 0"}));
+    EXPECT_EQ(engine.stats().waiting, 0);
+    engine.add_request({1, 2}, ok);
+    EXPECT_TRUE(raises_with(
+        [&] { engine.add_request({1, 2}, ok); },
+        {"queue is full", "max_queue 1"}));
+    auto got = run_to_end(engine);
+    EXPECT_EQ(got.size(), 1u);
+  });
+  if (world().rank() != 0) {
+    EXPECT_TRUE(raises_with(
+        [&] { engine.add_request({1}); }, {"add_request is rank 0's"}));
+  }
+}
+
+TEST(Engine, OptionsThatDifferBetweenRanksAreRefused) {
+  auto model = make_model(Family::gpt2, torch::kDouble);
+  EXPECT_TRUE(raises_with(
+      [&] {
+        torchtp::Engine(*model, torchtp::EngineOptions().block_size(0));
+      },
+      {"block_size 0"}));
+  if (world().size() == 1) {
+    return;
+  }
+  const auto make = [&] {
+    torchtp::Engine(
+        *model, torchtp::EngineOptions().max_batch(4 + world().rank()));
+  };
+  if (world().rank() == 0) {
+    make(); // rank 0's options are the reference
+  } else {
+    EXPECT_TRUE(raises_with(make, {"same options", "rank 0 has"}));
+  }
+}
+
+} // namespace
