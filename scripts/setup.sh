@@ -17,6 +17,7 @@ packages=(
   libicu-dev            # tokenizers: NFC / NFKC normalizers
   zlib1g-dev            # CRC-32 checksums of checkpoint shards
   libcli11-dev          # command lines of the launcher, examples, benchmarks
+  libcpp-httplib-dev    # torchtp-serve's HTTP front
   gnuplot-nox           # the demo's loss-curve picture
   openmpi-bin           # tests: the main job started by mpirun
   iproute2              # tests: two hosts in network namespaces (ip netns)

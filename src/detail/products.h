@@ -33,6 +33,24 @@ at::Tensor linear(
     const at::Tensor& bias,
     const at::Tensor& scale = at::Tensor());
 
+/// While one lives on a thread, float32 and float64 products of a single
+/// row go through the same GEMM as many rows instead of gemv, so a row's
+/// result does not depend on how many rows share the product (OpenBLAS's
+/// GEMM sums each output in the same order whatever the row count, with
+/// the kernels this was checked on; its gemv sums in another). For
+/// serving whose results must not depend on the batch.
+class BatchInvariantProducts {
+ public:
+  explicit BatchInvariantProducts(bool on = true);
+  ~BatchInvariantProducts();
+  BatchInvariantProducts(const BatchInvariantProducts&) = delete;
+  BatchInvariantProducts& operator=(const BatchInvariantProducts&) = delete;
+  static bool active();
+
+ private:
+  bool previous_;
+};
+
 /// `at::matmul(a, b)`; bfloat16 operands go through float32 where this
 /// CPU has no native bfloat16 GEMM (LibTorch's own loop there is tens of
 /// times slower). For the attention's products and the linears' backward.

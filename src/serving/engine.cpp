@@ -2,6 +2,7 @@
 
 #include "detail/check.h"
 #include "detail/eval_guard.h"
+#include "detail/products.h"
 #include "serving/step_plan.h"
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -125,7 +126,8 @@ Engine::Engine(CausalLM& model, const EngineOptions& options)
   // Every rank must lay its pool out as rank 0 does.
   auto mine = torch::tensor(
       {options.max_batch(), options.block_size(), options.kv_cache_tokens(),
-       options.max_queue(), options.max_prefill_tokens()},
+       options.max_queue(), options.max_prefill_tokens(),
+       int64_t{options.batch_invariant()}},
       torch::kLong);
   auto root = mine.clone();
   g.broadcast(root, 0);
@@ -133,7 +135,7 @@ Engine::Engine(CausalLM& model, const EngineOptions& options)
       root.equal(mine), kEngine, g,
       "every rank must make the engine with the same options; rank 0 has "
       "(max_batch, block_size, kv_cache_tokens, max_queue, "
-      "max_prefill_tokens) = ",
+      "max_prefill_tokens, batch_invariant) = ",
       root, ", this rank ", mine);
   const int64_t tokens = options.kv_cache_tokens() > 0
                              ? options.kv_cache_tokens()
@@ -338,6 +340,7 @@ detail::StepPlan Engine::State::plan(
 at::Tensor Engine::State::run(const detail::StepPlan& plan) {
   c10::InferenceMode inference;
   detail::EvalGuard eval(model.module());
+  detail::BatchInvariantProducts invariant(options.batch_invariant());
   // Generators of requests that left are dropped; new ones made.
   std::unordered_map<int64_t, at::Generator> kept;
   for (const auto& q : plan.sequences) {

@@ -108,6 +108,10 @@ class Job {
     drain_streams(streams_);
     report_root_cause();
     error_files_.remove();
+    // Asked to stop, and every rank finished cleanly in time (a server
+    // draining its requests): the job did what it was told.
+    if (forwarded_signal_ && every_exit_zero_ && !killed_)
+      return 0;
     return exit_code_;
   }
 
@@ -198,6 +202,7 @@ class Job {
       log_line(
           std::string("received ") + strsignal(sig) + "; stopping all ranks");
       signal_all(children_, sig);
+      forwarded_signal_ = true;
       exit_code_ = 128 + sig;
       start_grace_period();
     }
@@ -218,6 +223,7 @@ class Job {
       --alive_;
       bool signaled = WIFSIGNALED(status);
       int code = signaled ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
+      every_exit_zero_ = every_exit_zero_ && code == 0;
       if (code == 0 || stopping_ || settling_)
         continue; // Only the first cause counts.
       first_failure_ = "rank " + std::to_string(it->rank) + " (pid " +
@@ -277,6 +283,8 @@ class Job {
   size_t alive_ = 0;
   int exit_code_ = 0;
   bool settling_ = false;      ///< A rank that reported failed: see kSettle.
+  bool forwarded_signal_ = false; ///< SIGINT/SIGTERM passed on to the ranks.
+  bool every_exit_zero_ = true;   ///< No rank has exited non-zero.
   bool stopping_ = false;      ///< A failure or signal is being acted on.
   bool killed_ = false;        ///< Every rank was sent SIGKILL.
   Clock::time_point deadline_; ///< When stopping turns into SIGKILL.
