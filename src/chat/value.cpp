@@ -1,0 +1,297 @@
+#include "chat/value.h"
+
+#include "chat/js_text.h"
+
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cmath>
+
+namespace torchtp::chat {
+
+const Value* Object::find(const std::string& key) const {
+  for (const auto& [k, v] : items) {
+    if (k == key) {
+      return &v;
+    }
+  }
+  return nullptr;
+}
+
+void Object::set(const std::string& key, Value value) {
+  for (auto& [k, v] : items) {
+    if (k == key) {
+      v = std::move(value);
+      return;
+    }
+  }
+  items.emplace_back(key, std::move(value));
+}
+
+const Value* Arguments::get(size_t index, const char* name) const {
+  if (index < positional.size()) {
+    return &positional[index];
+  }
+  return name != nullptr ? keyword.find(name) : nullptr;
+}
+
+Value Value::none() {
+  Value v;
+  v.kind = Kind::kNone;
+  return v;
+}
+
+Value Value::from(bool b) {
+  Value v;
+  v.kind = Kind::kBool;
+  v.boolean = b;
+  return v;
+}
+
+Value Value::integer(double i) {
+  Value v;
+  v.kind = Kind::kInteger;
+  v.number = i;
+  return v;
+}
+
+Value Value::floating(double f) {
+  Value v;
+  v.kind = Kind::kFloat;
+  v.number = f;
+  return v;
+}
+
+Value Value::from(std::string s) {
+  Value v;
+  v.kind = Kind::kString;
+  v.string = std::move(s);
+  return v;
+}
+
+Value Value::from(Array a) {
+  Value v;
+  v.kind = Kind::kArray;
+  v.array = std::make_shared<const Array>(std::move(a));
+  return v;
+}
+
+Value Value::from(Object o, Kind kind) {
+  Value v;
+  v.kind = kind;
+  v.object = std::make_shared<Object>(std::move(o));
+  return v;
+}
+
+Value Value::from(Function f) {
+  Value v;
+  v.kind = Kind::kFunction;
+  v.function = std::make_shared<const Function>(std::move(f));
+  return v;
+}
+
+Value Value::from_json(const nlohmann::ordered_json& j) {
+  switch (j.type()) {
+    case nlohmann::ordered_json::value_t::null:
+      return none();
+    case nlohmann::ordered_json::value_t::boolean:
+      return from(j.get<bool>());
+    case nlohmann::ordered_json::value_t::number_integer:
+      return integer(static_cast<double>(j.get<int64_t>()));
+    case nlohmann::ordered_json::value_t::number_unsigned:
+      return integer(static_cast<double>(j.get<uint64_t>()));
+    case nlohmann::ordered_json::value_t::number_float: {
+      const double d = j.get<double>();
+      return std::isfinite(d) && std::trunc(d) == d ? integer(d) : floating(d);
+    }
+    case nlohmann::ordered_json::value_t::string:
+      return from(j.get<std::string>());
+    case nlohmann::ordered_json::value_t::array: {
+      Array a;
+      for (const auto& e : j) {
+        a.push_back(from_json(e));
+      }
+      return from(std::move(a));
+    }
+    case nlohmann::ordered_json::value_t::object: {
+      Object o;
+      for (const auto& [k, e] : j.items()) {
+        o.set(k, from_json(e));
+      }
+      return from(std::move(o));
+    }
+    default:
+      TORCH_CHECK(
+          false, "torchtp::ChatTemplate: unsupported JSON value (",
+          j.type_name(), ")");
+  }
+}
+
+bool Value::truthy() const {
+  switch (kind) {
+    case Kind::kUndefined:
+    case Kind::kNone:
+      return false;
+    case Kind::kBool:
+      return boolean;
+    case Kind::kInteger:
+    case Kind::kFloat:
+      return number != 0 && !std::isnan(number);
+    case Kind::kString:
+      return !string.empty();
+    case Kind::kArray:
+      return !array->empty();
+    case Kind::kObject:
+      return !object->items.empty();
+    case Kind::kNamespace:
+    case Kind::kFunction:
+      return true;
+  }
+  return false;
+}
+
+std::string Value::to_js_string() const {
+  switch (kind) {
+    case Kind::kBool:
+      return boolean ? "true" : "false";
+    case Kind::kInteger:
+    case Kind::kFloat:
+      return js_number(number);
+    case Kind::kString:
+      return string;
+    default:
+      TORCH_CHECK(
+          false, "torchtp::ChatTemplate: cannot concatenate a ",
+          kind_name(kind), " with a string");
+  }
+}
+
+std::string Value::to_output() const {
+  switch (kind) {
+    case Kind::kUndefined:
+    case Kind::kNone:
+      return "";
+    case Kind::kFloat:
+      if (number == 0 && std::signbit(number)) {
+        return "-0.0";
+      }
+      if (std::isfinite(number) && std::trunc(number) == number &&
+          std::fabs(number) < 1e21) {
+        return js_number(number) + ".0";
+      }
+      return js_number(number);
+    case Kind::kArray:
+    case Kind::kObject:
+    case Kind::kNamespace: {
+      JsonOptions o;
+      o.undefined_as_null = false;
+      return to_json(*this, o);
+    }
+    case Kind::kFunction:
+      TORCH_CHECK(false, "torchtp::ChatTemplate: cannot print a function");
+    default:
+      return to_js_string();
+  }
+}
+
+const char* kind_name(Value::Kind kind) {
+  switch (kind) {
+    case Value::Kind::kUndefined:
+      return "undefined";
+    case Value::Kind::kNone:
+      return "none";
+    case Value::Kind::kBool:
+      return "boolean";
+    case Value::Kind::kInteger:
+      return "integer";
+    case Value::Kind::kFloat:
+      return "float";
+    case Value::Kind::kString:
+      return "string";
+    case Value::Kind::kArray:
+      return "list";
+    case Value::Kind::kObject:
+      return "mapping";
+    case Value::Kind::kNamespace:
+      return "namespace";
+    case Value::Kind::kFunction:
+      return "function";
+  }
+  return "?";
+}
+
+std::string to_json(const Value& v, const JsonOptions& options, int depth) {
+  std::string item_sep = options.indent ? "," : ", ";
+  std::string key_sep = ": ";
+  if (options.custom_separators) {
+    item_sep = options.item_separator;
+    key_sep = options.key_separator;
+  }
+  const std::string unit(options.indent, ' ');
+  std::string base = "\n";
+  for (int i = 0; i < depth; ++i) {
+    base += unit;
+  }
+  const std::string child = base + unit;
+  switch (v.kind) {
+    case Value::Kind::kNone:
+      return "null";
+    case Value::Kind::kUndefined:
+      return options.undefined_as_null ? "null" : "undefined";
+    case Value::Kind::kBool:
+    case Value::Kind::kInteger:
+    case Value::Kind::kFloat:
+      return std::isfinite(v.number) || v.kind == Value::Kind::kBool
+                 ? v.to_js_string()
+                 : "null";
+    case Value::Kind::kString:
+      return js_json_quote(v.string, options.ensure_ascii);
+    case Value::Kind::kArray: {
+      if (v.array->empty()) {
+        return "[]";
+      }
+      std::string out = "[";
+      bool first = true;
+      for (const Value& e : *v.array) {
+        out += first ? "" : item_sep;
+        out += options.indent ? child : "";
+        out += to_json(e, options, depth + 1);
+        first = false;
+      }
+      return out + (options.indent ? base : "") + "]";
+    }
+    case Value::Kind::kObject:
+    case Value::Kind::kNamespace: {
+      if (v.object->items.empty()) {
+        return "{}";
+      }
+      std::vector<const std::pair<std::string, Value>*> items;
+      for (const auto& item : v.object->items) {
+        items.push_back(&item);
+      }
+      if (options.sort_keys) {
+        // Python's json.dumps order (code points; UTF-8 bytes keep it), not
+        // the reference's localeCompare.
+        std::stable_sort(items.begin(), items.end(), [](auto* a, auto* b) {
+          return a->first < b->first;
+        });
+      }
+      std::string out = "{";
+      bool first = true;
+      for (const auto* item : items) {
+        out += first ? "" : item_sep;
+        out += options.indent ? child : "";
+        out += js_json_quote(item->first, options.ensure_ascii) + key_sep +
+               to_json(item->second, options, depth + 1);
+        first = false;
+      }
+      return out + (options.indent ? base : "") + "}";
+    }
+    case Value::Kind::kFunction:
+      TORCH_CHECK(
+          false, "torchtp::ChatTemplate: cannot convert a function to JSON");
+  }
+  return "";
+}
+
+} // namespace torchtp::chat
