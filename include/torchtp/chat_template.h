@@ -6,7 +6,8 @@
 // `@huggingface/jinja` renders it. Needs no LibTorch (only c10's error
 // type): see docs/chat.md for the supported subset of Jinja.
 
-#include <nlohmann/json.hpp>
+// Declarations only: callers that build messages include the full header.
+#include <nlohmann/json_fwd.hpp>
 
 #include <map>
 #include <memory>
@@ -33,12 +34,10 @@ struct ChatTemplateImpl;
 ///
 /// Example:
 /// ```
-///   auto chat =
-///   torchtp::ChatTemplate::from_directory("Qwen2.5-0.5B-Instruct");
-///   std::string prompt = chat.render(
-///       nlohmann::ordered_json::parse(R"([{"role": "user", "content":
-///       "Hi"}])"),
-///       /*add_generation_prompt=*/true);
+///   auto chat = torchtp::ChatTemplate::from_directory("Qwen2.5-0.5B");
+///   auto messages = nlohmann::ordered_json::parse(
+///       R"([{"role": "user", "content": "Hi"}])");
+///   std::string prompt = chat.render(messages, true);
 ///   // "<|im_start|>system\nYou are Qwen, ...<|im_end|>\n<|im_start|>user\n
 ///   //  Hi<|im_end|>\n<|im_start|>assistant\n"
 /// ```
@@ -71,8 +70,10 @@ class ChatTemplate {
   std::string render(
       const nlohmann::ordered_json& messages,
       bool add_generation_prompt,
-      const nlohmann::ordered_json& extra =
-          nlohmann::ordered_json::object()) const;
+      const nlohmann::ordered_json& extra) const;
+  /// The same without extra variables.
+  std::string render(
+      const nlohmann::ordered_json& messages, bool add_generation_prompt) const;
 
   /// The template's source text.
   const std::string& source() const;

@@ -5,6 +5,7 @@
 #include "chat/parser.h"
 
 #include <c10/util/Exception.h>
+#include <nlohmann/json.hpp>
 
 #include <fstream>
 #include <sstream>
@@ -162,6 +163,11 @@ std::string ChatTemplate::render(
     }
   }
   return chat::render(impl_->program, scope);
+}
+
+std::string ChatTemplate::render(
+    const ordered_json& messages, bool add_generation_prompt) const {
+  return render(messages, add_generation_prompt, ordered_json::object());
 }
 
 const std::string& ChatTemplate::source() const {
