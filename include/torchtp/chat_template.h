@@ -43,15 +43,17 @@ struct ChatTemplateImpl;
 /// ```
 class ChatTemplate {
  public:
-  /// Reads `model_dir/tokenizer_config.json`: `chat_template` (a string,
-  /// or a list of {"name", "template"} of which "default" is used) and the
-  /// special tokens `bos_token`, `eos_token`, `unk_token`, `pad_token`
-  /// (strings or {"content": ...} objects). Raises c10::Error when the file
-  /// has no chat template (GPT-2's has none): see `has_chat_template`.
+  /// The template of a Hugging Face model directory, where transformers
+  /// looks: `chat_template.jinja`, else `chat_template.json`, else
+  /// `tokenizer_config.json`'s `chat_template` (a string, or a list of
+  /// {"name", "template"} of which "default" is used); the special tokens
+  /// `bos_token`, `eos_token`, `unk_token`, `pad_token` from
+  /// `tokenizer_config.json` (strings or {"content": ...} objects). Raises
+  /// c10::Error when the directory has no chat template (GPT-2's has none):
+  /// see `has_chat_template`.
   static ChatTemplate from_directory(const std::string& model_dir);
 
-  /// Whether `model_dir/tokenizer_config.json` exists and has a
-  /// `chat_template`.
+  /// Whether `model_dir` has a chat template (see from_directory).
   static bool has_chat_template(const std::string& model_dir);
 
   /// Parses `source`. `special_tokens` (e.g. {"bos_token": "<s>"}) become

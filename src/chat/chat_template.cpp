@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 namespace torchtp {
@@ -34,17 +35,25 @@ std::string config_path(const std::string& model_dir) {
   return model_dir + "/tokenizer_config.json";
 }
 
-// The parsed tokenizer_config.json, or null when the file is absent.
-ordered_json read_config(const std::string& model_dir) {
-  const std::string path = config_path(model_dir);
-  std::ifstream in(path);
+// The file's text, or nullopt when it cannot be opened.
+std::optional<std::string> read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
   if (!in.good()) {
-    return nullptr;
+    return std::nullopt;
   }
   std::stringstream text;
   text << in.rdbuf();
+  return text.str();
+}
+
+// The parsed JSON file, or null when the file is absent.
+ordered_json read_json(const std::string& path) {
+  const std::optional<std::string> text = read_text(path);
+  if (!text) {
+    return nullptr;
+  }
   try {
-    return ordered_json::parse(text.str());
+    return ordered_json::parse(*text);
   } catch (const nlohmann::json::exception& e) {
     TORCH_CHECK(
         false, "torchtp::ChatTemplate: ", path,
@@ -87,19 +96,37 @@ std::string template_source(
       ": chat_template lists no \"default\" template (it has: ", names, ")");
 }
 
+// The directory's template and the file it came from, as transformers
+// looks for it: chat_template.jinja (where recent versions save it), then
+// chat_template.json, then tokenizer_config.json's `chat_template`.
+// Empty when there is none.
+std::pair<std::string, std::string> find_template(
+    const std::string& model_dir, const ordered_json& config) {
+  const std::string jinja = model_dir + "/chat_template.jinja";
+  if (std::optional<std::string> text = read_text(jinja)) {
+    return {*text, jinja};
+  }
+  const std::string json_path = model_dir + "/chat_template.json";
+  const ordered_json from_json = read_json(json_path);
+  if (!from_json.is_null()) {
+    return {template_source(from_json, json_path), json_path};
+  }
+  const std::string path = config_path(model_dir);
+  return {template_source(config, path), path};
+}
+
 } // namespace
 
 ChatTemplate ChatTemplate::from_directory(const std::string& model_dir) {
-  const std::string path = config_path(model_dir);
-  const ordered_json config = read_config(model_dir);
-  TORCH_CHECK(!config.is_null(), "torchtp::ChatTemplate: cannot read ", path);
-  const std::string source = template_source(config, path);
+  const ordered_json config = read_json(config_path(model_dir));
+  const auto [source, origin] = find_template(model_dir, config);
   TORCH_CHECK(
-      !source.empty(), "torchtp::ChatTemplate: ", path,
-      " has no chat_template");
+      !source.empty(), "torchtp::ChatTemplate: ", model_dir,
+      " has no chat_template (looked in chat_template.jinja, "
+      "chat_template.json and tokenizer_config.json)");
   std::map<std::string, std::string> special;
   for (const char* key : kSpecialTokens) {
-    if (!config.contains(key)) {
+    if (!config.is_object() || !config.contains(key)) {
       continue;
     }
     const ordered_json& v = config[key];
@@ -110,13 +137,12 @@ ChatTemplate ChatTemplate::from_directory(const std::string& model_dir) {
       special[key] = v["content"].get<std::string>();
     }
   }
-  return ChatTemplate(source, std::move(special), path);
+  return ChatTemplate(source, std::move(special), origin);
 }
 
 bool ChatTemplate::has_chat_template(const std::string& model_dir) {
-  const ordered_json config = read_config(model_dir);
-  return !config.is_null() &&
-         !template_source(config, config_path(model_dir)).empty();
+  const ordered_json config = read_json(config_path(model_dir));
+  return !find_template(model_dir, config).first.empty();
 }
 
 ChatTemplate::ChatTemplate(

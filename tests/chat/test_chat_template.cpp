@@ -333,6 +333,23 @@ TEST(ChatTemplate, FromDirectoryReadsTokenizerConfig) {
           json::array(), false),
       "<s>|</s>|false");
 
+  // chat_template.jinja, where recent transformers save the template,
+  // wins over tokenizer_config.json's; chat_template.json comes next.
+  const std::string jinja = scratch_dir("jinja");
+  write_config(jinja, R"({"bos_token": "<s>", "chat_template": "old"})");
+  std::ofstream(jinja + "/chat_template.jinja") << "{{ bos_token }}new\n";
+  EXPECT_EQ(
+      torchtp::ChatTemplate::from_directory(jinja).render(json::array(), false),
+      "<s>new");
+  const std::string json_file = scratch_dir("json_file");
+  std::ofstream(json_file + "/chat_template.json")
+      << R"({"chat_template": "from json"})";
+  EXPECT_TRUE(torchtp::ChatTemplate::has_chat_template(json_file));
+  EXPECT_EQ(
+      torchtp::ChatTemplate::from_directory(json_file).render(
+          json::array(), false),
+      "from json");
+
   const std::string refused = scratch_dir("refused");
   write_config(refused, R"({"chat_template": "{{ x | wordcount }}"})");
   try {
