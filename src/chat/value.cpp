@@ -90,7 +90,12 @@ Value Value::from(Function f) {
   return v;
 }
 
-Value Value::from_json(const nlohmann::ordered_json& j) {
+Value Value::from_json(const nlohmann::ordered_json& j, int depth) {
+  TORCH_CHECK_VALUE(
+      depth <= kMaxDepth,
+      "torchtp::ChatTemplate: the messages nest deeper "
+      "than ",
+      kMaxDepth, " levels");
   switch (j.type()) {
     case nlohmann::ordered_json::value_t::null:
       return none();
@@ -109,14 +114,14 @@ Value Value::from_json(const nlohmann::ordered_json& j) {
     case nlohmann::ordered_json::value_t::array: {
       Array a;
       for (const auto& e : j) {
-        a.push_back(from_json(e));
+        a.push_back(from_json(e, depth + 1));
       }
       return from(std::move(a));
     }
     case nlohmann::ordered_json::value_t::object: {
       Object o;
       for (const auto& [k, e] : j.items()) {
-        o.set(k, from_json(e));
+        o.set(k, from_json(e, depth + 1));
       }
       return from(std::move(o));
     }

@@ -72,8 +72,10 @@ struct Value {
   static Value from(Object o, Kind kind = Kind::kObject);
   static Value from(Function f);
   /// JSON to a value: integral numbers become integers, as they do in
-  /// JavaScript (where 1.0 is 1).
-  static Value from_json(const nlohmann::ordered_json& j);
+  /// JavaScript (where 1.0 is 1). Nesting deeper than kMaxDepth is refused:
+  /// messages come from clients, and every walk over a value recurses.
+  static Value from_json(const nlohmann::ordered_json& j, int depth = 0);
+  static constexpr int kMaxDepth = 256;
 
   bool is(Kind k) const {
     return kind == k;

@@ -291,6 +291,14 @@ TEST(ChatTemplate, RenderContext) {
       chat.render(messages, false, {{"tools", json::array()}}),
       "<s>1falsefalsetrue");
   EXPECT_THROW(chat.render(json::object(), false), c10::Error);
+  // A client's deeply nested message is refused, not a stack overflow.
+  json deep = "leaf";
+  for (int i = 0; i < 100000; ++i) {
+    deep = json::array({std::move(deep)});
+  }
+  EXPECT_THROW(
+      chat.render(json::array({{{"role", "user"}, {"content", deep}}}), false),
+      c10::ValueError);
 }
 
 std::string scratch_dir(const std::string& name) {
