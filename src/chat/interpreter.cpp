@@ -93,8 +93,17 @@ bool loose_equal(const Value& a, const Value& b) {
   const auto primitive = [](const Value& v) {
     return v.is(Kind::kBool) || v.is_numeric() || v.is(Kind::kString);
   };
-  if (!primitive(a) || !primitive(b)) {
+  if (!primitive(a) && !primitive(b)) {
     return strict_equal(a, b);
+  }
+  // A list or mapping against a primitive: JavaScript compares the
+  // primitive with the object's string ("1,2" or "[object Map]").
+  if (!primitive(a) || !primitive(b)) {
+    const Value& object = primitive(a) ? b : a;
+    const Value& other = primitive(a) ? a : b;
+    const Value text = Value::from(
+        object.is(Kind::kArray) ? object.to_js_string() : "[object Map]");
+    return loose_equal(text, other);
   }
   if (a.is(Kind::kString) && b.is(Kind::kString)) {
     return a.string == b.string;
@@ -746,6 +755,21 @@ Value Interpreter::eval_binary(const Node& n, Scope& scope) {
   if (op == "~") {
     return Value::from(left.to_js_string() + right.to_js_string());
   }
+  if (op == "**" && (left.is_numeric() || left.is(Kind::kBool)) &&
+      (right.is_numeric() || right.is(Kind::kBool))) {
+    // Booleans are 0 and 1 here.
+    const double a = js_to_number(left), b = js_to_number(right);
+    if (a == 0 && b < 0) {
+      type_error("0 cannot be raised to a negative power");
+    }
+    const double r = std::pow(a, b);
+    if (!std::isfinite(r)) {
+      type_error("exponentiation result is not a finite real number");
+    }
+    return left.is(Kind::kFloat) || right.is(Kind::kFloat) || b < 0
+               ? Value::floating(r)
+               : Value::integer(r);
+  }
   if (left.is_numeric() && right.is_numeric()) {
     const double a = left.number, b = right.number;
     const bool fl = left.is(Kind::kFloat) || right.is(Kind::kFloat);
@@ -764,16 +788,6 @@ Value Interpreter::eval_binary(const Node& n, Scope& scope) {
       return number(std::floor(a / b));
     if (op == "%")
       return number(std::fmod(a, b));
-    if (op == "**") {
-      if (a == 0 && b < 0) {
-        type_error("0 cannot be raised to a negative power");
-      }
-      const double r = std::pow(a, b);
-      if (!std::isfinite(r)) {
-        type_error("exponentiation result is not a finite real number");
-      }
-      return fl || b < 0 ? Value::floating(r) : Value::integer(r);
-    }
     if (op == "<")
       return Value::from(a < b);
     if (op == ">")
@@ -782,10 +796,14 @@ Value Interpreter::eval_binary(const Node& n, Scope& scope) {
       return Value::from(a <= b);
     if (op == ">=")
       return Value::from(a >= b);
-  } else if (left.is(Kind::kArray) && right.is(Kind::kArray) && op == "+") {
-    Array out = *left.array;
-    out.insert(out.end(), right.array->begin(), right.array->end());
-    return Value::from(std::move(out));
+  } else if (left.is(Kind::kArray) && right.is(Kind::kArray)) {
+    // Lists add; a list is never looked for in a list (the reference
+    // raises there).
+    if (op == "+") {
+      Array out = *left.array;
+      out.insert(out.end(), right.array->begin(), right.array->end());
+      return Value::from(std::move(out));
+    }
   } else if (right.is(Kind::kArray) && membership) {
     bool found = false;
     for (const Value& x : *right.array) {
@@ -1010,8 +1028,14 @@ Value Interpreter::apply_filter(
       std::string out;
       for (size_t i = 0; i < a.size(); ++i) {
         out += i > 0 && sep != nullptr ? sep->string : "";
-        // Array.prototype.join: numbers as JavaScript prints them.
-        out += a[i].is_numeric() ? js_number(a[i].number) : a[i].to_output();
+        // Array.prototype.join over the members' JavaScript values:
+        // none and undefined are empty, numbers as JavaScript prints them,
+        // a list joins its members with ",".
+        const Value& e = a[i];
+        if (!e.is(Kind::kNone) && !e.is(Kind::kUndefined)) {
+          out += e.is(Kind::kArray) || e.is_numeric() ? e.to_js_string()
+                                                      : e.to_output();
+        }
       }
       return Value::from(out);
     }

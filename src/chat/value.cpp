@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 
 namespace torchtp::chat {
 
@@ -164,8 +165,22 @@ std::string Value::to_js_string() const {
       return js_number(number);
     case Kind::kString:
       return string;
+    case Kind::kArray: {
+      // Array.prototype.toString over the reference's values: members
+      // joined with ",", each as the reference prints it.
+      std::string out;
+      for (size_t i = 0; i < array->size(); ++i) {
+        const Value& e = (*array)[i];
+        out += i > 0 ? "," : "";
+        // The reference's none holds JavaScript's undefined.
+        out += e.is(Kind::kNone) || e.is(Kind::kUndefined) ? "undefined"
+                                                           : e.to_output();
+      }
+      return out;
+    }
     default:
-      TORCH_CHECK(
+      // A mapping would be "[object Map]" there: no prompt wants that.
+      TORCH_CHECK_TYPE(
           false, "torchtp::ChatTemplate: cannot concatenate a ",
           kind_name(kind), " with a string");
   }
@@ -182,7 +197,10 @@ std::string Value::to_output() const {
       }
       if (std::isfinite(number) && std::trunc(number) == number &&
           std::fabs(number) < 1e21) {
-        return js_number(number) + ".0";
+        // toFixed(1): the double's exact digits, not the shortest ones.
+        char buf[32];
+        std::snprintf(buf, sizeof(buf), "%.1f", number);
+        return buf;
       }
       return js_number(number);
     case Kind::kArray:

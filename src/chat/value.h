@@ -91,7 +91,8 @@ struct Value {
   /// What `{{ value }}` prints (floats keep a ".0", booleans are
   /// "true"/"false", arrays and mappings print as JSON).
   std::string to_output() const;
-  /// JavaScript's String(value): what `+` and `~` concatenate.
+  /// JavaScript's String(value): what `+` and `~` concatenate (a list
+  /// joins its members with ","; a mapping raises c10::TypeError).
   std::string to_js_string() const;
 };
 

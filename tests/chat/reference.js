@@ -147,6 +147,14 @@ function main() {
     variables: e.variables,
     ...render(e.template, context([], false, {}, e.variables)),
   }));
+  // Random expressions and statements over fixed variables.
+  const random = require('./random_templates.js');
+  // TORCHTP_CHAT_RANDOM=count:seed draws others (a longer hunt by hand).
+  const [count, seed] = (process.env.TORCHTP_CHAT_RANDOM || '3000:12345').split(':').map(Number);
+  const randomCases = random.generate(count, seed).map((template) => ({
+    template,
+    ...render(template, context([], false, {}, random.variables)),
+  }));
   // Where this engine follows Python's Jinja rather than the reference:
   // the test checks that the reference does differ, so the list stays true.
   const divergences = cases.divergences.map((d) => {
@@ -158,6 +166,7 @@ function main() {
     templates,
     others,
     engine,
+    random: { variables: random.variables, cases: randomCases },
     divergences,
     refused: cases.refused,
   }, null, 1));

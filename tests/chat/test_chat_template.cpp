@@ -217,6 +217,57 @@ TEST(ChatTemplate, EngineCasesRenderAsHuggingFaceJinja) {
   EXPECT_GE(compared, 70);
 }
 
+// 3,000 random expressions and statements (tests/chat/random_templates.js)
+// over fixed variables: the same output as the reference, or an error
+// (at construction or render) where it raises.
+TEST(ChatTemplate, RandomTemplatesRenderAsHuggingFaceJinja) {
+  REQUIRE_REFERENCE();
+  const json& random = reference()["random"];
+  int outputs = 0, errors = 0, mismatches = 0, javascript_objects = 0;
+  int reference_crashes = 0;
+  for (const json& c : random["cases"]) {
+    const std::string source = c["template"].get<std::string>();
+    std::string got;
+    try {
+      torchtp::ChatTemplate chat(source);
+      got = render_or_error(chat, json::array(), false, random["variables"]);
+    } catch (const c10::Error& e) {
+      got = "error: " + e.msg();
+    }
+    std::string why;
+    if (prints_a_javascript_object(c) ||
+        (c.contains("output") &&
+         got.find("cannot concatenate a mapping") != std::string::npos)) {
+      // The reference's "[object Map]" (printed, or tested for truth): a
+      // type error here.
+      EXPECT_TRUE(starts_with(got, "error: ")) << source << ": " << got;
+      ++javascript_objects;
+      continue;
+    }
+    if (c.contains("error") && c["error"].get<std::string>().rfind(
+                                   "Cannot read properties of", 0) == 0) {
+      // The reference crashed (a JavaScript TypeError inside it, e.g. on
+      // `[] | first`), not a Jinja error: nothing to compare.
+      ++reference_crashes;
+      continue;
+    }
+    if (!same_as_reference(got, c, why)) {
+      ++mismatches;
+      ADD_FAILURE() << source << "\n  " << why << "; torchtp: " << got
+                    << (c.contains("output")
+                            ? "\n  reference: " + c["output"].get<std::string>()
+                            : "");
+    }
+    (c.contains("output") ? outputs : errors) += 1;
+  }
+  std::cout << outputs << " random templates rendered, " << errors
+            << " raise in the reference, " << javascript_objects
+            << " concatenate a JavaScript [object Map] there, "
+            << reference_crashes << " crash the reference; " << mismatches
+            << " differ\n";
+  EXPECT_GE(outputs + errors + javascript_objects + reference_crashes, 1000);
+}
+
 // Where the engine follows Python's Jinja (which the models' prompts were
 // made with) rather than the reference: ours as Python gives it, and the
 // reference really does differ.
