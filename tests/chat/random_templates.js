@@ -91,4 +91,56 @@ function generate(count, seed) {
   return out;
 }
 
-module.exports = { variables, generate };
+// Whole templates: text with newlines and indentation around nested
+// statements, each tag with or without its whitespace dashes; what trim_blocks,
+// lstrip_blocks and the dashes act on.
+function generateBlocks(count, seed) {
+  const r = rng(seed);
+  const pick = (xs) => xs[r(xs.length)];
+  const texts = ['\n', '  ', 'a', ' \n ', '\t', 'x\n  ', '\n\n', ' b ', '\n    ', 'é\u00a0'];
+  const conditions = ['b', 'c', 'n > 2', 'x == 2', 'loop.first', 'not e', "'k' in d", 's is string',
+    'ns.k > 1', 'xs | length > 2'];
+  const outputs = ['x', 'n', 's', 'loop.index', 'ns.k', "m.role ~ ':'", 'f', 'v', "x ~ ','"];
+  const open = () => pick(['{%', '{%', '{%-']);
+  const close = () => pick(['%}', '%}', '-%}']);
+  const eopen = () => pick(['{{', '{{', '{{-']);
+  const eclose = () => pick(['}}', '}}', '-}}']);
+  const pad = () => pick(['', '', '\n', '  ', '\n  ']);
+  function block(depth) {
+    let out = '';
+    const items = 1 + r(3);
+    for (let i = 0; i < items; ++i) {
+      const k = depth <= 0 ? r(3) : r(9);
+      switch (k) {
+        case 0: out += pick(texts); break;
+        case 1: out += `${eopen()} ${pick(outputs)} ${eclose()}`; break;
+        case 2: out += `${pad()}{#${pick(['', '-'])} note ${pick(['', '-'])}#}${pad()}`; break;
+        case 3:
+        case 4:
+          out += `${pad()}${open()} if ${pick(conditions)} ${close()}${block(depth - 1)}`;
+          if (r(2)) out += `${pad()}${open()} else ${close()}${block(depth - 1)}`;
+          out += `${pad()}${open()} endif ${close()}${pad()}`;
+          break;
+        case 5:
+        case 6:
+          out += `${pad()}${open()} for x in ${pick(['xs', 'ws', '[1, 2, 3]', 'range(n)', 'd'])} ${close()}` +
+            `${block(depth - 1)}${r(3) ? '' : `${open()} if loop.index == 2 ${close()}${open()} ${pick(['break', 'continue'])} ${close()}${open()} endif ${close()}`}` +
+            `${pad()}${open()} endfor ${close()}${pad()}`;
+          break;
+        case 7:
+          out += `${pad()}${open()} set ns.k = ns.k + 1 ${close()}${pad()}${open()} set v = ${pick(outputs)} ${close()}`;
+          break;
+        default:
+          out += `${pad()}${open()} for m in ms ${close()}${block(depth - 1)}${open()} endfor ${close()}`;
+      }
+    }
+    return out;
+  }
+  const out = [];
+  for (let i = 0; i < count; ++i) {
+    out.push(`{% set ns = namespace(k=0) %}{% set x = 2 %}{% set m = ms[0] %}${block(3)}${pick(['', '\n', '\n\n'])}`);
+  }
+  return out;
+}
+
+module.exports = { variables, generate, generateBlocks };

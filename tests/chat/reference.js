@@ -151,7 +151,11 @@ function main() {
   const random = require('./random_templates.js');
   // TORCHTP_CHAT_RANDOM=count:seed draws others (a longer hunt by hand).
   const [count, seed] = (process.env.TORCHTP_CHAT_RANDOM || '3000:12345').split(':').map(Number);
-  const randomCases = random.generate(count, seed).map((template) => ({
+  const randomTemplates = [
+    ...random.generate(count, seed),
+    ...random.generateBlocks(Math.ceil(count / 3), seed + 1),
+  ];
+  const randomCases = randomTemplates.map((template) => ({
     template,
     ...render(template, context([], false, {}, random.variables)),
   }));

@@ -217,9 +217,11 @@ TEST(ChatTemplate, EngineCasesRenderAsHuggingFaceJinja) {
   EXPECT_GE(compared, 70);
 }
 
-// 3,000 random expressions and statements (tests/chat/random_templates.js)
-// over fixed variables: the same output as the reference, or an error
-// (at construction or render) where it raises.
+// 3,000 random expressions in each kind of statement and 1,000 random whole
+// templates (text, newlines and indentation around nested if / for / set /
+// comments, with and without whitespace dashes), from
+// tests/chat/random_templates.js, over fixed variables: the same output as
+// the reference, or an error (at construction or render) where it raises.
 TEST(ChatTemplate, RandomTemplatesRenderAsHuggingFaceJinja) {
   REQUIRE_REFERENCE();
   const json& random = reference()["random"];
