@@ -1033,8 +1033,8 @@ Value Interpreter::apply_filter(
         // a list joins its members with ",".
         const Value& e = a[i];
         if (!e.is(Kind::kNone) && !e.is(Kind::kUndefined)) {
-          out += e.is(Kind::kArray) || e.is_numeric() ? e.to_js_string()
-                                                      : e.to_output();
+          out += e.is(Kind::kString) || e.is(Kind::kBool) ? e.to_output()
+                                                          : e.to_js_string();
         }
       }
       return Value::from(out);

@@ -178,11 +178,17 @@ std::string Value::to_js_string() const {
       }
       return out;
     }
-    default:
-      // A mapping would be "[object Map]" there: no prompt wants that.
+    case Kind::kObject:
+    case Kind::kNamespace:
+      // The reference would print "[object Map]": no prompt wants that.
       TORCH_CHECK_TYPE(
-          false, "torchtp::ChatTemplate: cannot concatenate a ",
-          kind_name(kind), " with a string");
+          false,
+          "torchtp::ChatTemplate: cannot turn a mapping into part of a "
+          "string (the reference writes \"[object Map]\"); use tojson");
+    default:
+      TORCH_CHECK_TYPE(
+          false, "torchtp::ChatTemplate: cannot turn a ", kind_name(kind),
+          " into part of a string");
   }
 }
 

@@ -46,7 +46,9 @@ function generate(count, seed) {
   const literals = ["'lit'", '"a b"', "''", '0', '1', '-2', '1.5', 'true', 'false', 'none',
     '[1, 2]', "['x', 'y']", '[]', "{'k': 1}", '{}', '0.5', "'é\\u00e9\\n'", 'range(3)',
     'namespace(a=1).a', '[none, 1.0, [2]]'];
-  const binary = ['+', '-', '*', '/', '//', '%', '**', '~', '==', '!=', '<', '>', '<=', '>=',
+  // No `**`: V8's pow and the C library's differ in the last digit for
+  // fractional results (the engine cases keep integer powers).
+  const binary = ['+', '-', '*', '/', '//', '%', '~', '==', '!=', '<', '>', '<=', '>=',
     'and', 'or', 'in', 'not in'];
   const filters = ['trim', 'length', 'upper', 'lower', 'title', 'capitalize', 'first', 'last',
     'reverse', 'sort', 'join', "join(', ')", 'unique', 'tojson', 'tojson(indent=2)', 'string',
