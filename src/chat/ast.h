@@ -21,6 +21,7 @@ enum class NodeKind {
   kFor,   // a[0] target (identifier or tuple), a[1] iterable, body, orelse
   kSet,   // a[0] target, a[1] value (or null: body is a {% set %} block)
   kMacro, // name, a parameters (identifiers or keyword arguments), body
+  kFilterBlock, // name, a arguments, body: the body's text through a filter
   kBreak,
   kContinue,
   // Expressions.

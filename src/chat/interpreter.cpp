@@ -715,6 +715,10 @@ Value Interpreter::eval_node(const Node& n, Scope& scope) {
       return eval_set(n, scope);
     case NodeKind::kMacro:
       return define_macro(n, scope);
+    case NodeKind::kFilterBlock: {
+      const Value text = Value::from(block(n.body, scope));
+      return apply_filter(n.name, text, eval_arguments(n.a, scope), scope);
+    }
     case NodeKind::kBreak:
       throw BreakSignal{};
     case NodeKind::kContinue:

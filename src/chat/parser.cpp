@@ -188,14 +188,31 @@ NodePtr Parser::parse_statement() {
     expect(TokenType::kCloseStatement, "'%}'");
     return n;
   }
+  if (name == "filter") {
+    auto n = make(NodeKind::kFilterBlock, at);
+    auto filter = parse_primary();
+    if (filter->kind != NodeKind::kIdentifier) {
+      fail(at, "expected a filter name after {% filter");
+    }
+    n->name = filter->name;
+    if (is(TokenType::kOpenParen)) {
+      n->a = parse_arguments(false);
+    }
+    expect(TokenType::kCloseStatement, "'%}'");
+    n->body = parse_until({"endfilter"}, "filter", at);
+    ++pos_; // {%
+    expect_identifier("endfilter");
+    expect(TokenType::kCloseStatement, "'%}'");
+    return n;
+  }
   if (name == "break" || name == "continue") {
     expect(TokenType::kCloseStatement, "'%}'");
     return make(name == "break" ? NodeKind::kBreak : NodeKind::kContinue, at);
   }
   fail(
       at, "unsupported statement {% " + name +
-              " %} (supported: set, if/elif/else, for/else, macro, break, "
-              "continue, generation)");
+              " %} (supported: set, if/elif/else, for/else, macro, filter, "
+              "break, continue, generation)");
 }
 
 NodePtr Parser::parse_set(int at) {
@@ -651,6 +668,7 @@ NodePtr Parser::parse_primary() {
 void Parser::check_supported(const Node& node) {
   switch (node.kind) {
     case NodeKind::kFilter:
+    case NodeKind::kFilterBlock:
       if (!is_known_filter(node.name)) {
         fail(
             node.line, "unsupported filter '" + node.name +

@@ -191,7 +191,7 @@ TEST(ChatTemplate, OtherPublishedTemplatesRenderAsReferenceOrAreRefused) {
             << refused << " refused:\n"
             << refusals.str();
   EXPECT_EQ(diverged, 0);
-  EXPECT_GT(rendered, 60);
+  EXPECT_GE(rendered, 84);
 }
 
 TEST(ChatTemplate, EngineCasesRenderAsHuggingFaceJinja) {
