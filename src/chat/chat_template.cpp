@@ -1,5 +1,6 @@
 #include <torchtp/chat_template.h>
 
+#include "chat/builtins.h"
 #include "chat/interpreter.h"
 #include "chat/lexer.h"
 #include "chat/parser.h"

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 
 namespace torchtp::chat {
 
@@ -181,13 +182,12 @@ std::string Value::to_js_string() const {
     case Kind::kObject:
     case Kind::kNamespace:
       // The reference would print "[object Map]": no prompt wants that.
-      TORCH_CHECK_TYPE(
-          false,
-          "torchtp::ChatTemplate: cannot turn a mapping into part of a "
-          "string (the reference writes \"[object Map]\"); use tojson");
+      kind_error(
+          "cannot turn a mapping into part of a string (the reference "
+          "writes \"[object Map]\"); use tojson");
     default:
-      TORCH_CHECK_TYPE(
-          false, "torchtp::ChatTemplate: cannot turn a ", kind_name(kind),
+      kind_error(
+          std::string("cannot turn a ") + kind_name(kind) +
           " into part of a string");
   }
 }
@@ -221,6 +221,116 @@ std::string Value::to_output() const {
     default:
       return to_js_string();
   }
+}
+
+void kind_error(const std::string& message) {
+  throw KindError{message};
+}
+
+using Kind = Value::Kind;
+
+// ===, as the reference compares list members and unique/equalto.
+bool strict_equal(const Value& a, const Value& b) {
+  if (a.is_numeric() && b.is_numeric()) {
+    return a.number == b.number;
+  }
+  if (a.kind != b.kind) {
+    return false;
+  }
+  switch (a.kind) {
+    case Kind::kUndefined:
+    case Kind::kNone:
+      return true;
+    case Kind::kBool:
+      return a.boolean == b.boolean;
+    case Kind::kString:
+      return a.string == b.string;
+    case Kind::kArray:
+      return a.array == b.array;
+    case Kind::kObject:
+    case Kind::kNamespace:
+      return a.object == b.object;
+    case Kind::kFunction:
+      return a.function == b.function;
+    default:
+      return false;
+  }
+}
+
+// The number JavaScript's == converts a primitive to.
+double js_to_number(const Value& v) {
+  if (v.is(Kind::kBool)) {
+    return v.boolean ? 1 : 0;
+  }
+  if (v.is_numeric()) {
+    return v.number;
+  }
+  const std::string s = js_trim(v.string);
+  if (s.empty()) {
+    return 0;
+  }
+  char* end = nullptr;
+  const double d = std::strtod(s.c_str(), &end);
+  return end == s.c_str() + s.size() ? d : NAN;
+}
+
+// ==: JavaScript's loose equality on the underlying values, which is what
+// the reference evaluates (so 1 == true and '1' == 1).
+bool loose_equal(const Value& a, const Value& b) {
+  const bool a_nullish = a.is(Kind::kUndefined) || a.is(Kind::kNone);
+  const bool b_nullish = b.is(Kind::kUndefined) || b.is(Kind::kNone);
+  if (a_nullish || b_nullish) {
+    return a_nullish && b_nullish;
+  }
+  const auto primitive = [](const Value& v) {
+    return v.is(Kind::kBool) || v.is_numeric() || v.is(Kind::kString);
+  };
+  if (!primitive(a) && !primitive(b)) {
+    return strict_equal(a, b);
+  }
+  // A list or mapping against a primitive: JavaScript compares the
+  // primitive with the object's string ("1,2" or "[object Map]").
+  if (!primitive(a) || !primitive(b)) {
+    const Value& object = primitive(a) ? b : a;
+    const Value& other = primitive(a) ? a : b;
+    const Value text = Value::from(
+        object.is(Kind::kArray) ? object.to_js_string() : "[object Map]");
+    return loose_equal(text, other);
+  }
+  if (a.is(Kind::kString) && b.is(Kind::kString)) {
+    return a.string == b.string;
+  }
+  return js_to_number(a) == js_to_number(b);
+}
+
+// The sort order of the reference's sort / dictsort.
+int compare_values(const Value& a, const Value& b, bool case_sensitive) {
+  if (a.is(Kind::kNone) && b.is(Kind::kNone)) {
+    return 0;
+  }
+  if (a.is(Kind::kUndefined) && b.is(Kind::kUndefined)) {
+    return 0;
+  }
+  const auto numeric_like = [](const Value& v) {
+    return v.is_numeric() || v.is(Kind::kBool);
+  };
+  if (numeric_like(a) && numeric_like(b)) {
+    const double x = js_to_number(a), y = js_to_number(b);
+    return x < y ? -1 : x > y ? 1 : 0;
+  }
+  if (a.is(Kind::kString) && b.is(Kind::kString)) {
+    std::string x = a.string, y = b.string;
+    if (!case_sensitive) {
+      x = js_lower(x);
+      y = js_lower(y);
+    }
+    // JavaScript compares UTF-16 code units; for text without surrogate
+    // pairs that is the order of the code points, which UTF-8 bytes keep.
+    return x < y ? -1 : x > y ? 1 : 0;
+  }
+  kind_error(
+      std::string("cannot compare a ") + kind_name(a.kind) + " with a " +
+      kind_name(b.kind));
 }
 
 const char* kind_name(Value::Kind kind) {

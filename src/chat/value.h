@@ -98,6 +98,26 @@ struct Value {
 
 const char* kind_name(Value::Kind kind);
 
+/// An operation on values of the wrong kind. Raised where no line is known
+/// (value code, builtins); the interpreter turns it into c10::TypeError
+/// naming the line of the construct that failed.
+struct KindError {
+  std::string message;
+};
+[[noreturn]] void kind_error(const std::string& message);
+
+/// JavaScript's ===, as the reference compares list members (in, unique,
+/// equalto): numbers by value, lists and mappings by identity.
+bool strict_equal(const Value& a, const Value& b);
+/// The number JavaScript's == converts a primitive to.
+double js_to_number(const Value& v);
+/// JavaScript's ==, which the reference evaluates: 1 == true, '1' == 1, a
+/// list against a primitive as its string.
+bool loose_equal(const Value& a, const Value& b);
+/// The order of the reference's sort and dictsort: numbers (and booleans)
+/// with numbers, strings with strings (folded unless case_sensitive).
+int compare_values(const Value& a, const Value& b, bool case_sensitive);
+
 struct JsonOptions {
   int indent = 0; // 0: one line
   bool ensure_ascii = false;
