@@ -173,6 +173,7 @@ function main() {
     random: { variables: random.variables, cases: randomCases },
     divergences,
     refused: cases.refused,
+    python_checked: cases.python_checked,
   }, null, 1));
   console.log(`reference.js: ${templates.length} templates, ${others.length} more from the GGUF table, ` +
     `${engine.length} engine cases -> ${path.join(out, 'expected.json')}`);

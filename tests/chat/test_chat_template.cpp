@@ -286,6 +286,30 @@ TEST(ChatTemplate, DivergencesFollowPythonJinja) {
   }
 }
 
+// Real templates with inputs the reference cannot render, against the
+// output of Python's Jinja2 (transformers' renderer) recorded in
+// cases.json.
+TEST(ChatTemplate, WhereTheReferenceFailsPythonJinjaOutputIsMatched) {
+  REQUIRE_REFERENCE();
+  for (const json& c : reference()["python_checked"]) {
+    const std::string name = c["template"].get<std::string>();
+    std::string dir;
+    for (const json& t : reference()["templates"]) {
+      if (t["name"] == name) {
+        dir = t["dir"].get<std::string>();
+      }
+    }
+    ASSERT_FALSE(dir.empty()) << name;
+    const torchtp::ChatTemplate chat =
+        torchtp::ChatTemplate::from_directory(dir);
+    EXPECT_EQ(
+        chat.render(
+            c["messages"], c["add_generation_prompt"].get<bool>(), c["extra"]),
+        c["output"].get<std::string>())
+        << name << ": " << c["why"].get<std::string>();
+  }
+}
+
 TEST(ChatTemplate, UnsupportedConstructsAreRefusedAtConstruction) {
   REQUIRE_REFERENCE();
   for (const json& r : reference()["refused"]) {
