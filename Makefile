@@ -70,8 +70,8 @@ bench: bench-build
 
 # Under ThreadSanitizer the communicator tests; under AddressSanitizer +
 # UndefinedBehaviorSanitizer also the group, mapping, layer, block and fuzz
-# tests at 2 ranks on both communicators, and the chat-template engine (label `sanitize`, which
-# TORCHTP_SANITIZE fills per build). Each in its own build directory, with
+# tests at 2 ranks on both communicators, and the chat-template engine
+# (label `sanitize`, which TORCHTP_SANITIZE fills per build). Each in its own build directory, with
 # only the binaries its tests run. libtorch itself is not instrumented:
 # tests/sanitizers/tsan.supp says what that hides; leak checks are off
 # (libtorch's registries are never freed); a UBSan finding aborts the test.
