@@ -331,10 +331,13 @@ std::string Lexer::read_string(char quote) {
 
 void Lexer::read_number(const std::string& sign, size_t at) {
   std::string num = read_digits();
-  if ((sign.empty() ? tokens_.empty() || tokens_.back().type != TokenType::kDot
-                    : true) &&
-      !num.empty() && pos_ + 1 < s().size() && s()[pos_] == '.' &&
-      is_digit(s()[pos_ + 1])) {
+  // `x.0.1` is two member accesses, not a float: after a dot, digits stay
+  // an integer (a signed literal is never after a dot).
+  const bool after_dot =
+      !tokens_.empty() && tokens_.back().type == TokenType::kDot;
+  const bool fraction = !num.empty() && pos_ + 1 < s().size() &&
+                        s()[pos_] == '.' && is_digit(s()[pos_ + 1]);
+  if (fraction && (!sign.empty() || !after_dot)) {
     ++pos_;
     num += "." + read_digits();
   }
