@@ -527,6 +527,10 @@ NodeList Parser::parse_arguments(bool parameters) {
       if (!names.insert(arg->name).second) {
         fail(arg->line, "duplicate parameter '" + arg->name + "'");
       }
+    } else if (
+        arg->kind == NodeKind::kKeywordArgument &&
+        !names.insert(arg->name).second) {
+      fail(arg->line, "keyword argument '" + arg->name + "' given twice");
     }
     args.push_back(std::move(arg));
     if (is(TokenType::kComma)) {
