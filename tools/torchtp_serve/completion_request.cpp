@@ -113,7 +113,7 @@ std::vector<int64_t> prompt_ids(const json& body, const ModelLimits& model) {
     if (!model.encode) {
       throw bad("prompt", "this model has no tokenizer: send token ids");
     }
-    return model.encode(p->get<std::string>());
+    return model.encode(p->get<std::string>(), /*add_special=*/true);
   }
   if (p->is_array() && std::all_of(p->begin(), p->end(), [](const json& x) {
         return x.is_number_integer();
@@ -241,7 +241,8 @@ CompletionRequest parse_completion_request(
             "messages",
             "this model has no chat_template: use /v1/completions");
       }
-      r.prompt_ids = model.encode(model.render_chat(chat_messages(body)));
+      r.prompt_ids = model.encode(
+          model.render_chat(chat_messages(body)), /*add_special=*/false);
     } else {
       r.prompt_ids = prompt_ids(body, model);
     }

@@ -22,8 +22,12 @@ struct ModelLimits {
   int64_t vocab_size = 0;
   /// End-of-sequence ids: a request stops after any of them.
   std::vector<int64_t> eos_ids;
-  /// Text to ids (the prompt), and the chat template: messages to text.
-  std::function<std::vector<int64_t>(const std::string&)> encode;
+  /// Text to ids: a completion's prompt with the tokenizer's special tokens
+  /// (a BOS), a rendered chat without them (the template writes its own),
+  /// as transformers' apply_chat_template does.
+  std::function<std::vector<int64_t>(const std::string&, bool add_special)>
+      encode;
+  /// The chat template: messages to text, ending with the assistant's turn.
   std::function<std::string(const nlohmann::json& messages)> render_chat;
 };
 

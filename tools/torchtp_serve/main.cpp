@@ -17,6 +17,7 @@
 #include <torchtp/torchtp.h>
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include <atomic>
 #include <csignal>
@@ -126,6 +127,30 @@ int run(int argc, char** argv) {
     std::signal(SIGINT, SIG_IGN);
   }
   const auto config = torchtp::read_pretrained_config(model_dir);
+  // Rank 0's text side first: a tokenizer or chat template it cannot use
+  // stops the job before any weight is read.
+  std::optional<torchtp::Tokenizer> tokenizer;
+  torchtp::serve::ModelLimits limits;
+  limits.name = name;
+  limits.eos_ids = config.eos_token_ids;
+  if (world.rank() == 0 && has_tokenizer(model_dir)) {
+    tokenizer = torchtp::Tokenizer::from_directory(model_dir);
+    limits.encode = [tok = *tokenizer](const std::string& text, bool special) {
+      return tok.encode(text, special);
+    };
+  }
+  // Parsed now: a template this server cannot render stops it here, not
+  // on a request.
+  if (world.rank() == 0 &&
+      torchtp::ChatTemplate::has_chat_template(model_dir)) {
+    TORCH_CHECK(
+        tokenizer.has_value(), "torchtp-serve: ", model_dir,
+        " has a chat template but no tokenizer");
+    const auto chat = torchtp::ChatTemplate::from_directory(model_dir);
+    limits.render_chat = [chat](const nlohmann::json& messages) {
+      return chat.render(messages, /*add_generation_prompt=*/true);
+    };
+  }
   if (max_seq_len == 0) {
     max_seq_len = std::min<int64_t>(
         torchtp::default_max_seq_len(config), 4096);
@@ -149,24 +174,16 @@ int run(int argc, char** argv) {
     engine.follow();
     return 0;
   }
-
-  std::optional<torchtp::Tokenizer> tokenizer;
-  torchtp::serve::ModelLimits limits;
-  limits.name = name;
   limits.context = model->max_seq_len();
   limits.vocab_size = model->vocab_size();
-  limits.eos_ids = config.eos_token_ids;
-  if (has_tokenizer(model_dir)) {
-    tokenizer = torchtp::Tokenizer::from_directory(model_dir);
-    limits.encode = [tok = *tokenizer](const std::string& text) {
-      return tok.encode(text);
-    };
-  }
+
   std::printf(
-      "torchtp-serve: %s, %lld ranks, %s, key/value pool %.1f MiB per rank\n",
+      "torchtp-serve: %s, %lld ranks, %s, key/value pool %.1f MiB per rank, "
+      "%s\n",
       model_dir.c_str(), static_cast<long long>(world.size()),
       dtype_name.c_str(),
-      static_cast<double>(engine.stats().kv_cache_bytes) / (1 << 20));
+      static_cast<double>(engine.stats().kv_cache_bytes) / (1 << 20),
+      limits.render_chat ? "chat template" : "no chat template");
   torchtp::serve::Server(engine, limits, tokenizer, server)
       .run(stop_requested);
   return 0;
