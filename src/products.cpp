@@ -68,9 +68,11 @@ at::Tensor hand_linear(
   const auto x = input.reshape({-1, k}).to(at::kFloat).contiguous();
   const auto s = scale.defined() ? scale.to(at::kFloat).contiguous() : scale;
   auto y = at::empty({x.size(0), n}, x.options());
+  const WeightType type = w.scalar_type() == at::kChar ? WeightType::int8
+      : w.scalar_type() == at::kBFloat16               ? WeightType::bfloat16
+                                                       : WeightType::float32;
   small_rows_gemm(
-      isa, x.data_ptr<float>(), x.size(0), k, w.data_ptr(),
-      w.scalar_type() == at::kChar ? WeightType::int8 : WeightType::bfloat16,
+      isa, x.data_ptr<float>(), x.size(0), k, w.data_ptr(), type,
       data_or_null(s), data_or_null(b), y.data_ptr<float>(), n);
   return y.view(output_shape(input, n)).to(input.scalar_type());
 }
@@ -187,10 +189,22 @@ at::Tensor linear(
   }
   // float32 and float64: a single row through gemv. OpenBLAS's sgemm
   // packs the whole weight on every call, which is most of the time of
-  // decoding one token at batch 1.
+  // decoding one token at batch 1, and still costs five times one row's
+  // time for 8 rows: float32 products of a few rows (a batch of decoding
+  // sequences) go through the hand kernels, which read the weight once for
+  // all of them.
+  // Batch-invariant products take the hand kernels for any number of
+  // rows: they sum each output in one order whatever the row count.
   const auto dtype = input.scalar_type();
-  const bool one_row = rows == 1 && !BatchInvariantProducts::active() &&
-                       input.numel() > 0 && weight.dim() == 2 &&
+  const bool float32 =
+      dtype == at::kFloat && weight.scalar_type() == at::kFloat;
+  const bool invariant = BatchInvariantProducts::active();
+  if (float32 && choice.hand_kernels && rows > 0 && weight.dim() == 2 &&
+      ((rows >= 2 && rows <= kSmallRows) || invariant) &&
+      !records_grad({&input, &weight, &bias})) {
+    return hand_linear(input, weight, bias, at::Tensor());
+  }
+  const bool one_row = rows == 1 && input.numel() > 0 && weight.dim() == 2 &&
                        weight.scalar_type() == dtype &&
                        (dtype == at::kFloat || dtype == at::kDouble);
   if (!one_row) {

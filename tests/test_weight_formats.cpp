@@ -101,14 +101,21 @@ TEST(WeightKernels, EveryInstructionSetMatchesFloat64) {
       continue; // this CPU cannot run it; the others are still tested
     }
     tested += std::string(tested.empty() ? "" : ", ") + d::isa_name(isa);
-    for (const bool int8 : {false, true}) {
+    for (const auto type :
+         {d::WeightType::bfloat16, d::WeightType::int8,
+          d::WeightType::float32}) {
+      const bool int8 = type == d::WeightType::int8;
+      const bool f32 = type == d::WeightType::float32;
       for (const int64_t rows : {1, 2, 3, 4, 5, 8, 16}) {
         // k: whole vectors, a tail after them, and a layer's width.
         for (auto [k, n] : std::vector<std::pair<int64_t, int64_t>>{
                  {16, 8}, {37, 13}, {768, 70}}) {
           const auto x = torch::randn({rows, k});
           torch::Tensor w, widened, scale;
-          if (int8) {
+          if (f32) {
+            w = torch::randn({n, k});
+            widened = w.to(torch::kDouble);
+          } else if (int8) {
             w = torch::randint(-127, 128, {n, k}).to(torch::kChar);
             scale = torch::rand({n}) + 0.5;
             widened = w.to(torch::kDouble) * scale.to(torch::kDouble).unsqueeze(1);
@@ -120,7 +127,8 @@ TEST(WeightKernels, EveryInstructionSetMatchesFloat64) {
           auto y = torch::empty({rows, n});
           // avx512_bf16's dot products take bfloat16 activations as
           // stored (a bfloat16 model's): exact products, float32 sums.
-          const bool dot = isa == d::Isa::avx512_bf16 && !int8;
+          const bool dot = isa == d::Isa::avx512_bf16 &&
+              type == d::WeightType::bfloat16;
           const auto x_used = dot ? x.to(torch::kBFloat16) : x;
           if (dot) {
             d::small_rows_gemm_bfloat16(
@@ -129,10 +137,20 @@ TEST(WeightKernels, EveryInstructionSetMatchesFloat64) {
                 bias.data_ptr<float>(), y.data_ptr<float>(), n);
           } else {
             d::small_rows_gemm(
-                isa, x.data_ptr<float>(), rows, k, w.data_ptr(),
-                int8 ? d::WeightType::int8 : d::WeightType::bfloat16,
+                isa, x.data_ptr<float>(), rows, k, w.data_ptr(), type,
                 int8 ? scale.data_ptr<float>() : nullptr,
                 bias.data_ptr<float>(), y.data_ptr<float>(), n);
+            // Each float32 or bfloat16 output is summed in the same order
+            // whatever the row count: the first row alone gives the same
+            // bits (batch-invariant serving relies on it for float32).
+            auto alone = torch::empty({1, n});
+            d::small_rows_gemm(
+                isa, x.data_ptr<float>(), 1, k, w.data_ptr(), type,
+                int8 ? scale.data_ptr<float>() : nullptr,
+                bias.data_ptr<float>(), alone.data_ptr<float>(), n);
+            EXPECT_TRUE(int8 || torch::equal(alone[0], y[0]))
+                << d::isa_name(isa) << (int8 ? " int8" : f32 ? " f32" : " bf16")
+                << " rows " << rows << " k " << k;
           }
           auto [ref, mag] =
               product_and_magnitude(x_used.to(torch::kDouble), widened);
@@ -141,7 +159,8 @@ TEST(WeightKernels, EveryInstructionSetMatchesFloat64) {
               (k + 4) * kFloat32Eps * (mag + bias.abs().to(torch::kDouble));
           EXPECT_TRUE(within(
               y, ref, bound,
-              std::string(d::isa_name(isa)) + (int8 ? " int8" : " bf16") +
+              std::string(d::isa_name(isa)) +
+                  (int8 ? " int8" : f32 ? " f32" : " bf16") +
                   " rows " + std::to_string(rows) + " k " + std::to_string(k)));
         }
       }
@@ -176,6 +195,32 @@ TEST(WeightKernels, LinearTakesEveryPathToTheSameProduct) {
         const auto bound = kBfloat16Eps * ref.abs() +
                            (k + 4) * kFloat32Eps * (mag + b.abs().to(torch::kDouble));
         EXPECT_TRUE(within(y, ref, bound, "bf16 " + tag));
+      }
+      // float32 weight and activations (the hand kernels take 2 to 16
+      // rows, gemv one, sgemm more).
+      {
+        const auto x = torch::randn({rows, k});
+        const auto w = torch::randn({n, k});
+        const auto b = torch::randn({n});
+        torch::NoGradGuard no_grad;
+        const auto y = d::linear(x, w, b);
+        auto [ref, mag] = product_and_magnitude(
+            x.to(torch::kDouble), w.to(torch::kDouble));
+        ref = ref + b.to(torch::kDouble);
+        const auto bound =
+            (k + 4) * kFloat32Eps * (mag + b.abs().to(torch::kDouble));
+        EXPECT_TRUE(within(y, ref, bound, "f32 " + tag));
+        // Batch-invariant products (the hand kernels): a row gives the
+        // same bits alone and among any number of rows, and the product
+        // is still right.
+        if (choice.hand_kernels) {
+          d::BatchInvariantProducts invariant;
+          const auto all = d::linear(x, w, b);
+          const auto first = d::linear(x.narrow(0, 0, 1), w, b);
+          EXPECT_TRUE(torch::equal(first[0], all[0]))
+              << "f32 invariant " << tag;
+          EXPECT_TRUE(within(all, ref, bound, "f32 invariant " + tag));
+        }
       }
       // int8 weight with scales; float32 and bfloat16 activations.
       for (auto dtype : {torch::kFloat, torch::kBFloat16}) {

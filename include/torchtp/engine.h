@@ -28,11 +28,13 @@ struct EngineOptions {
   /// runs, alone with the decoding sequences.
   TORCH_ARG(int64_t, max_prefill_tokens) = 2048;
   /// Make a request's logits independent of which others share its steps:
-  /// float32 products of one row go through the same GEMM as many rows
-  /// (not gemv), so seeded sampling gives the same tokens alone and in any
-  /// batch. Without it a one-row step's logits differ in the last bits
-  /// from a batched one's: greedy tokens still agree except at near-ties,
-  /// but a sampled token may not. Costs time at batch 1 (docs/serving.md).
+  /// every float32 product goes through torchtp's hand kernels, which sum
+  /// each output in one order whatever the row count, so seeded sampling
+  /// gives the same tokens alone and in any batch. Without it a step's
+  /// logits differ in the last bits with the number of rows (gemv for one,
+  /// the kernels for a few, sgemm for many): greedy tokens still agree
+  /// except at near-ties, but a sampled token may not. Costs prefill time
+  /// (docs/serving.md). float32 models only.
   TORCH_ARG(bool, batch_invariant) = false;
 };
 

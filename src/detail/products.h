@@ -1,8 +1,9 @@
 #pragma once
 
 // The matrix products of every layer and block, by weight format: float32
-// and float64 as LibTorch does them (one row through gemv); bfloat16 and
-// int8 weights through the hand kernels for few rows (decoding) and
+// and float64 as LibTorch does them (one row through gemv), except float32
+// products of 2 to kSmallRows rows, which the hand kernels do; bfloat16
+// and int8 weights through the hand kernels for few rows (decoding) and
 // through float32 tiles of the weight, or oneDNN's native bfloat16 GEMM,
 // for many (prefill, training). weight_kernels.h says which path a CPU
 // takes and how to force another.
@@ -33,12 +34,14 @@ at::Tensor linear(
     const at::Tensor& bias,
     const at::Tensor& scale = at::Tensor());
 
-/// While one lives on a thread, float32 and float64 products of a single
-/// row go through the same GEMM as many rows instead of gemv, so a row's
-/// result does not depend on how many rows share the product (OpenBLAS's
-/// GEMM sums each output in the same order whatever the row count, with
-/// the kernels this was checked on; its gemv sums in another). For
-/// serving whose results must not depend on the batch.
+/// While one lives on a thread, float32 products of any number of rows go
+/// through the hand kernels (not gemv for one row, nor sgemm for many),
+/// which sum each output in the same order whatever the row count, so a
+/// row's result does not depend on how many rows share the product
+/// (tested bit for bit). OpenBLAS's sgemm gives no such promise: a row
+/// alone and among five differ in the last bits. For serving whose results
+/// must not depend on the batch. float64, int8 and TORCHTP_KERNELS=library
+/// are not covered.
 class BatchInvariantProducts {
  public:
   explicit BatchInvariantProducts(bool on = true);

@@ -60,13 +60,14 @@ const KernelChoice& kernel_choice();
 KernelChoice set_kernel_choice(const KernelChoice& choice);
 
 /// The weight's storage.
-enum class WeightType { bfloat16, int8 };
+enum class WeightType { bfloat16, int8, float32 };
 
 /// y[r, j] = sum_i x[r, i] * w[j, i] * (scale ? scale[j] : 1) + (bias ?
 /// bias[j] : 0) for r < rows, j < n: x float32 [rows, k] (row stride k), w
-/// [n, k] row-major bfloat16 bits or int8, scale and bias float32 [n] or
-/// null, y float32 [rows, n] (row stride n). Accumulates in float32. Splits
-/// the n outputs over LibTorch's intra-op threads.
+/// [n, k] row-major bfloat16 bits, int8 or float32, scale and bias float32
+/// [n] or null, y float32 [rows, n] (row stride n). Accumulates in float32,
+/// each output in the same order whatever `rows` is. Splits the n outputs
+/// over LibTorch's intra-op threads.
 void small_rows_gemm(
     Isa isa,
     const float* x,

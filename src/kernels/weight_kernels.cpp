@@ -96,6 +96,9 @@ inline V vloadw(const int8_t* p) {
   const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
 }
+inline V vloadw(const float* p) {
+  return _mm256_loadu_ps(p);
+}
 inline V vfma(V a, V b, V c) {
   return _mm256_fmadd_ps(a, b, c);
 }
@@ -135,6 +138,9 @@ inline V vloadw(const uint16_t* p) {
 inline V vloadw(const int8_t* p) {
   const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
+}
+inline V vloadw(const float* p) {
+  return _mm512_loadu_ps(p);
 }
 inline V vfma(V a, V b, V c) {
   return _mm512_fmadd_ps(a, b, c);
@@ -359,10 +365,16 @@ void small_rows_gemm(
           break;
       }
     };
-    if (type == WeightType::bfloat16) {
-      go(static_cast<const uint16_t*>(w));
-    } else {
-      go(static_cast<const int8_t*>(w));
+    switch (type) {
+      case WeightType::bfloat16:
+        go(static_cast<const uint16_t*>(w));
+        break;
+      case WeightType::int8:
+        go(static_cast<const int8_t*>(w));
+        break;
+      case WeightType::float32:
+        go(static_cast<const float*>(w));
+        break;
     }
   });
 }

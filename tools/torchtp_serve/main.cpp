@@ -90,9 +90,10 @@ int run(int argc, char** argv) {
   bool batch_invariant = false;
   app.add_flag("--batch-invariant", batch_invariant,
                "make each request's results independent of the batch it "
-               "shares (one-row products through GEMM, not gemv): seeded "
+               "shares (every float32 product through torchtp's kernels, "
+               "which sum in one order whatever the row count): seeded "
                "sampling then gives the same text alone and under load; "
-               "costs time at low load");
+               "costs prefill time");
   app.add_option("--max-body-bytes", server.max_body_bytes,
                  "larger request bodies get HTTP 413 (default 16 MiB)");
   app.add_option("--http-threads", server.http_threads,
