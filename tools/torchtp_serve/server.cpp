@@ -8,10 +8,13 @@
 #include <nlohmann/json.hpp>
 
 #include <condition_variable>
+#include <cstring>
 #include <cstdio>
 #include <deque>
 #include <fstream>
 #include <thread>
+
+#include <sys/socket.h>
 
 namespace torchtp::serve {
 
@@ -160,6 +163,14 @@ Server::Server(
                    .count()) {
   const int threads = options_.http_threads;
   http_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  // httplib's own options (SO_REUSEADDR), and the listening socket kept:
+  // run() widens its backlog, which httplib leaves at 5 (a burst of 64
+  // clients connecting at once lost 20 of them here).
+  http_->set_socket_options([this](socket_t sock) {
+    int yes = 1;
+    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    listen_socket_ = sock;
+  });
   http_->set_payload_max_length(options_.max_body_bytes);
   routes();
 }
@@ -447,6 +458,11 @@ void Server::run(const std::atomic<bool>& stop) {
   TORCH_CHECK(
       port > 0, "torchtp-serve: cannot listen on ", options_.host, ":",
       options_.port, " (in use, or not an address of this host)");
+  // Listening again on a listening socket only changes its backlog.
+  TORCH_CHECK(
+      listen_socket_ >= 0 && ::listen(listen_socket_, SOMAXCONN) == 0,
+      "torchtp-serve: cannot widen the listening socket's backlog: ",
+      std::strerror(errno));
   if (!options_.port_file.empty()) {
     const auto partial = options_.port_file + ".partial";
     std::ofstream(partial) << port << "\n";

@@ -73,6 +73,7 @@ class Server {
   std::optional<Tokenizer> tokenizer_;
   ServerOptions options_;
   std::unique_ptr<httplib::Server> http_;
+  int listen_socket_ = -1;
   Metrics metrics_;
   const int64_t created_;
 
