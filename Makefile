@@ -59,6 +59,7 @@ bench: bench-build
 	./$(BUILD)/torchtp-run --nproc-per-node $(NPROC) ./$(BUILD)/bench/bench_generate --json out/bench_generate_tp$(NPROC).json
 	./$(BUILD)/torchtp-run --nproc-per-node 1 ./$(BUILD)/bench/bench_weights --json out/bench_weights.json
 	./$(BUILD)/bench/bench_tokenizer --json out/bench_tokenizer.json
+	bash bench/serve.sh $(BUILD) out gpt2 1,4,16,64 1 $(NPROC)
 	./$(BUILD)/torchtp-run --nproc-per-node 1 ./$(BUILD)/bench/bench_init --json out/bench_init_tp1.json
 	./$(BUILD)/torchtp-run --nproc-per-node $(NPROC) ./$(BUILD)/bench/bench_init --json out/bench_init_tp$(NPROC).json
 	for n in 1 2 4; do for m in plain sp recompute sp+recompute; do \
