@@ -127,7 +127,9 @@ class Engine {
   /// with `FinishReason::cancelled`); an id that is unknown or finished is
   /// ignored.
   void cancel(int64_t id);
-  /// Collective: one step. Rank 0 starts the waiting requests that fit,
+  /// Collective: one step. A step that raises (a collective failed: a
+  /// rank died or timed out) leaves the engine unusable, its requests
+  /// unanswered. Rank 0 starts the waiting requests that fit,
   /// runs every running sequence one token further and returns what each
   /// request got; with nothing to run it only tells the other ranks so
   /// (their collectives never time out while the engine is idle). Other

@@ -114,11 +114,11 @@ Engine::Engine(CausalLM& model, const EngineOptions& options)
   const auto& g = s.group;
   TORCHTP_CHECK(
       options.max_batch() > 0 && options.block_size() > 0 &&
-          options.kv_cache_tokens() >= 0 && options.max_queue() >= 0 &&
+          options.kv_cache_tokens() >= 0 && options.max_queue() > 0 &&
           options.max_prefill_tokens() > 0,
       kEngine, g,
-      "max_batch, block_size and max_prefill_tokens must be positive, "
-      "kv_cache_tokens and max_queue not negative; got max_batch ",
+      "max_batch, block_size, max_queue and max_prefill_tokens must be "
+      "positive, kv_cache_tokens not negative; got max_batch ",
       options.max_batch(), ", block_size ", options.block_size(),
       ", kv_cache_tokens ", options.kv_cache_tokens(), ", max_queue ",
       options.max_queue(), ", max_prefill_tokens ",

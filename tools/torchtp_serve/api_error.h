@@ -37,6 +37,8 @@ struct ApiError : std::runtime_error {
     }
   }
 
+  /// The JSON; its text (`dump`) replaces invalid UTF-8 a message may
+  /// quote from a request.
   nlohmann::json body() const {
     return {
         {"error",

@@ -186,7 +186,27 @@ json chat_messages(const json& body) {
 
 } // namespace
 
+namespace {
+
+CompletionRequest parse(
+    const std::string& text, bool chat, const ModelLimits& model);
+
+} // namespace
+
 CompletionRequest parse_completion_request(
+    const std::string& text, bool chat, const ModelLimits& model) {
+  try {
+    return parse(text, chat, model);
+  } catch (const nlohmann::json::exception& e) {
+    // A field of an unexpected type deeper than the checks above look.
+    throw bad("", std::string("the request does not have OpenAI's shape: ") +
+                  e.what());
+  }
+}
+
+namespace {
+
+CompletionRequest parse(
     const std::string& text, bool chat, const ModelLimits& model) {
   json body;
   try {
@@ -311,5 +331,7 @@ CompletionRequest parse_completion_request(
   }
   return r;
 }
+
+} // namespace
 
 } // namespace torchtp::serve

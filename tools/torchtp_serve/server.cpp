@@ -74,13 +74,18 @@ namespace {
 
 constexpr auto kPoll = std::chrono::milliseconds(100);
 
+// JSON text; invalid UTF-8 (quoted from a request) replaced, never thrown.
+std::string text_of(const json& j) {
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
 void send_error(httplib::Response& res, const ApiError& e) {
   res.status = e.status;
-  res.set_content(e.body().dump(), "application/json");
+  res.set_content(text_of(e.body()), "application/json");
 }
 
 std::string sse(const json& j) {
-  return "data: " + j.dump() + "\n\n";
+  return "data: " + text_of(j) + "\n\n";
 }
 
 // A request's progress as its HTTP thread sees it: text so far, counts,
@@ -116,9 +121,9 @@ struct Progress {
       if (u.finished != FinishReason::none) {
         out += text.finish();
         finish(
-            u.finished == FinishReason::cancelled
-                ? "cancelled"
-                : finish_reason_name(u.finished));
+            text.stopped()                          ? "stop"
+                : u.finished == FinishReason::cancelled ? "cancelled"
+                                                        : finish_reason_name(u.finished));
       }
     }
     return out;
@@ -286,8 +291,19 @@ void Server::completion(
   auto channel = std::make_shared<Channel>(arrival);
   int64_t id;
   {
-    // Registered before the engine's thread can see the request.
+    // Registered before the engine's thread can see the request, and only
+    // while the server still steps: stopping and failing take this lock to
+    // tell every registered request.
     std::lock_guard<std::mutex> lock(channels_mutex_);
+    if (draining_ || stopped_) {
+      throw ApiError(503, "the server is shutting down");
+    }
+    {
+      std::lock_guard<std::mutex> failure(failure_mutex_);
+      if (!failure_.empty()) {
+        throw ApiError(503, "the server failed: " + failure_);
+      }
+    }
     try {
       id = engine_.add_request(request.prompt_ids, request.engine);
     } catch (const c10::Error& e) {
@@ -337,7 +353,7 @@ void Server::completion(
     json body = head;
     body["choices"] = json::array({choice});
     body["usage"] = progress->usage();
-    res.set_content(body.dump(), "application/json");
+    res.set_content(text_of(body), "application/json");
     return;
   }
 
@@ -385,6 +401,11 @@ void Server::completion(
           send(sse(e.body()));
           sink.done();
           return true;
+        } catch (const std::exception& e) {
+          // Outside the handler's try: nothing may escape to httplib's
+          // thread pool (it would end the process).
+          send(sse(ApiError(500, e.what()).body()));
+          return false;
         }
         if (!text.empty() && !send(sse(chunk(text, nullptr)))) {
           return false;
@@ -432,11 +453,11 @@ void Server::dispatch(const std::vector<RequestUpdate>& updates) {
 }
 
 void Server::fail_all(const std::string& why) {
+  std::lock_guard<std::mutex> lock(channels_mutex_);
   {
-    std::lock_guard<std::mutex> lock(failure_mutex_);
+    std::lock_guard<std::mutex> failure(failure_mutex_);
     failure_ = why;
   }
-  std::lock_guard<std::mutex> lock(channels_mutex_);
   for (auto& [id, channel] : channels_) {
     channel->fail(why);
   }
@@ -474,6 +495,11 @@ void Server::run(const std::atomic<bool>& stop) {
       static_cast<long long>(model_.context));
   std::fflush(stdout);
   std::thread listener([&] { http.listen_after_bind(); });
+  // httplib's stop() does nothing before the listener runs: wait for it
+  // (at most 10 s), so that stopping at once cannot leave it running.
+  for (int i = 0; i < 1000 && !http.is_running(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
   struct StopListening {
     httplib::Server& http;
     std::thread& listener;
@@ -518,8 +544,19 @@ void Server::run(const std::atomic<bool>& stop) {
     fail_all(e.what_without_backtrace());
     wait_for_responses(std::chrono::seconds(2));
     throw;
+  } catch (const std::exception& e) {
+    fail_all(e.what());
+    wait_for_responses(std::chrono::seconds(2));
+    throw;
+  }
+  {
+    std::lock_guard<std::mutex> lock(channels_mutex_);
+    stopped_ = true;
   }
   engine_.shutdown();
+  // Nothing registered now can get a step: tell whatever is (none, unless
+  // a request came between the last step and `stopped_`).
+  fail_all("the server stopped");
   wait_for_responses(std::chrono::seconds(2));
   std::printf("torchtp-serve: stopped\n");
   std::fflush(stdout);

@@ -82,6 +82,8 @@ class Server {
   std::atomic<int64_t> next_response_{0};
   std::atomic<int> in_flight_{0};
   std::atomic<bool> draining_{false};
+  // The engine was shut down (under channels_mutex_).
+  bool stopped_ = false;
   std::mutex failure_mutex_;
   std::string failure_;
 };
