@@ -5,6 +5,8 @@
 // runs on JavaScript's UTF-16 strings, so trimming, lengths and number
 // formatting follow JavaScript's rules here.
 
+#include "detail/utf8.h"
+
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -15,7 +17,7 @@ namespace torchtp::chat {
 /// The code point starting at `s[i]`; advances `i` past it. Invalid UTF-8
 /// decodes as U+FFFD, one byte at a time.
 char32_t decode_utf8(std::string_view s, size_t& i);
-void append_utf8(std::string& out, char32_t c);
+using detail::append_utf8;
 std::vector<std::string> code_points(std::string_view s);
 
 /// JavaScript's `\s`: WhiteSpace and LineTerminator code points.

@@ -5,6 +5,8 @@
 // -> post-processor for encoding; decoder chain for decoding. Internal to
 // src/tokenizer/.
 
+#include "detail/utf8.h"
+
 #include <nlohmann/json_fwd.hpp>
 
 #include <array>
@@ -38,9 +40,6 @@ inline size_t utf8_length(unsigned char lead) {
 /// Rust's String::from_utf8_lossy: each maximal ill-formed subsequence
 /// becomes one U+FFFD.
 std::string utf8_lossy(std::string_view bytes);
-
-/// Appends the UTF-8 encoding of code point `cp`.
-void append_utf8(std::string& out, uint32_t cp);
 
 /// Decodes the code point at `s[i]` (valid UTF-8) and advances `i`.
 uint32_t next_code_point(std::string_view s, size_t& i);
