@@ -310,6 +310,55 @@ TEST(Engine, SampledRequestsDrawFromTheirOwnGenerators) {
       torchtp::EngineOptions().max_batch(3).block_size(4));
 }
 
+TEST(Engine, ChunkedPrefillEqualsEachAlone) {
+  // Five prompt tokens a step: the prompts of 12, 20 and 36 tokens are
+  // prefilled over 3, 4 and 8 steps, chunks of one beside another's.
+  expect_batched_equals_alone(
+      Family::gpt2, torch::kDouble,
+      staggered(torchtp::SamplingOptions().greedy(true)),
+      torchtp::EngineOptions().max_batch(4).block_size(4).max_prefill_tokens(
+          5));
+  auto arrivals = staggered(torchtp::SamplingOptions().temperature(0.8));
+  arrivals[2].sampling = torchtp::SamplingOptions().top_p(0.7);
+  expect_batched_equals_alone(
+      Family::llama, torch::kDouble, arrivals,
+      torchtp::EngineOptions().max_batch(8).block_size(8).max_prefill_tokens(
+          3));
+}
+
+TEST(Engine, ALongPromptIsPrefilledInChunksBesideTheDecodingRequests) {
+  auto model = make_model(Family::gpt2, torch::kDouble);
+  torchtp::Engine engine(
+      *model,
+      torchtp::EngineOptions().block_size(4).max_prefill_tokens(5));
+  serve(engine, [&] {
+    const auto decoding = engine.add_request(
+        random_prompt(3, 1), torchtp::RequestOptions().max_tokens(20));
+    engine.step(); // its prompt and first token
+    const auto long_one = engine.add_request(
+        random_prompt(23, 2), torchtp::RequestOptions().max_tokens(2));
+    int64_t prompt_tokens = engine.stats().prompt_tokens;
+    // 23 tokens, 5 a step: 5 steps before its first token; the decoding
+    // request gets a token in every one of them.
+    for (int step = 1; step <= 5; ++step) {
+      std::map<int64_t, int64_t> tokens;
+      for (const auto& u : engine.step()) {
+        tokens[u.id] = u.token;
+      }
+      const auto stats = engine.stats();
+      EXPECT_EQ(stats.prompt_tokens - prompt_tokens, step < 5 ? 5 : 3)
+          << "step " << step;
+      prompt_tokens = stats.prompt_tokens;
+      EXPECT_EQ(stats.running, 2) << "step " << step;
+      EXPECT_GE(tokens.count(decoding) ? tokens[decoding] : -1, 0)
+          << "the decoding request waited at step " << step;
+      EXPECT_EQ(tokens.count(long_one), step == 5 ? 1u : 0u)
+          << "step " << step;
+    }
+    run_to_end(engine);
+  });
+}
+
 TEST(Engine, StopIdsEndARequestWithTheirToken) {
   auto model = make_model(Family::gpt2, torch::kDouble);
   const auto prompt = random_prompt(6, 5);

@@ -24,9 +24,12 @@ struct EngineOptions {
   TORCH_ARG(int64_t, kv_cache_tokens) = 0;
   /// Requests waiting for room at most; past it `add_request` refuses.
   TORCH_ARG(int64_t, max_queue) = 256;
-  /// Prompt tokens prefilled in one step at most; a longer prompt still
-  /// runs, alone with the decoding sequences.
-  TORCH_ARG(int64_t, max_prefill_tokens) = 2048;
+  /// Prompt tokens prefilled in one step at most, over all requests. A
+  /// longer prompt is prefilled in chunks over several steps (chunked
+  /// prefill), each beside the decoding sequences' next tokens: the bound
+  /// on how long one step, so every running request's next token, waits
+  /// for prompts.
+  TORCH_ARG(int64_t, max_prefill_tokens) = 512;
   /// Make a request's logits independent of which others share its steps:
   /// every float32 product goes through torchtp's hand kernels, which sum
   /// each output in one order whatever the row count, so seeded sampling

@@ -25,7 +25,8 @@ struct EngineRequest {
   // max_tokens, cut to what the context leaves.
   int64_t max_tokens = 0;
   std::vector<int64_t> blocks;
-  // Positions in the cache; the prompt's are written at its first step.
+  // Positions in the cache. Below the prompt's length it is still being
+  // prefilled, a chunk of it per step.
   int64_t cached = 0;
   int64_t generated = 0;
   int64_t last_token = -1;
@@ -98,9 +99,17 @@ struct Engine::State {
         " is rank 0's (the other ranks call follow())");
   }
 
-  std::vector<RequestUpdate> take_cancels_and_admit(
-      std::vector<RequestPtr>& started);
-  detail::StepPlan plan(const std::vector<RequestPtr>& started);
+  // What one step runs of running[index]: `tokens` new tokens, and
+  // whether the last one's logits pick the request's next token (not
+  // while a chunk of its prompt is still to come).
+  struct Scheduled {
+    size_t index;
+    int64_t tokens;
+    bool samples;
+  };
+
+  std::vector<RequestUpdate> take_cancels_and_admit();
+  detail::StepPlan plan(std::vector<Scheduled>& scheduled);
   at::Tensor run(const detail::StepPlan& plan);
   void free(Request& r) {
     free_blocks.insert(free_blocks.end(), r.blocks.begin(), r.blocks.end());
@@ -233,8 +242,7 @@ EngineStats Engine::stats() const {
   return state_->stats;
 }
 
-std::vector<RequestUpdate> Engine::State::take_cancels_and_admit(
-    std::vector<detail::EngineRequestPtr>& started) {
+std::vector<RequestUpdate> Engine::State::take_cancels_and_admit() {
   std::vector<RequestUpdate> updates;
   std::lock_guard<std::mutex> lock(mutex);
   for (int64_t id : cancels) {
@@ -254,75 +262,72 @@ std::vector<RequestUpdate> Engine::State::take_cancels_and_admit(
   }
   cancels.clear();
   // In order of arrival: the first that does not fit waits, and so do all
-  // behind it.
-  int64_t prefill = 0;
+  // behind it. Its prompt is prefilled in the next steps (plan()).
   while (!waiting.empty() &&
-         static_cast<int64_t>(running.size() + started.size()) <
-             options.max_batch()) {
+         static_cast<int64_t>(running.size()) < options.max_batch()) {
     auto& r = *waiting.front();
-    const int64_t p = static_cast<int64_t>(r.prompt.size());
-    const int64_t need = blocks_needed(p, r.max_tokens);
-    if (need > static_cast<int64_t>(free_blocks.size()) ||
-        (prefill > 0 && prefill + p > options.max_prefill_tokens())) {
+    const int64_t need =
+        blocks_needed(static_cast<int64_t>(r.prompt.size()), r.max_tokens);
+    if (need > static_cast<int64_t>(free_blocks.size())) {
       break;
     }
-    prefill += p;
     r.blocks.assign(free_blocks.end() - need, free_blocks.end());
     std::reverse(r.blocks.begin(), r.blocks.end());
     free_blocks.resize(free_blocks.size() - need);
-    started.push_back(std::move(waiting.front()));
+    running.push_back(std::move(waiting.front()));
     waiting.pop_front();
   }
   stats.waiting = static_cast<int64_t>(waiting.size());
   return updates;
 }
 
-detail::StepPlan Engine::State::plan(
-    const std::vector<detail::EngineRequestPtr>& started) {
+detail::StepPlan Engine::State::plan(std::vector<Scheduled>& scheduled) {
   detail::StepPlan plan;
-  const int64_t n = static_cast<int64_t>(running.size() + started.size());
-  if (n == 0) {
-    return plan;
-  }
-  plan.kind = detail::StepPlan::Kind::run;
   std::vector<int64_t> ids, positions, token_seq, slots, logits_rows;
   int64_t max_blocks = 0;
-  auto add = [&](const Request& r, bool starts) {
+  // Every decoding request brings its last token; the prefilling ones, in
+  // order of arrival, chunks of their prompts while max_prefill_tokens
+  // lasts (chunked prefill): a long prompt never stalls the others' next
+  // tokens for more than one step's worth of prompt.
+  int64_t budget = options.max_prefill_tokens();
+  for (size_t i = 0; i < running.size(); ++i) {
+    const Request& r = *running[i];
+    const int64_t p = static_cast<int64_t>(r.prompt.size());
+    const int64_t count =
+        r.cached < p ? std::min(p - r.cached, budget) : int64_t{1};
+    if (count == 0) {
+      continue;
+    }
     const int64_t seq = static_cast<int64_t>(plan.sequences.size());
-    auto put = [&](int64_t id, int64_t position) {
-      ids.push_back(id);
+    for (int64_t position = r.cached; position < r.cached + count;
+         ++position) {
+      ids.push_back(position < p ? r.prompt[position] : r.last_token);
       positions.push_back(position);
       token_seq.push_back(seq);
       slots.push_back(
           r.blocks[position / cache.block_size] * cache.block_size +
           position % cache.block_size);
-    };
-    if (starts) {
-      for (size_t i = 0; i < r.prompt.size(); ++i) {
-        put(r.prompt[i], static_cast<int64_t>(i));
-      }
-    } else {
-      put(r.last_token, r.cached);
     }
+    if (r.cached < p) {
+      budget -= count;
+    }
+    const bool samples = r.cached + count >= p;
     logits_rows.push_back(static_cast<int64_t>(ids.size()) - 1);
     max_blocks = std::max<int64_t>(max_blocks, r.blocks.size());
     const auto& o = r.options.sampling();
     plan.sequences.push_back(
-        {r.id, starts, r.options.seed(), o.greedy(), o.temperature(),
-         o.top_k(), o.top_p()});
-  };
-  for (const auto& r : running) {
-    add(*r, false);
+        {r.id, r.cached == 0, r.options.seed(), o.greedy(), o.temperature(),
+         o.top_k(), o.top_p(), samples});
+    scheduled.push_back({i, count, samples});
   }
-  for (const auto& r : started) {
-    add(*r, true);
+  const int64_t n = static_cast<int64_t>(scheduled.size());
+  if (n == 0) {
+    return plan;
   }
+  plan.kind = detail::StepPlan::Kind::run;
   auto tables = torch::zeros({n, max_blocks}, torch::kLong);
-  auto all = [&](size_t i) -> const Request& {
-    return i < running.size() ? *running[i] : *started[i - running.size()];
-  };
   for (int64_t i = 0; i < n; ++i) {
-    const auto& blocks = all(i).blocks;
+    const auto& blocks = running[scheduled[i].index]->blocks;
     tables[i]
         .narrow(0, 0, static_cast<int64_t>(blocks.size()))
         .copy_(torch::tensor(blocks, torch::kLong));
@@ -358,7 +363,6 @@ at::Tensor Engine::State::run(const detail::StepPlan& plan) {
 
   auto logits = model.forward_paged(plan.batch, cache);
   const int64_t n = static_cast<int64_t>(plan.sequences.size());
-  auto tokens = torch::empty({n}, torch::kLong);
   auto sampling = SamplingOptions()
                       .vocab_size(model.vocab_size())
                       .group(group)
@@ -366,9 +370,11 @@ at::Tensor Engine::State::run(const detail::StepPlan& plan) {
   // Greedy rows in one call; each sampled row with its own generator, in
   // the plan's order (the same calls, so the same collectives, on every
   // rank).
+  // A sequence still between chunks of its prompt picks nothing (-1).
+  auto tokens = torch::full({n}, -1, torch::kLong);
   std::vector<int64_t> greedy;
   for (int64_t i = 0; i < n; ++i) {
-    if (plan.sequences[i].greedy) {
+    if (plan.sequences[i].samples && plan.sequences[i].greedy) {
       greedy.push_back(i);
     }
   }
@@ -383,7 +389,7 @@ at::Tensor Engine::State::run(const detail::StepPlan& plan) {
   }
   for (int64_t i = 0; i < n; ++i) {
     const auto& q = plan.sequences[i];
-    if (q.greedy) {
+    if (!q.samples || q.greedy) {
       continue;
     }
     tokens.narrow(0, i, 1).copy_(sample_next_token(
@@ -399,25 +405,24 @@ at::Tensor Engine::State::run(const detail::StepPlan& plan) {
 std::vector<RequestUpdate> Engine::step() {
   auto& s = *state_;
   s.check_rank0("step");
-  std::vector<detail::EngineRequestPtr> started;
-  auto updates = s.take_cancels_and_admit(started);
-  auto plan = s.plan(started);
+  auto updates = s.take_cancels_and_admit();
+  std::vector<State::Scheduled> scheduled;
+  auto plan = s.plan(scheduled);
   detail::broadcast_plan(plan, s.group);
   int64_t prompt_tokens = 0;
   if (plan.kind == detail::StepPlan::Kind::run) {
     const auto tokens = s.run(plan);
     const auto* t = tokens.data_ptr<int64_t>();
-    for (auto& r : started) {
-      r->cached = 0;
-      prompt_tokens += static_cast<int64_t>(r->prompt.size());
-      s.running.push_back(std::move(r));
-    }
-    // The plan lists the running requests first, then the started ones:
-    // the order they now have in `running`.
-    std::vector<detail::EngineRequestPtr> still;
-    for (size_t i = 0; i < s.running.size(); ++i) {
-      auto& r = *s.running[i];
-      r.cached += r.generated == 0 ? static_cast<int64_t>(r.prompt.size()) : 1;
+    std::vector<bool> finished(s.running.size(), false);
+    for (size_t i = 0; i < scheduled.size(); ++i) {
+      auto& r = *s.running[scheduled[i].index];
+      if (r.generated == 0) {
+        prompt_tokens += scheduled[i].tokens;
+      }
+      r.cached += scheduled[i].tokens;
+      if (!scheduled[i].samples) {
+        continue;
+      }
       r.last_token = t[i];
       ++r.generated;
       const auto& stop = r.options.stop_ids();
@@ -428,10 +433,15 @@ std::vector<RequestUpdate> Engine::step() {
         reason = FinishReason::length;
       }
       updates.push_back({r.id, t[i], reason});
-      if (reason == FinishReason::none) {
-        still.push_back(std::move(s.running[i]));
-      } else {
+      if (reason != FinishReason::none) {
         s.free(r);
+        finished[scheduled[i].index] = true;
+      }
+    }
+    std::vector<detail::EngineRequestPtr> still;
+    for (size_t i = 0; i < s.running.size(); ++i) {
+      if (!finished[i]) {
+        still.push_back(std::move(s.running[i]));
       }
     }
     s.running = std::move(still);

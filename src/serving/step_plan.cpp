@@ -7,7 +7,7 @@
 namespace torchtp::detail {
 namespace {
 
-constexpr int64_t kSequenceFields = 7;
+constexpr int64_t kSequenceFields = 8;
 
 int64_t bits_of(double x) {
   int64_t bits;
@@ -54,6 +54,7 @@ void broadcast_plan(StepPlan& plan, const Group& group) {
       *s++ = bits_of(q.temperature);
       *s++ = q.top_k;
       *s++ = bits_of(q.top_p);
+      *s++ = q.samples;
     }
     body = at::cat(
         {b.ids, b.positions, b.token_seq, b.slots, b.block_tables.reshape(-1),
@@ -89,6 +90,7 @@ void broadcast_plan(StepPlan& plan, const Group& group) {
     q.temperature = double_of(*s++);
     q.top_k = *s++;
     q.top_p = double_of(*s++);
+    q.samples = *s++ != 0;
   }
 }
 

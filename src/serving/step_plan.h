@@ -25,6 +25,9 @@ struct StepPlan {
     double temperature = 1.0;
     int64_t top_k = 0;
     double top_p = 1.0;
+    /// It picks a token this step (false while chunks of its prompt are
+    /// still to come).
+    bool samples = true;
   };
   std::vector<Sequence> sequences;
 };

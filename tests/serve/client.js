@@ -13,6 +13,9 @@
 //   key KEY        without the key 401, with it 200; the model has no
 //                  chat template: chat is a 400 saying so
 //   raising        the model's template raises on a system message: 400
+//   queue          (a server of --max-batch 1) a streamed request whose
+//                  client leaves while it waits in the queue is cancelled
+//                  there, before it ever runs
 //   stream OUT N   streams N tokens into OUT (for the SIGTERM and rank-death
 //                  tests), writing OUT.started after the first chunk
 // Prints PASS/FAIL lines; exits 1 if anything failed.
@@ -350,6 +353,45 @@ async function raising() {
         r.text);
 }
 
+async function queue() {
+  const cancelled = 'torchtp_requests_finished_total{reason="cancelled"}';
+  const cancelledBefore = await metric(cancelled) || 0;
+  const start = (max_tokens, signal) => fetch(base + '/v1/completions', {
+    method: 'POST', signal, headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ prompt: 'Hold the line', max_tokens, stream: true,
+                           temperature: 0 }),
+  });
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  const first = new AbortController();
+  const reader = (await start(1500, first.signal)).body.getReader();
+  await reader.read(); // it runs
+  const promptTokens = await metric('torchtp_prompt_tokens_total');
+  const second = new AbortController();
+  start(5, second.signal).catch(() => null);
+  let waits = false;
+  for (let i = 0; i < 100 && !waits; i++) {
+    waits = await metric('torchtp_requests_waiting') === 1;
+    if (!waits) await sleep(50);
+  }
+  check('a second request waits behind the first', waits);
+  second.abort();
+  let gone = false;
+  for (let i = 0; i < 100 && !gone; i++) { // at most 10 s
+    gone = await metric('torchtp_requests_waiting') === 0 &&
+           await metric(cancelled) === cancelledBefore + 1;
+    if (!gone) await sleep(100);
+  }
+  const ran = await metric('torchtp_prompt_tokens_total') - promptTokens;
+  const firstRuns = await metric('torchtp_requests_running') === 1;
+  check('its client leaving cancels it while it waits (never prefilled)',
+        gone && ran === 0 && firstRuns,
+        `cancelled: ${gone}, prompt tokens run since: ${ran}, ` +
+        `first still running: ${firstRuns}`);
+  first.abort();
+  check('... and the first frees its blocks when its client leaves too',
+        await idle());
+}
+
 async function stream() {
   const [out, n] = rest;
   const fd = fs.openSync(out, 'w');
@@ -368,7 +410,7 @@ async function stream() {
   fs.closeSync(fd);
 }
 
-const modes = { api, concurrent, bad, key, raising, stream };
+const modes = { api, concurrent, bad, key, raising, queue, stream };
 modes[mode]().then(() => process.exit(failed ? 1 : 0), (e) => {
   console.log('FAIL: ' + mode + ' threw ' + (e.stack || e));
   process.exit(1);

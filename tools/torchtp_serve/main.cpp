@@ -86,7 +86,9 @@ int run(int argc, char** argv) {
                  "requests waiting for room at most; more get HTTP 429 "
                  "(default 256)");
   app.add_option("--max-prefill-tokens", max_prefill_tokens,
-                 "prompt tokens prefilled in one step at most (default 2048)");
+                 "prompt tokens prefilled in one step at most; longer "
+                 "prompts are prefilled in chunks over several steps, beside "
+                 "the running requests' next tokens (default 512)");
   bool batch_invariant = false;
   app.add_flag("--batch-invariant", batch_invariant,
                "make each request's results independent of the batch it "

@@ -73,6 +73,8 @@ class Channel {
 namespace {
 
 constexpr auto kPoll = std::chrono::milliseconds(100);
+// Silence on a stream before a keep-alive comment.
+constexpr auto kKeepAlive = std::chrono::seconds(1);
 
 // JSON text; invalid UTF-8 (quoted from a request) replaced, never thrown.
 std::string text_of(const json& j) {
@@ -371,13 +373,15 @@ void Server::completion(
     return c;
   };
   auto started = std::make_shared<bool>(false);
+  auto last_write = std::make_shared<Clock::time_point>(Clock::now());
   res.set_header("Cache-Control", "no-cache");
   res.set_chunked_content_provider(
       "text/event-stream",
-      [this, progress, chunk, head, chat, started](
+      [this, progress, chunk, head, chat, started, last_write](
           size_t, httplib::DataSink& sink) {
         auto send = [&](const std::string& s) {
           // False when the client left: the releaser below cancels.
+          *last_write = Clock::now();
           return sink.write(s.data(), s.size());
         };
         if (!*started) {
@@ -408,6 +412,13 @@ void Server::completion(
           return false;
         }
         if (!text.empty() && !send(sse(chunk(text, nullptr)))) {
+          return false;
+        }
+        // Nothing to say for a while (queued, or text held back by a stop
+        // string): an SSE comment, which clients skip, so a client that
+        // left is noticed (the write fails) and its request cancelled.
+        if (text.empty() && !progress->done &&
+            Clock::now() - *last_write > kKeepAlive && !send(": \n\n")) {
           return false;
         }
         if (progress->done) {
