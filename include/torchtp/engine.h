@@ -29,7 +29,7 @@ struct EngineOptions {
   /// prefill), each beside the decoding sequences' next tokens: the bound
   /// on how long one step, so every running request's next token, waits
   /// for prompts.
-  TORCH_ARG(int64_t, max_prefill_tokens) = 512;
+  TORCH_ARG(int64_t, max_prefill_tokens) = 2048;
   /// Make a request's logits independent of which others share its steps:
   /// every float32 product goes through torchtp's hand kernels, which sum
   /// each output in one order whatever the row count, so seeded sampling

@@ -88,7 +88,9 @@ int run(int argc, char** argv) {
   app.add_option("--max-prefill-tokens", max_prefill_tokens,
                  "prompt tokens prefilled in one step at most; longer "
                  "prompts are prefilled in chunks over several steps, beside "
-                 "the running requests' next tokens (default 512)");
+                 "the running requests' next tokens (default 2048; lower: "
+                 "sooner first tokens, slower next tokens while prompts "
+                 "arrive)");
   bool batch_invariant = false;
   app.add_flag("--batch-invariant", batch_invariant,
                "make each request's results independent of the batch it "
