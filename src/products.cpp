@@ -16,6 +16,17 @@ namespace {
 // memory whatever the layer's size.
 constexpr int64_t kTileElements = int64_t{1} << 20;
 
+// Calls f(first_row, row_count) for tiles of a [rows, k] matrix's rows of
+// about kTileElements elements (4 MiB in float32), in order.
+template <typename F>
+void for_each_row_tile(int64_t rows, int64_t k, const F& f) {
+  const int64_t tile =
+      std::max<int64_t>(1, kTileElements / std::max<int64_t>(k, 1));
+  for (int64_t j = 0; j < rows; j += tile) {
+    f(j, std::min(tile, rows - j));
+  }
+}
+
 bool records_grad(std::initializer_list<const at::Tensor*> tensors) {
   if (!at::GradMode::is_enabled()) {
     return false;
@@ -87,9 +98,7 @@ at::Tensor tiled_linear(
   const int64_t k = input.size(-1), n = weight.size(0);
   const auto x = input.reshape({-1, k}).to(at::kFloat);
   auto y = at::empty({x.size(0), n}, x.options());
-  const int64_t tile = std::max<int64_t>(1, kTileElements / std::max<int64_t>(k, 1));
-  for (int64_t j = 0; j < n; j += tile) {
-    const int64_t t = std::min(tile, n - j);
+  for_each_row_tile(n, k, [&](int64_t j, int64_t t) {
     const auto w = scale.defined()
                        ? dequantize_rows(
                              weight.narrow(0, j, t), scale.narrow(0, j, t),
@@ -101,7 +110,7 @@ at::Tensor tiled_linear(
     } else {
       at::mm_out(out, x, w.t());
     }
-  }
+  });
   return y.view(output_shape(input, n)).to(input.scalar_type());
 }
 
@@ -252,12 +261,10 @@ at::Tensor dequantize_rows(
 at::Tensor row_absmax(const at::Tensor& w) {
   TORCH_CHECK(w.dim() == 2, "row_absmax: expected a matrix, got ", w.sizes());
   auto out = at::empty({w.size(0)}, w.options().dtype(at::kFloat));
-  const int64_t tile = std::max<int64_t>(1, kTileElements / std::max<int64_t>(w.size(1), 1));
-  for (int64_t j = 0; j < w.size(0); j += tile) {
-    const int64_t t = std::min(tile, w.size(0) - j);
+  for_each_row_tile(w.size(0), w.size(1), [&](int64_t j, int64_t t) {
     out.narrow(0, j, t).copy_(
         at::amax(at::abs(w.narrow(0, j, t).to(at::kFloat)), {1}));
-  }
+  });
   return out;
 }
 
@@ -271,9 +278,7 @@ std::pair<at::Tensor, at::Tensor> quantize_rows(
   const auto scale =
       at::where(amax > 0, amax / 127.0, at::ones_like(amax)).contiguous();
   auto q = at::empty(w.sizes(), w.options().dtype(at::kChar));
-  const int64_t tile = std::max<int64_t>(1, kTileElements / std::max<int64_t>(w.size(1), 1));
-  for (int64_t j = 0; j < w.size(0); j += tile) {
-    const int64_t t = std::min(tile, w.size(0) - j);
+  for_each_row_tile(w.size(0), w.size(1), [&](int64_t j, int64_t t) {
     q.narrow(0, j, t).copy_(
         at::clamp(
             at::round(
@@ -281,7 +286,7 @@ std::pair<at::Tensor, at::Tensor> quantize_rows(
                 scale.narrow(0, j, t).unsqueeze(1)),
             -127, 127)
             .to(at::kChar));
-  }
+  });
   return {q, scale};
 }
 

@@ -1,5 +1,7 @@
 #include "reduce_kernels.h"
 
+#include "detail/bfloat16_bits.h"
+
 #include <ATen/Dispatch.h>
 
 #include <algorithm>
@@ -14,23 +16,6 @@ using accumulate_t = std::conditional_t<
     std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>,
     float,
     T>;
-
-// Round to nearest even, as c10::BFloat16(float), without its branch: the
-// loop vectorises.
-inline uint16_t to_bfloat16_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof(u));
-  const uint16_t rounded =
-      static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-  return f != f ? uint16_t{0x7FC0} : rounded;
-}
-
-inline float from_bfloat16_bits(uint16_t b) {
-  const uint32_t u = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
-}
 
 // Works through tiles that stay in L1: each input is read once (`load`
 // widens it to the accumulator), the output written once (`store` rounds

@@ -1,4 +1,5 @@
 #include "detail/weight_kernels.h"
+#include "detail/bfloat16_bits.h"
 
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
@@ -14,10 +15,7 @@ namespace torchtp::detail {
 namespace {
 
 inline float widen(uint16_t bfloat16_bits) {
-  const uint32_t u = static_cast<uint32_t>(bfloat16_bits) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
+  return from_bfloat16_bits(bfloat16_bits);
 }
 
 inline float widen(int8_t q) {
@@ -288,7 +286,9 @@ const char* isa_name(Isa isa) {
   return "?";
 }
 
-bool cpu_supports(Isa isa) {
+namespace {
+
+bool read_cpu_supports(Isa isa) {
   switch (isa) {
     case Isa::generic:
       return true;
@@ -298,9 +298,19 @@ bool cpu_supports(Isa isa) {
       return has("avx512f") && has("avx512bw") && has("avx512vl") &&
              has("avx512dq") && has("fma");
     case Isa::avx512_bf16:
-      return cpu_supports(Isa::avx512) && has("avx512_bf16");
+      return read_cpu_supports(Isa::avx512) && has("avx512_bf16");
   }
   return false;
+}
+
+} // namespace
+
+bool cpu_supports(Isa isa) {
+  // Read once: small_rows_gemm asks on every product.
+  static const bool supported[] = {
+      read_cpu_supports(Isa::generic), read_cpu_supports(Isa::avx2),
+      read_cpu_supports(Isa::avx512), read_cpu_supports(Isa::avx512_bf16)};
+  return supported[static_cast<int>(isa)];
 }
 
 bool cpu_has_native_bfloat16() {
