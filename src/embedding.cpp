@@ -35,7 +35,7 @@ void VocabParallelEmbeddingImpl::reset() {
   weight = register_parameter(
       "weight",
       torch::empty({partition_->local_size(), options.embedding_dim()}, dtype));
-  reset_parameters();
+  reset_parameters();  detail::keep_int8_after_reset(*this, weight, weight_scale);
 }
 
 void VocabParallelEmbeddingImpl::reset_parameters() {

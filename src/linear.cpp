@@ -410,7 +410,7 @@ void ColumnParallelLinearImpl::reset() {
   register_weight_and_bias(
       *this, weight, bias, {local_out, options.in_features()}, local_out,
       options.bias(), dtype);
-  reset_parameters();
+  reset_parameters();  detail::keep_int8_after_reset(*this, weight, weight_scale);
 }
 
 void ColumnParallelLinearImpl::reset_parameters() {
@@ -510,7 +510,7 @@ void RowParallelLinearImpl::reset() {
   register_weight_and_bias(
       *this, weight, bias, {options.out_features(), partition_->local_size()},
       options.out_features(), options.bias(), dtype);
-  reset_parameters();
+  reset_parameters();  detail::keep_int8_after_reset(*this, weight, weight_scale);
 }
 
 void RowParallelLinearImpl::reset_parameters() {

@@ -36,6 +36,20 @@ at::Tensor quantize_parameter(
   return module.register_buffer("weight_scale", scale);
 }
 
+void keep_int8_after_reset(
+    torch::nn::Module& module,
+    at::Tensor& weight,
+    at::Tensor& weight_scale) {
+  if (!weight_scale.defined()) {
+    return;
+  }
+  at::NoGradGuard no_grad;
+  weight.set_requires_grad(false);
+  weight.set_data(at::zeros(weight.sizes(), weight.options().dtype(at::kChar)));
+  weight_scale = module.register_buffer(
+      "weight_scale", at::ones({weight.size(0)}, at::kFloat));
+}
+
 } // namespace detail
 
 void quantize_int8(torch::nn::Module& module) {

@@ -645,4 +645,29 @@ TEST(QuantizedGPT, QuantizingTwiceIsRefused) {
       {"quantize_int8", "floating-point weight", "Char"}));
 }
 
+TEST(QuantizedGPT, CloneIsADeepCopyThatServesTheSame) {
+  // Tied (GPT-2-like) and untied (Llama-like) output layers.
+  for (const auto& o : {gpt2_like(), llama_like()}) {
+    auto gpt = build(o, world(), torch::kFloat, true);
+    auto copy = std::dynamic_pointer_cast<torchtp::GPTImpl>(gpt->clone());
+    ASSERT_TRUE(copy);
+    auto theirs = copy->named_buffers();
+    for (const auto& b : gpt->named_buffers()) {
+      ASSERT_NE(theirs.find(b.key()), nullptr) << b.key();
+      EXPECT_TRUE(theirs[b.key()].equal(b.value())) << b.key();
+      EXPECT_NE(theirs[b.key()].data_ptr(), b.value().data_ptr()) << b.key();
+    }
+    auto params = copy->named_parameters();
+    for (const auto& p : gpt->named_parameters()) {
+      EXPECT_EQ(params[p.key()].scalar_type(), p.value().scalar_type())
+          << p.key();
+      EXPECT_TRUE(params[p.key()].equal(p.value())) << p.key();
+    }
+    torch::manual_seed(5);
+    auto ids = torch::randint(o.vocab_size(), {2, 6}, torch::kLong);
+    torchtp::GPT copied(copy);
+    EXPECT_TRUE(decode_logits(copied, ids, 3).equal(decode_logits(gpt, ids, 3)));
+  }
+}
+
 } // namespace

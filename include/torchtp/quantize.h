@@ -19,7 +19,8 @@ namespace torchtp {
 /// Collective: every rank of each layer's group calls it, on the same
 /// model. Afterwards the weights have no gradient (serving only), and
 /// calling it again raises. The float32 weights' memory is freed as each
-/// layer is done.
+/// layer is done. `clone()` of a quantized module gives an int8 copy (a
+/// layer's `reset()` keeps it int8, with zero weights and unit scales).
 void quantize_int8(torch::nn::Module& module);
 
 } // namespace torchtp

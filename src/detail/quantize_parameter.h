@@ -19,4 +19,14 @@ at::Tensor quantize_parameter(
     bool row_split,
     const char* layer);
 
+/// The end of an int8 layer's reset() (which clone() calls on a copy of
+/// the layer before copying its tensors): `weight`, just made again in
+/// floating point, becomes int8 zeros and "weight_scale" a buffer of ones
+/// again, so the copy holds the same tensors as the original. Does nothing
+/// for a layer never quantized (`weight_scale` undefined).
+void keep_int8_after_reset(
+    torch::nn::Module& module,
+    at::Tensor& weight,
+    at::Tensor& weight_scale);
+
 } // namespace torchtp::detail
