@@ -301,7 +301,8 @@ void expect_batched_equals_alone(
     Family family,
     torch::Dtype dtype,
     const std::vector<Arrival>& arrivals,
-    const torchtp::EngineOptions& options) {
+    const torchtp::EngineOptions& options,
+    const std::function<void(torchtp::Engine&)>& after = nullptr) {
   auto model = make_model(family, dtype);
   std::map<int64_t, size_t> arrival_of;
   std::map<int64_t, Outcome> got;
@@ -325,6 +326,10 @@ void expect_batched_equals_alone(
         }
       }
     }, last_arrival);
+    EXPECT_EQ(engine.stats().blocks_used, 0);
+    if (after) {
+      after(engine);
+    }
   });
   // Every rank computes the references (generate is collective).
   for (size_t i = 0; i < arrivals.size(); ++i) {
@@ -440,6 +445,37 @@ TEST(Engine, ALongPromptIsPrefilledInChunksBesideTheDecodingRequests) {
   });
 }
 
+TEST(Engine, APoolTooSmallForAllPreemptsAndRecomputes) {
+  // 10 blocks of 4 positions; each request ends holding 5 or 6 (prompt 6
+  // or 9 + 14 tokens): all four start, then the latest started give their
+  // blocks back as the others grow, and recompute them later. Greedy
+  // (both layouts) and sampled, each equal to generate alone.
+  auto arrivals = [](const torchtp::SamplingOptions& sampling) {
+    return std::vector<Arrival>{
+        {0, 6, 14, sampling, 1}, {0, 9, 14, sampling, 2},
+        {0, 6, 14, sampling, 3}, {1, 9, 14, sampling, 4}};
+  };
+  const auto options =
+      torchtp::EngineOptions().block_size(4).kv_cache_tokens(40).max_batch(4);
+  int64_t preemptions = 0;
+  auto count = [&](torchtp::Engine& engine) {
+    preemptions = engine.stats().preemptions;
+  };
+  expect_batched_equals_alone(
+      Family::gpt2, torch::kDouble,
+      arrivals(torchtp::SamplingOptions().greedy(true)), options, count);
+  if (world().rank() == 0) {
+    EXPECT_GT(preemptions, 0);
+  }
+  expect_batched_equals_alone(
+      Family::llama, torch::kDouble,
+      arrivals(torchtp::SamplingOptions().temperature(0.9).top_k(9)),
+      torchtp::EngineOptions(options).max_prefill_tokens(5), count);
+  if (world().rank() == 0) {
+    EXPECT_GT(preemptions, 0);
+  }
+}
+
 TEST(Engine, StopIdsEndARequestWithTheirToken) {
   auto model = make_model(Family::gpt2, torch::kDouble);
   const auto prompt = random_prompt(6, 5);
@@ -470,10 +506,10 @@ TEST(Engine, StopIdsEndARequestWithTheirToken) {
 
 TEST(Engine, AFullPoolQueuesRequestsAndCancellingFreesBlocks) {
   auto model = make_model(Family::llama, torch::kDouble);
-  // 6 blocks of 4 positions: a request of 10 + 10 needs 5 (19 positions),
-  // so only one runs at a time.
+  // 5 blocks of 4 positions: a prompt of 10 takes 3, so a second one does
+  // not start beside it (the first grows to 5 blocks: 19 positions).
   torchtp::Engine engine(
-      *model, torchtp::EngineOptions().block_size(4).kv_cache_tokens(24));
+      *model, torchtp::EngineOptions().block_size(4).kv_cache_tokens(20));
   std::map<int64_t, Outcome> got;
   std::vector<torchtp::EngineStats> seen;
   serve(engine, [&] {
@@ -505,8 +541,9 @@ TEST(Engine, AFullPoolQueuesRequestsAndCancellingFreesBlocks) {
     ASSERT_GE(seen.size(), 3u);
     EXPECT_EQ(seen[0].running, 1);
     EXPECT_EQ(seen[0].waiting, 2);
-    EXPECT_EQ(seen[0].blocks_used, 5);
-    EXPECT_EQ(seen[0].blocks_total, 6);
+    EXPECT_EQ(seen[0].blocks_used, 3);
+    EXPECT_EQ(seen[0].blocks_total, 5);
+    EXPECT_EQ(engine.stats().preemptions, 0);
     const auto end = engine.stats();
     EXPECT_EQ(end.blocks_used, 0);
     EXPECT_EQ(end.running, 0);

@@ -90,6 +90,9 @@ struct EngineStats {
   int64_t steps = 0;
   int64_t prompt_tokens = 0;
   int64_t generated_tokens = 0;
+  /// Times a running request gave its blocks to others (and recomputed
+  /// them when it ran again).
+  int64_t preemptions = 0;
 };
 
 /// Continuous batching over a tensor-parallel `CausalLM`: requests arrive
@@ -104,11 +107,15 @@ struct EngineStats {
 /// `stats` and `wait_for_work` are rank 0's and may be called from any
 /// thread while another runs `step()`.
 ///
-/// A request is given all the blocks it can need (prompt plus
-/// `max_tokens`) when it starts, so a running request never waits for
-/// memory; requests that do not fit wait in a bounded queue, in order.
-/// Batching does not change a request's tokens: each sequence attends only
-/// to its own positions, and each request samples from its own generator.
+/// Blocks are taken as a sequence's positions fill. A request starts when
+/// the free blocks hold its prompt; requests that do not fit wait in a
+/// bounded queue, in order. When a running request needs a block and none
+/// is free, the latest started one gives its blocks back and waits first
+/// in the queue (preemption); when it runs again it recomputes its prompt
+/// and the tokens it generated in one prefill, and its sampling goes on
+/// from where it stopped. Batching does not change a request's tokens:
+/// each sequence attends only to its own positions, and each request
+/// samples from its own generator.
 class Engine {
  public:
   /// Collective over `model.group()` (every rank makes its key/value pool
@@ -132,9 +139,10 @@ class Engine {
   void cancel(int64_t id);
   /// Collective: one step. A step that raises (a collective failed: a
   /// rank died or timed out) leaves the engine unusable, its requests
-  /// unanswered. Rank 0 starts the waiting requests that fit,
-  /// runs every running sequence one token further and returns what each
-  /// request got; with nothing to run it only tells the other ranks so
+  /// unanswered. Rank 0 starts the waiting requests that fit, runs
+  /// every decoding sequence one token further and the prefilling ones a
+  /// chunk of their prompts (preempting if blocks run out), and returns
+  /// what each request got; with nothing to run it only tells the other ranks so
   /// (their collectives never time out while the engine is idle). Other
   /// ranks: use `follow()`.
   std::vector<RequestUpdate> step();

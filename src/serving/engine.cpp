@@ -20,16 +20,21 @@ namespace detail {
 // A request as rank 0 holds it.
 struct EngineRequest {
   int64_t id = -1;
-  std::vector<int64_t> prompt;
+  // The prompt, then every token generated: position j's token.
+  std::vector<int64_t> ids;
+  int64_t prompt = 0;
   RequestOptions options;
   // max_tokens, cut to what the context leaves.
   int64_t max_tokens = 0;
+  // Blocks for the positions cached so far, taken as they fill.
   std::vector<int64_t> blocks;
-  // Positions in the cache. Below the prompt's length it is still being
-  // prefilled, a chunk of it per step.
+  // Positions in the cache: every id but the last once decoding. More
+  // than one id beyond it: a prompt (or, after a preemption, the prompt
+  // and the tokens generated) still to prefill, a chunk a step.
   int64_t cached = 0;
   int64_t generated = 0;
-  int64_t last_token = -1;
+  // Times its blocks were taken for others; it then recomputes them.
+  int64_t preemptions = 0;
 };
 
 using EngineRequestPtr = std::unique_ptr<EngineRequest>;
@@ -93,6 +98,10 @@ struct Engine::State {
     return ceil_div(prompt + max_tokens - 1, cache.block_size);
   }
 
+  // Requests that ended since the last step that ran: every rank drops
+  // their generators then.
+  std::vector<int64_t> ended;
+
   void check_rank0(const char* what) const {
     TORCHTP_CHECK(
         group.rank() == 0, kEngine, group, what,
@@ -114,6 +123,19 @@ struct Engine::State {
   void free(Request& r) {
     free_blocks.insert(free_blocks.end(), r.blocks.begin(), r.blocks.end());
     r.blocks.clear();
+  }
+  // Takes the last running request's blocks (the latest admitted, as
+  // vLLM does) and queues it first again: it recomputes its cache later.
+  void preempt_last() {
+    auto& r = *running.back();
+    free(r);
+    r.cached = 0;
+    ++r.preemptions;
+    std::lock_guard<std::mutex> lock(mutex);
+    waiting.push_front(std::move(running.back()));
+    running.pop_back();
+    stats.waiting = static_cast<int64_t>(waiting.size());
+    ++stats.preemptions;
   }
 };
 
@@ -195,7 +217,8 @@ int64_t Engine::add_request(
       sampling.temperature(), ", top_k ", sampling.top_k(), ", top_p ",
       sampling.top_p());
   auto r = std::make_unique<detail::EngineRequest>();
-  r->prompt = prompt;
+  r->ids = prompt;
+  r->prompt = p;
   r->options = o;
   r->max_tokens = std::min(o.max_tokens(), context - p);
   const int64_t blocks = s.blocks_needed(p, r->max_tokens);
@@ -251,6 +274,7 @@ std::vector<RequestUpdate> Engine::State::take_cancels_and_admit() {
     if (w != waiting.end()) {
       waiting.erase(w);
       updates.push_back({id, -1, FinishReason::cancelled});
+      ended.push_back(id);
       continue;
     }
     auto r = std::find_if(running.begin(), running.end(), match);
@@ -258,22 +282,24 @@ std::vector<RequestUpdate> Engine::State::take_cancels_and_admit() {
       free(**r);
       running.erase(r);
       updates.push_back({id, -1, FinishReason::cancelled});
+      ended.push_back(id);
     }
   }
   cancels.clear();
-  // In order of arrival: the first that does not fit waits, and so do all
-  // behind it. Its prompt is prefilled in the next steps (plan()).
+  // In order of arrival (a preempted request first): one starts when the
+  // free blocks hold everything it has to prefill, beside those started
+  // before it in this step; the first that does not fit waits, and so do
+  // all behind it. Blocks are taken as positions fill (plan()).
+  int64_t promised = 0;
   while (!waiting.empty() &&
          static_cast<int64_t>(running.size()) < options.max_batch()) {
-    auto& r = *waiting.front();
+    const auto& r = *waiting.front();
     const int64_t need =
-        blocks_needed(static_cast<int64_t>(r.prompt.size()), r.max_tokens);
-    if (need > static_cast<int64_t>(free_blocks.size())) {
+        ceil_div(static_cast<int64_t>(r.ids.size()), cache.block_size);
+    if (promised + need > static_cast<int64_t>(free_blocks.size())) {
       break;
     }
-    r.blocks.assign(free_blocks.end() - need, free_blocks.end());
-    std::reverse(r.blocks.begin(), r.blocks.end());
-    free_blocks.resize(free_blocks.size() - need);
+    promised += need;
     running.push_back(std::move(waiting.front()));
     waiting.pop_front();
   }
@@ -288,36 +314,51 @@ detail::StepPlan Engine::State::plan(std::vector<Scheduled>& scheduled) {
   // Every decoding request brings its last token; the prefilling ones, in
   // order of arrival, chunks of their prompts while max_prefill_tokens
   // lasts (chunked prefill): a long prompt never stalls the others' next
-  // tokens for more than one step's worth of prompt.
+  // tokens for more than one step's worth of prompt. Blocks are taken as
+  // positions need them; when none is free the latest admitted request
+  // gives its blocks back (preempt_last), possibly this one.
   int64_t budget = options.max_prefill_tokens();
   for (size_t i = 0; i < running.size(); ++i) {
-    const Request& r = *running[i];
-    const int64_t p = static_cast<int64_t>(r.prompt.size());
-    const int64_t count =
-        r.cached < p ? std::min(p - r.cached, budget) : int64_t{1};
+    Request& r = *running[i];
+    const int64_t remaining = static_cast<int64_t>(r.ids.size()) - r.cached;
+    const int64_t count = remaining > 1 ? std::min(remaining, budget) : 1;
     if (count == 0) {
       continue;
+    }
+    const int64_t need = ceil_div(r.cached + count, cache.block_size) -
+                         static_cast<int64_t>(r.blocks.size());
+    while (need > static_cast<int64_t>(free_blocks.size()) &&
+           running.back().get() != &r) {
+      preempt_last();
+    }
+    if (need > static_cast<int64_t>(free_blocks.size())) {
+      preempt_last(); // r itself, the last
+      break;
+    }
+    for (int64_t b = 0; b < need; ++b) {
+      r.blocks.push_back(free_blocks.back());
+      free_blocks.pop_back();
+    }
+    if (remaining > 1) {
+      budget -= count;
     }
     const int64_t seq = static_cast<int64_t>(plan.sequences.size());
     for (int64_t position = r.cached; position < r.cached + count;
          ++position) {
-      ids.push_back(position < p ? r.prompt[position] : r.last_token);
+      ids.push_back(r.ids[position]);
       positions.push_back(position);
       token_seq.push_back(seq);
       slots.push_back(
           r.blocks[position / cache.block_size] * cache.block_size +
           position % cache.block_size);
     }
-    if (r.cached < p) {
-      budget -= count;
-    }
-    const bool samples = r.cached + count >= p;
+    const bool samples = count == remaining;
     logits_rows.push_back(static_cast<int64_t>(ids.size()) - 1);
     max_blocks = std::max<int64_t>(max_blocks, r.blocks.size());
     const auto& o = r.options.sampling();
     plan.sequences.push_back(
-        {r.id, r.cached == 0, r.options.seed(), o.greedy(), o.temperature(),
-         o.top_k(), o.top_p(), samples});
+        {r.id, r.cached == 0 && r.preemptions == 0, r.options.seed(),
+         o.greedy(), o.temperature(), o.top_k(), o.top_p(), samples});
     scheduled.push_back({i, count, samples});
   }
   const int64_t n = static_cast<int64_t>(scheduled.size());
@@ -325,6 +366,8 @@ detail::StepPlan Engine::State::plan(std::vector<Scheduled>& scheduled) {
     return plan;
   }
   plan.kind = detail::StepPlan::Kind::run;
+  plan.ended = std::move(ended);
+  ended.clear();
   auto tables = torch::zeros({n, max_blocks}, torch::kLong);
   for (int64_t i = 0; i < n; ++i) {
     const auto& blocks = running[scheduled[i].index]->blocks;
@@ -346,20 +389,18 @@ at::Tensor Engine::State::run(const detail::StepPlan& plan) {
   c10::InferenceMode inference;
   detail::EvalGuard eval(model.module());
   detail::BatchInvariantProducts invariant(options.batch_invariant());
-  // Generators of requests that left are dropped; new ones made.
-  std::unordered_map<int64_t, at::Generator> kept;
-  for (const auto& q : plan.sequences) {
-    if (q.greedy) {
-      continue;
-    }
-    auto g = generators.find(q.request);
-    kept.emplace(
-        q.request,
-        q.starts || g == generators.end()
-            ? at::detail::createCPUGenerator(q.seed)
-            : g->second);
+  // Generators of requests that ended are dropped; new ones made. A
+  // preempted request keeps its own while it waits, so its draws go on
+  // where they stopped.
+  for (int64_t id : plan.ended) {
+    generators.erase(id);
   }
-  generators = std::move(kept);
+  for (const auto& q : plan.sequences) {
+    if (!q.greedy && (q.starts || generators.count(q.request) == 0)) {
+      generators.insert_or_assign(
+          q.request, at::detail::createCPUGenerator(q.seed));
+    }
+  }
 
   auto logits = model.forward_paged(plan.batch, cache);
   const int64_t n = static_cast<int64_t>(plan.sequences.size());
@@ -416,14 +457,15 @@ std::vector<RequestUpdate> Engine::step() {
     std::vector<bool> finished(s.running.size(), false);
     for (size_t i = 0; i < scheduled.size(); ++i) {
       auto& r = *s.running[scheduled[i].index];
-      if (r.generated == 0) {
-        prompt_tokens += scheduled[i].tokens;
+      if (r.preemptions == 0) {
+        prompt_tokens += std::max<int64_t>(
+            0, std::min(r.prompt, r.cached + scheduled[i].tokens) - r.cached);
       }
       r.cached += scheduled[i].tokens;
       if (!scheduled[i].samples) {
         continue;
       }
-      r.last_token = t[i];
+      r.ids.push_back(t[i]);
       ++r.generated;
       const auto& stop = r.options.stop_ids();
       FinishReason reason = FinishReason::none;
@@ -435,6 +477,7 @@ std::vector<RequestUpdate> Engine::step() {
       updates.push_back({r.id, t[i], reason});
       if (reason != FinishReason::none) {
         s.free(r);
+        s.ended.push_back(r.id);
         finished[scheduled[i].index] = true;
       }
     }

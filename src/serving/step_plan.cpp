@@ -25,7 +25,7 @@ double double_of(int64_t bits) {
 
 void broadcast_plan(StepPlan& plan, const Group& group) {
   const bool root = group.rank() == 0;
-  auto header = at::zeros({4}, at::kLong);
+  auto header = at::zeros({5}, at::kLong);
   if (root) {
     const auto& b = plan.batch;
     const bool run = plan.kind == StepPlan::Kind::run;
@@ -33,6 +33,7 @@ void broadcast_plan(StepPlan& plan, const Group& group) {
     header[1] = run ? b.block_tables.size(0) : 0;
     header[2] = run ? b.ids.numel() : 0;
     header[3] = run ? b.block_tables.size(1) : 0;
+    header[4] = run ? static_cast<int64_t>(plan.ended.size()) : 0;
   }
   group.broadcast(header, 0);
   const auto* h = header.data_ptr<int64_t>();
@@ -40,7 +41,7 @@ void broadcast_plan(StepPlan& plan, const Group& group) {
   if (plan.kind != StepPlan::Kind::run) {
     return;
   }
-  const int64_t n = h[1], t = h[2], max_blocks = h[3];
+  const int64_t n = h[1], t = h[2], max_blocks = h[3], ended = h[4];
   at::Tensor body;
   if (root) {
     const auto& b = plan.batch;
@@ -58,10 +59,11 @@ void broadcast_plan(StepPlan& plan, const Group& group) {
     }
     body = at::cat(
         {b.ids, b.positions, b.token_seq, b.slots, b.block_tables.reshape(-1),
-         b.logits_rows, sequences.reshape(-1)});
+         b.logits_rows, sequences.reshape(-1),
+         at::tensor(plan.ended, at::kLong)});
   } else {
-    body = at::empty({4 * t + n * max_blocks + n + n * kSequenceFields},
-                     at::kLong);
+    body = at::empty(
+        {4 * t + n * max_blocks + n + n * kSequenceFields + ended}, at::kLong);
   }
   group.broadcast(body, 0);
   if (root) {
@@ -92,6 +94,8 @@ void broadcast_plan(StepPlan& plan, const Group& group) {
     q.top_p = double_of(*s++);
     q.samples = *s++ != 0;
   }
+  const auto* e = take(ended).data_ptr<int64_t>();
+  plan.ended.assign(e, e + ended);
 }
 
 } // namespace torchtp::detail

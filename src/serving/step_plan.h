@@ -30,6 +30,8 @@ struct StepPlan {
     bool samples = true;
   };
   std::vector<Sequence> sequences;
+  /// Requests that ended since the last step that ran: their generators go.
+  std::vector<int64_t> ended;
 };
 
 /// Rank 0's `plan` onto every rank of `group` (two broadcasts: the sizes,

@@ -85,6 +85,10 @@ std::string Metrics::render() const {
           stats_.prompt_tokens);
   counter("torchtp_generation_tokens_total", "Tokens generated.",
           stats_.generated_tokens);
+  counter("torchtp_preemptions_total",
+          "Times a running request gave its key/value blocks to others "
+          "(recomputed when it runs again).",
+          stats_.preemptions);
   double rate = 0;
   if (recent_.size() >= 2) {
     const double seconds = std::chrono::duration<double>(
