@@ -163,11 +163,11 @@ at::Tensor linear(
     const at::Tensor& scale) {
   const auto& choice = kernel_choice();
   const int64_t rows = rows_of(input);
-  const bool bfloat16_gemm_too = weight.scalar_type() == at::kBFloat16 &&
-                                 choice.native_bfloat16_gemm;
-  const bool few_rows =
-      choice.hand_kernels && rows > 0 && weight.dim() == 2 &&
-      rows <= (bfloat16_gemm_too ? kSmallRowsBesideNativeBfloat16 : kSmallRows);
+  // bfloat16 too where oneDNN has a native bfloat16 GEMM: the hand
+  // kernels took 0.4-0.55x its time for 1 to 16 rows of GPT-2's weights
+  // (bench_weights, two threads, AMD EPYC Zen 5 with avx512_bf16).
+  const bool few_rows = choice.hand_kernels && rows > 0 &&
+                        weight.dim() == 2 && rows <= kSmallRows;
   if (weight.scalar_type() == at::kChar) {
     TORCH_CHECK(
         scale.defined() && scale.dim() == 1 && scale.size(0) == weight.size(0),
@@ -247,7 +247,7 @@ at::Tensor matmul(const at::Tensor& a, const at::Tensor& b) {
   // take.
   if (a.scalar_type() == at::kBFloat16 && b.scalar_type() == at::kBFloat16 &&
       (!kernel_choice().native_bfloat16_gemm ||
-       (a.dim() >= 2 && a.size(-2) <= kSmallRowsBesideNativeBfloat16))) {
+       (a.dim() >= 2 && a.size(-2) <= kAttentionRowsThroughFloat32))) {
     return at::matmul(a.to(at::kFloat), b.to(at::kFloat)).to(at::kBFloat16);
   }
   return at::matmul(a, b);

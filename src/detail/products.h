@@ -17,11 +17,10 @@ namespace torchtp::detail {
 /// Up to this many activation rows go through the hand kernels; more are
 /// a GEMM's work.
 constexpr int64_t kSmallRows = 16;
-/// With a native bfloat16 GEMM (oneDNN on avx512_bf16), the hand kernels
-/// take bfloat16 weights only up to this many rows: oneDNN is faster
-/// beyond (bench_weights: at 6 rows and more on an AMD EPYC with
-/// avx512_bf16).
-constexpr int64_t kSmallRowsBesideNativeBfloat16 = 4;
+/// bfloat16 matmuls (the attention's) of up to this many rows go through
+/// float32 even where oneDNN has a native bfloat16 GEMM: its primitives
+/// cost more to set up than such products take.
+constexpr int64_t kAttentionRowsThroughFloat32 = 4;
 
 /// `input W^T + bias` (`bias` may be undefined), as `at::linear`. An int8
 /// `weight` [n, k] stands for `weight * scale[:, None]` (`scale` float32
