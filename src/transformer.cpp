@@ -43,6 +43,95 @@ torch::Tensor reduce_to_shard(
       detail::reduce_scatter_sequence(partial, group, seq), row->bias, group);
 }
 
+// Rows of new tokens per sequence up to which a cached step's attention
+// runs through the paged-attention kernel, reading the cache in place: a
+// decode step's dozen LibTorch operations per layer (masks, two batched
+// products, softmax; for bfloat16 a float32 copy of the whole cache, for
+// grouped heads a copy per query head) become one call. Longer prefills
+// keep the batched products, whose cost grows less with the rows.
+constexpr int64_t kKernelAttentionRows = 16;
+
+// softmax(q k^T / sqrt(hd)) v of new tokens `q [b, heads, s, hd]` at
+// positions past .. past+s-1 over `cache` (already holding them), seeing
+// only the positions `key_mask [b, past+s]` marks and their own, through
+// detail::paged_attention (each sequence's cache one block). Returns the
+// context `[b, s, heads * hd]` in q's dtype, or an undefined tensor where
+// the kernel does not apply (gradients recorded, more rows, a dtype or
+// layout it does not read).
+torch::Tensor kernel_attention(
+    const torch::Tensor& q,
+    const KVCache& cache,
+    const torch::Tensor& key_mask,
+    const torch::Tensor& kv_of_head) {
+  const int64_t b = q.size(0), heads = q.size(1), s = q.size(2),
+                hd = q.size(3);
+  const auto dtype = cache.k.scalar_type();
+  const bool readable =
+      (dtype == torch::kFloat || dtype == torch::kDouble ||
+       dtype == torch::kBFloat16) &&
+      q.scalar_type() == dtype && cache.k.is_contiguous() &&
+      cache.v.is_contiguous() && cache.v.sizes() == cache.k.sizes();
+  const bool records_grad = torch::GradMode::is_enabled() &&
+                            (q.requires_grad() || cache.k.requires_grad() ||
+                             cache.v.requires_grad());
+  if (!readable || records_grad || s > kKernelAttentionRows) {
+    return {};
+  }
+  const int64_t kv_heads = cache.k.size(1), capacity = cache.k.size(2);
+  const int64_t past = cache.length - s, tokens = b * s;
+  std::vector<int64_t> seq(tokens), pos(tokens), tables(b), kv(heads);
+  for (int64_t t = 0; t < tokens; ++t) {
+    seq[t] = t / s;
+    pos[t] = past + t % s;
+  }
+  for (int64_t i = 0; i < b; ++i) {
+    tables[i] = i * kv_heads; // sequence i's first row of [b * kv_heads]
+  }
+  const auto groups = kv_of_head.defined() ? kv_of_head.contiguous()
+                                            : torch::Tensor();
+  for (int64_t h = 0; h < heads; ++h) {
+    kv[h] = groups.defined() ? groups.data_ptr<int64_t>()[h] : h;
+  }
+  detail::PagedAttentionShape shape{tokens, heads, kv_heads, hd, capacity, 1};
+  shape.slot_stride = hd;
+  shape.head_stride = capacity * hd;
+  shape.key_mask_columns = key_mask.size(1);
+  const auto mask = key_mask.contiguous();
+  const double scale = 1.0 / std::sqrt(double(hd));
+  // [b, heads, s, hd] -> [b * s, heads, hd]
+  auto rows = [&](torch::Dtype as) {
+    return q.transpose(1, 2).to(as).contiguous();
+  };
+  torch::Tensor context;
+  if (dtype == torch::kDouble) {
+    const auto query = rows(torch::kDouble);
+    context = torch::empty_like(query);
+    detail::paged_attention<double>(
+        query.data_ptr<double>(), cache.k.data_ptr<double>(),
+        cache.v.data_ptr<double>(), kv.data(), seq.data(), pos.data(),
+        tables.data(), scale, context.data_ptr<double>(), shape,
+        mask.data_ptr<bool>());
+  } else {
+    const auto query = rows(torch::kFloat);
+    context = torch::empty_like(query);
+    if (dtype == torch::kFloat) {
+      detail::paged_attention<float>(
+          query.data_ptr<float>(), cache.k.data_ptr<float>(),
+          cache.v.data_ptr<float>(), kv.data(), seq.data(), pos.data(),
+          tables.data(), scale, context.data_ptr<float>(), shape,
+          mask.data_ptr<bool>());
+    } else {
+      detail::paged_attention<float, uint16_t>(
+          query.data_ptr<float>(),
+          reinterpret_cast<const uint16_t*>(cache.k.data_ptr()),
+          reinterpret_cast<const uint16_t*>(cache.v.data_ptr()), kv.data(),
+          seq.data(), pos.data(), tables.data(), scale,
+          context.data_ptr<float>(), shape, mask.data_ptr<bool>());
+    }
+  }
+  return context.view({b, s, heads * hd}).to(q.scalar_type());
+}
+
 } // namespace
 
 // ---------------------------------------------------------------------------
@@ -328,6 +417,11 @@ torch::Tensor ParallelSelfAttentionImpl::forward_cached(
   cache.k.narrow(2, past, s).copy_(k);
   cache.v.narrow(2, past, s).copy_(v);
   cache.length = total;
+  if (auto context = kernel_attention(q, cache, key_mask, kv_of_head_);
+      context.defined()) {
+    auto y = proj(context);
+    return options.sequence_parallel() ? reduce_whole(y, proj) : y;
+  }
   // New position i (slot past + i) sees the real slots up to its own, and
   // always itself, so that a padding row stays finite.
   auto slot = torch::arange(total, torch::kLong);

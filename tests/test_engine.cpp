@@ -266,6 +266,93 @@ TEST(PagedAttention, KernelInEveryInstructionSetEqualsTheReference) {
   expect_kernel_equals_reference<double>(torch::kDouble, 1e-12);
 }
 
+// The kernel reading a contiguous cache [batch, kv_heads, capacity, hd]
+// (generate's decode steps): each sequence's cache one block, a key mask
+// hiding left padding (a row always sees itself), grouped heads, and the
+// cache stored as T or as bfloat16 bits beside float queries. Against
+// float64 over the stored (widened) values, in every instruction set;
+// each row alone equals it among the others.
+template <typename T, typename S>
+void expect_cache_kernel_equals_reference(
+    torch::Dtype query_dtype, torch::Dtype cache_dtype, double tolerance) {
+  namespace d = torchtp::detail;
+  torch::manual_seed(5);
+  const int64_t b = 3, heads = 4, kv_heads = 2, hd = 72, capacity = 20;
+  const int64_t past = 9, s = 2, total = past + s;
+  auto k = torch::randn({b, kv_heads, capacity, hd}).to(cache_dtype);
+  auto v = torch::randn({b, kv_heads, capacity, hd}).to(cache_dtype);
+  // Sequence 1 is left-padded by 4, sequence 2 by 10: its first new token
+  // (a padding row) sees only itself.
+  auto mask = torch::ones({b, total}, torch::kBool);
+  mask[1].narrow(0, 0, 4).fill_(false);
+  mask[2].narrow(0, 0, 10).fill_(false);
+  auto q = torch::randn({b * s, heads, hd}).to(query_dtype);
+  std::vector<int64_t> seq, pos, tables, kv_of_head{0, 0, 1, 1};
+  for (int64_t i = 0; i < b; ++i) {
+    tables.push_back(i * kv_heads);
+    for (int64_t j = 0; j < s; ++j) {
+      seq.push_back(i);
+      pos.push_back(past + j);
+    }
+  }
+  const double scale = 1.0 / std::sqrt(double(hd));
+  auto expected = torch::empty({b * s, heads, hd}, torch::kDouble);
+  for (int64_t r = 0; r < b * s; ++r) {
+    auto seen = mask[seq[r]].narrow(0, 0, pos[r] + 1).clone();
+    seen[pos[r]] = true;
+    auto j = seen.nonzero().view({-1});
+    for (int64_t h = 0; h < heads; ++h) {
+      auto keys = k[seq[r]][h / 2].index_select(0, j).to(torch::kDouble);
+      auto values = v[seq[r]][h / 2].index_select(0, j).to(torch::kDouble);
+      auto w = torch::softmax(keys.matmul(q[r][h].to(torch::kDouble)) * scale, 0);
+      expected[r][h] = w.matmul(values);
+    }
+  }
+  auto run = [&](int64_t first, int64_t count) {
+    auto out = torch::empty({count, heads, hd}, query_dtype);
+    d::PagedAttentionShape shape{count, heads, kv_heads, hd, capacity, 1};
+    shape.slot_stride = hd;
+    shape.head_stride = capacity * hd;
+    shape.key_mask_columns = total;
+    d::paged_attention<T, S>(
+        q.narrow(0, first, count).contiguous().template data_ptr<T>(),
+        reinterpret_cast<const S*>(k.data_ptr()),
+        reinterpret_cast<const S*>(v.data_ptr()), kv_of_head.data(),
+        seq.data() + first, pos.data() + first, tables.data(), scale,
+        out.template data_ptr<T>(), shape, mask.data_ptr<bool>());
+    return out;
+  };
+  const auto previous = d::kernel_choice();
+  for (auto isa : {d::Isa::generic, d::Isa::avx2, d::Isa::avx512}) {
+    if (!d::cpu_supports(isa)) {
+      continue;
+    }
+    auto choice = previous;
+    choice.isa = isa;
+    d::set_kernel_choice(choice);
+    auto all = run(0, b * s);
+    const double error =
+        (all.to(torch::kDouble) - expected).abs().max().template item<double>();
+    EXPECT_LT(error, tolerance) << d::isa_name(isa) << " " << cache_dtype;
+    for (int64_t r = 0; r < b * s; ++r) {
+      EXPECT_TRUE(run(r, 1)[0].equal(all[r]))
+          << d::isa_name(isa) << " " << cache_dtype << ": row " << r
+          << " alone differs";
+    }
+  }
+  d::set_kernel_choice(previous);
+}
+
+TEST(PagedAttention, KernelReadsAContiguousCacheWithAKeyMask) {
+  // Tolerances as above: the reference sums the same stored values.
+  expect_cache_kernel_equals_reference<float, float>(
+      torch::kFloat, torch::kFloat, 1e-5);
+  expect_cache_kernel_equals_reference<double, double>(
+      torch::kDouble, torch::kDouble, 1e-12);
+  expect_cache_kernel_equals_reference<float, uint16_t>(
+      torch::kFloat, torch::kBFloat16, 1e-5);
+}
+
 TEST(PagedAttention, IndicesOutsideThePoolAreRefused) {
   auto model = make_model(Family::gpt2, torch::kDouble);
   c10::InferenceMode inference;

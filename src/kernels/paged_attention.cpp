@@ -1,4 +1,5 @@
 #include "detail/paged_attention.h"
+#include "detail/bfloat16_bits.h"
 #include "detail/weight_kernels.h"
 
 #include <ATen/Parallel.h>
@@ -10,6 +11,18 @@
 
 namespace torchtp::detail {
 namespace {
+
+inline float widen(float f) {
+  return f;
+}
+
+inline double widen(double d) {
+  return d;
+}
+
+inline float widen(uint16_t bfloat16_bits) {
+  return from_bfloat16_bits(bfloat16_bits);
+}
 
 // One copy per instruction set, chosen at run time as the weight kernels
 // are (TORCHTP_KERNELS forces one; tests run each the CPU has). With FMA
@@ -35,18 +48,26 @@ namespace avx512 {
 
 } // namespace
 
-template <typename T>
+template <typename T, typename S>
 void paged_attention(
     const T* q,
-    const T* k_pool,
-    const T* v_pool,
+    const S* k_pool,
+    const S* v_pool,
     const int64_t* kv_of_head,
     const int64_t* token_seq,
     const int64_t* token_pos,
     const int64_t* block_tables,
     double scale,
     T* out,
-    const PagedAttentionShape& s) {
+    const PagedAttentionShape& shape,
+    const bool* key_mask) {
+  PagedAttentionShape s = shape;
+  if (s.slot_stride == 0) {
+    s.slot_stride = s.kv_heads * s.head_dim;
+  }
+  if (s.head_stride == 0) {
+    s.head_stride = s.head_dim;
+  }
   const int64_t tasks = s.tokens * s.heads;
   if (tasks == 0) {
     return;
@@ -58,51 +79,28 @@ void paged_attention(
     work += (token_pos[t] + 1) * s.heads * s.head_dim;
   }
   const int64_t grain = work < (int64_t{1} << 16) ? tasks : 1;
-  const Isa isa = kernel_choice().isa;
+  auto* tasks_in = kernel_choice().isa == Isa::avx512 ||
+                           kernel_choice().isa == Isa::avx512_bf16
+                       ? &avx512::attend_tasks<T, S>
+                   : kernel_choice().isa == Isa::avx2
+                       ? &avx2::attend_tasks<T, S>
+                       : &generic::attend_tasks<T, S>;
+  const T typed_scale = static_cast<T>(scale);
   at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
-    const T typed_scale = static_cast<T>(scale);
-    switch (isa) {
-      case Isa::avx512:
-      case Isa::avx512_bf16:
-        avx512::attend_tasks(
-            q, k_pool, v_pool, kv_of_head, token_seq, token_pos, block_tables,
-            typed_scale, out, s, begin, end);
-        break;
-      case Isa::avx2:
-        avx2::attend_tasks(
-            q, k_pool, v_pool, kv_of_head, token_seq, token_pos, block_tables,
-            typed_scale, out, s, begin, end);
-        break;
-      case Isa::generic:
-        generic::attend_tasks(
-            q, k_pool, v_pool, kv_of_head, token_seq, token_pos, block_tables,
-            typed_scale, out, s, begin, end);
-        break;
-    }
+    tasks_in(
+        q, k_pool, v_pool, kv_of_head, token_seq, token_pos, block_tables,
+        key_mask, typed_scale, out, s, begin, end);
   });
 }
 
-template void paged_attention<float>(
-    const float*,
-    const float*,
-    const float*,
-    const int64_t*,
-    const int64_t*,
-    const int64_t*,
-    const int64_t*,
-    double,
-    float*,
-    const PagedAttentionShape&);
-template void paged_attention<double>(
-    const double*,
-    const double*,
-    const double*,
-    const int64_t*,
-    const int64_t*,
-    const int64_t*,
-    const int64_t*,
-    double,
-    double*,
-    const PagedAttentionShape&);
+#define TORCHTP_PAGED_ATTENTION(T, S)                                      \
+  template void paged_attention<T, S>(                                     \
+      const T*, const S*, const S*, const int64_t*, const int64_t*,        \
+      const int64_t*, const int64_t*, double, T*, const PagedAttentionShape&, \
+      const bool*);
+TORCHTP_PAGED_ATTENTION(float, float)
+TORCHTP_PAGED_ATTENTION(double, double)
+TORCHTP_PAGED_ATTENTION(float, uint16_t)
+#undef TORCHTP_PAGED_ATTENTION
 
 } // namespace torchtp::detail
