@@ -436,6 +436,45 @@ TEST_F(PretrainedFiles, ReducedPrecisionFilesLoadAsTheirRoundedWeights) {
   }
 }
 
+// int8_weights quantizes each weight as it is loaded (a bfloat16 file's
+// weight read as bfloat16, not widened first): the same int8 weights,
+// scales and float parameters as quantize_int8 applied to the float32
+// model loaded from the same file, untied and tied.
+TEST_F(PretrainedFiles, Int8WeightsEqualQuantizingTheLoadedModel) {
+  for (const auto& s : {hf_shapes()[0], hf_shapes()[3]}) {
+    const auto t = random_hf(s, 10);
+    for (auto file_dtype : {torch::kFloat, torch::kBFloat16}) {
+      SCOPED_TRACE(s.name + " " + c10::toString(file_dtype));
+      on_rank0([&] {
+        write_hf_config(dir_, hf_config(s));
+        write_hf_single(dir_, t, file_dtype);
+      });
+      auto loaded =
+          torchtp::load_pretrained(dir_, opts(torch::kFloat, 64).int8_weights(true));
+      auto want = torchtp::load_pretrained(dir_, opts(torch::kFloat, 64));
+      torchtp::quantize_int8(*want);
+      auto want_params = want->named_parameters();
+      auto want_buffers = want->named_buffers();
+      int64_t int8 = 0;
+      for (const auto& p : loaded->named_parameters()) {
+        ASSERT_TRUE(want_params.contains(p.key())) << p.key();
+        const auto& w = want_params[p.key()];
+        int8 += p.value().scalar_type() == torch::kChar;
+        EXPECT_EQ(p.value().scalar_type(), w.scalar_type()) << p.key();
+        EXPECT_TRUE(torch::equal(p.value(), w)) << p.key();
+      }
+      for (const auto& b : loaded->named_buffers()) {
+        ASSERT_TRUE(want_buffers.contains(b.key())) << b.key();
+        EXPECT_TRUE(torch::equal(b.value(), want_buffers[b.key()])) << b.key();
+      }
+      EXPECT_EQ(loaded->named_buffers().size(), want_buffers.size());
+      // Per layer: q/k/v, output, gate/up, down; and the token table.
+      EXPECT_EQ(int8, 4 * s.layers + 1 + (s.tied ? 0 : 1));
+      world().barrier();
+    }
+  }
+}
+
 // Every rank loads from a directory of its own in which every value it
 // should not read is NaN: its logits are still the unsharded model's, so it
 // used nothing outside its shards; and the bytes it read from the file are
