@@ -127,8 +127,9 @@ int run(int argc, char** argv) {
     const int64_t bytes = bytes_of(layers);
     const auto previous = d::set_kernel_choice(p.choice);
     for (const int64_t rows : rows_list) {
-      if (p.name.rfind("hand ", 0) == 0 && rows > d::kSmallRows) {
-        continue; // the hand kernels never take that many rows
+      if (p.name.rfind("hand ", 0) == 0 && rows > d::kSmallRows &&
+          p.format != "int8") {
+        continue; // the hand kernels take that many rows of int8 only
       }
       const auto act = p.format == "bfloat16" ? torch::kBFloat16 : torch::kFloat;
       auto x = torch::randn({rows, 768}).to(act);

@@ -106,7 +106,8 @@ TEST(WeightKernels, EveryInstructionSetMatchesFloat64) {
           d::WeightType::float32}) {
       const bool int8 = type == d::WeightType::int8;
       const bool f32 = type == d::WeightType::float32;
-      for (const int64_t rows : {1, 2, 3, 4, 5, 8, 16}) {
+      // 40: more than one slice of 16 (an int8 prefill).
+      for (const int64_t rows : {1, 2, 3, 4, 5, 8, 16, 40}) {
         // k: whole vectors, a tail after them, and a layer's width.
         for (auto [k, n] : std::vector<std::pair<int64_t, int64_t>>{
                  {16, 8}, {37, 13}, {768, 70}}) {
@@ -141,16 +142,19 @@ TEST(WeightKernels, EveryInstructionSetMatchesFloat64) {
                 int8 ? scale.data_ptr<float>() : nullptr,
                 bias.data_ptr<float>(), y.data_ptr<float>(), n);
             // Each output is summed and scaled in the same order whatever
-            // the row count: the first row alone gives the same bits
-            // (batch-invariant serving relies on it).
-            auto alone = torch::empty({1, n});
-            d::small_rows_gemm(
-                isa, x.data_ptr<float>(), 1, k, w.data_ptr(), type,
-                int8 ? scale.data_ptr<float>() : nullptr,
-                bias.data_ptr<float>(), alone.data_ptr<float>(), n);
-            EXPECT_TRUE(torch::equal(alone[0], y[0]))
-                << d::isa_name(isa) << (int8 ? " int8" : f32 ? " f32" : " bf16")
-                << " rows " << rows << " k " << k;
+            // the row count: the first and the last row alone give the
+            // same bits (batch-invariant serving relies on it).
+            for (const int64_t r : {int64_t{0}, rows - 1}) {
+              auto alone = torch::empty({1, n});
+              d::small_rows_gemm(
+                  isa, x[r].data_ptr<float>(), 1, k, w.data_ptr(), type,
+                  int8 ? scale.data_ptr<float>() : nullptr,
+                  bias.data_ptr<float>(), alone.data_ptr<float>(), n);
+              EXPECT_TRUE(torch::equal(alone[0], y[r]))
+                  << d::isa_name(isa)
+                  << (int8 ? " int8" : f32 ? " f32" : " bf16") << " rows "
+                  << rows << " k " << k << ": row " << r << " alone differs";
+            }
           }
           auto [ref, mag] =
               product_and_magnitude(x_used.to(torch::kDouble), widened);

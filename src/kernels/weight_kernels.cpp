@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <type_traits>
 
 namespace torchtp::detail {
 namespace {
@@ -357,36 +358,40 @@ void small_rows_gemm(
     float* y,
     int64_t n) {
   TORCH_CHECK(cpu_supports(isa), "small_rows_gemm: CPU lacks ", isa_name(isa));
-  // Blocks of 64 output rows per task: 8 register blocks, and for
-  // GPT-2's 768-row layers 12 tasks over the threads.
-  constexpr int64_t kGrain = 64;
-  at::parallel_for(0, n, kGrain, [&](int64_t n0, int64_t n1) {
-    auto go = [&](auto* wt) {
-      switch (isa) {
-        case Isa::avx512_bf16: // float activations: the avx512 kernels
-        case Isa::avx512:
-          avx512::run(x, rows, k, wt, scale, bias, y, n, n0, n1);
-          break;
-        case Isa::avx2:
-          avx2::run(x, rows, k, wt, scale, bias, y, n, n0, n1);
-          break;
-        case Isa::generic:
-          generic::run(x, rows, k, wt, scale, bias, y, n, n0, n1);
-          break;
-      }
-    };
-    switch (type) {
-      case WeightType::bfloat16:
-        go(static_cast<const uint16_t*>(w));
-        break;
-      case WeightType::int8:
-        go(static_cast<const int8_t*>(w));
-        break;
-      case WeightType::float32:
-        go(static_cast<const float*>(w));
-        break;
+  auto pick = [&](auto* typed) {
+    using W = std::remove_const_t<std::remove_pointer_t<decltype(typed)>>;
+    // avx512_bf16 with float activations: the avx512 kernels.
+    return isa == Isa::avx512 || isa == Isa::avx512_bf16 ? &avx512::run<W>
+           : isa == Isa::avx2                           ? &avx2::run<W>
+                                                        : &generic::run<W>;
+  };
+  auto go = [&](auto* typed) {
+    const auto run = pick(typed);
+    // Many rows (an int8 prefill, batch-invariant products) go kRowSlice at
+    // a time, so that a slice's activations stay in L2 while the weight
+    // streams past them; each output's sum is the same in any slice.
+    constexpr int64_t kRowSlice = 16;
+    for (int64_t r0 = 0; r0 < rows; r0 += kRowSlice) {
+      const int64_t m = std::min(kRowSlice, rows - r0);
+      // Blocks of 64 output rows per task: 8 register blocks, and for
+      // GPT-2's 768-row layers 12 tasks over the threads.
+      constexpr int64_t kGrain = 64;
+      at::parallel_for(0, n, kGrain, [&](int64_t n0, int64_t n1) {
+        run(x + r0 * k, m, k, typed, scale, bias, y + r0 * n, n, n0, n1);
+      });
     }
-  });
+  };
+  switch (type) {
+    case WeightType::bfloat16:
+      go(static_cast<const uint16_t*>(w));
+      break;
+    case WeightType::int8:
+      go(static_cast<const int8_t*>(w));
+      break;
+    case WeightType::float32:
+      go(static_cast<const float*>(w));
+      break;
+  }
 }
 
 void small_rows_gemm_bfloat16(
