@@ -32,9 +32,12 @@ struct EngineRequest {
   // than one id beyond it: a prompt (or, after a preemption, the prompt
   // and the tokens generated) still to prefill, a chunk a step.
   int64_t cached = 0;
-  int64_t generated = 0;
   // Times its blocks were taken for others; it then recomputes them.
   int64_t preemptions = 0;
+
+  int64_t generated() const {
+    return static_cast<int64_t>(ids.size()) - prompt;
+  }
 };
 
 using EngineRequestPtr = std::unique_ptr<EngineRequest>;
@@ -466,12 +469,11 @@ std::vector<RequestUpdate> Engine::step() {
         continue;
       }
       r.ids.push_back(t[i]);
-      ++r.generated;
       const auto& stop = r.options.stop_ids();
       FinishReason reason = FinishReason::none;
       if (std::find(stop.begin(), stop.end(), t[i]) != stop.end()) {
         reason = FinishReason::stop;
-      } else if (r.generated >= r.max_tokens) {
+      } else if (r.generated() >= r.max_tokens) {
         reason = FinishReason::length;
       }
       updates.push_back({r.id, t[i], reason});
