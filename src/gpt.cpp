@@ -210,8 +210,10 @@ KVBlocks GPTImpl::make_kv_blocks(int64_t num_blocks, int64_t block_size)
   KVBlocks cache;
   cache.num_blocks = num_blocks;
   cache.block_size = block_size;
-  // Keys and values in the precision the model computes in.
-  const auto dtype = detail::compute_dtype(final_norm->weight.scalar_type());
+  // Keys and values as `generate`'s cache holds them: in the model's dtype
+  // (bfloat16 for a bfloat16 model: half the pool's bytes, read by the
+  // attention kernel as stored), float32 for an int8 one.
+  const auto dtype = final_norm->weight.scalar_type();
   for (const auto& layer : *layers) {
     cache.layers.push_back(
         layer->as<TransformerLayerImpl>()->attention->make_kv_blocks(

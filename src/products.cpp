@@ -164,7 +164,7 @@ at::Tensor linear(
   const auto& choice = kernel_choice();
   const int64_t rows = rows_of(input);
   // bfloat16 too where oneDNN has a native bfloat16 GEMM: the hand
-  // kernels took 0.4-0.55x its time for 1 to 16 rows of GPT-2's weights
+  // kernels took 0.41-0.56x its time for 1 to 16 rows of GPT-2's weights
   // (bench_weights, two threads, AMD EPYC Zen 5 with avx512_bf16).
   const bool few_rows = choice.hand_kernels && rows > 0 &&
                         weight.dim() == 2 && rows <= kSmallRows;
@@ -178,7 +178,7 @@ at::Tensor linear(
           input, dequantize_rows(weight, scale, input.scalar_type()), bias);
     }
     // Many rows too (a prefill): through the hand kernels 16 rows at a
-    // time, 0.54x the time of float32 tiles of the weight through sgemm
+    // time, 0.56-0.59x the time of float32 tiles of the weight through sgemm
     // for 128 rows of GPT-2's weights (bench_weights, AMD EPYC Zen 5,
     // avx512); LibTorch alone (TORCHTP_KERNELS=library) takes the tiles.
     return choice.hand_kernels && rows > 0 && weight.dim() == 2

@@ -483,7 +483,10 @@ torch::Tensor ParallelSelfAttentionImpl::forward_paged(
   auto v_slots = cache.v.view({pool_slots, local_kv_heads_, hd});
   k_slots.index_copy_(0, batch.slots, rows(k));
   v_slots.index_copy_(0, batch.slots, rows(v));
-  const auto query = rows(q);
+  // bfloat16 pools are read as stored beside float32 queries.
+  const auto query = dtype == torch::kBFloat16
+                         ? rows(q).to(torch::kFloat).contiguous()
+                         : rows(q);
   auto context = torch::empty_like(query);
   const auto kv_of_head = kv_of_head_.defined()
                               ? kv_of_head_
@@ -500,10 +503,18 @@ torch::Tensor ParallelSelfAttentionImpl::forward_paged(
         v_slots.data_ptr<double>(), kv_of_head.data_ptr<int64_t>(),
         seq.data_ptr<int64_t>(), positions.data_ptr<int64_t>(),
         tables.data_ptr<int64_t>(), scale, context.data_ptr<double>(), shape);
+  } else if (dtype == torch::kBFloat16) {
+    detail::paged_attention<float, uint16_t>(
+        query.data_ptr<float>(),
+        reinterpret_cast<const uint16_t*>(k_slots.data_ptr()),
+        reinterpret_cast<const uint16_t*>(v_slots.data_ptr()),
+        kv_of_head.data_ptr<int64_t>(), seq.data_ptr<int64_t>(),
+        positions.data_ptr<int64_t>(), tables.data_ptr<int64_t>(), scale,
+        context.data_ptr<float>(), shape);
   } else {
     TORCHTP_CHECK(
         dtype == torch::kFloat, kAttention, group,
-        "the key/value pool holds float32 or float64, not ", dtype);
+        "the key/value pool holds float32, float64 or bfloat16, not ", dtype);
     detail::paged_attention<float>(
         query.data_ptr<float>(), k_slots.data_ptr<float>(),
         v_slots.data_ptr<float>(), kv_of_head.data_ptr<int64_t>(),

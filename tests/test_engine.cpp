@@ -134,8 +134,9 @@ std::vector<int64_t> generate_alone(
 // ---------------------------------------------------------------------------
 // forward_paged against forward_cached
 
-void expect_paged_equals_cached(Family family) {
-  auto model = make_model(family, torch::kDouble);
+void expect_paged_equals_cached(
+    Family family, torch::Dtype dtype = torch::kDouble) {
+  auto model = make_model(family, dtype);
   model->eval();
   c10::InferenceMode inference;
   // Two sequences in a pool of 10 blocks of 4, their blocks interleaved and
@@ -186,6 +187,15 @@ TEST(PagedAttention, EqualsTheCacheOfOneSequenceGPT2) {
 
 TEST(PagedAttention, EqualsTheCacheOfOneSequenceLlama) {
   expect_paged_equals_cached(Family::llama);
+}
+
+// A bfloat16 model's pool holds bfloat16, as generate's cache does.
+TEST(PagedAttention, EqualsTheCacheOfOneSequenceInBfloat16) {
+  auto model = make_model(Family::llama, torch::kBFloat16);
+  auto pool = model->make_kv_blocks(2, 4);
+  EXPECT_EQ(pool.layers.front().k.scalar_type(), torch::kBFloat16);
+  expect_paged_equals_cached(Family::gpt2, torch::kBFloat16);
+  expect_paged_equals_cached(Family::llama, torch::kBFloat16);
 }
 
 // The kernel itself in every instruction set this CPU has (the models

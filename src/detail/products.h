@@ -3,9 +3,10 @@
 // The matrix products of every layer and block, by weight format: float32
 // and float64 as LibTorch does them (one row through gemv), except float32
 // products of 2 to kSmallRows rows, which the hand kernels do; bfloat16
-// and int8 weights through the hand kernels for few rows (decoding) and
-// through float32 tiles of the weight, or oneDNN's native bfloat16 GEMM,
-// for many (prefill, training). weight_kernels.h says which path a CPU
+// weights through the hand kernels for few rows (decoding) and through
+// float32 tiles of the weight, or oneDNN's native bfloat16 GEMM, for many
+// (prefill, training); int8 weights through the hand kernels for any
+// number of rows (float32 tiles without them). weight_kernels.h says which path a CPU
 // takes and how to force another.
 
 #include <ATen/core/Tensor.h>

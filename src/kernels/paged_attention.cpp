@@ -79,12 +79,11 @@ void paged_attention(
     work += (token_pos[t] + 1) * s.heads * s.head_dim;
   }
   const int64_t grain = work < (int64_t{1} << 16) ? tasks : 1;
-  auto* tasks_in = kernel_choice().isa == Isa::avx512 ||
-                           kernel_choice().isa == Isa::avx512_bf16
+  const Isa isa = kernel_choice().isa;
+  auto* tasks_in = isa == Isa::avx512 || isa == Isa::avx512_bf16
                        ? &avx512::attend_tasks<T, S>
-                   : kernel_choice().isa == Isa::avx2
-                       ? &avx2::attend_tasks<T, S>
-                       : &generic::attend_tasks<T, S>;
+                   : isa == Isa::avx2 ? &avx2::attend_tasks<T, S>
+                                      : &generic::attend_tasks<T, S>;
   const T typed_scale = static_cast<T>(scale);
   at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
     tasks_in(
