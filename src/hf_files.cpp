@@ -325,7 +325,9 @@ GPT load_gpt(
     // TP=1), and widening it later gives the same values.
     auto staging = p.value();
     const auto stored = stored_dtype(files, it->second);
-    if (stored && at::elementSize(*stored) < p.value().element_size()) {
+    if (stored &&
+        static_cast<int64_t>(at::elementSize(*stored)) <
+            p.value().element_size()) {
       staging = at::empty(p.value().sizes(), p.value().options().dtype(*stored));
     }
     load_parameter(

@@ -51,6 +51,48 @@ torch::Tensor reduce_to_shard(
 // keep the batched products, whose cost grows less with the rows.
 constexpr int64_t kKernelAttentionRows = 16;
 
+// detail::paged_attention over tensors: `query [tokens, heads, hd]` (any
+// floating dtype; read in float64 beside a float64 pool, else float32) and
+// pools of float32, float64 or bfloat16 (read as stored). Returns the
+// context [tokens, heads, hd] in the dtype the query was read in.
+torch::Tensor pool_attention(
+    const torch::Tensor& query,
+    const torch::Tensor& k_pool,
+    const torch::Tensor& v_pool,
+    const int64_t* kv_of_head,
+    const int64_t* token_seq,
+    const int64_t* token_pos,
+    const int64_t* block_tables,
+    const detail::PagedAttentionShape& shape,
+    const bool* key_mask = nullptr) {
+  const auto dtype = k_pool.scalar_type();
+  const double scale = 1.0 / std::sqrt(double(shape.head_dim));
+  const auto q =
+      query.to(dtype == torch::kDouble ? torch::kDouble : torch::kFloat)
+          .contiguous();
+  auto context = torch::empty_like(q);
+  if (dtype == torch::kDouble) {
+    detail::paged_attention<double>(
+        q.data_ptr<double>(), k_pool.data_ptr<double>(),
+        v_pool.data_ptr<double>(), kv_of_head, token_seq, token_pos,
+        block_tables, scale, context.data_ptr<double>(), shape, key_mask);
+  } else if (dtype == torch::kBFloat16) {
+    detail::paged_attention<float, uint16_t>(
+        q.data_ptr<float>(),
+        reinterpret_cast<const uint16_t*>(k_pool.data_ptr()),
+        reinterpret_cast<const uint16_t*>(v_pool.data_ptr()), kv_of_head,
+        token_seq, token_pos, block_tables, scale, context.data_ptr<float>(),
+        shape, key_mask);
+  } else {
+    TORCH_INTERNAL_ASSERT(dtype == torch::kFloat);
+    detail::paged_attention<float>(
+        q.data_ptr<float>(), k_pool.data_ptr<float>(),
+        v_pool.data_ptr<float>(), kv_of_head, token_seq, token_pos,
+        block_tables, scale, context.data_ptr<float>(), shape, key_mask);
+  }
+  return context;
+}
+
 // softmax(q k^T / sqrt(hd)) v of new tokens `q [b, heads, s, hd]` at
 // positions past .. past+s-1 over `cache` (already holding them), seeing
 // only the positions `key_mask [b, past+s]` marks and their own, through
@@ -97,38 +139,10 @@ torch::Tensor kernel_attention(
   shape.head_stride = capacity * hd;
   shape.key_mask_columns = key_mask.size(1);
   const auto mask = key_mask.contiguous();
-  const double scale = 1.0 / std::sqrt(double(hd));
   // [b, heads, s, hd] -> [b * s, heads, hd]
-  auto rows = [&](torch::Dtype as) {
-    return q.transpose(1, 2).to(as).contiguous();
-  };
-  torch::Tensor context;
-  if (dtype == torch::kDouble) {
-    const auto query = rows(torch::kDouble);
-    context = torch::empty_like(query);
-    detail::paged_attention<double>(
-        query.data_ptr<double>(), cache.k.data_ptr<double>(),
-        cache.v.data_ptr<double>(), kv.data(), seq.data(), pos.data(),
-        tables.data(), scale, context.data_ptr<double>(), shape,
-        mask.data_ptr<bool>());
-  } else {
-    const auto query = rows(torch::kFloat);
-    context = torch::empty_like(query);
-    if (dtype == torch::kFloat) {
-      detail::paged_attention<float>(
-          query.data_ptr<float>(), cache.k.data_ptr<float>(),
-          cache.v.data_ptr<float>(), kv.data(), seq.data(), pos.data(),
-          tables.data(), scale, context.data_ptr<float>(), shape,
-          mask.data_ptr<bool>());
-    } else {
-      detail::paged_attention<float, uint16_t>(
-          query.data_ptr<float>(),
-          reinterpret_cast<const uint16_t*>(cache.k.data_ptr()),
-          reinterpret_cast<const uint16_t*>(cache.v.data_ptr()), kv.data(),
-          seq.data(), pos.data(), tables.data(), scale,
-          context.data_ptr<float>(), shape, mask.data_ptr<bool>());
-    }
-  }
+  const auto context = pool_attention(
+      q.transpose(1, 2), cache.k, cache.v, kv.data(), seq.data(), pos.data(),
+      tables.data(), shape, mask.data_ptr<bool>());
   return context.view({b, s, heads * hd}).to(q.scalar_type());
 }
 
@@ -483,11 +497,11 @@ torch::Tensor ParallelSelfAttentionImpl::forward_paged(
   auto v_slots = cache.v.view({pool_slots, local_kv_heads_, hd});
   k_slots.index_copy_(0, batch.slots, rows(k));
   v_slots.index_copy_(0, batch.slots, rows(v));
-  // bfloat16 pools are read as stored beside float32 queries.
-  const auto query = dtype == torch::kBFloat16
-                         ? rows(q).to(torch::kFloat).contiguous()
-                         : rows(q);
-  auto context = torch::empty_like(query);
+  TORCHTP_CHECK(
+      dtype == torch::kFloat || dtype == torch::kDouble ||
+          dtype == torch::kBFloat16,
+      kAttention, group,
+      "the key/value pool holds float32, float64 or bfloat16, not ", dtype);
   const auto kv_of_head = kv_of_head_.defined()
                               ? kv_of_head_
                               : torch::arange(local_heads_, torch::kLong);
@@ -496,31 +510,11 @@ torch::Tensor ParallelSelfAttentionImpl::forward_paged(
   const auto positions = batch.positions.contiguous();
   const detail::PagedAttentionShape shape{
       t, local_heads_, local_kv_heads_, hd, block_size, tables.size(1)};
-  const double scale = 1.0 / std::sqrt(double(hd));
-  if (dtype == torch::kDouble) {
-    detail::paged_attention<double>(
-        query.data_ptr<double>(), k_slots.data_ptr<double>(),
-        v_slots.data_ptr<double>(), kv_of_head.data_ptr<int64_t>(),
-        seq.data_ptr<int64_t>(), positions.data_ptr<int64_t>(),
-        tables.data_ptr<int64_t>(), scale, context.data_ptr<double>(), shape);
-  } else if (dtype == torch::kBFloat16) {
-    detail::paged_attention<float, uint16_t>(
-        query.data_ptr<float>(),
-        reinterpret_cast<const uint16_t*>(k_slots.data_ptr()),
-        reinterpret_cast<const uint16_t*>(v_slots.data_ptr()),
-        kv_of_head.data_ptr<int64_t>(), seq.data_ptr<int64_t>(),
-        positions.data_ptr<int64_t>(), tables.data_ptr<int64_t>(), scale,
-        context.data_ptr<float>(), shape);
-  } else {
-    TORCHTP_CHECK(
-        dtype == torch::kFloat, kAttention, group,
-        "the key/value pool holds float32, float64 or bfloat16, not ", dtype);
-    detail::paged_attention<float>(
-        query.data_ptr<float>(), k_slots.data_ptr<float>(),
-        v_slots.data_ptr<float>(), kv_of_head.data_ptr<int64_t>(),
-        seq.data_ptr<int64_t>(), positions.data_ptr<int64_t>(),
-        tables.data_ptr<int64_t>(), scale, context.data_ptr<float>(), shape);
-  }
+  const auto context = pool_attention(
+      q.squeeze(0).transpose(0, 1), k_slots, v_slots,
+      kv_of_head.data_ptr<int64_t>(),
+      seq.data_ptr<int64_t>(), positions.data_ptr<int64_t>(),
+      tables.data_ptr<int64_t>(), shape);
   auto y = proj(context.view({1, t, local_heads_ * hd}).to(x.scalar_type()));
   // Sequence parallelism leaves proj's reduction to this block.
   return options.sequence_parallel() ? reduce_whole(y, proj) : y;
