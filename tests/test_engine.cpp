@@ -198,6 +198,38 @@ TEST(PagedAttention, EqualsTheCacheOfOneSequenceInBfloat16) {
   expect_paged_equals_cached(Family::llama, torch::kBFloat16);
 }
 
+// In every instruction set this CPU has: `run(first, count)` (the kernel
+// over query rows [first, first + count)) for all `rows` rows is within
+// `tolerance` of `expected`, and each row alone gives the same bits.
+template <typename Run>
+void expect_every_instruction_set(
+    const Run& run,
+    int64_t rows,
+    const torch::Tensor& expected,
+    double tolerance,
+    const std::string& what) {
+  namespace d = torchtp::detail;
+  const auto previous = d::kernel_choice();
+  for (auto isa : {d::Isa::generic, d::Isa::avx2, d::Isa::avx512}) {
+    if (!d::cpu_supports(isa)) {
+      continue;
+    }
+    auto choice = previous;
+    choice.isa = isa;
+    d::set_kernel_choice(choice);
+    auto all = run(0, rows);
+    const double error =
+        (all.to(torch::kDouble) - expected).abs().max().template item<double>();
+    EXPECT_LT(error, tolerance) << d::isa_name(isa) << " " << what;
+    for (int64_t r = 0; r < rows; ++r) {
+      EXPECT_TRUE(run(r, 1)[0].equal(all[r]))
+          << d::isa_name(isa) << " " << what << ": row " << r
+          << " alone differs";
+    }
+  }
+  d::set_kernel_choice(previous);
+}
+
 // The kernel itself in every instruction set this CPU has (the models
 // above have heads of 4, below any vector width): heads of 72 (a tail after
 // the vectors), grouped heads, blocks out of order, against softmax(q k^T)
@@ -249,24 +281,7 @@ void expect_kernel_equals_reference(torch::Dtype dtype, double tolerance) {
         tables.data_ptr<int64_t>(), scale, out.data_ptr<T>(), shape);
     return out;
   };
-  const auto previous = d::kernel_choice();
-  for (auto isa : {d::Isa::generic, d::Isa::avx2, d::Isa::avx512}) {
-    if (!d::cpu_supports(isa)) {
-      continue;
-    }
-    auto choice = previous;
-    choice.isa = isa;
-    d::set_kernel_choice(choice);
-    auto all = run(0, t);
-    const double error =
-        (all.to(torch::kDouble) - expected).abs().max().template item<double>();
-    EXPECT_LT(error, tolerance) << d::isa_name(isa);
-    for (int64_t r = 0; r < t; ++r) {
-      EXPECT_TRUE(run(r, 1)[0].equal(all[r]))
-          << d::isa_name(isa) << ": row " << r << " alone differs";
-    }
-  }
-  d::set_kernel_choice(previous);
+  expect_every_instruction_set(run, t, expected, tolerance, "");
 }
 
 TEST(PagedAttention, KernelInEveryInstructionSetEqualsTheReference) {
@@ -332,25 +347,8 @@ void expect_cache_kernel_equals_reference(
         out.template data_ptr<T>(), shape, mask.data_ptr<bool>());
     return out;
   };
-  const auto previous = d::kernel_choice();
-  for (auto isa : {d::Isa::generic, d::Isa::avx2, d::Isa::avx512}) {
-    if (!d::cpu_supports(isa)) {
-      continue;
-    }
-    auto choice = previous;
-    choice.isa = isa;
-    d::set_kernel_choice(choice);
-    auto all = run(0, b * s);
-    const double error =
-        (all.to(torch::kDouble) - expected).abs().max().template item<double>();
-    EXPECT_LT(error, tolerance) << d::isa_name(isa) << " " << cache_dtype;
-    for (int64_t r = 0; r < b * s; ++r) {
-      EXPECT_TRUE(run(r, 1)[0].equal(all[r]))
-          << d::isa_name(isa) << " " << cache_dtype << ": row " << r
-          << " alone differs";
-    }
-  }
-  d::set_kernel_choice(previous);
+  expect_every_instruction_set(
+      run, b * s, expected, tolerance, c10::toString(cache_dtype));
 }
 
 TEST(PagedAttention, KernelReadsAContiguousCacheWithAKeyMask) {
