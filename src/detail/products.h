@@ -6,8 +6,8 @@
 // weights through the hand kernels for few rows (decoding) and through
 // float32 tiles of the weight, or oneDNN's native bfloat16 GEMM, for many
 // (prefill, training); int8 weights through the hand kernels for any
-// number of rows (float32 tiles without them). weight_kernels.h says which path a CPU
-// takes and how to force another.
+// number of rows (float32 tiles without them). weight_kernels.h says
+// which path a CPU takes and how to force another.
 
 #include <ATen/core/Tensor.h>
 
