@@ -8,11 +8,13 @@
 //   torchtp-run --nproc-per-node N ./bench_generate [--batches 1,8]
 //       [--dtypes float32,bfloat16] [--backends shm,gloo] [--prompt 128]
 //       [--new-tokens 64] [--repeats 3] [--model DIR] [--json F]
+//       [--kv-cache-dtypes auto,bfloat16]
 //
 // Per row: prefill time and tokens/s, the median ms per generated token
 // (every step after the first), and the largest resident memory of any rank
 // (peak and now, from /proc/self/status). Every communicator runs the same
-// model on the same ranks (Group::with_backend); repeats alternate them.
+// model on the same ranks (Group::with_backend), and every key/value cache
+// dtype asked for the same model; repeats alternate them.
 // The peak is the process's: for one model's memory, run one dtype and one
 // backend (and with --model, the peak after loading is printed too).
 //
@@ -85,6 +87,7 @@ int run(int argc, char** argv) {
   int64_t prompt = 128, new_tokens = 64;
   int repeats = 3;
   std::string model_dir;
+  std::vector<std::string> kv_names{"auto"};
   CLI::App app(
       "Prefill and decode latency of a GPT-2-small-shaped model (random "
       "weights) at this world size");
@@ -99,6 +102,13 @@ int run(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--backends", backend_names, "communicators (world size > 1)")
       ->delimiter(',')
+      ->capture_default_str();
+  app.add_option(
+         "--kv-cache-dtypes", kv_names,
+         "what the key/value cache stores: auto (the model's dtype; float32 "
+         "for int8), float32, bfloat16")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"auto", "float32", "bfloat16"}))
       ->capture_default_str();
   app.add_option("--prompt", prompt, "prompt tokens")->capture_default_str();
   app.add_option("--new-tokens", new_tokens, "generated tokens")
@@ -127,6 +137,13 @@ int run(int argc, char** argv) {
       torch::tensor({torchtp::bench::resident_mib("VmHWM")}, torch::kDouble);
   world.all_reduce(base, torchtp::ReduceOp::max);
   const double baseline_mib = base.item<double>();
+  std::vector<c10::optional<torch::Dtype>> kv_dtypes;
+  for (const auto& name : kv_names) {
+    kv_dtypes.push_back(
+        name == "auto" ? c10::nullopt
+                       : c10::optional<torch::Dtype>(
+                             torchtp::bench::parse_dtype(name)));
+  }
   const auto bandwidth = torchtp::bench::measure_read_bandwidth(world);
   // The bandwidth buffer is freed; the peak columns are the models'.
   const bool peak_reset = torchtp::bench::reset_peak_resident();
@@ -212,8 +229,8 @@ int run(int argc, char** argv) {
         1e3 * weight_bytes / (1e9 * bandwidth.all_ranks_gbs);
     if (root && dtype_name == dtypes.front()) {
       std::printf(
-          "%-9s %5s %-5s %11s %14s %12s %13s %12s %10s %9s %8s\n", "dtype",
-          "batch", "comm", "prefill_ms", "prefill_tok/s", "ms/token",
+          "%-9s %-8s %5s %-5s %11s %14s %12s %13s %12s %10s %9s %8s\n",
+          "dtype", "kv_cache", "batch", "comm", "prefill_ms", "prefill_tok/s", "ms/token",
           "peak_rss_MiB", "rss_MiB", "weight_MB", "limit_ms", "of_limit");
     }
     const int64_t vocab = models.front()->options.vocab_size();
@@ -226,21 +243,25 @@ int run(int argc, char** argv) {
         prompts[i].assign(
             row.data_ptr<int64_t>(), row.data_ptr<int64_t>() + prompt);
       }
-      std::vector<std::vector<double>> prefill(groups.size()),
-          step(groups.size());
+      // Per (communicator, cache dtype): index b * kv_dtypes.size() + k.
+      const size_t variants = groups.size() * kv_dtypes.size();
+      std::vector<std::vector<double>> prefill(variants), step(variants);
       for (int r = 0; r < repeats; ++r) {
-        for (size_t b = 0; b < groups.size(); ++b) {
+        for (size_t v = 0; v < variants; ++v) {
+          const size_t b = v / kv_dtypes.size();
           groups[b].barrier();
           auto gen = torchtp::generate(
               *models[b], prompts,
-              torchtp::GenerateOptions().max_new_tokens(new_tokens));
+              torchtp::GenerateOptions()
+                  .max_new_tokens(new_tokens)
+                  .kv_cache_dtype(kv_dtypes[v % kv_dtypes.size()]));
           // The slowest rank's times.
           auto t = torch::tensor(
               {gen.prefill_seconds, torchtp::bench::median(gen.step_seconds)},
               torch::kDouble);
           world.all_reduce(t, torchtp::ReduceOp::max);
-          prefill[b].push_back(t[0].item<double>());
-          step[b].push_back(t[1].item<double>());
+          prefill[v].push_back(t[0].item<double>());
+          step[v].push_back(t[1].item<double>());
         }
       }
       auto mem = torch::tensor(
@@ -248,12 +269,15 @@ int run(int argc, char** argv) {
            torchtp::bench::resident_mib("VmRSS")},
           torch::kDouble);
       world.all_reduce(mem, torchtp::ReduceOp::max);
-      for (size_t b = 0; b < groups.size(); ++b) {
-        const double prefill_s = torchtp::bench::median(prefill[b]);
-        const double step_ms = 1e3 * torchtp::bench::median(step[b]);
+      for (size_t v = 0; v < variants; ++v) {
+        const size_t b = v / kv_dtypes.size();
+        const auto& kv_name = kv_names[v % kv_dtypes.size()];
+        const double prefill_s = torchtp::bench::median(prefill[v]);
+        const double step_ms = 1e3 * torchtp::bench::median(step[v]);
         const double tok_s = batch * prompt / prefill_s;
         rows.push_back(
             {{"dtype", dtype_name},
+             {"kv_cache_dtype", kv_name},
              {"batch", batch},
              {"backend", backends[b]},
              {"prefill_ms", 1e3 * prefill_s},
@@ -266,9 +290,10 @@ int run(int argc, char** argv) {
              {"fraction_of_limit", limit_ms / step_ms}});
         if (root) {
           std::printf(
-              "%-9s %5lld %-5s %11.1f %14.0f %12.2f %13.0f %12.0f %10.1f "
-              "%9.2f %8.2f\n",
-              dtype_name.c_str(), static_cast<long long>(batch),
+              "%-9s %-8s %5lld %-5s %11.1f %14.0f %12.2f %13.0f %12.0f "
+              "%10.1f %9.2f %8.2f\n",
+              dtype_name.c_str(), kv_name.c_str(),
+              static_cast<long long>(batch),
               backends[b].c_str(), 1e3 * prefill_s, tok_s, step_ms,
               mem[0].item<double>(), mem[1].item<double>(), weight_bytes / 1e6,
               limit_ms, limit_ms / step_ms);

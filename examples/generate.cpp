@@ -52,6 +52,7 @@ struct Args {
   uint64_t seed = 0;
   int64_t eos_id = -1;
   std::string dtype = "float32";
+  std::string kv_cache_dtype = "auto";
   int64_t max_seq_len = 0;
   std::string json;
 };
@@ -205,6 +206,14 @@ int run(int argc, char** argv) {
          "per row, float32 activations: a quarter of float32's memory)")
       ->capture_default_str();
   app.add_option(
+         "--kv-cache-dtype", a.kv_cache_dtype,
+         "what the key/value cache stores: auto (the model's dtype; float32 "
+         "for int8), float32, bfloat16 (half the cache and half what "
+         "attention reads per token; keys and values rounded to bfloat16) "
+         "or float64")
+      ->check(CLI::IsMember({"auto", "float32", "bfloat16", "float64"}))
+      ->capture_default_str();
+  app.add_option(
       "--json", a.json,
       "write prompt_ids, generated_ids and the top-5 logits of every step "
       "(and prompt_text, generated_text when there is a tokenizer)");
@@ -232,6 +241,13 @@ int run(int argc, char** argv) {
                          : throw std::invalid_argument(
                                "--dtype must be float32, float64, bfloat16 "
                                "or int8");
+  const auto kv_cache_dtype =
+      a.kv_cache_dtype == "auto"
+          ? c10::nullopt
+          : c10::optional<torch::Dtype>(
+                a.kv_cache_dtype == "float64"    ? torch::kDouble
+                : a.kv_cache_dtype == "bfloat16" ? torch::kBFloat16
+                                                 : torch::kFloat);
 
   torchtp::GPT gpt{nullptr};
   std::string vocab; // the checkpoint's characters
@@ -317,6 +333,7 @@ int run(int argc, char** argv) {
                        .seed(a.seed)
                        .eos_id(eos_id)
                        .top_logits(5)
+                       .kv_cache_dtype(kv_cache_dtype)
                        .sampling(torchtp::SamplingOptions()
                                      .greedy(a.greedy)
                                      .temperature(a.temperature)

@@ -71,7 +71,7 @@ Generation generate(
   Generation out;
   out.tokens.resize(batch);
   std::vector<bool> done(batch, false);
-  LMCache cache = model.make_cache();
+  LMCache cache = model.make_cache(o.kv_cache_dtype());
   auto start = std::chrono::steady_clock::now();
   auto logits = model.forward_cached(ids, cache, mask).select(1, longest - 1);
   for (int64_t step = 0; step < o.max_new_tokens(); ++step) {

@@ -13,6 +13,21 @@
 namespace torchtp {
 namespace {
 constexpr const char* kGPT = "torchtp::GPT";
+
+// The dtype a cache or pool stores keys and values in: `asked`, or the
+// model's (`weights`: float32 for an int8 model, whose activations are).
+torch::Dtype kv_dtype_of(
+    c10::optional<torch::Dtype> asked, torch::Dtype weights, const Group& g) {
+  if (!asked) {
+    return weights;
+  }
+  TORCHTP_CHECK(
+      *asked == torch::kFloat || *asked == torch::kBFloat16 ||
+          *asked == torch::kDouble,
+      kGPT, g, "keys and values are stored in float32, bfloat16 or float64, ",
+      "not ", *asked);
+  return *asked;
+}
 } // namespace
 
 GPTImpl::GPTImpl(GPTOptions options_) : options(std::move(options_)) {
@@ -150,8 +165,10 @@ torch::Tensor GPTImpl::output(const torch::Tensor& h) {
       token_embedding->weight_scale);
 }
 
-LMCache GPTImpl::make_cache() const {
-  return LMCache(options.max_seq_len(), options.num_layers());
+LMCache GPTImpl::make_cache(c10::optional<torch::Dtype> kv_dtype) const {
+  return LMCache(
+      options.max_seq_len(), options.num_layers(),
+      kv_dtype_of(kv_dtype, final_norm->weight.scalar_type(), *group_));
 }
 
 torch::Tensor GPTImpl::forward_cached(
@@ -205,15 +222,17 @@ torch::Tensor GPTImpl::forward_cached(
   return output(h);
 }
 
-KVBlocks GPTImpl::make_kv_blocks(int64_t num_blocks, int64_t block_size)
-    const {
+KVBlocks GPTImpl::make_kv_blocks(
+    int64_t num_blocks,
+    int64_t block_size,
+    c10::optional<torch::Dtype> kv_dtype) const {
   KVBlocks cache;
   cache.num_blocks = num_blocks;
   cache.block_size = block_size;
-  // Keys and values as `generate`'s cache holds them: in the model's dtype
-  // (bfloat16 for a bfloat16 model: half the pool's bytes, read by the
-  // attention kernel as stored), float32 for an int8 one.
-  const auto dtype = final_norm->weight.scalar_type();
+  // As `generate`'s cache holds them (read by the attention kernel as
+  // stored).
+  const auto dtype =
+      kv_dtype_of(kv_dtype, final_norm->weight.scalar_type(), *group_);
   for (const auto& layer : *layers) {
     cache.layers.push_back(
         layer->as<TransformerLayerImpl>()->attention->make_kv_blocks(

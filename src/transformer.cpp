@@ -111,7 +111,7 @@ torch::Tensor kernel_attention(
   const bool readable =
       (dtype == torch::kFloat || dtype == torch::kDouble ||
        dtype == torch::kBFloat16) &&
-      q.scalar_type() == dtype && cache.k.is_contiguous() &&
+      cache.k.is_contiguous() &&
       cache.v.is_contiguous() && cache.v.sizes() == cache.k.sizes();
   const bool records_grad = torch::GradMode::is_enabled() &&
                             (q.requires_grad() || cache.k.requires_grad() ||
@@ -420,7 +420,8 @@ torch::Tensor ParallelSelfAttentionImpl::forward_cached(
         past == 0, kAttention, qkv->shard_group(), "the cache claims ", past,
         " positions but holds no tensors");
     cache.k = torch::empty(
-        {b, local_kv_heads_, cache.capacity, k.size(3)}, k.options());
+        {b, local_kv_heads_, cache.capacity, k.size(3)},
+        k.options().dtype(cache.dtype.value_or(k.scalar_type())));
     cache.v = torch::empty_like(cache.k);
   }
   TORCHTP_CHECK(
@@ -443,9 +444,12 @@ torch::Tensor ParallelSelfAttentionImpl::forward_cached(
   auto causal = slot.unsqueeze(0) <= query_slot;          // [s, total]
   auto self = slot.unsqueeze(0) == query_slot;            // [s, total]
   auto allowed = causal & (key_mask.unsqueeze(1) | self); // [b, s, total]
+  // Keys and values as stored (a bfloat16 cache beside float32 queries
+  // widened: the rounding the kernel sees too).
   auto y = attend(
-      q, cache.k.narrow(2, 0, total), cache.v.narrow(2, 0, total),
-      allowed.unsqueeze(1), /*with_dropout=*/false);
+      q, cache.k.narrow(2, 0, total).to(q.scalar_type()),
+      cache.v.narrow(2, 0, total).to(q.scalar_type()), allowed.unsqueeze(1),
+      /*with_dropout=*/false);
   // Sequence parallelism leaves proj's reduction to this block.
   return options.sequence_parallel() ? reduce_whole(y, proj) : y;
 }

@@ -121,13 +121,15 @@ std::vector<int64_t> generate_alone(
     const std::vector<int64_t>& prompt,
     int64_t n,
     const torchtp::SamplingOptions& sampling,
-    uint64_t seed) {
+    uint64_t seed,
+    c10::optional<torch::Dtype> kv_dtype = c10::nullopt) {
   return torchtp::generate(
              *model, {prompt},
              torchtp::GenerateOptions()
                  .max_new_tokens(n)
                  .sampling(sampling)
-                 .seed(seed))
+                 .seed(seed)
+                 .kv_cache_dtype(kv_dtype))
       .tokens[0];
 }
 
@@ -135,14 +137,16 @@ std::vector<int64_t> generate_alone(
 // forward_paged against forward_cached
 
 void expect_paged_equals_cached(
-    Family family, torch::Dtype dtype = torch::kDouble) {
+    Family family,
+    torch::Dtype dtype = torch::kDouble,
+    c10::optional<torch::Dtype> kv_dtype = c10::nullopt) {
   auto model = make_model(family, dtype);
   model->eval();
   c10::InferenceMode inference;
   // Two sequences in a pool of 10 blocks of 4, their blocks interleaved and
   // out of order: sequence 0 prefills 6 tokens while sequence 1 prefills 3,
   // then they decode one token each for 5 steps.
-  auto pool = model->make_kv_blocks(10, 4);
+  auto pool = model->make_kv_blocks(10, 4, kv_dtype);
   const std::vector<std::vector<int64_t>> blocks = {{7, 2, 9}, {0, 5, 3}};
   const auto a = random_prompt(11, 1), b = random_prompt(8, 2);
   const std::vector<std::vector<int64_t>> seqs = {a, b};
@@ -150,7 +154,7 @@ void expect_paged_equals_cached(
   // The reference: each sequence alone through the padded cache.
   std::vector<torch::Tensor> expected;
   for (const auto& s : seqs) {
-    auto cache = model->make_cache();
+    auto cache = model->make_cache(kv_dtype);
     expected.push_back(model->forward_cached(
         torch::tensor(s, torch::kLong).unsqueeze(0), cache)[0]);
   }
@@ -175,7 +179,11 @@ void expect_paged_equals_cached(
     auto logits = model->forward_paged(batch, pool);
     ASSERT_EQ(logits.size(0), 2);
     for (int64_t i = 0; i < 2; ++i) {
-      EXPECT_TRUE(all_close(logits[i], expected[i][done[i] - 1]))
+      // Attention over a bfloat16 pool computes in float32.
+      EXPECT_TRUE(all_close(
+          logits[i], expected[i][done[i] - 1],
+          torchtp::testing::tolerance_for(
+              kv_dtype ? torch::kFloat : dtype)))
           << "sequence " << i << " at position " << done[i] - 1;
     }
   }
@@ -196,6 +204,18 @@ TEST(PagedAttention, EqualsTheCacheOfOneSequenceInBfloat16) {
   EXPECT_EQ(pool.layers.front().k.scalar_type(), torch::kBFloat16);
   expect_paged_equals_cached(Family::gpt2, torch::kBFloat16);
   expect_paged_equals_cached(Family::llama, torch::kBFloat16);
+}
+
+// A bfloat16 pool beside wider weights reads the keys and values as
+// generate's bfloat16 cache does. (In float64 a key is the same whichever
+// step computed it, so both round it alike; in float32 the last bit may
+// differ with the rows in the step and, rarely, flip a rounding.)
+TEST(PagedAttention, EqualsTheCacheOfOneSequenceWithABfloat16Pool) {
+  auto model = make_model(Family::gpt2, torch::kFloat);
+  auto pool = model->make_kv_blocks(2, 4, torch::kBFloat16);
+  EXPECT_EQ(pool.layers.front().k.scalar_type(), torch::kBFloat16);
+  expect_paged_equals_cached(Family::gpt2, torch::kDouble, torch::kBFloat16);
+  expect_paged_equals_cached(Family::llama, torch::kDouble, torch::kBFloat16);
 }
 
 // In every instruction set this CPU has: `run(first, count)` (the kernel
@@ -406,6 +426,14 @@ void expect_batched_equals_alone(
     last_arrival = std::max(last_arrival, a.step);
   }
   torchtp::Engine engine(*model, options);
+  // The pool is what make_kv_blocks gives for the options' dtype.
+  EXPECT_EQ(
+      engine.stats().kv_cache_bytes,
+      model
+          ->make_kv_blocks(
+              engine.stats().blocks_total, options.block_size(),
+              options.kv_cache_dtype())
+          .bytes());
   serve(engine, [&] {
     got = run_to_end(engine, [&](int64_t step) {
       for (size_t i = 0; i < arrivals.size(); ++i) {
@@ -432,7 +460,7 @@ void expect_batched_equals_alone(
     const int64_t n = std::min(a.max_tokens, kContext - a.prompt_length);
     const auto alone = generate_alone(
         model, random_prompt(a.prompt_length, 100 + i), n, a.sampling,
-        a.seed);
+        a.seed, options.kv_cache_dtype());
     if (world().rank() != 0) {
       continue;
     }
@@ -475,6 +503,20 @@ TEST(Engine, GreedyRequestsInFloat32EqualEachAlone) {
       Family::llama, torch::kFloat,
       staggered(torchtp::SamplingOptions().greedy(true)),
       torchtp::EngineOptions().max_batch(8).block_size(16));
+}
+
+// A bfloat16 pool beside float32 weights: half the bytes, and each request
+// as generate gives it alone with a bfloat16 cache.
+TEST(Engine, ABfloat16PoolHoldsHalfTheBytesAndServesAsGenerate) {
+  auto model = make_model(Family::llama, torch::kFloat);
+  EXPECT_EQ(
+      2 * model->make_kv_blocks(5, 16, torch::kBFloat16).bytes(),
+      model->make_kv_blocks(5, 16).bytes());
+  expect_batched_equals_alone(
+      Family::llama, torch::kFloat,
+      staggered(torchtp::SamplingOptions().greedy(true)),
+      torchtp::EngineOptions().max_batch(8).block_size(16).kv_cache_dtype(
+          torch::kBFloat16));
 }
 
 TEST(Engine, SampledRequestsDrawFromTheirOwnGenerators) {

@@ -454,9 +454,13 @@ torchtp::GPT widened_copy(
 
 // Logits over the real vocabulary of decoding `ids` one token at a time
 // after a prompt of `prompt` tokens: [batch, steps, vocab].
-torch::Tensor decode_logits(torchtp::GPT& gpt, const torch::Tensor& ids, int64_t prompt) {
+torch::Tensor decode_logits(
+    torchtp::GPT& gpt,
+    const torch::Tensor& ids,
+    int64_t prompt,
+    c10::optional<torch::Dtype> kv_dtype = c10::nullopt) {
   torch::NoGradGuard no_grad;
-  auto cache = gpt->make_cache();
+  auto cache = gpt->make_cache(kv_dtype);
   std::vector<torch::Tensor> out;
   auto full = [&](const torch::Tensor& local) {
     return torchtp::gather_from_tp_region(
@@ -531,10 +535,119 @@ TEST(QuantizedGPT, DecodeMatchesTheWidenedFloat64ModelAtThisWorldSize) {
   }
 }
 
-// int8 against float32 on 1,000 decode steps of a larger random model: the
-// top-1 token agrees on at least 99% of them (teacher-forced on
-// continuations the float32 model sampled from varied prompts).
-TEST(QuantizedGPT, Int8AgreesWithFloat32OnTheTopTokenOver1000Steps) {
+// ---------------------------------------------------------------------------
+// A bfloat16 key/value cache beside float32, float64 or int8 weights: each
+// key and value rounded once when stored, and read as stored by both
+// attention paths (the kernel for a few new tokens, LibTorch's batched
+// products for a long prefill).
+
+// Both paths read the same rounded cache. In a float64 model the keys of a
+// position are the same whichever call computed them (a bfloat16 rounding
+// flips only within ~1e-16 of a tie), so a prompt of 20 tokens prefilled at
+// once (batched products) and the same tokens decoded one at a time (the
+// kernel, float32 arithmetic over the widened cache) give the same logits
+// to float32 precision.
+TEST(Bfloat16KeyValueCache, DecodingOneTokenAtATimeEqualsOneLongPrefill) {
+  const auto g = world();
+  for (const auto& [family, options] :
+       {std::pair{"gpt2", gpt2_like()}, std::pair{"llama", llama_like()}}) {
+    auto model = build(options, g, torch::kDouble, false);
+    torch::manual_seed(33);
+    const auto ids = torch::randint(40, {2, 20});
+    torch::NoGradGuard no_grad;
+    auto once_cache = model->make_cache(torch::kBFloat16);
+    auto once = model->forward_cached(ids, once_cache);
+    ASSERT_EQ(once_cache.layers.front().k.scalar_type(), torch::kBFloat16);
+    const auto stepped = decode_logits(model, ids, 1, torch::kBFloat16);
+    const auto full = torchtp::gather_from_tp_region(
+                          once, model->group(), model->vocab_partition())
+                          .narrow(-1, 0, model->vocab_size());
+    const double scale = full.abs().max().item<double>();
+    const double err = (stepped - full).abs().max().item<double>();
+    EXPECT_LE(err, 1e-5 * scale) << family << " " << g.rank_label();
+    // And the rounding is there: a float64 cache differs by far more.
+    const auto exact = decode_logits(model, ids, 1);
+    EXPECT_GT((exact - full).abs().max().item<double>(), 100 * err + 1e-12)
+        << family << " " << g.rank_label();
+  }
+}
+
+// float32 and int8 models with a bfloat16 cache against the float64 model
+// holding the same weights with a float64 cache; greedy tokens at this
+// world size are those of the same model and cache alone.
+TEST(Bfloat16KeyValueCache, DecodeMatchesTheWidenedFloat64Model) {
+  const auto g = world();
+  const auto single = g.split(g.rank());
+  for (const auto& [family, options] :
+       {std::pair{"gpt2", gpt2_like()}, std::pair{"llama", llama_like()}}) {
+    for (const bool int8 : {false, true}) {
+      const std::string tag =
+          std::string(family) + (int8 ? " int8" : " float32") + " weights";
+      auto model = build(options, g, torch::kFloat, int8);
+      auto alone = build(options, single, torch::kFloat, int8);
+      auto ref = widened_copy(options, single, alone);
+      torch::manual_seed(34);
+      const auto prompts = torch::randint(40, {2, 5});
+      std::vector<std::vector<int64_t>> p(2);
+      for (int i = 0; i < 2; ++i) {
+        p[i].assign(prompts[i].data_ptr<int64_t>(), prompts[i].data_ptr<int64_t>() + 5);
+      }
+      const auto o = torchtp::GenerateOptions().max_new_tokens(10).kv_cache_dtype(
+          torch::kBFloat16);
+      EXPECT_EQ(
+          torchtp::generate(*model, p, o).tokens,
+          torchtp::generate(*alone, p, o).tokens)
+          << tag << " " << g.rank_label();
+      const auto ref_gen = torchtp::generate(
+          *ref, p, torchtp::GenerateOptions().max_new_tokens(10));
+      auto ids = torch::cat({prompts, torch::zeros({2, 10}, torch::kLong)}, 1);
+      for (int i = 0; i < 2; ++i) {
+        ids[i].narrow(0, 5, 10).copy_(torch::tensor(ref_gen.tokens[i]));
+      }
+      const auto logits = decode_logits(model, ids, 5, torch::kBFloat16);
+      const auto expected = decode_logits(ref, ids, 5);
+      // Each key and value is within 2^-9 of its magnitude; a score q.k
+      // then within 2^-9 of sum |q_i k_i| and a context within about twice
+      // that of the values' magnitude, per layer; the errors of different
+      // elements mostly cancel. 2^-8 of the logits' scale (measured here:
+      // 3e-4 to 6e-4 of it; float32's own errors are ~1e-6).
+      const double scale = expected.abs().max().item<double>();
+      const double tol = kBfloat16Eps * scale;
+      const double err = (logits - expected).abs().max().item<double>();
+      EXPECT_LE(err, tol) << tag << " " << g.rank_label();
+      const auto [top_values, top_ids] = expected.topk(2, -1);
+      const auto decided =
+          top_values.select(-1, 0) - top_values.select(-1, 1) > 2 * tol;
+      const auto agree = logits.argmax(-1) == top_ids.select(-1, 0);
+      EXPECT_TRUE((agree | decided.logical_not()).all().item<bool>())
+          << tag << " " << g.rank_label();
+      if (g.rank() == 0) {
+        std::printf(
+            "[ %s, bfloat16 cache ] max |logit diff| %.3g (tolerance %.3g, "
+            "scale %.3g)\n",
+            tag.c_str(), err, tol, scale);
+      }
+    }
+  }
+}
+
+TEST(Bfloat16KeyValueCache, OtherDtypesAreRefused) {
+  auto gpt = build(gpt2_like(), world(), torch::kFloat, false);
+  for (auto dtype : {torch::kHalf, torch::kChar, torch::kLong}) {
+    EXPECT_TRUE(torchtp::testing::raises_with(
+        [&] { gpt->make_cache(dtype); },
+        {"torchtp::GPT", "float32, bfloat16 or float64", "not"}));
+    EXPECT_TRUE(torchtp::testing::raises_with(
+        [&] { gpt->make_kv_blocks(4, 4, dtype); },
+        {"torchtp::GPT", "float32, bfloat16 or float64", "not"}));
+  }
+}
+
+// int8 weights, and a bfloat16 cache beside float32 weights, against
+// float32 on 1,000 decode steps of a larger random model: the top-1 token
+// agrees on at least 99% of them (teacher-forced on continuations the
+// float32 model sampled from varied prompts).
+TEST(QuantizedGPT, Int8AndABfloat16CacheAgreeWithFloat32OnTheTopTokenOver1000Steps) {
   const auto g = world();
   const auto o = torchtp::GPTOptions(512, 160)
                      .d_model(192)
@@ -565,18 +678,23 @@ TEST(QuantizedGPT, Int8AgreesWithFloat32OnTheTopTokenOver1000Steps) {
   }
   // The logits that predict each sampled token, decoded step by step.
   const auto a = decode_logits(f32, ids, prompt).narrow(1, 0, steps);
-  const auto b = decode_logits(i8, ids, prompt).narrow(1, 0, steps);
-  const double agree =
-      (a.argmax(-1) == b.argmax(-1)).to(torch::kDouble).mean().item<double>();
-  const double mean_diff = (a - b).abs().mean().item<double>();
-  if (g.rank() == 0) {
-    std::printf(
-        "[ int8 vs float32 ] top-1 agreement %.4f over %lld steps; mean "
-        "|logit diff| %.4g (mean |logit| %.4g)\n",
-        agree, static_cast<long long>(batch * steps), mean_diff,
-        a.abs().mean().item<double>());
+  for (const bool int8 : {true, false}) {
+    const auto b = int8 ? decode_logits(i8, ids, prompt).narrow(1, 0, steps)
+                        : decode_logits(f32, ids, prompt, torch::kBFloat16)
+                              .narrow(1, 0, steps);
+    const char* what = int8 ? "int8 weights" : "bfloat16 cache";
+    const double agree =
+        (a.argmax(-1) == b.argmax(-1)).to(torch::kDouble).mean().item<double>();
+    const double mean_diff = (a - b).abs().mean().item<double>();
+    if (g.rank() == 0) {
+      std::printf(
+          "[ %s vs float32 ] top-1 agreement %.4f over %lld steps; mean "
+          "|logit diff| %.4g (mean |logit| %.4g)\n",
+          what, agree, static_cast<long long>(batch * steps), mean_diff,
+          a.abs().mean().item<double>());
+    }
+    EXPECT_GE(agree, 0.99) << what << " " << g.rank_label();
   }
-  EXPECT_GE(agree, 0.99) << g.rank_label();
 }
 
 // int8 weights and their scales in sharded checkpoints, resharded between

@@ -18,9 +18,13 @@ namespace torchtp {
 /// and each sequence's next position. Made by `CausalLM::make_cache`.
 struct LMCache {
   LMCache() = default;
-  /// Room for `capacity` positions in each of `layers` layers.
-  LMCache(int64_t capacity, int64_t layers)
-      : layers(layers, KVCache(capacity)), capacity_(capacity) {}
+  /// Room for `capacity` positions in each of `layers` layers, keys and
+  /// values stored in `kv_dtype` (none: the activations' dtype).
+  LMCache(
+      int64_t capacity,
+      int64_t layers,
+      c10::optional<torch::Dtype> kv_dtype = c10::nullopt)
+      : layers(layers, KVCache(capacity, kv_dtype)), capacity_(capacity) {}
 
   std::vector<KVCache> layers;
   /// `[batch, length]` bool: false for padding.
@@ -48,8 +52,13 @@ struct LMCache {
 class CausalLM {
  public:
   virtual ~CausalLM() = default;
-  /// An empty cache holding up to `max_seq_len()` positions.
-  virtual LMCache make_cache() const = 0;
+  /// An empty cache holding up to `max_seq_len()` positions, its keys and
+  /// values stored in `kv_dtype`: float32, bfloat16 (half the bytes a
+  /// float32 or int8 model's cache takes, and half of what attention reads
+  /// per token) or float64; none: the model's dtype (float32 for an int8
+  /// model).
+  virtual LMCache make_cache(
+      c10::optional<torch::Dtype> kv_dtype = c10::nullopt) const = 0;
   /// Inference: this rank's logits `[batch, s, padded_vocab / ws]` (split as
   /// `vocab_partition()` says) for new ids `[batch, s]` that follow those
   /// in `cache`, which they join. `mask [batch, s]` (bool; default all
@@ -60,10 +69,12 @@ class CausalLM {
       LMCache& cache,
       const torch::Tensor& mask = {}) = 0;
   /// An empty pool of `num_blocks` blocks of `block_size` positions for
-  /// `forward_paged` (this rank's key/value heads, in the model's dtype;
-  /// float32 for bfloat16 and int8 models).
-  virtual KVBlocks make_kv_blocks(int64_t num_blocks, int64_t block_size)
-      const = 0;
+  /// `forward_paged` (this rank's key/value heads), in `kv_dtype` as
+  /// `make_cache` says.
+  virtual KVBlocks make_kv_blocks(
+      int64_t num_blocks,
+      int64_t block_size,
+      c10::optional<torch::Dtype> kv_dtype = c10::nullopt) const = 0;
   /// Inference over many sequences at once (continuous batching): each
   /// token of `batch` attends to its own sequence's earlier positions in
   /// `cache` (written by earlier steps) and its own; its key and value are

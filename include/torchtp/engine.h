@@ -22,6 +22,11 @@ struct EngineOptions {
   /// Positions the key/value pool holds over all sequences (rounded up to
   /// whole blocks). 0: `max_batch` full contexts.
   TORCH_ARG(int64_t, kv_cache_tokens) = 0;
+  /// What the key/value pool stores (float32, bfloat16 or float64): for a
+  /// float32 or int8 model bfloat16 holds twice the positions in the same
+  /// bytes and halves what attention reads, each key and value rounded
+  /// once when stored. None: the model's dtype (float32 for int8 models).
+  TORCH_ARG(c10::optional<torch::Dtype>, kv_cache_dtype) = c10::nullopt;
   /// Requests waiting for room at most; past it `add_request` refuses.
   TORCH_ARG(int64_t, max_queue) = 256;
   /// Prompt tokens prefilled in one step at most, over all requests. A

@@ -25,6 +25,11 @@ struct GenerateOptions {
   TORCH_ARG(int64_t, eos_id) = -1;
   /// Record the `top_logits` largest logits of every step (0: none).
   TORCH_ARG(int64_t, top_logits) = 0;
+  /// What the key/value cache stores: bfloat16 halves a float32 or int8
+  /// model's cache and the bytes attention reads per token, each key and
+  /// value rounded once when stored; none: the model's dtype (float32 for
+  /// int8 models). See `CausalLM::make_cache`.
+  TORCH_ARG(c10::optional<torch::Dtype>, kv_cache_dtype) = c10::nullopt;
 };
 
 /// What `generate` produced, the same on every rank.

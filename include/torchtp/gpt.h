@@ -131,8 +131,9 @@ class GPTImpl : public torch::nn::Cloneable<GPTImpl>, public CausalLM {
       const torch::Tensor& targets,
       double label_smoothing = 0.0);
   /// An empty cache for `forward_cached`, holding up to `max_seq_len`
-  /// positions.
-  LMCache make_cache() const override;
+  /// positions (see `CausalLM::make_cache`).
+  LMCache make_cache(
+      c10::optional<torch::Dtype> kv_dtype = c10::nullopt) const override;
   /// Inference: this rank's logits `[batch, s, V_padded / ws]` for new ids
   /// `[batch, s]` that follow those in `cache` (which they join). `mask`
   /// `[batch, s]` (bool; default all true) marks the real tokens: padding
@@ -145,8 +146,10 @@ class GPTImpl : public torch::nn::Cloneable<GPTImpl>, public CausalLM {
       LMCache& cache,
       const torch::Tensor& mask = {}) override;
   /// A pool of keys and values for `forward_paged` (see `CausalLM`).
-  KVBlocks make_kv_blocks(int64_t num_blocks, int64_t block_size)
-      const override;
+  KVBlocks make_kv_blocks(
+      int64_t num_blocks,
+      int64_t block_size,
+      c10::optional<torch::Dtype> kv_dtype = c10::nullopt) const override;
   /// Inference over many sequences' new tokens at once, each attending to
   /// its own positions in `cache` (see `CausalLM::forward_paged`).
   torch::Tensor forward_paged(const PagedBatch& batch, KVBlocks& cache)

@@ -99,8 +99,14 @@ TORCH_MODULE(ParallelMLP);
 /// token at a time: this rank's heads only, in buffers of `capacity`
 /// positions allocated on first use.
 struct KVCache {
-  explicit KVCache(int64_t capacity = 0) : capacity(capacity) {}
+  explicit KVCache(
+      int64_t capacity = 0, c10::optional<torch::Dtype> dtype = c10::nullopt)
+      : capacity(capacity), dtype(dtype) {}
   int64_t capacity;
+  /// What the keys and values are stored in (float32, float64 or
+  /// bfloat16); none: the new keys' dtype. Each key and value is rounded to
+  /// it once, when stored, and attention reads them as stored.
+  c10::optional<torch::Dtype> dtype;
   /// Positions filled so far.
   int64_t length = 0;
   /// `[batch, local_kv_heads, capacity, head_dim]`; keys after rotary

@@ -161,7 +161,10 @@ Engine::Engine(CausalLM& model, const EngineOptions& options)
   auto mine = torch::tensor(
       {options.max_batch(), options.block_size(), options.kv_cache_tokens(),
        options.max_queue(), options.max_prefill_tokens(),
-       int64_t{options.batch_invariant()}},
+       int64_t{options.batch_invariant()},
+       options.kv_cache_dtype()
+           ? static_cast<int64_t>(*options.kv_cache_dtype())
+           : int64_t{-1}},
       torch::kLong);
   auto root = mine.clone();
   g.broadcast(root, 0);
@@ -169,13 +172,14 @@ Engine::Engine(CausalLM& model, const EngineOptions& options)
       root.equal(mine), kEngine, g,
       "every rank must make the engine with the same options; rank 0 has "
       "(max_batch, block_size, kv_cache_tokens, max_queue, "
-      "max_prefill_tokens, batch_invariant) = ",
+      "max_prefill_tokens, batch_invariant, kv_cache_dtype) = ",
       root, ", this rank ", mine);
   const int64_t tokens = options.kv_cache_tokens() > 0
                              ? options.kv_cache_tokens()
                              : options.max_batch() * model.max_seq_len();
   s.cache = model.make_kv_blocks(
-      ceil_div(tokens, options.block_size()), options.block_size());
+      ceil_div(tokens, options.block_size()), options.block_size(),
+      options.kv_cache_dtype());
   s.stats.blocks_total = s.cache.num_blocks;
   s.stats.kv_cache_bytes = s.cache.bytes();
   // Lowest blocks first.

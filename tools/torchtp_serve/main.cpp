@@ -80,6 +80,13 @@ int run(int argc, char** argv) {
   app.add_option("--kv-cache-tokens", kv_cache_tokens,
                  "positions the key/value pool holds over all requests "
                  "(default: max-batch full contexts)");
+  std::string kv_cache_dtype = "auto";
+  app.add_option("--kv-cache-dtype", kv_cache_dtype,
+                 "what the key/value pool stores: auto (the model's dtype; "
+                 "float32 for int8), float32 or bfloat16 (twice the "
+                 "positions in the same memory, half the bytes attention "
+                 "reads; keys and values rounded to bfloat16)")
+      ->check(CLI::IsMember({"auto", "float32", "bfloat16"}));
   app.add_option("--block-size", block_size,
                  "positions per key/value block (default 16)");
   app.add_option("--max-queue", max_queue,
@@ -172,6 +179,13 @@ int run(int argc, char** argv) {
       *model, engine_options.max_batch(max_batch)
                   .block_size(block_size)
                   .kv_cache_tokens(kv_cache_tokens)
+                  .kv_cache_dtype(
+                      kv_cache_dtype == "auto"
+                          ? c10::nullopt
+                          : c10::optional<torch::Dtype>(
+                                kv_cache_dtype == "bfloat16"
+                                    ? torch::kBFloat16
+                                    : torch::kFloat))
                   .max_queue(max_queue)
                   .max_prefill_tokens(max_prefill_tokens)
                   .batch_invariant(batch_invariant));
@@ -183,11 +197,14 @@ int run(int argc, char** argv) {
   limits.vocab_size = model->vocab_size();
 
   std::printf(
-      "torchtp-serve: %s, %lld ranks, %s, key/value pool %.1f MiB per rank, "
-      "%s\n",
+      "torchtp-serve: %s, %lld ranks, %s, key/value pool %.1f MiB per rank "
+      "(%s), %s\n",
       model_dir.c_str(), static_cast<long long>(world.size()),
       dtype_name.c_str(),
       static_cast<double>(engine.stats().kv_cache_bytes) / (1 << 20),
+      kv_cache_dtype == "auto" ? (dtype_name == "bfloat16" ? "bfloat16"
+                                                            : "float32")
+                               : kv_cache_dtype.c_str(),
       limits.render_chat ? "chat template" : "no chat template");
   torchtp::serve::Server(engine, limits, tokenizer, server)
       .run(stop_requested);
