@@ -324,7 +324,8 @@ int run(int argc, char** argv) {
     // under --sequence-parallel, which splits training sequences only.
     auto cache = gpt->make_cache();
     auto logits = torchtp::gather_from_tp_region(
-                      gpt->forward_cached(window, cache).select(1, -1),
+                      gpt->forward_cached(window, cache, {}, /*last_only=*/true)
+                          .select(1, 0),
                       pg.tensor, gpt->vocab_partition())
                       .narrow(-1, 0, gpt->options.vocab_size())
                       .to(torch::kFloat);

@@ -73,7 +73,9 @@ Generation generate(
   std::vector<bool> done(batch, false);
   LMCache cache = model.make_cache(o.kv_cache_dtype());
   auto start = std::chrono::steady_clock::now();
-  auto logits = model.forward_cached(ids, cache, mask).select(1, longest - 1);
+  // Only the last column's logits: the output layer on one row per prompt.
+  auto logits =
+      model.forward_cached(ids, cache, mask, /*last_only=*/true).select(1, 0);
   for (int64_t step = 0; step < o.max_new_tokens(); ++step) {
     if (o.top_logits() > 0) {
       out.top.push_back(vocab_parallel_topk(

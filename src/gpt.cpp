@@ -172,7 +172,10 @@ LMCache GPTImpl::make_cache(c10::optional<torch::Dtype> kv_dtype) const {
 }
 
 torch::Tensor GPTImpl::forward_cached(
-    const torch::Tensor& ids, LMCache& cache, const torch::Tensor& mask) {
+    const torch::Tensor& ids,
+    LMCache& cache,
+    const torch::Tensor& mask,
+    bool last_only) {
   TORCHTP_CHECK(
       ids.dim() == 2 && ids.scalar_type() == torch::kLong, kGPT, *group_,
       "expected int64 ids [batch, seq] but got ", ids.sizes(), " ",
@@ -219,7 +222,7 @@ torch::Tensor GPTImpl::forward_cached(
     h = layers[i]->as<TransformerLayerImpl>()->forward_cached(
         h, cache.layers[i], cache.key_mask, positions);
   }
-  return output(h);
+  return output(last_only ? h.narrow(1, s - 1, 1) : h);
 }
 
 KVBlocks GPTImpl::make_kv_blocks(

@@ -91,6 +91,12 @@ TEST(GPTCache, LeftPaddedPromptsDecodeAsEachAlone) {
   auto alone = gpt->forward_cached(b, alone_cache);
   EXPECT_TRUE(all_close(both[0], gpt->forward(a)[0]));
   EXPECT_TRUE(all_close(both[1].narrow(0, 4, 3), alone[0]));
+  // Only the last column's logits when asked (the cache filled alike).
+  auto last_cache = gpt->make_cache();
+  auto last = gpt->forward_cached(ids, last_cache, mask, /*last_only=*/true);
+  ASSERT_EQ(last.size(1), 1);
+  EXPECT_TRUE(all_close(last, both.narrow(1, 6, 1)));
+  EXPECT_EQ(last_cache.length(), 7);
   // And the next token after each.
   auto next = torch::tensor({{5}, {11}}, torch::kLong);
   auto step = gpt->forward_cached(next, cache);

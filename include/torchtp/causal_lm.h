@@ -63,11 +63,15 @@ class CausalLM {
   /// `vocab_partition()` says) for new ids `[batch, s]` that follow those
   /// in `cache`, which they join. `mask [batch, s]` (bool; default all
   /// true) marks real tokens: padding takes no position and is never
-  /// attended to. Collective over `group()`.
+  /// attended to. `last_only`: the logits of the last column only,
+  /// `[batch, 1, padded_vocab / ws]` (what generation samples from; the
+  /// output layer then runs on one row per sequence, not on the whole
+  /// prompt). Collective over `group()`.
   virtual torch::Tensor forward_cached(
       const torch::Tensor& ids,
       LMCache& cache,
-      const torch::Tensor& mask = {}) = 0;
+      const torch::Tensor& mask = {},
+      bool last_only = false) = 0;
   /// An empty pool of `num_blocks` blocks of `block_size` positions for
   /// `forward_paged` (this rank's key/value heads), in `kv_dtype` as
   /// `make_cache` says.

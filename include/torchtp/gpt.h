@@ -139,12 +139,14 @@ class GPTImpl : public torch::nn::Cloneable<GPTImpl>, public CausalLM {
   /// `[batch, s]` (bool; default all true) marks the real tokens: padding
   /// takes no position and is never attended to, so left-padded prompts of
   /// different lengths decode as each would alone. Each sequence's
-  /// positions count its real tokens. No dropout; run it under
+  /// positions count its real tokens. `last_only`: the last column's
+  /// logits `[batch, 1, V_padded / ws]` only. No dropout; run it under
   /// `torch::InferenceMode` or `torch::NoGradGuard`.
   torch::Tensor forward_cached(
       const torch::Tensor& ids,
       LMCache& cache,
-      const torch::Tensor& mask = {}) override;
+      const torch::Tensor& mask = {},
+      bool last_only = false) override;
   /// A pool of keys and values for `forward_paged` (see `CausalLM`).
   KVBlocks make_kv_blocks(
       int64_t num_blocks,
