@@ -230,8 +230,9 @@ int run(int argc, char** argv) {
     if (root && dtype_name == dtypes.front()) {
       std::printf(
           "%-9s %-8s %5s %-5s %11s %14s %12s %13s %12s %10s %9s %8s\n",
-          "dtype", "kv_cache", "batch", "comm", "prefill_ms", "prefill_tok/s", "ms/token",
-          "peak_rss_MiB", "rss_MiB", "weight_MB", "limit_ms", "of_limit");
+          "dtype", "kv_cache", "batch", "comm", "prefill_ms", "prefill_tok/s",
+          "ms/token", "peak_rss_MiB", "rss_MiB", "weight_MB", "limit_ms",
+          "of_limit");
     }
     const int64_t vocab = models.front()->options.vocab_size();
     for (const int64_t batch : batches) {

@@ -96,13 +96,15 @@ kill -TERM "$launcher"
 wait_launcher 20
 check "SIGTERM with nothing running: exit 0 (got $rc)" "[ $rc = 0 ]"
 
-# An API key, on a model without a chat template.
-model=plain start --api-key sesame
+# An API key, on a model without a chat template, with a bfloat16
+# key/value pool.
+model=plain start --api-key sesame --kv-cache-dtype bfloat16
 if client key sesame > "$work/client.log" 2>&1; then ok=1; else ok=0; fi
 sed 's/^/  /' "$work/client.log"
 check "client: key" "[ $ok = 1 ]"
 kill -TERM "$launcher"
 wait_launcher 20
+check "the pool is bfloat16" "grep -q 'MiB per rank (bfloat16)' '$work/server.log'"
 
 # Chat templates: what one raises is a 400; one that cannot be rendered
 # stops the server at startup, naming what it lacks. The same server runs
