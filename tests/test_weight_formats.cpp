@@ -538,15 +538,15 @@ TEST(QuantizedGPT, DecodeMatchesTheWidenedFloat64ModelAtThisWorldSize) {
 // ---------------------------------------------------------------------------
 // A bfloat16 key/value cache beside float32, float64 or int8 weights: each
 // key and value rounded once when stored, and read as stored by both
-// attention paths (the kernel for a few new tokens, LibTorch's batched
-// products for a long prefill).
+// attention paths (the kernel without gradients, LibTorch's batched
+// products with them).
 
 // Both paths read the same rounded cache. In a float64 model the keys of a
 // position are the same whichever call computed them (a bfloat16 rounding
 // flips only within ~1e-16 of a tie), so a prompt of 20 tokens prefilled at
-// once (batched products) and the same tokens decoded one at a time (the
-// kernel, float32 arithmetic over the widened cache) give the same logits
-// to float32 precision.
+// once recording gradients (batched products) and the same tokens decoded
+// one at a time without (the kernel, float32 arithmetic over the widened
+// cache) give the same logits to float32 precision.
 TEST(Bfloat16KeyValueCache, DecodingOneTokenAtATimeEqualsOneLongPrefill) {
   const auto g = world();
   for (const auto& [family, options] :
@@ -554,9 +554,9 @@ TEST(Bfloat16KeyValueCache, DecodingOneTokenAtATimeEqualsOneLongPrefill) {
     auto model = build(options, g, torch::kDouble, false);
     torch::manual_seed(33);
     const auto ids = torch::randint(40, {2, 20});
-    torch::NoGradGuard no_grad;
     auto once_cache = model->make_cache(torch::kBFloat16);
-    auto once = model->forward_cached(ids, once_cache);
+    auto once = model->forward_cached(ids, once_cache).detach();
+    torch::NoGradGuard no_grad;
     ASSERT_EQ(once_cache.layers.front().k.scalar_type(), torch::kBFloat16);
     const auto stepped = decode_logits(model, ids, 1, torch::kBFloat16);
     const auto full = torchtp::gather_from_tp_region(
