@@ -92,10 +92,11 @@ torch::Tensor pool_attention(
 // cache in place. A step's dozen LibTorch operations per layer (masks, two
 // batched products over a strided cache, softmax; for bfloat16 a float32
 // copy of the cache, for grouped heads a copy per query head) become one
-// call: 0.33-0.40x their time for a 1000-token prompt, 0.5-0.7x at 512,
-// about even at 40-128. Returns the context `[b, s, heads * hd]` in q's
-// dtype, or an undefined tensor where the kernel does not apply
-// (gradients recorded, a dtype or layout it does not read).
+// call: 0.33-0.40x their time for a 1000-token prompt, mostly 0.4-0.6x
+// at 512, about even at 40-128 (docs/performance.md). Returns the context
+// `[b, s, heads * hd]` in q's dtype, or an undefined tensor where the
+// kernel does not apply (gradients recorded, a dtype or layout it does
+// not read).
 torch::Tensor kernel_attention(
     const torch::Tensor& q,
     const KVCache& cache,

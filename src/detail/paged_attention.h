@@ -8,7 +8,7 @@
 // in one fixed order, so a sequence's result does not depend on which
 // others share the step. The same kernel reads a contiguous cache
 // (`KVCache`, `[batch, kv_heads, capacity, head_dim]`) as one block per
-// sequence (the strides below), for decode steps of `generate`. Compiled
+// sequence (the strides below), for every step of `generate`. Compiled
 // without LibTorch's headers.
 
 #include <cstdint>
