@@ -475,6 +475,35 @@ torch::Tensor decode_logits(
   return torch::cat(out, 1);
 }
 
+// `logits` within `tolerance` of the float64 reference `expected` (both
+// [batch, steps, vocab]), and where the reference's best token leads by
+// more than twice the tolerance, the served model chooses it. Rank 0
+// prints the largest difference.
+void expect_logits_match(
+    const torch::Tensor& logits,
+    const torch::Tensor& expected,
+    double tol,
+    const std::string& tag) {
+  const auto& g = world();
+  const double scale = expected.abs().max().item<double>();
+  const double err = (logits - expected).abs().max().item<double>();
+  EXPECT_LE(err, tol) << tag << " " << g.rank_label();
+  const auto [top_values, top_ids] = expected.topk(2, -1);
+  const auto lead = top_values.select(-1, 0) - top_values.select(-1, 1);
+  const auto decided = lead > 2 * tol;
+  const auto agree = logits.argmax(-1) == top_ids.select(-1, 0);
+  EXPECT_TRUE((agree | decided.logical_not()).all().item<bool>())
+      << tag << " " << g.rank_label();
+  if (g.rank() == 0) {
+    std::printf(
+        "[ %s ] max |logit diff| %.3g (tolerance %.3g, scale %.3g); "
+        "%lld of %lld steps decided\n",
+        tag.c_str(), err, tol, scale,
+        static_cast<long long>(decided.sum().item<int64_t>()),
+        static_cast<long long>(decided.numel()));
+  }
+}
+
 TEST(QuantizedGPT, DecodeMatchesTheWidenedFloat64ModelAtThisWorldSize) {
   const auto g = world();
   const auto single = g.split(g.rank()); // each rank alone: the reference
@@ -512,25 +541,8 @@ TEST(QuantizedGPT, DecodeMatchesTheWidenedFloat64ModelAtThisWorldSize) {
       // layers; bfloat16 activations round every op (2^-9), and the
       // errors add up over the layers to about 1% of the scale.
       const double scale = expected.abs().max().item<double>();
-      const double tol = (int8 ? 1e-4 : 2e-2) * scale;
-      const double err = (logits - expected).abs().max().item<double>();
-      EXPECT_LE(err, tol) << tag << " " << g.rank_label();
-      // Where the reference's best token leads by more than twice the
-      // tolerance, the served model must choose it.
-      const auto [top_values, top_ids] = expected.topk(2, -1);
-      const auto lead = top_values.select(-1, 0) - top_values.select(-1, 1);
-      const auto decided = lead > 2 * tol;
-      const auto agree = logits.argmax(-1) == top_ids.select(-1, 0);
-      EXPECT_TRUE((agree | decided.logical_not()).all().item<bool>())
-          << tag << " " << g.rank_label();
-      if (g.rank() == 0) {
-        std::printf(
-            "[ %s ] max |logit diff| %.3g (tolerance %.3g, scale %.3g); "
-            "%lld of %lld steps decided\n",
-            tag.c_str(), err, tol, scale,
-            static_cast<long long>(decided.sum().item<int64_t>()),
-            static_cast<long long>(decided.numel()));
-      }
+      expect_logits_match(
+          logits, expected, (int8 ? 1e-4 : 2e-2) * scale, tag);
     }
   }
 }
@@ -612,21 +624,8 @@ TEST(Bfloat16KeyValueCache, DecodeMatchesTheWidenedFloat64Model) {
       // elements mostly cancel. 2^-8 of the logits' scale (measured here:
       // 3e-4 to 6e-4 of it; float32's own errors are ~1e-6).
       const double scale = expected.abs().max().item<double>();
-      const double tol = kBfloat16Eps * scale;
-      const double err = (logits - expected).abs().max().item<double>();
-      EXPECT_LE(err, tol) << tag << " " << g.rank_label();
-      const auto [top_values, top_ids] = expected.topk(2, -1);
-      const auto decided =
-          top_values.select(-1, 0) - top_values.select(-1, 1) > 2 * tol;
-      const auto agree = logits.argmax(-1) == top_ids.select(-1, 0);
-      EXPECT_TRUE((agree | decided.logical_not()).all().item<bool>())
-          << tag << " " << g.rank_label();
-      if (g.rank() == 0) {
-        std::printf(
-            "[ %s, bfloat16 cache ] max |logit diff| %.3g (tolerance %.3g, "
-            "scale %.3g)\n",
-            tag.c_str(), err, tol, scale);
-      }
+      expect_logits_match(
+          logits, expected, kBfloat16Eps * scale, tag + ", bfloat16 cache");
     }
   }
 }
