@@ -256,12 +256,15 @@ void expect_every_instruction_set(
 // v in float64 from LibTorch; and each row bit-identical alone and among
 // the others.
 template <typename T>
-void expect_kernel_equals_reference(torch::Dtype dtype, double tolerance) {
+void expect_kernel_equals_reference(
+    torch::Dtype dtype,
+    double tolerance,
+    int64_t block,
+    const std::vector<int64_t>& pos) {
   namespace d = torchtp::detail;
   torch::manual_seed(3);
-  const int64_t heads = 4, kv_heads = 2, hd = 72, block = 4, blocks = 12;
+  const int64_t heads = 4, kv_heads = 2, hd = 72, blocks = 12;
   const std::vector<int64_t> seq = {0, 0, 0, 1, 1, 2};
-  const std::vector<int64_t> pos = {9, 10, 11, 0, 1, 17};
   auto tables = torch::tensor(
       {11, 3, 7, 0, 0, 2, 9, 0, 1, 5, 4, 8, 6, 10, 0}, torch::kLong)
                     .view({3, 5});
@@ -307,8 +310,16 @@ void expect_kernel_equals_reference(torch::Dtype dtype, double tolerance) {
 TEST(PagedAttention, KernelInEveryInstructionSetEqualsTheReference) {
   // |q k| <= 72 * a few: float32 rounding about 1e-6 of the softmax's
   // inputs, and outputs are averages of values of about 1.
-  expect_kernel_equals_reference<float>(torch::kFloat, 1e-5);
-  expect_kernel_equals_reference<double>(torch::kDouble, 1e-12);
+  // Blocks of 4 positions (each a part of a vector pass) and of 24 (a
+  // full pass of 16 or three of 8, and a part), rows of up to 101.
+  for (const int64_t block : {4, 24}) {
+    const std::vector<int64_t> pos = block == 4
+        ? std::vector<int64_t>{9, 10, 11, 0, 1, 17}
+        : std::vector<int64_t>{57, 58, 59, 0, 1, 100};
+    expect_kernel_equals_reference<float>(torch::kFloat, 1e-5, block, pos);
+    expect_kernel_equals_reference<double>(
+        torch::kDouble, 1e-12, block, pos);
+  }
 }
 
 // The kernel reading a contiguous cache [batch, kv_heads, capacity, hd]
@@ -322,15 +333,17 @@ void expect_cache_kernel_equals_reference(
     torch::Dtype query_dtype, torch::Dtype cache_dtype, double tolerance) {
   namespace d = torchtp::detail;
   torch::manual_seed(5);
-  const int64_t b = 3, heads = 4, kv_heads = 2, hd = 72, capacity = 20;
-  const int64_t past = 9, s = 2, total = past + s;
+  // 38 and 39 positions: two full passes of 16 (AVX-512) or four of 8
+  // (AVX2) and a tail.
+  const int64_t b = 3, heads = 4, kv_heads = 2, hd = 72, capacity = 44;
+  const int64_t past = 37, s = 2, total = past + s;
   auto k = torch::randn({b, kv_heads, capacity, hd}).to(cache_dtype);
   auto v = torch::randn({b, kv_heads, capacity, hd}).to(cache_dtype);
-  // Sequence 1 is left-padded by 4, sequence 2 by 10: its first new token
-  // (a padding row) sees only itself.
+  // Sequence 1 is left-padded by 4 (inside the first pass), sequence 2 by
+  // 38: its first new token (a padding row) sees only itself.
   auto mask = torch::ones({b, total}, torch::kBool);
   mask[1].narrow(0, 0, 4).fill_(false);
-  mask[2].narrow(0, 0, 10).fill_(false);
+  mask[2].narrow(0, 0, 38).fill_(false);
   auto q = torch::randn({b * s, heads, hd}).to(query_dtype);
   std::vector<int64_t> seq, pos, tables, kv_of_head{0, 0, 1, 1};
   for (int64_t i = 0; i < b; ++i) {

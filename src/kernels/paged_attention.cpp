@@ -4,8 +4,11 @@
 
 #include <ATen/Parallel.h>
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -35,16 +38,73 @@ namespace generic {
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 namespace avx2 {
+constexpr int kLanes = 8;
+using V = __m256;
+using VI = __v8si;
+inline V vload(const float* p) {
+  return _mm256_loadu_ps(p);
+}
+inline V vload(const uint16_t* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+inline V vfma(V a, V b, V c) {
+  return _mm256_fmadd_ps(a, b, c);
+}
+inline V vmax(V a, V b) {
+  return _mm256_max_ps(a, b);
+}
+inline V vbroadcast(float f) {
+  return _mm256_set1_ps(f);
+}
+// glibc's vector exponential (libmvec; the x86 vector-function ABI's name
+// for eight floats in a ymm register), declared under this set's pragma.
+extern "C" __m256 _ZGVdN8v_expf(__m256);
+inline V vexp(V x) {
+  return _ZGVdN8v_expf(x);
+}
+#include "paged_attention_vectors.inc"
 #include "paged_attention.inc"
 } // namespace avx2
 #pragma GCC pop_options
 
+// GCC 12's AVX-512 headers leave "undefined" registers self-initialised,
+// which -Wmaybe-uninitialized reports (as in weight_kernels.cpp).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
 namespace avx512 {
+constexpr int kLanes = 16;
+using V = __m512;
+using VI = __v16si;
+inline V vload(const float* p) {
+  return _mm512_loadu_ps(p);
+}
+inline V vload(const uint16_t* p) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+inline V vfma(V a, V b, V c) {
+  return _mm512_fmadd_ps(a, b, c);
+}
+inline V vmax(V a, V b) {
+  return _mm512_max_ps(a, b);
+}
+inline V vbroadcast(float f) {
+  return _mm512_set1_ps(f);
+}
+// libmvec's sixteen floats in a zmm register.
+extern "C" __m512 _ZGVeN16v_expf(__m512);
+inline V vexp(V x) {
+  return _ZGVeN16v_expf(x);
+}
+#include "paged_attention_vectors.inc"
 #include "paged_attention.inc"
 } // namespace avx512
 #pragma GCC pop_options
+#pragma GCC diagnostic pop
 
 } // namespace
 
