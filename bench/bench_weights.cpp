@@ -6,13 +6,17 @@
 // [qkv 2304x768, proj 768x768, fc1 3072x768, fc2 768x3072] plus the tied
 // output layer 50257x768), so the weights stream from memory as in a
 // decode step. Prints ms per pass over all of them and the weight bytes
-// read per second; writes JSON.
+// read per second. Then the attention kernel of a decode step in every
+// instruction set: one new token over 12 layers' key/value caches of the
+// same shape (12 heads of 64), float32 or bfloat16, each layer its own
+// cache so they too come from memory. Writes JSON.
 //
 //   torchtp-run --nproc-per-node 1 ./bench_weights [--rows 1,8,128]
-//       [--repeats 5] [--json F]
+//       [--positions 128,512,1000] [--repeats 5] [--json F]
 
 #include "bench_util.h"
 #include "guarded_main.h"
+#include "detail/paged_attention.h"
 #include "detail/products.h"
 #include "detail/weight_kernels.h"
 
@@ -22,7 +26,9 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <map>
@@ -67,14 +73,79 @@ int64_t bytes_of(const std::vector<Layer>& layers) {
   return b;
 }
 
+// ms of one decode step's attention (12 layers) with caches of `positions`
+// positions stored as `cache_dtype`, and the cache bytes read per second.
+std::pair<double, double> time_attention(
+    torch::Dtype cache_dtype,
+    int64_t positions,
+    int repeats) {
+  constexpr int64_t kLayers = 12, kHeads = 12, kHeadDim = 64;
+  torch::manual_seed(0);
+  std::vector<torch::Tensor> keys, values;
+  for (int64_t l = 0; l < kLayers; ++l) {
+    keys.push_back(
+        torch::randn({1, kHeads, positions, kHeadDim}).to(cache_dtype));
+    values.push_back(
+        torch::randn({1, kHeads, positions, kHeadDim}).to(cache_dtype));
+  }
+  auto q = torch::randn({1, kHeads, kHeadDim});
+  auto out = torch::empty_like(q);
+  std::vector<int64_t> kv_of_head(kHeads), seq{0}, pos{positions - 1},
+      table{0};
+  for (int64_t h = 0; h < kHeads; ++h) {
+    kv_of_head[h] = h;
+  }
+  d::PagedAttentionShape shape{1, kHeads, kHeads, kHeadDim, positions, 1};
+  shape.slot_stride = kHeadDim;
+  shape.head_stride = positions * kHeadDim;
+  const double scale = 1.0 / std::sqrt(double(kHeadDim));
+  auto step = [&] {
+    for (int64_t l = 0; l < kLayers; ++l) {
+      if (cache_dtype == torch::kFloat) {
+        d::paged_attention<float>(
+            q.data_ptr<float>(), keys[l].data_ptr<float>(),
+            values[l].data_ptr<float>(), kv_of_head.data(), seq.data(),
+            pos.data(), table.data(), scale, out.data_ptr<float>(), shape);
+      } else {
+        d::paged_attention<float, uint16_t>(
+            q.data_ptr<float>(),
+            reinterpret_cast<const uint16_t*>(keys[l].data_ptr()),
+            reinterpret_cast<const uint16_t*>(values[l].data_ptr()),
+            kv_of_head.data(), seq.data(), pos.data(), table.data(), scale,
+            out.data_ptr<float>(), shape);
+      }
+    }
+  };
+  std::vector<double> times;
+  for (int r = 0; r < repeats + 1; ++r) { // the first pass warms up
+    const auto t0 = std::chrono::steady_clock::now();
+    step();
+    if (r > 0) {
+      times.push_back(torchtp::bench::seconds_since(t0));
+    }
+  }
+  const double seconds = torchtp::bench::median(times);
+  int64_t bytes = 0;
+  for (int64_t l = 0; l < kLayers; ++l) {
+    bytes += keys[l].nbytes() + values[l].nbytes();
+  }
+  return {1e3 * seconds, bytes / seconds / 1e9};
+}
+
 int run(int argc, char** argv) {
   std::vector<int64_t> rows_list{1, 8, 128};
+  std::vector<int64_t> positions_list{128, 512, 1000};
   int repeats = 5;
   std::string json_path = "bench_weights.json";
   CLI::App app(
       "Products with float32, bfloat16 and int8 weights of a GPT-2-small "
       "shape on every path this CPU can take (one process, all threads)");
   app.add_option("--rows", rows_list, "activation rows (batch x tokens)")
+      ->delimiter(',')
+      ->capture_default_str();
+  app.add_option(
+         "--positions", positions_list,
+         "cached positions for the attention kernel's table (0: none)")
       ->delimiter(',')
       ->capture_default_str();
   app.add_option("--repeats", repeats, "passes per row (median)")
@@ -166,10 +237,49 @@ int run(int argc, char** argv) {
     }
     d::set_kernel_choice(previous);
   }
+  nlohmann::json attention_json = nlohmann::json::array();
+  positions_list.erase(
+      std::remove_if(
+          positions_list.begin(), positions_list.end(),
+          [](int64_t p) { return p <= 0; }),
+      positions_list.end());
+  if (!positions_list.empty()) {
+    std::printf(
+        "\n# attention of one new token, 12 layers x 12 heads of 64, each "
+        "layer's cache its own\n%-9s %-15s %9s %10s %9s\n",
+        "cache", "path", "positions", "ms/step", "GB/s");
+  }
+  for (const auto cache_dtype : {torch::kFloat, torch::kBFloat16}) {
+    for (const int64_t positions : positions_list) {
+      for (auto isa : {d::Isa::avx512, d::Isa::avx2, d::Isa::generic}) {
+        if (!d::cpu_supports(isa)) {
+          continue;
+        }
+        auto choice = chosen;
+        choice.isa = isa;
+        const auto previous = d::set_kernel_choice(choice);
+        const auto [ms, gbs] = time_attention(cache_dtype, positions, repeats);
+        d::set_kernel_choice(previous);
+        const std::string cache =
+            cache_dtype == torch::kFloat ? "float32" : "bfloat16";
+        std::printf(
+            "%-9s %-15s %9lld %10.3f %9.1f\n", cache.c_str(),
+            d::isa_name(isa), static_cast<long long>(positions), ms, gbs);
+        std::fflush(stdout);
+        attention_json.push_back(
+            {{"cache", cache},
+             {"path", d::isa_name(isa)},
+             {"positions", positions},
+             {"ms_per_step", ms},
+             {"cache_gb_per_s", gbs}});
+      }
+    }
+  }
   nlohmann::json out = torchtp::bench::header_json(1);
   out["cpu_kernel_flags"] = d::cpu_kernel_flags();
   out["repeats"] = repeats;
   out["rows"] = rows_json;
+  out["attention"] = attention_json;
   std::ofstream(json_path) << out.dump(2) << "\n";
   std::printf("wrote %s\n", json_path.c_str());
   return 0;
