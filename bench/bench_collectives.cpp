@@ -149,7 +149,7 @@ int run(int argc, char** argv) {
   nlohmann::json rows = nlohmann::json::array();
   for (const auto& op : ops) {
     for (const auto& dtype_name : dtypes) {
-      const auto dtype = torchtp::bench::parse_dtype(dtype_name);
+      const auto dtype = torchtp::dtype_from_name(dtype_name);
       const int64_t es = c10::elementSize(dtype);
       for (int64_t bytes = min_bytes; bytes <= max_bytes; bytes *= 4) {
         // `bytes` is the full tensor: the all-reduced one, the gathered

@@ -142,7 +142,7 @@ int run(int argc, char** argv) {
     kv_dtypes.push_back(
         name == "auto" ? c10::nullopt
                        : c10::optional<torch::Dtype>(
-                             torchtp::bench::parse_dtype(name)));
+                             torchtp::dtype_from_name(name)));
   }
   const auto bandwidth = torchtp::bench::measure_read_bandwidth(world);
   // The bandwidth buffer is freed; the peak columns are the models'.
@@ -171,7 +171,7 @@ int run(int argc, char** argv) {
   for (const auto& dtype_name : dtypes) {
     const bool int8 = dtype_name == "int8";
     const auto dtype =
-        int8 ? torch::kFloat : torchtp::bench::parse_dtype(dtype_name);
+        int8 ? torch::kFloat : torchtp::dtype_from_name(dtype_name);
     // One model per communicator, the same full weights.
     std::vector<torchtp::GPT> models;
     for (size_t b = 0; b < groups.size(); ++b) {

@@ -128,7 +128,7 @@ int run(int argc, char** argv) {
                              .num_heads(heads)
                              .num_layers(layers)
                              .group(world)
-                             .dtype(torchtp::bench::parse_dtype(dtype_name));
+                             .dtype(torchtp::dtype_from_name(dtype_name));
     const auto mine = build_once(options, world);
     auto all = world.all_gather(
         torch::tensor(mine.as_vector(), torch::kDouble).unsqueeze(0), 0);

@@ -8,6 +8,7 @@
 #include "bench_common.h"
 
 #include <torchtp/detail/blas_core.h>
+#include <torchtp/dtype_names.h>
 #include <torchtp/group.h>
 #include <torchtp/reduce_op.h>
 
@@ -26,24 +27,6 @@
 #include <vector>
 
 namespace torchtp::bench {
-
-inline torch::Dtype parse_dtype(const std::string& name) {
-  if (name == "float32") {
-    return torch::kFloat;
-  }
-  if (name == "float64") {
-    return torch::kDouble;
-  }
-  if (name == "bfloat16") {
-    return torch::kBFloat16;
-  }
-  if (name == "float16") {
-    return torch::kHalf;
-  }
-  TORCH_CHECK(
-      false, "unknown dtype '", name,
-      "' (float32, float64, bfloat16, float16)");
-}
 
 /// VmHWM (peak) or VmRSS (now) of this process, in MiB.
 inline double resident_mib(const char* field) {

@@ -204,6 +204,7 @@ int run(int argc, char** argv) {
          "--dtype", a.dtype,
          "float32, float64, bfloat16, or int8 (int8 weights with one scale "
          "per row, float32 activations: a quarter of float32's memory)")
+      ->check(CLI::IsMember({"float32", "float64", "bfloat16", "int8"}))
       ->capture_default_str();
   app.add_option(
          "--kv-cache-dtype", a.kv_cache_dtype,
@@ -234,20 +235,13 @@ int run(int argc, char** argv) {
   torchtp::Group world = torchtp::init_from_env();
   const bool lead = world.rank() == 0;
   const bool int8 = a.dtype == "int8";
-  const auto dtype = a.dtype == "float64"    ? torch::kDouble
-                     : a.dtype == "bfloat16" ? torch::kBFloat16
-                     : a.dtype == "float32" || int8
-                         ? torch::kFloat
-                         : throw std::invalid_argument(
-                               "--dtype must be float32, float64, bfloat16 "
-                               "or int8");
+  const auto dtype =
+      int8 ? torch::kFloat : torchtp::dtype_from_name(a.dtype);
   const auto kv_cache_dtype =
       a.kv_cache_dtype == "auto"
           ? c10::nullopt
           : c10::optional<torch::Dtype>(
-                a.kv_cache_dtype == "float64"    ? torch::kDouble
-                : a.kv_cache_dtype == "bfloat16" ? torch::kBFloat16
-                                                 : torch::kFloat);
+                torchtp::dtype_from_name(a.kv_cache_dtype));
 
   torchtp::GPT gpt{nullptr};
   std::string vocab; // the checkpoint's characters

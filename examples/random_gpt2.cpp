@@ -26,6 +26,7 @@
 // (rounded): the tensors are drawn in one order, and each file is written
 // as soon as its tensors are drawn, so memory holds one file's worth.
 
+#include <torchtp/dtype_names.h>
 #include <torchtp/safetensors.h>
 #include <torchtp/tokenizer.h>
 
@@ -273,9 +274,7 @@ int run(int argc, char** argv) {
       a.heads % kv_heads == 0, "random_gpt2: --heads (", a.heads,
       ") must be a multiple of --kv-heads (", kv_heads, ")");
   const int64_t head_dim = a.head_dim > 0 ? a.head_dim : a.embd / a.heads;
-  const auto dtype = a.dtype == "bfloat16"  ? torch::kBFloat16
-                     : a.dtype == "float16" ? torch::kHalf
-                                            : torch::kFloat;
+  const auto dtype = torchtp::dtype_from_name(a.dtype);
 
   const auto specs = gpt2 ? gpt2_specs(a, ffn, is_tied)
                           : llama_specs(a, ffn, kv_heads, head_dim, is_tied);

@@ -165,9 +165,7 @@ int run(int argc, char** argv) {
       a.batch % dp == 0, "--batch (", a.batch,
       ") must divide by the data-parallel size (", dp, ")");
   const bool lead = world.rank() == 0;
-  const auto dtype = a.dtype == "float64"    ? torch::kDouble
-                     : a.dtype == "bfloat16" ? torch::kBFloat16
-                                             : torch::kFloat;
+  const auto dtype = torchtp::dtype_from_name(a.dtype);
 
   // Character vocabulary, sorted: the same ids on every rank.
   const std::string text = read_text(a.data);

@@ -104,6 +104,33 @@ TEST(BadInput, OptionsAndConstructors) {
   });
 }
 
+// The names torchtp's programs accept, against LibTorch's own dtypes, each
+// read back from the name it prints; others refused naming the accepted.
+TEST(BadInput, DtypeNames) {
+  const std::vector<std::pair<std::string, torch::Dtype>> names = {
+      {"float32", torch::kFloat},    {"float", torch::kFloat},
+      {"float64", torch::kDouble},   {"double", torch::kDouble},
+      {"bfloat16", torch::kBFloat16}, {"float16", torch::kHalf},
+      {"half", torch::kHalf}};
+  for (const auto& [name, dtype] : names) {
+    EXPECT_EQ(torchtp::dtype_from_name(name), dtype) << name;
+    EXPECT_EQ(
+        torchtp::dtype_from_name(torchtp::dtype_name(dtype)), dtype)
+        << name;
+  }
+  EXPECT_EQ(torchtp::dtype_name(torch::kLong), "Long");
+  expect_all_refused({
+      {"int8 (weights, not a tensor dtype here)",
+       [] { torchtp::dtype_from_name("int8"); },
+       {"unknown dtype 'int8'", "float32, float64, bfloat16 or float16"},
+       false},
+      {"a capitalised name", [] { torchtp::dtype_from_name("BFloat16"); },
+       {"unknown dtype 'BFloat16'"}, false},
+      {"nothing", [] { torchtp::dtype_from_name(""); },
+       {"unknown dtype ''"}, false},
+  });
+}
+
 TEST(BadInput, Forward) {
   const int64_t ws = world().size();
   Column column(ColumnOptions(6, 2 * ws));

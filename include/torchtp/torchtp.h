@@ -8,6 +8,7 @@
 #include "torchtp/checkpoint.h"
 #include "torchtp/cross_entropy.h"
 #include "torchtp/data_parallel.h"
+#include "torchtp/dtype_names.h"
 #include "torchtp/embedding.h"
 #include "torchtp/engine.h"
 #include "torchtp/failure.h"

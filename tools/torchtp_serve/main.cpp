@@ -65,7 +65,8 @@ int run(int argc, char** argv) {
                  "directory's name)");
   app.add_option("--dtype", dtype_name,
                  "float32, bfloat16 or int8 (int8 weights, float32 "
-                 "activations); default float32");
+                 "activations); default float32")
+      ->check(CLI::IsMember({"float32", "bfloat16", "int8"}));
   app.add_option("--max-seq-len", max_seq_len,
                  "the context served (default: the model's, at most 4096)");
   app.add_option("--host", server.host,
@@ -116,11 +117,6 @@ int run(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   const bool int8 = dtype_name == "int8";
-  if (dtype_name != "float32" && dtype_name != "bfloat16" && !int8) {
-    std::fprintf(stderr, "torchtp-serve: --dtype must be float32, bfloat16 "
-                         "or int8\n");
-    return 2;
-  }
   if (name.empty()) {
     name = std::filesystem::path(model_dir).lexically_normal().filename();
     if (name.empty()) {
@@ -170,8 +166,8 @@ int run(int argc, char** argv) {
   auto model = torchtp::load_pretrained(
       model_dir, torchtp::LoadPretrainedOptions()
                      .group(world)
-                     .dtype(dtype_name == "bfloat16" ? torch::kBFloat16
-                                                     : torch::kFloat)
+                     .dtype(int8 ? torch::kFloat
+                                 : torchtp::dtype_from_name(dtype_name))
                      .uneven(true)
                      .max_seq_len(max_seq_len)
                      .int8_weights(int8));
@@ -183,9 +179,7 @@ int run(int argc, char** argv) {
                       kv_cache_dtype == "auto"
                           ? c10::nullopt
                           : c10::optional<torch::Dtype>(
-                                kv_cache_dtype == "bfloat16"
-                                    ? torch::kBFloat16
-                                    : torch::kFloat))
+                                torchtp::dtype_from_name(kv_cache_dtype)))
                   .max_queue(max_queue)
                   .max_prefill_tokens(max_prefill_tokens)
                   .batch_invariant(batch_invariant));
