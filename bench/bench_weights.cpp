@@ -139,7 +139,9 @@ int run(int argc, char** argv) {
   std::string json_path = "bench_weights.json";
   CLI::App app(
       "Products with float32, bfloat16 and int8 weights of a GPT-2-small "
-      "shape on every path this CPU can take (one process, all threads)");
+      "shape on every path this CPU can take, then the attention kernel of "
+      "one decode step in every instruction set (one process, all "
+      "threads)");
   app.add_option("--rows", rows_list, "activation rows (batch x tokens)")
       ->delimiter(',')
       ->capture_default_str();
