@@ -1,7 +1,8 @@
 // bench_weights: the products of decoding and prefill with float32,
 // bfloat16 and int8 weights, on every path this CPU can take: the hand
-// kernels (per instruction set), LibTorch's bfloat16 GEMM (oneDNN), and
-// float32 tiles of the weight through sgemm. One process, all its
+// kernels (per instruction set, float32 too), LibTorch's own (OpenBLAS's
+// sgemv and sgemm for float32, oneDNN's bfloat16 GEMM), and float32 tiles
+// of the weight through sgemm. One process, all its
 // intra-op threads, the weights of a GPT-2-small-shaped model (12 x
 // [qkv 2304x768, proj 768x768, fc1 3072x768, fc2 768x3072] plus the tied
 // output layer 50257x768), so the weights stream from memory as in a
@@ -168,7 +169,7 @@ int run(int argc, char** argv) {
     d::KernelChoice choice;
   };
   std::vector<Path> paths{{"float32", "libtorch", chosen}};
-  for (const std::string format : {"bfloat16", "int8"}) {
+  for (const std::string format : {"float32", "bfloat16", "int8"}) {
     for (auto isa : {d::Isa::avx512_bf16, d::Isa::avx512, d::Isa::avx2,
                      d::Isa::generic}) {
       // avx512_bf16 differs from avx512 for bfloat16 weights only.
@@ -178,6 +179,9 @@ int run(int argc, char** argv) {
             {format, std::string("hand ") + d::isa_name(isa),
              {isa, true, chosen.native_bfloat16_gemm}});
       }
+    }
+    if (format == "float32") {
+      continue; // "libtorch" above is float32's own path
     }
     paths.push_back(
         {format, "float32 tiles", {chosen.isa, false, false}});
@@ -207,6 +211,10 @@ int run(int argc, char** argv) {
       const auto act = p.format == "bfloat16" ? torch::kBFloat16 : torch::kFloat;
       auto x = torch::randn({rows, 768}).to(act);
       auto x_wide = torch::randn({rows, 3072}).to(act);
+      // float32 takes the hand kernels for one row only when products
+      // must be batch-invariant (else sgemv, the "libtorch" row).
+      const d::BatchInvariantProducts hand_float32(
+          p.format == "float32" && p.name != "libtorch");
       std::vector<double> times;
       for (int r = 0; r < repeats + 1; ++r) { // the first pass warms up
         const auto t0 = std::chrono::steady_clock::now();
@@ -219,7 +227,7 @@ int run(int argc, char** argv) {
         }
       }
       const double ms = 1e3 * torchtp::bench::median(times);
-      if (p.format == "float32") {
+      if (p.format == "float32" && p.name == "libtorch") {
         float32_ms[rows] = ms;
       }
       const double gbs = bytes / (ms * 1e-3) / 1e9;

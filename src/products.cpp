@@ -201,20 +201,23 @@ at::Tensor linear(
         input, weight,
         bias.defined() ? c10::optional<at::Tensor>(bias) : c10::nullopt);
   }
-  // float32 and float64: a single row through gemv. OpenBLAS's sgemm
-  // packs the whole weight on every call, which is most of the time of
-  // decoding one token at batch 1, and still costs five times one row's
-  // time for 8 rows: float32 products of a few rows (a batch of decoding
-  // sequences) go through the hand kernels, which read the weight once for
-  // all of them.
+  // float32: few rows (decoding) through the hand kernels, which read the
+  // weight once for all of them and sum each output in one order whatever
+  // the row count (a sequence's numbers do not depend on its batch).
+  // OpenBLAS's sgemm packs the whole weight on every call and cost five
+  // times one row's time for 8 rows; for one row its sgemv read GPT-2's
+  // weights at 48-51 GB/s where the AVX-512 kernel reads 60-62
+  // (bench_weights, AMD EPYC Zen 5, two threads). The generic kernel is
+  // slower than sgemv for one row, so without AVX2 one row stays on gemv.
   // Batch-invariant products take the hand kernels for any number of
-  // rows: they sum each output in one order whatever the row count.
+  // rows. float64 as LibTorch does it (one row through gemv).
   const auto dtype = input.scalar_type();
   const bool float32 =
       dtype == at::kFloat && weight.scalar_type() == at::kFloat;
   const bool invariant = BatchInvariantProducts::active();
+  const bool hand_one_row = choice.isa != Isa::generic;
   if (float32 && choice.hand_kernels && rows > 0 && weight.dim() == 2 &&
-      ((rows >= 2 && rows <= kSmallRows) || invariant) &&
+      ((rows <= kSmallRows && (rows >= 2 || hand_one_row)) || invariant) &&
       !records_grad({&input, &weight, &bias})) {
     return hand_linear(input, weight, bias, at::Tensor());
   }

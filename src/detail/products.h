@@ -2,7 +2,8 @@
 
 // The matrix products of every layer and block, by weight format: float32
 // and float64 as LibTorch does them (one row through gemv), except float32
-// products of 2 to kSmallRows rows, which the hand kernels do; bfloat16
+// products of 1 to kSmallRows rows (2 to kSmallRows with the generic
+// kernel), which the hand kernels do; bfloat16
 // weights through the hand kernels for few rows (decoding) and through
 // float32 tiles of the weight, or oneDNN's native bfloat16 GEMM, for many
 // (prefill, training); int8 weights through the hand kernels for any
@@ -35,7 +36,8 @@ at::Tensor linear(
     const at::Tensor& scale = at::Tensor());
 
 /// While one lives on a thread, float32 products of any number of rows go
-/// through the hand kernels (not gemv for one row, nor sgemm for many),
+/// through the hand kernels (not sgemm for many, nor gemv for one with
+/// the generic kernel),
 /// which sum each output in the same order whatever the row count, so a
 /// row's result does not depend on how many rows share the product
 /// (tested bit for bit). OpenBLAS's sgemm gives no such promise: a row
