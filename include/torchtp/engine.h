@@ -39,8 +39,8 @@ struct EngineOptions {
   /// every float32 product goes through torchtp's hand kernels, which sum
   /// each output in one order whatever the row count, so seeded sampling
   /// gives the same tokens alone and in any batch. Without it a step's
-  /// logits differ in the last bits with the number of rows (gemv for one,
-  /// the kernels for a few, sgemm for many): greedy tokens still agree
+  /// logits differ in the last bits between steps of up to 16 rows (the
+  /// kernels) and larger ones or prefills (sgemm): greedy tokens still agree
   /// except at near-ties, but a sampled token may not. Costs prefill time
   /// (docs/serving.md). float32 models only.
   TORCH_ARG(bool, batch_invariant) = false;
