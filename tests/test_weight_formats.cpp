@@ -201,7 +201,8 @@ TEST(WeightKernels, LinearTakesEveryPathToTheSameProduct) {
         EXPECT_TRUE(within(y, ref, bound, "bf16 " + tag));
       }
       // float32 weight and activations (the hand kernels take 1 to 16
-      // rows, or 2 to 16 with the generic kernel, gemv one; sgemm more).
+      // rows, 2 to 16 with the generic kernel, which leaves one row to
+      // gemv; sgemm more).
       {
         const auto x = torch::randn({rows, k});
         const auto w = torch::randn({n, k});
@@ -215,7 +216,7 @@ TEST(WeightKernels, LinearTakesEveryPathToTheSameProduct) {
             (k + 4) * kFloat32Eps * (mag + b.abs().to(torch::kDouble));
         EXPECT_TRUE(within(y, ref, bound, "f32 " + tag));
         // Decoding's rows need no guard to be batch-invariant: a row alone
-        // (one token at batch 1) gives the bits it gives among 16.
+        // (one token at batch 1) gives the bits it gives among up to 16.
         if (choice.hand_kernels && choice.isa != d::Isa::generic &&
             rows <= d::kSmallRows) {
           const auto first = d::linear(x.narrow(0, 0, 1), w, b);
