@@ -207,17 +207,19 @@ at::Tensor linear(
   // OpenBLAS's sgemm packs the whole weight on every call and cost five
   // times one row's time for 8 rows; for one row its sgemv read GPT-2's
   // weights at 48-51 GB/s where the AVX-512 kernel reads 60-62
-  // (bench_weights, AMD EPYC Zen 5, two threads). The generic kernel is
-  // slower than sgemv for one row, so without AVX2 one row stays on gemv.
-  // Batch-invariant products take the hand kernels for any number of
-  // rows. float64 as LibTorch does it (one row through gemv).
+  // (bench_weights, AMD EPYC Zen 5, two threads). The generic kernel
+  // (no AVX2) is slower than sgemv for one row and, without FMA, ten times
+  // sgemm's time for 8 (121 against 13 ms for GPT-2's weights), so there
+  // float32 stays with OpenBLAS. Batch-invariant products take the hand
+  // kernels for any number of rows. float64 as LibTorch does it (one row
+  // through gemv).
   const auto dtype = input.scalar_type();
   const bool float32 =
       dtype == at::kFloat && weight.scalar_type() == at::kFloat;
   const bool invariant = BatchInvariantProducts::active();
-  const bool hand_one_row = choice.isa != Isa::generic;
+  const bool hand_float32 = choice.isa != Isa::generic;
   if (float32 && choice.hand_kernels && rows > 0 && weight.dim() == 2 &&
-      ((rows <= kSmallRows && (rows >= 2 || hand_one_row)) || invariant) &&
+      ((rows <= kSmallRows && hand_float32) || invariant) &&
       !records_grad({&input, &weight, &bias})) {
     return hand_linear(input, weight, bias, at::Tensor());
   }

@@ -201,8 +201,8 @@ TEST(WeightKernels, LinearTakesEveryPathToTheSameProduct) {
         EXPECT_TRUE(within(y, ref, bound, "bf16 " + tag));
       }
       // float32 weight and activations (the hand kernels take 1 to 16
-      // rows, 2 to 16 with the generic kernel, which leaves one row to
-      // gemv; sgemm more).
+      // rows, but for the generic kernel, which leaves them to OpenBLAS:
+      // gemv for one, sgemm more).
       {
         const auto x = torch::randn({rows, k});
         const auto w = torch::randn({n, k});
