@@ -1,5 +1,6 @@
 #include "torchtp/transformer.h"
 
+#include "detail/activation_kernels.h"
 #include "detail/check.h"
 #include "detail/dtype.h"
 #include "detail/fused_linear.h"
@@ -143,6 +144,44 @@ torch::Tensor kernel_attention(
   return context.view({b, s, heads * hd}).to(q.scalar_type());
 }
 
+// act(up) (act(gate) * up for a gated MLP's [gate; up] halves) through
+// detail::activation_rows, or an undefined tensor where it does not apply:
+// gradients recorded, the exact GELU (LibTorch's is as fast), a dtype
+// other than float32 and bfloat16, or LibTorch alone
+// (TORCHTP_KERNELS=library).
+torch::Tensor kernel_activation(
+    const torch::Tensor& up, Activation activation, bool gated) {
+  const auto dtype = up.scalar_type();
+  const auto& choice = detail::kernel_choice();
+  if (activation == Activation::gelu || !choice.hand_kernels ||
+      (dtype != torch::kFloat && dtype != torch::kBFloat16) ||
+      (torch::GradMode::is_enabled() && up.requires_grad()) ||
+      up.dim() == 0 || up.size(-1) == 0 || (gated && up.size(-1) % 2 != 0)) {
+    return {};
+  }
+  const auto x = up.contiguous();
+  const int64_t width = x.size(-1), n = gated ? width / 2 : width;
+  const int64_t rows = x.numel() / width;
+  auto shape = x.sizes().vec();
+  shape.back() = n;
+  auto y = torch::empty(shape, x.options());
+  const auto act = activation == Activation::silu
+      ? detail::ActivationKernel::silu
+      : detail::ActivationKernel::gelu_tanh;
+  if (dtype == torch::kFloat) {
+    const float* p = x.data_ptr<float>();
+    detail::activation_rows(
+        choice.isa, act, p, gated ? p + n : nullptr, width,
+        y.data_ptr<float>(), rows, n);
+  } else {
+    const auto* p = reinterpret_cast<const uint16_t*>(x.data_ptr());
+    detail::activation_rows(
+        choice.isa, act, p, gated ? p + n : nullptr, width,
+        reinterpret_cast<uint16_t*>(y.data_ptr()), rows, n);
+  }
+  return y;
+}
+
 } // namespace
 
 // ---------------------------------------------------------------------------
@@ -176,6 +215,10 @@ void ParallelMLPImpl::reset() {
 }
 
 torch::Tensor ParallelMLPImpl::down(const torch::Tensor& up) {
+  if (auto y = kernel_activation(up, options.activation(), options.gated());
+      y.defined()) {
+    return fc2(y);
+  }
   auto act = [&](const torch::Tensor& x) {
     switch (options.activation()) {
       case Activation::gelu:

@@ -4,6 +4,9 @@
 
 #include "reference.h"
 
+#include "detail/activation_kernels.h"
+#include "detail/weight_kernels.h"
+
 #include <cmath>
 #include <memory>
 #include <string>
@@ -61,6 +64,161 @@ TEST(ParallelMLP, ForwardAndBackwardMatchUnsharded) {
   EXPECT_TRUE(all_close(mlp->fc1->bias.grad(), own(b1.grad(), 0)));
   EXPECT_TRUE(all_close(mlp->fc2->weight.grad(), own(w2.grad(), 1)));
   EXPECT_TRUE(all_close(mlp->fc2->bias.grad(), b2.grad()));
+}
+
+// The MLP's inference activation (detail::activation_rows) in every
+// instruction set this CPU has, against float64 from the same (widened)
+// inputs. float32: y = x sigmoid(a) through a vector exponential and a
+// division, each within a few units of 2^-24; a's own error scales the
+// result by about |a| of them where sigmoid is small (then y is tiny), so
+// |y - exact| <= (8 + 4 |a|) 2^-24 |exact|. bfloat16: each of the (one
+// or, gated, two) roundings to bfloat16 within one unit in the last place
+// of the exact one's, at most 2^-7 of it.
+TEST(MLPActivation, EveryInstructionSetMatchesFloat64) {
+  namespace d = torchtp::detail;
+  // Rows of 1000: three 256-value chunks and a tail, not a multiple of the
+  // vector lanes; values out to where exp overflows and underflows.
+  const int64_t rows = 3, n = 1000;
+  torch::manual_seed(5);
+  auto x = torch::randn({rows, 2 * n}) * 4;
+  x.index_put_({0, torch::indexing::Slice(0, 8)},
+               torch::tensor({-200.f, -90.f, -30.f, -1e-30f, 0.f, 1e-30f,
+                              30.f, 200.f}));
+  for (auto isa : {d::Isa::generic, d::Isa::avx2, d::Isa::avx512}) {
+    if (!d::cpu_supports(isa)) {
+      continue;
+    }
+    for (auto act : {d::ActivationKernel::gelu_tanh, d::ActivationKernel::silu}) {
+      for (bool gated : {false, true}) {
+        for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
+          const auto in = x.to(dtype);
+          auto y = torch::empty({rows, n}, in.options());
+          if (dtype == torch::kFloat) {
+            const float* p = in.data_ptr<float>();
+            d::activation_rows(
+                isa, act, p, gated ? p + n : nullptr, 2 * n,
+                y.data_ptr<float>(), rows, n);
+          } else {
+            const auto* p = reinterpret_cast<const uint16_t*>(in.data_ptr());
+            d::activation_rows(
+                isa, act, p, gated ? p + n : nullptr, 2 * n,
+                reinterpret_cast<uint16_t*>(y.data_ptr()), rows, n);
+          }
+          const auto wide = in.to(torch::kDouble);
+          const auto v = wide.narrow(1, 0, n);
+          const auto a = act == d::ActivationKernel::silu
+              ? v
+              : v * (2 * std::sqrt(2 / M_PI)) * (1 + 0.044715 * v * v);
+          auto exact = v * torch::sigmoid(a);
+          torch::Tensor bound;
+          if (dtype == torch::kFloat) {
+            bound = (8 + 4 * a.abs()) * std::ldexp(1.0, -24) * exact.abs();
+            if (gated) {
+              exact = exact * wide.narrow(1, n, n);
+              bound = bound * wide.narrow(1, n, n).abs() +
+                  std::ldexp(1.0, -24) * exact.abs();
+            }
+          } else {
+            exact = exact.to(torch::kBFloat16).to(torch::kDouble);
+            if (gated) {
+              exact = exact * wide.narrow(1, n, n);
+            }
+            bound = std::ldexp(1.0, -7) * (gated ? 2 : 1) * exact.abs();
+          }
+          const auto err = (y.to(torch::kDouble) - exact).abs();
+          const auto worst = (err - bound - 1e-30).max().item<double>();
+          EXPECT_LE(worst, 0)
+              << d::isa_name(isa) << " "
+              << (act == d::ActivationKernel::silu ? "silu" : "gelu_tanh")
+              << (gated ? " gated " : " ") << dtype << ": |diff| "
+              << err.max().item<double>();
+          // A row's result does not depend on the others.
+          auto alone = torch::empty({1, n}, in.options());
+          if (dtype == torch::kFloat) {
+            const float* p = in.data_ptr<float>() + 2 * (2 * n);
+            d::activation_rows(
+                isa, act, p, gated ? p + n : nullptr, 2 * n,
+                alone.data_ptr<float>(), 1, n);
+          } else {
+            const auto* p =
+                reinterpret_cast<const uint16_t*>(in.data_ptr()) + 2 * (2 * n);
+            d::activation_rows(
+                isa, act, p, gated ? p + n : nullptr, 2 * n,
+                reinterpret_cast<uint16_t*>(alone.data_ptr()), 1, n);
+          }
+          EXPECT_TRUE(torch::equal(alone[0], y[2])) << d::isa_name(isa);
+        }
+      }
+    }
+  }
+}
+
+// ParallelMLP's inference (no gradients: the kernel above) and its
+// training forward (LibTorch's activation) agree, for GELU's tanh form and
+// the gated SiLU, sharded at this world size, in float32 and bfloat16.
+TEST(ParallelMLP, InferenceActivationMatchesTrainingForward) {
+  auto g = world();
+  for (bool gated : {false, true}) {
+    for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
+      torch::manual_seed(23);
+      torchtp::ParallelMLP mlp(
+          torchtp::ParallelMLPOptions(16, 8 * g.size())
+              .activation(
+                  gated ? torchtp::Activation::silu
+                        : torchtp::Activation::gelu_tanh)
+              .gated(gated)
+              .dtype(dtype));
+      const auto x = torch::randn({3, 2, 16}).to(dtype);
+      torch::Tensor inference;
+      {
+        torch::NoGradGuard no_grad;
+        inference = mlp(x);
+      }
+      const auto training = mlp(x).detach();
+      // float32: the two activations within a few 2^-24 of each other,
+      // summed over 8 * ws products of O(1); bfloat16: a rounding apart.
+      const double tol = dtype == torch::kFloat ? 1e-5 : 2e-2;
+      EXPECT_TRUE(torch::allclose(
+          inference.to(torch::kDouble), training.to(torch::kDouble), tol, tol))
+          << (gated ? "gated silu " : "gelu_tanh ") << dtype << ": max diff "
+          << (inference.to(torch::kDouble) - training.to(torch::kDouble))
+                 .abs()
+                 .max()
+                 .item<double>();
+    }
+  }
+}
+
+// A bfloat16 layer norm at inference goes through float32 (LibTorch's
+// bfloat16 kernel takes six times as long, and rounds along the way): the
+// float32 arithmetic rounded once, so within half a bfloat16 unit (2^-8 of
+// the value) of the float64 layer norm of the same values, and a few
+// float32 units more.
+TEST(Norm, Bfloat16InferenceRoundsTheFloat64LayerNormOnce) {
+  torch::manual_seed(24);
+  torchtp::Norm norm(torchtp::NormOptions(768).dtype(torch::kBFloat16));
+  {
+    torch::NoGradGuard no_grad;
+    norm->weight.copy_(torch::randn({768}));
+    norm->bias.copy_(torch::randn({768}));
+  }
+  const auto x = (torch::randn({8, 1, 768}) * 3 + 1).to(torch::kBFloat16);
+  torch::Tensor inference;
+  {
+    torch::NoGradGuard no_grad;
+    inference = norm(x);
+  }
+  EXPECT_EQ(inference.scalar_type(), torch::kBFloat16);
+  const auto wide = [](const torch::Tensor& t) {
+    return t.detach().to(torch::kDouble);
+  };
+  const auto exact =
+      torch::layer_norm(wide(x), {768}, wide(norm->weight), wide(norm->bias));
+  const auto err = (wide(inference) - exact).abs();
+  EXPECT_TRUE((err <= (std::ldexp(1.0, -8) + 1e-5) * exact.abs() + 1e-6)
+                  .all()
+                  .item<bool>())
+      << "max diff " << err.max().item<double>();
 }
 
 // ---------------------------------------------------------------------------
