@@ -1,6 +1,8 @@
 #include "torchtp/norm.h"
 
 #include "detail/dtype.h"
+#include "detail/norm_kernels.h"
+#include "detail/weight_kernels.h"
 
 #include <torch/nn/init.h>
 
@@ -64,7 +66,31 @@ torch::Tensor NormImpl::forward_with(
     return torch::layer_norm(x, {options.dim()}, w, b, options.eps());
   }
   // Hugging Face's LlamaRMSNorm: normalised in float32 (or wider), rounded
-  // to the input's dtype, then scaled by the weight.
+  // to the input's dtype, then scaled by the weight. At inference in one
+  // pass (detail::rms_norm_rows) where x and the weight share a dtype.
+  const auto dtype = x.scalar_type();
+  if ((dtype == torch::kFloat || dtype == torch::kBFloat16) &&
+      w.defined() && w.scalar_type() == dtype && w.dim() == 1 &&
+      detail::kernel_choice().hand_kernels &&
+      !(torch::GradMode::is_enabled() &&
+        (x.requires_grad() || w.requires_grad()))) {
+    const auto xc = x.contiguous();
+    const auto wc = w.contiguous();
+    auto y = torch::empty_like(xc);
+    const int64_t n = options.dim(), rows = xc.numel() / n;
+    const auto eps = static_cast<float>(options.eps());
+    if (dtype == torch::kFloat) {
+      detail::rms_norm_rows(
+          xc.data_ptr<float>(), wc.data_ptr<float>(), y.data_ptr<float>(),
+          rows, n, eps);
+    } else {
+      detail::rms_norm_rows(
+          reinterpret_cast<const uint16_t*>(xc.data_ptr()),
+          reinterpret_cast<const uint16_t*>(wc.data_ptr()),
+          reinterpret_cast<uint16_t*>(y.data_ptr()), rows, n, eps);
+    }
+    return y;
+  }
   const auto wide = x.to(detail::compute_dtype(x.scalar_type()));
   const auto normed =
       wide * torch::rsqrt(wide.pow(2).mean(-1, /*keepdim=*/true) + options.eps());

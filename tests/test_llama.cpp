@@ -441,3 +441,42 @@ TEST(RMSNorm, NormalisesReducedPrecisionInFloat32) {
       (wide * torch::rsqrt(wide.pow(2).mean(-1, true) + 1e-6)).to(torch::kBFloat16);
   EXPECT_TRUE(torch::equal(norm(x), expected));
 }
+
+// At inference (no gradients) the norm is one pass (detail::rms_norm_rows),
+// against float64 from the same values. float32: the mean of squares of n
+// terms summed in 16 lanes is within about (n / 16 + 4) 2^-24 of exact,
+// the square root, division and two products a few units more. bfloat16:
+// the two roundings (the normalised value, then its product with the
+// weight) each within one unit in the last place, at most 2^-7.
+TEST(RMSNorm, InferenceMatchesFloat64AndEachRowStandsAlone) {
+  torch::manual_seed(3);
+  const int64_t n = 900; // not a multiple of the 16 lanes
+  for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
+    torchtp::Norm norm(torchtp::NormOptions(n)
+                           .type(torchtp::NormType::rms_norm)
+                           .eps(1e-6)
+                           .dtype(dtype));
+    torch::NoGradGuard no_grad;
+    norm->weight.copy_(torch::randn({n}));
+    const auto x = (torch::randn({5, 1, n}) * 7).to(dtype);
+    const auto y = norm(x);
+    ASSERT_EQ(y.scalar_type(), dtype);
+    ASSERT_EQ(y.sizes(), x.sizes());
+    const auto wide = x.to(torch::kDouble);
+    auto normed = wide * torch::rsqrt(wide.pow(2).mean(-1, true) + 1e-6);
+    torch::Tensor exact, bound;
+    const auto weight = norm->weight.to(torch::kDouble);
+    if (dtype == torch::kFloat) {
+      exact = weight * normed;
+      bound = (n / 16.0 + 12) * std::ldexp(1.0, -24) * exact.abs();
+    } else {
+      exact = weight * normed.to(torch::kBFloat16).to(torch::kDouble);
+      bound = 2 * std::ldexp(1.0, -7) * exact.abs();
+    }
+    const auto err = (y.to(torch::kDouble) - exact).abs();
+    EXPECT_TRUE((err <= bound + 1e-30).all().item<bool>())
+        << dtype << ": max diff " << err.max().item<double>();
+    // A row alone gives the bits it gives among the five.
+    EXPECT_TRUE(torch::equal(norm(x.narrow(0, 3, 1))[0], y[3])) << dtype;
+  }
+}
