@@ -1,5 +1,6 @@
 // bench_generate: serving latency of a GPT-2-small-shaped model (d_model
-// 768, 12 layers, 12 heads, vocabulary 50257, random weights), or of a
+// 768, 12 layers, 12 heads, vocabulary 50257, GELU's tanh form as GPT-2's
+// "gelu_new", random weights), or of a
 // Hugging Face directory (GPT-2, Llama, Mistral or Qwen2) loaded with
 // load_pretrained (--model), at the world size it is
 // started with: prefill of a prompt, then greedy decoding with the
@@ -161,7 +162,8 @@ int run(int argc, char** argv) {
     std::printf(
         "# %s, prompt %lld, %lld new tokens, greedy, median of %d\n",
         model_dir.empty()
-            ? "GPT-2-small shape (d 768, 12 layers, 12 heads, vocab 50257)"
+            ? "GPT-2-small shape (d 768, 12 layers, 12 heads, vocab 50257, "
+              "gelu_new)"
             : model_dir.c_str(),
         static_cast<long long>(prompt), static_cast<long long>(new_tokens),
         repeats);
@@ -182,6 +184,7 @@ int run(int argc, char** argv) {
                                 .d_model(768)
                                 .num_heads(12)
                                 .num_layers(12)
+                                .activation(torchtp::Activation::gelu_tanh)
                                 .group(g)
                                 .dtype(dtype));
         if (int8) {
