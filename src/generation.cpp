@@ -71,7 +71,9 @@ Generation generate(
   Generation out;
   out.tokens.resize(batch);
   std::vector<bool> done(batch, false);
-  LMCache cache = model.make_cache(o.kv_cache_dtype());
+  // Room for this call's positions, allocated whole at the first step.
+  LMCache cache =
+      model.make_cache(o.kv_cache_dtype(), longest + o.max_new_tokens());
   auto start = std::chrono::steady_clock::now();
   // Only the last column's logits: the output layer on one row per prompt.
   auto logits =
