@@ -71,9 +71,7 @@ Generation generate(
   Generation out;
   out.tokens.resize(batch);
   std::vector<bool> done(batch, false);
-  // Room for this call's positions, allocated whole at the first step.
-  LMCache cache =
-      model.make_cache(o.kv_cache_dtype(), longest + o.max_new_tokens());
+  LMCache cache = model.make_cache(o.kv_cache_dtype());
   auto start = std::chrono::steady_clock::now();
   // Only the last column's logits: the output layer on one row per prompt.
   auto logits =

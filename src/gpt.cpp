@@ -3,7 +3,6 @@
 #include "detail/check.h"
 #include "detail/dtype.h"
 #include "detail/fused_linear.h"
-#include "detail/huge_pages.h"
 #include "detail/options.h"
 #include "detail/sequence_parallel.h"
 #include "torchtp/init.h"
@@ -166,18 +165,10 @@ torch::Tensor GPTImpl::output(const torch::Tensor& h) {
       token_embedding->weight_scale);
 }
 
-LMCache GPTImpl::make_cache(
-    c10::optional<torch::Dtype> kv_dtype,
-    c10::optional<int64_t> capacity) const {
-  TORCHTP_CHECK(
-      !capacity || (*capacity >= 1 && *capacity <= options.max_seq_len()),
-      kGPT, *group_, "a cache holds 1 to max_seq_len (",
-      options.max_seq_len(), ") positions, not ",
-      capacity ? *capacity : int64_t{0});
+LMCache GPTImpl::make_cache(c10::optional<torch::Dtype> kv_dtype) const {
   return LMCache(
-      capacity.value_or(options.max_seq_len()), options.num_layers(),
-      kv_dtype_of(kv_dtype, final_norm->weight.scalar_type(), *group_),
-      capacity.has_value());
+      options.max_seq_len(), options.num_layers(),
+      kv_dtype_of(kv_dtype, final_norm->weight.scalar_type(), *group_));
 }
 
 torch::Tensor GPTImpl::forward_cached(
@@ -206,7 +197,6 @@ torch::Tensor GPTImpl::forward_cached(
   if (!cache.next_position.defined()) {
     cache.next_position = torch::zeros({b}, torch::kLong);
     cache.key_mask = torch::empty({b, 0}, torch::kBool);
-    allocate_kv_cache(cache, b);
   }
   TORCHTP_CHECK(
       cache.next_position.size(0) == b, kGPT, *group_,
@@ -233,35 +223,6 @@ torch::Tensor GPTImpl::forward_cached(
         h, cache.layers[i], cache.key_mask, positions);
   }
   return output(last_only ? h.narrow(1, s - 1, 1) : h);
-}
-
-void GPTImpl::allocate_kv_cache(LMCache& cache, int64_t batch) const {
-  // Every layer's keys and values in one zeroed block of memory, touched
-  // now (detail::zeros_on_huge_pages says why). A cache whose dtype is
-  // left to the activations, or already filled, is left to the layers.
-  if (!cache.allocate_whole() || cache.layers.empty()) {
-    return;
-  }
-  const auto dtype = cache.layers.front().dtype;
-  for (const auto& layer : cache.layers) {
-    if (layer.k.defined() || layer.v.defined() || layer.length != 0 ||
-        layer.dtype != dtype || layer.capacity != cache.capacity()) {
-      return;
-    }
-  }
-  if (!dtype) {
-    return;
-  }
-  const auto& attention =
-      (*layers).begin()->get()->as<TransformerLayerImpl>()->attention;
-  auto all = detail::zeros_on_huge_pages(
-      {static_cast<int64_t>(cache.layers.size()), 2, batch,
-       attention->local_kv_heads(), cache.capacity(), attention->head_dim()},
-      *dtype);
-  for (size_t i = 0; i < cache.layers.size(); ++i) {
-    cache.layers[i].k = all[i][0];
-    cache.layers[i].v = all[i][1];
-  }
 }
 
 KVBlocks GPTImpl::make_kv_blocks(

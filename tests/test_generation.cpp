@@ -4,8 +4,6 @@
 
 #include "test_util.h"
 
-#include "detail/huge_pages.h"
-
 #include <c10/core/InferenceMode.h>
 
 #include <vector>
@@ -107,73 +105,6 @@ TEST(GPTCache, LeftPaddedPromptsDecodeAsEachAlone) {
   EXPECT_TRUE(all_close(
       step[0], gpt->forward(torch::cat({a, next[0].unsqueeze(0)}, 1))[0].narrow(
                    0, 7, 1)));
-}
-
-// A cache made with a capacity gets every layer's keys and values at the
-// first step, in one zeroed allocation (so decoding touches no new pages);
-// one without (max_seq_len positions), or whose dtype is left open, is
-// filled by each layer as before, with the same logits.
-TEST(GPTCache, ACapacityAllocatesEveryLayerAtOnceAtTheFirstStep) {
-  auto gpt = make_gpt(torch::kFloat, world());
-  gpt->eval();
-  c10::InferenceMode inference;
-  const auto ids = random_ids(2, 5, 4);
-  auto cache = gpt->make_cache(c10::nullopt, 9);
-  ASSERT_EQ(cache.capacity(), 9);
-  const auto logits = gpt->forward_cached(ids, cache);
-  const auto& attention =
-      gpt->layers[0]->as<torchtp::TransformerLayerImpl>()->attention;
-  const void* storage = cache.layers[0].k.storage().data();
-  for (const auto& layer : cache.layers) {
-    for (const auto& t : {layer.k, layer.v}) {
-      EXPECT_EQ(
-          t.sizes(),
-          torch::IntArrayRef({2, attention->local_kv_heads(), cache.capacity(),
-                              attention->head_dim()}));
-      EXPECT_TRUE(t.is_contiguous());
-      EXPECT_EQ(t.storage().data(), storage);
-      EXPECT_EQ(
-          t.narrow(2, 5, cache.capacity() - 5).count_nonzero().item<int64_t>(),
-          0);
-      EXPECT_GT(t.narrow(2, 0, 5).abs().sum().item<double>(), 0);
-    }
-  }
-  // Without a capacity, or with the dtype left to the activations: each
-  // layer's own tensors, the same logits.
-  auto whole_context = gpt->make_cache();
-  EXPECT_EQ(whole_context.capacity(), 24);
-  torchtp::LMCache open(cache.capacity(), cache.layers.size());
-  for (auto* other : {&whole_context, &open}) {
-    EXPECT_TRUE(torch::equal(gpt->forward_cached(ids, *other), logits));
-    EXPECT_NE(
-        other->layers[0].k.storage().data(),
-        other->layers[1].k.storage().data());
-  }
-  // A capacity beyond the context, or none, is refused.
-  for (const int64_t bad : {0, 25}) {
-    EXPECT_TRUE(torchtp::testing::raises_with(
-        [&] { gpt->make_cache(c10::nullopt, bad); },
-        {"torchtp::GPT", "1 to max_seq_len (24)", "not " + std::to_string(bad),
-         world().rank_label()}));
-  }
-}
-
-TEST(HugePages, ZeroedTensorsOfEverySize) {
-  namespace d = torchtp::detail;
-  // Below 2 MiB: at::zeros. From 2 MiB: its own mapping, 2 MiB aligned.
-  for (const int64_t rows : {3, 600, 1500}) {
-    auto t = d::zeros_on_huge_pages({rows, 1000}, torch::kFloat);
-    ASSERT_EQ(t.sizes(), torch::IntArrayRef({rows, 1000}));
-    ASSERT_EQ(t.scalar_type(), torch::kFloat);
-    EXPECT_EQ(t.count_nonzero().item<int64_t>(), 0);
-    if (rows * 1000 * 4 >= (2 << 20)) {
-      EXPECT_EQ(reinterpret_cast<uintptr_t>(t.data_ptr()) % (2 << 20), 0u);
-    }
-    t.fill_(3); // writable, every byte
-    EXPECT_EQ(t.sum().item<double>(), 3.0 * rows * 1000);
-  }
-  auto b = d::zeros_on_huge_pages({2, 2 << 20}, torch::kBFloat16);
-  EXPECT_EQ(b.count_nonzero().item<int64_t>(), 0);
 }
 
 TEST(Generate, GreedyTokensAreTheUnshardedModelsRecomputed) {

@@ -20,17 +20,11 @@ struct LMCache {
   LMCache() = default;
   /// Room for `capacity` positions in each of `layers` layers, keys and
   /// values stored in `kv_dtype` (none: the activations' dtype).
-  /// `allocate_whole`: the model allocates every layer's keys and values
-  /// at the first step, zeroed (see `CausalLM::make_cache`); else each
-  /// layer's memory is touched as the positions fill.
   LMCache(
       int64_t capacity,
       int64_t layers,
-      c10::optional<torch::Dtype> kv_dtype = c10::nullopt,
-      bool allocate_whole = false)
-      : layers(layers, KVCache(capacity, kv_dtype)),
-        capacity_(capacity),
-        allocate_whole_(allocate_whole) {}
+      c10::optional<torch::Dtype> kv_dtype = c10::nullopt)
+      : layers(layers, KVCache(capacity, kv_dtype)), capacity_(capacity) {}
 
   std::vector<KVCache> layers;
   /// `[batch, length]` bool: false for padding.
@@ -46,13 +40,9 @@ struct LMCache {
   int64_t capacity() const {
     return capacity_;
   }
-  bool allocate_whole() const {
-    return allocate_whole_;
-  }
 
  private:
   int64_t capacity_ = 0;
-  bool allocate_whole_ = false;
 };
 
 /// What generation, sampling and serving need of a decoder-only language
@@ -66,16 +56,9 @@ class CausalLM {
   /// values stored in `kv_dtype`: float32, bfloat16 (half the bytes a
   /// float32 or int8 model's cache takes, and half of what attention reads
   /// per token) or float64; none: the model's dtype (float32 for an int8
-  /// model). `capacity`: room for that many positions (1 to `max_seq_len()`)
-  /// instead, every layer's keys and values allocated whole at the first
-  /// step (zeroed, on transparent huge pages where the kernel grants them),
-  /// so that decoding touches no new memory: a step otherwise faults in a
-  /// page every few positions of each sequence and head (at batch 8, 69
-  /// faults per GPT-2 small step, ~10 us each in the VMs measured).
-  /// `generate` sizes its cache so.
+  /// model).
   virtual LMCache make_cache(
-      c10::optional<torch::Dtype> kv_dtype = c10::nullopt,
-      c10::optional<int64_t> capacity = c10::nullopt) const = 0;
+      c10::optional<torch::Dtype> kv_dtype = c10::nullopt) const = 0;
   /// Inference: this rank's logits `[batch, s, padded_vocab / ws]` (split as
   /// `vocab_partition()` says) for new ids `[batch, s]` that follow those
   /// in `cache`, which they join. `mask [batch, s]` (bool; default all

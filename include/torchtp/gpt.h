@@ -131,11 +131,9 @@ class GPTImpl : public torch::nn::Cloneable<GPTImpl>, public CausalLM {
       const torch::Tensor& targets,
       double label_smoothing = 0.0);
   /// An empty cache for `forward_cached`, holding up to `max_seq_len`
-  /// positions, or `capacity` allocated whole at the first step (see
-  /// `CausalLM::make_cache`).
+  /// positions (see `CausalLM::make_cache`).
   LMCache make_cache(
-      c10::optional<torch::Dtype> kv_dtype = c10::nullopt,
-      c10::optional<int64_t> capacity = c10::nullopt) const override;
+      c10::optional<torch::Dtype> kv_dtype = c10::nullopt) const override;
   /// Inference: this rank's logits `[batch, s, V_padded / ws]` for new ids
   /// `[batch, s]` that follow those in `cache` (which they join). `mask`
   /// `[batch, s]` (bool; default all true) marks the real tokens: padding
@@ -200,9 +198,6 @@ class GPTImpl : public torch::nn::Cloneable<GPTImpl>, public CausalLM {
   torch::Tensor output(const torch::Tensor& h);
   // forward() with sequence parallelism.
   torch::Tensor forward_sequence_parallel(const torch::Tensor& ids);
-  // A new cache's keys and values for `batch` sequences, every layer's at
-  // once, where the cache asks for it (LMCache::allocate_whole).
-  void allocate_kv_cache(LMCache& cache, int64_t batch) const;
 
   c10::optional<Group> group_;
   int64_t padded_vocab_ = 0;
