@@ -146,9 +146,9 @@ torch::Tensor kernel_attention(
 
 // act(up) (act(gate) * up for a gated MLP's [gate; up] halves) through
 // detail::activation_rows, or an undefined tensor where it does not apply:
-// gradients recorded, the exact GELU (LibTorch's is as fast), a dtype
-// other than float32 and bfloat16, or LibTorch alone
-// (TORCHTP_KERNELS=library).
+// gradients recorded, the exact GELU (LibTorch's erf is faster than
+// libmvec's erfc here), a dtype other than float32 and bfloat16, or
+// LibTorch alone (TORCHTP_KERNELS=library).
 torch::Tensor kernel_activation(
     const torch::Tensor& up, Activation activation, bool gated) {
   const auto dtype = up.scalar_type();

@@ -1,11 +1,11 @@
 #pragma once
 
 // Hugging Face's LlamaRMSNorm over rows of float32 or bfloat16 values, for
-// inference (no gradients), as one pass instead of LibTorch's seven
+// inference (no gradients), as one pass instead of LibTorch's eight
 // operations (widen, square, mean, add, rsqrt, multiply, round, scale),
-// which took 13-20 us per row of 896 values: a millisecond of each
-// Qwen2.5-0.5B decode step, with its 49 norms. Compiled without LibTorch's
-// headers.
+// which took 13-20 us for one to eight rows of 896 values: up to a
+// millisecond of each Qwen2.5-0.5B decode step, with its 49 norms.
+// Compiled without LibTorch's headers.
 
 #include <cstdint>
 
