@@ -1,5 +1,8 @@
 #include "torchtp/rotary.h"
 
+#include "detail/rotary_kernels.h"
+#include "detail/weight_kernels.h"
+
 #include <cmath>
 
 namespace torchtp {
@@ -65,6 +68,35 @@ torch::Tensor apply_rotary(
            positions.size(1) == x.size(2)),
       kRotary, ": expected positions [", x.size(0), ", ", x.size(2), "] or [",
       x.size(2), "] but got ", positions.sizes());
+  // At inference, one pass (detail::rotary_rows) with the same roundings.
+  const auto dtype = x.scalar_type();
+  if ((dtype == torch::kFloat || dtype == torch::kBFloat16) &&
+      x.stride(3) == 1 && detail::kernel_choice().hand_kernels &&
+      !(torch::GradMode::is_enabled() && x.requires_grad())) {
+    const auto pos = positions.to(torch::kLong).contiguous();
+    const auto inv = inverse_frequencies.to(torch::kDouble).contiguous();
+    // y laid out as LibTorch's elementwise operations would lay it out:
+    // heads inside positions where x has them so (a projection's view).
+    const auto y = x.stride(1) < x.stride(2)
+        ? torch::empty({x.size(0), x.size(2), x.size(1), x.size(3)}, x.options())
+              .permute({0, 2, 1, 3})
+        : torch::empty(x.sizes(), x.options());
+    const detail::RotaryShape shape{
+        x.size(0),    x.size(1),    x.size(2),    x.size(3),
+        x.stride(0),  x.stride(1),  x.stride(2),  y.stride(0),
+        y.stride(1),  y.stride(2),  pos.dim() == 2};
+    if (dtype == torch::kFloat) {
+      detail::rotary_rows(
+          x.data_ptr<float>(), pos.data_ptr<int64_t>(), inv.data_ptr<double>(),
+          y.data_ptr<float>(), shape);
+    } else {
+      detail::rotary_rows(
+          reinterpret_cast<const uint16_t*>(x.data_ptr()),
+          pos.data_ptr<int64_t>(), inv.data_ptr<double>(),
+          reinterpret_cast<uint16_t*>(y.data_ptr()), shape);
+    }
+    return y;
+  }
   // [.., seq, head_dim / 2] angles, in float64 whatever x holds.
   auto angles = positions.to(torch::kDouble).unsqueeze(-1) *
                 inverse_frequencies.to(torch::kDouble);

@@ -388,6 +388,79 @@ TEST(Rotary, EqualsTheRotationOfEachPairByItsAngle) {
   }
 }
 
+// At inference apply_rotary takes one pass (detail::rotary_rows) instead
+// of LibTorch's operations; with gradients it takes LibTorch's. The pass
+// rounds where those operations round: cos and sin to x's dtype, each
+// product, then the sum. Queries laid out as a projection's view (the
+// heads inside the positions) and contiguous, positions per sequence and
+// shared, out to 30000 (large angles), float32 and bfloat16.
+TEST(Rotary, InferenceRoundsAsTheTrainingOperationsAndNearFloat64) {
+  torch::manual_seed(4);
+  const int64_t b = 3, s = 5, heads = 4, hd = 64;
+  const auto inv = torchtp::rotary_inverse_frequencies(
+      hd, torchtp::RotaryOptions().theta(1e6));
+  const auto shared = torch::tensor({0, 1, 17, 4097, 30000});
+  const auto per_sequence = torch::randint(0, 30000, {b, s});
+  for (auto dtype : {torch::kFloat, torch::kBFloat16}) {
+    const auto projected = (torch::randn({b, s, (heads + 2) * hd}) * 3).to(dtype);
+    const auto view = projected.narrow(2, hd, heads * hd)
+                          .view({b, s, heads, hd})
+                          .permute({0, 2, 1, 3});
+    for (const auto& x : {view, view.contiguous()}) {
+      for (const auto& positions : {shared, per_sequence}) {
+        SCOPED_TRACE(
+            c10::str(dtype, " x strides ", x.strides(), " positions ",
+                     positions.sizes()));
+        const auto y = [&] {
+          torch::NoGradGuard no_grad;
+          return torchtp::apply_rotary(x, positions, inv);
+        }();
+        const auto trained = torchtp::apply_rotary(
+            x.detach().requires_grad_(true), positions, inv);
+        ASSERT_TRUE(trained.requires_grad());
+        ASSERT_EQ(y.scalar_type(), dtype);
+        ASSERT_EQ(y.sizes(), x.sizes());
+        // Against float64: cos and sin rounded (half a unit each), each
+        // product and the sum rounded (half a unit each); units of x's
+        // dtype, relative to |x1| + |x2|.
+        const auto wide = x.to(torch::kDouble);
+        auto angles = positions.to(torch::kDouble).unsqueeze(-1) * inv;
+        angles = torch::cat({angles, angles}, -1);
+        if (angles.dim() == 3) {
+          angles = angles.unsqueeze(1);
+        }
+        const auto rotated = torch::cat(
+            {-wide.narrow(3, hd / 2, hd / 2), wide.narrow(3, 0, hd / 2)}, 3);
+        const auto exact = wide * angles.cos() + rotated * angles.sin();
+        const double unit =
+            std::ldexp(1.0, dtype == torch::kFloat ? -24 : -8);
+        const auto pair = wide.abs() + rotated.abs();
+        const auto err = (y.to(torch::kDouble) - exact).abs();
+        EXPECT_TRUE((err <= 4 * unit * pair + 1e-30).all().item<bool>())
+            << "max diff from float64 " << err.max().item<double>();
+        // Against LibTorch's operations: the same roundings, so equal but
+        // where float64 cos and sin (LibTorch's vectorised ones, glibc's
+        // here) differ at a rounding boundary: one unit of a product.
+        const auto diff = (y.to(torch::kDouble) -
+                           trained.detach().to(torch::kDouble))
+                              .abs();
+        EXPECT_TRUE((diff <= 2 * unit * pair + 1e-30).all().item<bool>())
+            << "max diff from LibTorch " << diff.max().item<double>();
+        EXPECT_GT(
+            (diff == 0).to(torch::kDouble).mean().item<double>(), 0.999);
+        // Sequence 2 alone gives the bits it gives among three.
+        if (positions.dim() == 2) {
+          torch::NoGradGuard no_grad;
+          EXPECT_TRUE(torch::equal(
+              torchtp::apply_rotary(
+                  x.narrow(0, 2, 1), positions.narrow(0, 2, 1), inv)[0],
+              y[2]));
+        }
+      }
+    }
+  }
+}
+
 TEST(Rotary, Llama3ScalingFollowsItsFormula) {
   // Llama 3.1's parameters: theta 500000, factor 8, low 1, high 4, 8192.
   const int64_t hd = 128;
