@@ -6,6 +6,12 @@
 
 #include <c10/core/InferenceMode.h>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <functional>
+#include <string>
 #include <vector>
 
 namespace {
@@ -73,6 +79,92 @@ TEST(GPTCache, DecodingWithTheCacheEqualsRecomputingInFloat64) {
 TEST(GPTCache, DecodingWithTheCacheEqualsRecomputingInFloat32) {
   // Stated bound: 1e-5 relative, 1e-5 absolute (logits are O(1)).
   expect_cache_matches_recompute(torch::kFloat, 1e-5, 1e-5);
+}
+
+namespace {
+// Of the pages a tensor's bytes span, the fraction resident in memory.
+double resident_fraction(const torch::Tensor& t) {
+  const auto page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr()) / page * page;
+  const auto end = reinterpret_cast<uintptr_t>(t.data_ptr()) + t.nbytes();
+  std::vector<unsigned char> resident((end - begin + page - 1) / page);
+  EXPECT_EQ(
+      mincore(reinterpret_cast<void*>(begin), end - begin, resident.data()), 0);
+  int64_t n = 0;
+  for (const auto r : resident) {
+    n += r & 1;
+  }
+  return static_cast<double>(n) / static_cast<double>(resident.size());
+}
+} // namespace
+
+// A cache is sized for the whole context; only the positions written may
+// take memory, even where the allocator holds freed pages still resident
+// (a prefill's temporaries of the same size, freed just before: from
+// malloc's heap the cache would take those and be resident whole).
+TEST(GPTCache, HoldsMemoryOnlyForThePositionsWritten) {
+  {
+    // With transparent huge pages always on, the kernel may back any
+    // touched page of the cache with 2 MiB: nothing to check.
+    std::ifstream thp("/sys/kernel/mm/transparent_hugepage/enabled");
+    std::string modes;
+    std::getline(thp, modes);
+    if (modes.find("[always]") != std::string::npos) {
+      GTEST_SKIP() << "transparent huge pages are [always] on this machine";
+    }
+  }
+  torch::manual_seed(7);
+  auto gpt = torchtp::GPT(torchtp::GPTOptions(kVocab, 2048)
+                              .d_model(192)
+                              .num_heads(12)
+                              .num_layers(2)
+                              .vocab_pad_multiple(12)
+                              .group(world())
+                              .dtype(torch::kFloat));
+  gpt->eval();
+  const int64_t batch = 8, heads = 12 / world().size();
+  // Each layer's keys: [8, heads, 2048, 16] floats (3-12 MiB a rank).
+  const int64_t cache_floats = batch * heads * 2048 * 16;
+  // Freed pages of the cache's size, still resident, left two ways (which
+  // one a heap reuses depends on its history): tensors freed one after
+  // another (the first raises glibc's mmap threshold to their size, so
+  // the next come from the heap), or four freed at once below a later
+  // allocation that keeps their pages from being trimmed.
+  torch::Tensor above;
+  const std::vector<std::function<void()>> leave_freed_pages = {
+      [&] {
+        for (int i = 0; i < 3; ++i) {
+          torch::ones({cache_floats});
+        }
+      },
+      [&] {
+        std::vector<torch::Tensor> freed;
+        for (int i = 0; i < 4; ++i) {
+          freed.push_back(torch::ones({cache_floats}));
+        }
+        above = torch::ones({16 << 10});
+      }};
+  for (size_t setup = 0; setup < leave_freed_pages.size(); ++setup) {
+    SCOPED_TRACE("freed pages left the way " + std::to_string(setup));
+    leave_freed_pages[setup]();
+    c10::InferenceMode inference;
+    auto cache = gpt->make_cache();
+    gpt->forward_cached(random_ids(batch, 3, 5), cache);
+    for (const auto& layer : cache.layers) {
+      ASSERT_EQ(layer.k.numel(), cache_floats);
+      // 3 of 2048 positions written: a page of each row's 128 KiB.
+      EXPECT_LT(resident_fraction(layer.k), 0.1);
+      EXPECT_LT(resident_fraction(layer.v), 0.1);
+    }
+    // Still the values written: decoding goes on from them.
+    EXPECT_TRUE(all_close(
+        gpt->forward_cached(torch::zeros({batch, 1}, torch::kLong), cache),
+        gpt->forward(torch::cat(
+                         {random_ids(batch, 3, 5),
+                          torch::zeros({batch, 1}, torch::kLong)},
+                         1))
+            .narrow(1, 3, 1)));
+  }
 }
 
 TEST(GPTCache, LeftPaddedPromptsDecodeAsEachAlone) {
