@@ -26,4 +26,28 @@ inline float from_bfloat16_bits(uint16_t b) {
   return f;
 }
 
+/// One element of a float32 or bfloat16 (its bits) array, for kernel bodies
+/// written once for both: read as float, written back rounded, and a float
+/// value as such an array would hold it (the pointer picks the type).
+namespace element {
+inline float widen(float f) {
+  return f;
+}
+inline float widen(uint16_t b) {
+  return from_bfloat16_bits(b);
+}
+inline void store(float v, float* p) {
+  *p = v;
+}
+inline void store(float v, uint16_t* p) {
+  *p = to_bfloat16_bits(v);
+}
+inline float stored(float v, const float*) {
+  return v;
+}
+inline float stored(float v, const uint16_t*) {
+  return from_bfloat16_bits(to_bfloat16_bits(v));
+}
+} // namespace element
+
 } // namespace torchtp::detail

@@ -98,12 +98,7 @@ inline void from_floats(const float* f, uint16_t* p, int64_t m) {
   }
 }
 // What the activation is rounded to before the gated product.
-inline float stored(float v, const float*) {
-  return v;
-}
-inline float stored(float v, const uint16_t*) {
-  return from_bfloat16_bits(to_bfloat16_bits(v));
-}
+using element::stored;
 
 template <typename T>
 void run(

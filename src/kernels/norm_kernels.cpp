@@ -9,25 +9,10 @@
 namespace torchtp::detail {
 namespace {
 
-inline float widen(float f) {
-  return f;
-}
-inline float widen(uint16_t b) {
-  return from_bfloat16_bits(b);
-}
-inline void store(float v, float* p) {
-  *p = v;
-}
-inline void store(float v, uint16_t* p) {
-  *p = to_bfloat16_bits(v);
-}
+using element::store;
 // The normalised value as the input's dtype holds it, before the weight.
-inline float stored(float v, const float*) {
-  return v;
-}
-inline float stored(float v, const uint16_t*) {
-  return from_bfloat16_bits(to_bfloat16_bits(v));
-}
+using element::stored;
+using element::widen;
 
 // Elements below which a call stays on the calling thread.
 constexpr int64_t kParallelElements = int64_t{1} << 15;

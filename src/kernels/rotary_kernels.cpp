@@ -9,25 +9,10 @@
 namespace torchtp::detail {
 namespace {
 
-inline float widen(float f) {
-  return f;
-}
-inline float widen(uint16_t b) {
-  return from_bfloat16_bits(b);
-}
+using element::store;
 // A float value rounded to T, as T's tensors would hold it.
-inline float round_to(float v, const float*) {
-  return v;
-}
-inline float round_to(float v, const uint16_t*) {
-  return from_bfloat16_bits(to_bfloat16_bits(v));
-}
-inline void store(float v, float* p) {
-  *p = v;
-}
-inline void store(float v, uint16_t* p) {
-  *p = to_bfloat16_bits(v);
-}
+using element::stored;
+using element::widen;
 
 // Positions below which a call stays on the calling thread (a decode
 // step's few; a prefill's hundreds spread).
@@ -57,8 +42,8 @@ void rotary_rows(
       for (int64_t i = 0; i < half; ++i) {
         const double angle = position * inv_freq[i];
         // float64 -> float -> T, as LibTorch's casts round.
-        c[i] = round_to(static_cast<float>(std::cos(angle)), y);
-        sn[i] = round_to(static_cast<float>(std::sin(angle)), y);
+        c[i] = stored(static_cast<float>(std::cos(angle)), y);
+        sn[i] = stored(static_cast<float>(std::sin(angle)), y);
       }
       for (int64_t h = 0; h < s.heads; ++h) {
         const T* xr =
@@ -69,8 +54,8 @@ void rotary_rows(
           const float x1 = widen(xr[i]), x2 = widen(xr[i + half]);
           // Each product rounded to T, then the sum (no fused multiply-add:
           // this file is compiled with -ffp-contract=off).
-          store(round_to(x1 * c[i], y) + round_to(-x2 * sn[i], y), yr + i);
-          store(round_to(x2 * c[i], y) + round_to(x1 * sn[i], y), yr + i + half);
+          store(stored(x1 * c[i], y) + stored(-x2 * sn[i], y), yr + i);
+          store(stored(x2 * c[i], y) + stored(x1 * sn[i], y), yr + i + half);
         }
       }
     }
