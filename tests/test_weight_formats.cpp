@@ -177,6 +177,61 @@ TEST(WeightKernels, EveryInstructionSetMatchesFloat64) {
   }
 }
 
+// The outputs go over the threads in blocks of 64 rows, each thread taking
+// the rest of the others' shares once its own is done: every output is
+// written once, with the same bits, at any number of threads (more threads
+// than cores, so that some finish late and others take their blocks).
+TEST(WeightKernels, EveryThreadCountWritesEachOutputOnceWithTheSameBits) {
+  torch::manual_seed(12);
+  const int before = at::get_num_threads();
+  const int64_t k = 96;
+  const auto isa =
+      d::cpu_supports(d::Isa::avx2) ? d::Isa::avx2 : d::Isa::generic;
+  struct Case {
+    torch::Tensor x, w, scale, one_thread;
+  };
+  std::vector<Case> cases;
+  for (const int64_t n : {1, 63, 64, 65, 7 * 64 + 5, 40 * 64 + 3}) {
+    for (const int64_t rows : {1, 3}) {
+      cases.push_back(
+          {torch::randn({rows, k}),
+           torch::randint(-127, 128, {n, k}).to(torch::kChar),
+           torch::rand({n}) + 0.5, torch::Tensor()});
+    }
+  }
+  auto product = [&](const Case& c) {
+    const int64_t rows = c.x.size(0), n = c.w.size(0);
+    auto y = torch::full({rows, n}, std::nan(""));
+    d::small_rows_gemm(
+        isa, c.x.data_ptr<float>(), rows, k, c.w.data_ptr(),
+        d::WeightType::int8, c.scale.data_ptr<float>(), nullptr,
+        y.data_ptr<float>(), n);
+    return y;
+  };
+  at::set_num_threads(1);
+  for (auto& c : cases) {
+    c.one_thread = product(c);
+    const auto widened =
+        c.w.to(torch::kDouble) * c.scale.to(torch::kDouble).unsqueeze(1);
+    auto [ref, mag] = product_and_magnitude(c.x.to(torch::kDouble), widened);
+    EXPECT_TRUE(within(
+        c.one_thread, ref, (k + 4) * kFloat32Eps * mag, "one thread"));
+  }
+  for (const int threads : {2, 3}) {
+    at::set_num_threads(threads);
+    for (int repeat = 0; repeat < 3; ++repeat) {
+      for (const auto& c : cases) {
+        EXPECT_TRUE(torch::equal(product(c), c.one_thread))
+            << threads << " threads, n " << c.w.size(0) << ", rows "
+            << c.x.size(0)
+            << ": differs from one thread (NaN: an output never written) "
+            << world().rank_label();
+      }
+    }
+  }
+  at::set_num_threads(before);
+}
+
 TEST(WeightKernels, LinearTakesEveryPathToTheSameProduct) {
   torch::manual_seed(12);
   const int64_t k = 96, n = 40;

@@ -7,8 +7,10 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <type_traits>
 
@@ -346,6 +348,53 @@ KernelChoice set_kernel_choice(const KernelChoice& choice) {
   return previous;
 }
 
+namespace {
+
+// Calls f(j0, j1) for blocks [j0, j1) of `grain` output rows, over
+// LibTorch's intra-op threads. Each thread has an equal share of the
+// blocks and takes them from the front; once done it takes what is left
+// of the others' shares from their backs. With a static split the main
+// thread waited at the region's end for ~16% of a decode step (perf,
+// Qwen2.5-0.5B int8, batch 1, AMD EPYC Zen 5, two threads): the other
+// thread ran its equal share slower. Which thread computes a block does not
+// change its numbers.
+template <typename F>
+void for_each_block_balanced(int64_t n, int64_t grain, const F& f) {
+  const int64_t blocks = (n + grain - 1) / grain;
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), blocks);
+  if (threads <= 1 || at::in_parallel_region()) {
+    f(0, n);
+    return;
+  }
+  // One cache line per share: its owner's claims do not move the others'.
+  struct alignas(64) Share {
+    std::atomic<int64_t> claimed{0}; // blocks handed out, from either end
+    std::atomic<int64_t> from_back{0};
+  };
+  const auto shares = std::make_unique<Share[]>(threads);
+  auto first = [&](int64_t t) { return t * blocks / threads; };
+  auto compute = [&](int64_t b) {
+    f(b * grain, std::min(n, (b + 1) * grain));
+  };
+  at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t begin = first(t), size = first(t + 1) - begin;
+      for (int64_t front = 0; shares[t].claimed.fetch_add(1) < size; ++front) {
+        compute(begin + front);
+      }
+      for (int64_t o = 1; o < threads; ++o) {
+        const int64_t s = (t + o) % threads;
+        const int64_t end = first(s + 1), size_s = end - first(s);
+        while (shares[s].claimed.fetch_add(1) < size_s) {
+          compute(end - 1 - shares[s].from_back.fetch_add(1));
+        }
+      }
+    }
+  });
+}
+
+} // namespace
+
 void small_rows_gemm(
     Isa isa,
     const float* x,
@@ -376,7 +425,7 @@ void small_rows_gemm(
       // Blocks of 64 output rows per task: 8 register blocks, and for
       // GPT-2's 768-row layers 12 tasks over the threads.
       constexpr int64_t kGrain = 64;
-      at::parallel_for(0, n, kGrain, [&](int64_t n0, int64_t n1) {
+      for_each_block_balanced(n, kGrain, [&](int64_t n0, int64_t n1) {
         run(x + r0 * k, m, k, typed, scale, bias, y + r0 * n, n, n0, n1);
       });
     }
@@ -407,7 +456,7 @@ void small_rows_gemm_bfloat16(
       "small_rows_gemm_bfloat16: this CPU lacks avx512_bf16 (it has: ",
       cpu_kernel_flags(), ")");
   constexpr int64_t kGrain = 64; // as small_rows_gemm
-  at::parallel_for(0, n, kGrain, [&](int64_t n0, int64_t n1) {
+  for_each_block_balanced(n, kGrain, [&](int64_t n0, int64_t n1) {
     avx512_bf16::run(x, rows, k, w, nullptr, bias, y, n, n0, n1);
   });
 }
