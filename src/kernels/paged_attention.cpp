@@ -15,16 +15,9 @@
 namespace torchtp::detail {
 namespace {
 
-inline float widen(float f) {
-  return f;
-}
-
+using element::widen; // float32 and bfloat16 bits
 inline double widen(double d) {
   return d;
-}
-
-inline float widen(uint16_t bfloat16_bits) {
-  return from_bfloat16_bits(bfloat16_bits);
 }
 
 // One copy per instruction set, chosen at run time as the weight kernels

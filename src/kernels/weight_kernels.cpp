@@ -17,16 +17,9 @@
 namespace torchtp::detail {
 namespace {
 
-inline float widen(uint16_t bfloat16_bits) {
-  return from_bfloat16_bits(bfloat16_bits);
-}
-
+using element::widen; // float32 and bfloat16 bits
 inline float widen(int8_t q) {
   return static_cast<float>(q);
-}
-
-inline float widen(float f) {
-  return f;
 }
 
 // Plain C++: what any x86-64 (or other) CPU runs. Eight lanes of scalars
